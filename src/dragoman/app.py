@@ -1,0 +1,321 @@
+"""Builds the proxy's aiohttp application from settings: components and stages, once.
+
+The request pipeline (SEMANTICS §1) is a tuple of stages built here at start; a request
+runs them in order, then the forwarder. A Denial from any of them ends the request with a
+problem+json answer. Whatever happens, the audit record is written and the security
+headers are set.
+
+Routes the proxy answers itself (never forwarded):
+``/livez``, ``/readyz``, ``/.well-known/jwks.json`` and ``/_dragoman/whoami``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from dragoman.audit.record import request_record
+from dragoman.audit.sink import AuditSink, FileSink, StdoutSink
+from dragoman.browser.cors import CorsPolicy
+from dragoman.browser.headers import security_headers
+from dragoman.browser.stage import BrowserChecksStage
+from dragoman.catalog.matcher import RouteMatcher
+from dragoman.catalog.model import Operation, operations_from_settings
+from dragoman.catalog.stage import ResolveOperationStage
+from dragoman.forward import Forwarder
+from dragoman.identity.base import Authenticator
+from dragoman.identity.oidc import OidcAuthenticator
+from dragoman.identity.stage import AuthenticateStage
+from dragoman.keys.factory import open_key_provider
+from dragoman.keys.provider import KeyProvider
+from dragoman.mapping import migrate
+from dragoman.mapping.stage import MapAccountStage, MappingGate
+from dragoman.mapping.store import MappingStore, StoreUnavailable, make_engine
+from dragoman.pipeline.context import RequestContext
+from dragoman.pipeline.errors import AuditUnavailable, Denial, InternalError, OriginDenied
+from dragoman.pipeline.problem import problem_response
+from dragoman.pipeline.stage import Stage
+from dragoman.settings import Settings
+from dragoman.tokens.mint import TokenMinter
+from dragoman.tokens.stage import MintTokenStage
+
+log = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+RESERVED_PATHS = ("/livez", "/readyz", "/.well-known/jwks.json", "/_dragoman/whoami")
+
+
+class AuditTrail:
+    """Writes records; while the sink fails, new requests are refused (fail closed)."""
+
+    def __init__(self, sink: AuditSink) -> None:
+        self._sink = sink
+        self.broken = False
+
+    def write(self, record: dict[str, object]) -> None:
+        try:
+            self._sink.write(record)
+        except OSError:
+            if not self.broken:
+                log.exception("audit sink failed; refusing requests until it recovers")
+            self.broken = True
+        else:
+            self.broken = False
+
+    def close(self) -> None:
+        self._sink.close()
+
+
+@dataclass(slots=True)
+class Proxy:
+    """Everything a worker needs to serve requests, built once from settings."""
+
+    settings: Settings
+    authenticators: Sequence[Authenticator]
+    store: MappingStore
+    keys: KeyProvider
+    forwarder: Forwarder
+    audit: AuditTrail
+    cors: CorsPolicy
+    catalog: list[Operation]
+    gate: MappingGate
+    minter: TokenMinter
+    stages: tuple[Stage, ...]
+    headers: Mapping[str, str]
+    jwks_body: bytes
+
+    # -- the pipeline ----------------------------------------------------------------------
+
+    def _context(self, request: web.Request) -> RequestContext:
+        offered = request.headers.get("X-Request-Id", "")
+        if not (self.settings.server.trust_request_id and _REQUEST_ID.match(offered)):
+            offered = uuid.uuid4().hex
+        return RequestContext(
+            request=request,
+            audit_id=str(uuid.uuid4()),
+            request_id=offered,
+            received_at=time.time(),
+            started=time.monotonic(),
+            method=request.method,
+            raw_path=request.raw_path.partition("?")[0],
+        )
+
+    def _base_headers(self, request: web.Request, ctx: RequestContext) -> dict[str, str]:
+        return {
+            **self.headers,
+            **self.cors.response_headers(request),
+            "X-Request-Id": ctx.request_id,
+        }
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        ctx = self._context(request)
+        event = "request"
+        try:
+            if self.audit.broken:
+                raise AuditUnavailable()
+            if CorsPolicy.is_preflight(request):
+                event = "preflight"
+                return self._preflight(request, ctx)
+            self.forwarder.check_declared_length(request)
+            for stage in self.stages:
+                await stage(ctx)
+            return await self.forwarder.forward(ctx, self.cors.response_headers(request))
+        except Denial as denial:
+            ctx.denial = denial
+            return problem_response(
+                denial, audit_id=ctx.audit_id, headers=self._base_headers(request, ctx)
+            )
+        except Exception:
+            log.exception("unexpected error in the pipeline (audit id %s)", ctx.audit_id)
+            ctx.denial = InternalError()
+            return problem_response(
+                ctx.denial, audit_id=ctx.audit_id, headers=self._base_headers(request, ctx)
+            )
+        finally:
+            self.audit.write(request_record(ctx, event=event))
+
+    def _preflight(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
+        approved = self.cors.preflight_headers(request)
+        if approved is None:
+            raise OriginDenied("preflight_refused")
+        response = web.Response(status=204)
+        response.headers.update(self.headers)
+        response.headers.update(approved)
+        return response
+
+    # -- endpoints the proxy answers itself --------------------------------------------------
+
+    def _json(self, data: object, status: int = 200, cache: str = "no-store") -> web.Response:
+        response = web.Response(
+            status=status, body=json.dumps(data).encode(), content_type="application/json"
+        )
+        response.headers.update(self.headers)
+        response.headers["Cache-Control"] = cache
+        return response
+
+    async def livez(self, request: web.Request) -> web.StreamResponse:
+        return self._json({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        problems = []
+        try:
+            await self.store.ping()
+        except StoreUnavailable:
+            problems.append("mapping_store")
+        if not self.keys.ready():
+            problems.append("signing_key")
+        if self.audit.broken:
+            problems.append("audit_sink")
+        if problems:
+            return self._json({"status": "unavailable", "failing": problems}, status=503)
+        return self._json({"status": "ready"})
+
+    async def jwks(self, request: web.Request) -> web.StreamResponse:
+        response = web.Response(body=self.jwks_body, content_type="application/jwk-set+json")
+        response.headers.update(self.headers)
+        response.headers["Cache-Control"] = (
+            f"public, max-age={int(self.settings.keys.jwks_max_age)}"
+        )
+        response.headers["Access-Control-Allow-Origin"] = "*"  # public keys, no credentials
+        return response
+
+    async def whoami(self, request: web.Request) -> web.StreamResponse:
+        """The caller's principal, account, customer and the operations granted to it.
+
+        Widgets use it to build paths that name their customer and to show only what the
+        caller may do. It runs authentication and the mapping checks like any request.
+        """
+        ctx = self._context(request)
+        try:
+            await self.stages[0](ctx)
+            assert ctx.principal is not None
+            ctx.mapping = await self.gate.usable_mapping(ctx.principal)
+            response = self._json(
+                {
+                    "principal": ctx.principal.subject,
+                    "cloud_account": ctx.principal.cloud_account,
+                    "customer": ctx.mapping.payment_customer,
+                    "operations": ctx.mapping.allowed_operations(ctx.principal, self.catalog),
+                }
+            )
+            response.headers.update(self.cors.response_headers(request))
+            return response
+        except Denial as denial:
+            ctx.denial = denial
+            return problem_response(
+                denial, audit_id=ctx.audit_id, headers=self._base_headers(request, ctx)
+            )
+        finally:
+            self.audit.write(request_record(ctx, event="whoami"))
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, migrate_store: bool) -> None:
+        if migrate_store:
+            await migrate.upgrade(self.store.engine)
+        await self.forwarder.start()
+
+    async def close(self) -> None:
+        await self.forwarder.close()
+        for authenticator in self.authenticators:
+            await authenticator.close()
+        await self.store.close()
+        self.audit.close()
+
+
+def open_audit_sink(settings: Settings) -> AuditSink:
+    if settings.audit.sink == "stdout":
+        return StdoutSink()
+    return FileSink(settings.audit.path)
+
+
+def build_proxy(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    create_keys: bool = True,
+    audit_sink: AuditSink | None = None,
+) -> Proxy:
+    """Every component and the stage chain, from settings."""
+    authenticators: list[Authenticator] = [OidcAuthenticator(settings.identity, clock=clock)]
+    catalog = operations_from_settings(settings.catalog)
+    store = MappingStore(
+        make_engine(settings.mapping.database_url, pool_size=settings.mapping.pool_size),
+        query_timeout=settings.mapping.query_timeout,
+    )
+    keys = open_key_provider(settings.keys, create=create_keys)
+    headers = security_headers(settings.browser)
+    cors = CorsPolicy(settings.browser.allowed_origins, {op.method for op in catalog})
+    gate = MappingGate(store, stale_after=settings.mapping.stale_after, clock=clock)
+    minter = TokenMinter(
+        keys,
+        issuer=settings.tokens.issuer,
+        audience=settings.upstream.audience,
+        ttl=settings.tokens.ttl,
+        clock=clock,
+    )
+    stages: tuple[Stage, ...] = (
+        AuthenticateStage(authenticators),
+        BrowserChecksStage(cors),
+        ResolveOperationStage(RouteMatcher(catalog)),
+        MapAccountStage(gate),
+        MintTokenStage(minter, settings.upstream.url),
+    )
+    return Proxy(
+        settings=settings,
+        authenticators=authenticators,
+        store=store,
+        keys=keys,
+        forwarder=Forwarder(
+            settings.upstream,
+            max_body_bytes=settings.server.max_body_bytes,
+            security_headers=headers,
+        ),
+        audit=AuditTrail(audit_sink or open_audit_sink(settings)),
+        cors=cors,
+        catalog=catalog,
+        gate=gate,
+        minter=minter,
+        stages=stages,
+        headers=headers,
+        jwks_body=json.dumps(keys.jwks()).encode(),
+    )
+
+
+PROXY_KEY = web.AppKey("proxy", Proxy)
+
+
+def build_app(
+    settings: Settings,
+    *,
+    migrate_store: bool | None = None,
+    clock: Callable[[], float] = time.time,
+    audit_sink: AuditSink | None = None,
+) -> web.Application:
+    """The aiohttp application of one worker."""
+    proxy = build_proxy(settings, clock=clock, audit_sink=audit_sink)
+    app = web.Application(client_max_size=settings.server.max_body_bytes)
+    app[PROXY_KEY] = proxy
+    app.router.add_get("/livez", proxy.livez, allow_head=False)
+    app.router.add_get("/readyz", proxy.readyz, allow_head=False)
+    app.router.add_get("/.well-known/jwks.json", proxy.jwks, allow_head=False)
+    app.router.add_get("/_dragoman/whoami", proxy.whoami, allow_head=False)
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    do_migrate = settings.mapping.auto_migrate if migrate_store is None else migrate_store
+
+    async def on_startup(_: web.Application) -> None:
+        await proxy.start(do_migrate)
+
+    async def on_cleanup(_: web.Application) -> None:
+        await proxy.close()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app

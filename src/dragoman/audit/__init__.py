@@ -1,0 +1,1 @@
+"""Step 8: the audit trail, redacted before it is written."""

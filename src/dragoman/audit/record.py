@@ -1,0 +1,45 @@
+"""The audit record of one request (SEMANTICS §8), built from its finished context."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from dragoman.pipeline.context import RequestContext
+
+
+def iso_time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+
+
+def request_record(ctx: RequestContext, *, event: str = "request") -> dict[str, Any]:
+    """Every field of a request's record; values are redacted by the sink, not here."""
+    principal, operation, mapping, minted = ctx.principal, ctx.operation, ctx.mapping, ctx.minted
+    denial = ctx.denial
+    peer = ctx.request.remote
+    return {
+        "time": iso_time(ctx.received_at),
+        "event": event,
+        "audit_id": ctx.audit_id,
+        "request_id": ctx.request_id,
+        "decision": "deny" if denial is not None else "allow",
+        "code": denial.code if denial is not None else None,
+        "reason": denial.reason if denial is not None else None,
+        "status": denial.status if denial is not None else ctx.upstream_status,
+        "method": ctx.method,
+        "path": ctx.raw_path,
+        "operation": operation.id if operation else None,
+        "scope": operation.scope if operation else None,
+        "principal": principal.subject if principal else None,
+        "authenticator": principal.authenticator if principal else None,
+        "cloud_account": principal.cloud_account if principal else None,
+        "mapping_id": mapping.id if mapping else None,
+        "jti": minted.jti if minted else None,
+        "kid": minted.kid if minted else None,
+        "upstream_status": ctx.upstream_status,
+        "stream_error": ctx.stream_error,
+        "latency_ms": round((time.monotonic() - ctx.started) * 1000, 3),
+        "client_ip": peer,
+        "origin": ctx.request.headers.get("Origin"),
+    }

@@ -1,0 +1,55 @@
+"""Redaction applied to everything before it is written to an audit record or a log line.
+
+What goes: JWT-shaped strings, the credential after ``Bearer``/``Basic``, values of
+secret-named parameters (``token=``, ``password=``, ``api_key=``...), and card numbers:
+runs of 13-19 digits (spaces or dashes allowed between them) that pass the Luhn check.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
+_AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
+_SECRET_PARAM = re.compile(
+    r"(?i)\b((?:access_|id_|refresh_)?token|secret|client_secret|password|passwd|api[_-]?key"
+    r"|csrf[_-]?token|session|signature|sig|x-amz-signature|x-amz-security-token)"
+    r"(\s*[=:]\s*)([^&\s\"',;]+)"
+)
+_DIGIT_RUN = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if position % 2 == 1:
+            value *= 2
+            if value > 9:
+                value -= 9
+        total += value
+    return total % 10 == 0
+
+
+def _card(match: re.Match[str]) -> str:
+    digits = re.sub(r"[ -]", "", match.group(0))
+    return "[card]" if 13 <= len(digits) <= 19 and luhn_valid(digits) else match.group(0)
+
+
+def redact_text(text: str) -> str:
+    text = _JWT.sub("[token]", text)
+    text = _AUTH_SCHEME.sub(lambda m: f"{m.group(1)} [redacted]", text)
+    text = _SECRET_PARAM.sub(lambda m: f"{m.group(1)}{m.group(2)}[redacted]", text)
+    return _DIGIT_RUN.sub(_card, text)
+
+
+def redact(value: Any) -> Any:
+    """Redact every string inside ``value`` (dicts, lists, tuples), keys included."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {redact(k): redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value

@@ -1,0 +1,48 @@
+"""Where audit records go. Every record is redacted before it is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Protocol
+
+from dragoman.audit.redact import redact
+
+
+class AuditSink(Protocol):
+    def write(self, record: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def encode(record: dict[str, Any]) -> bytes:
+    return json.dumps(redact(record), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+class FileSink:
+    """JSON lines appended with O_APPEND: each record is one write(2), so the lines of
+    several worker processes never interleave."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def write(self, record: dict[str, Any]) -> None:
+        os.write(self._fd, encode(record))
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+
+class StdoutSink:
+    def write(self, record: dict[str, Any]) -> None:
+        sys.stdout.buffer.write(encode(record))
+        sys.stdout.buffer.flush()
+
+    def close(self) -> None:
+        sys.stdout.buffer.flush()

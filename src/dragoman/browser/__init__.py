@@ -1,0 +1,1 @@
+"""Step 2: browser protections: Origin checks, CORS, security headers."""

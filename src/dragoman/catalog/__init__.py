@@ -1,0 +1,1 @@
+"""Step 3: which catalog operation a request is, and which scope it needs."""

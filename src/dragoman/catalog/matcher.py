@@ -1,0 +1,111 @@
+"""Route matching, compiled once at start.
+
+Requests are matched on their raw path, split into segments and percent-decoded one segment
+at a time, so an encoded ``/`` can never move a segment boundary. Paths that a server or the
+upstream might read differently from us (dot segments, empty segments, encoded slashes or
+backslashes, NUL, bad escapes) are refused outright rather than normalised. At each segment a
+literal beats a parameter, so exact templates win over parameterised ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from dragoman.catalog.model import Operation
+
+
+class InvalidPath(ValueError):
+    """The request path is ambiguous or malformed; it is refused, never normalised."""
+
+
+@dataclass(slots=True)
+class _Node:
+    literals: dict[str, _Node] = field(default_factory=dict)
+    param: _Node | None = None
+    operations: dict[str, Operation] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    operation: Operation
+    params: dict[str, str]
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+_FORBIDDEN_DECODED = frozenset({"/", "\\", "\x00"})
+
+
+def split_path(raw_path: str) -> list[str]:
+    """Decoded segments of a raw (still percent-encoded) path; raise InvalidPath."""
+    if not raw_path.startswith("/"):
+        raise InvalidPath("the path must start with '/'")
+    if raw_path == "/":
+        return []
+    segments = []
+    for raw in raw_path[1:].split("/"):
+        if raw == "":
+            raise InvalidPath("empty path segment")
+        decoded = _decode_segment(raw) if "%" in raw else raw
+        if decoded in (".", "..") or any(c in _FORBIDDEN_DECODED for c in decoded):
+            raise InvalidPath("dot segment or encoded separator in the path")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
+            raise InvalidPath("control character in the path")
+        segments.append(decoded)
+    return segments
+
+
+def _decode_segment(raw: str) -> str:
+    index = raw.find("%")
+    while index != -1:
+        if index + 2 >= len(raw) or raw[index + 1] not in _HEX or raw[index + 2] not in _HEX:
+            raise InvalidPath("malformed percent-escape in the path")
+        index = raw.find("%", index + 3)
+    try:
+        return unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidPath("percent-escapes that are not UTF-8") from None
+
+
+class RouteMatcher:
+    """Finds the catalog operation of a request; built once from the catalog."""
+
+    def __init__(self, operations: list[Operation]) -> None:
+        self._root = _Node()
+        for operation in operations:
+            node = self._root
+            for segment in operation.segments:
+                if segment.is_param:
+                    node.param = node.param or _Node()
+                    node = node.param
+                else:
+                    node = node.literals.setdefault(segment.text, _Node())
+            if operation.method in node.operations:
+                raise ValueError(f"two operations for {operation.method} {operation.template}")
+            node.operations[operation.method] = operation
+
+    def match(self, method: str, raw_path: str) -> Match | None:
+        """The operation for this request, or None. Raises InvalidPath for ambiguous paths."""
+        segments = split_path(raw_path)
+        operation = self._walk(self._root, segments, 0, method)
+        if operation is None:
+            return None
+        params = {
+            seg.text: value
+            for seg, value in zip(operation.segments, segments, strict=True)
+            if seg.is_param
+        }
+        return Match(operation, params)
+
+    def _walk(self, node: _Node, segments: list[str], depth: int, method: str) -> Operation | None:
+        if depth == len(segments):
+            return node.operations.get(method)
+        segment = segments[depth]
+        literal = node.literals.get(segment)
+        if literal is not None:
+            found = self._walk(literal, segments, depth + 1, method)
+            if found is not None:
+                return found
+        if node.param is not None:
+            return self._walk(node.param, segments, depth + 1, method)
+        return None

@@ -1,0 +1,282 @@
+"""`dragoman demo`: the whole picture in one process, with embedded defaults.
+
+Four servers on loopback: the development identity issuer, the sample payment platform,
+the console page, and dragoman in front of the platform (SQLite mapping store, a local
+encrypted key file, a JSON-lines audit file). ``--check`` runs a scripted walk-through on
+free ports in a temporary directory and exits non-zero if any step misbehaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvloop
+from aiohttp import web
+
+from dragoman.app import PROXY_KEY, Proxy, build_app
+from dragoman.demo.console import console_app
+from dragoman.demo.issuer import DEV_WARNING, DevIssuer
+from dragoman.demo.platform import PaymentPlatform, catalog_settings
+from dragoman.keys.local import new_master_key
+from dragoman.logs import configure as configure_logging
+from dragoman.mapping.entity import Grant
+from dragoman.mapping.store import MappingExists
+from dragoman.settings import Settings, load_settings
+from dragoman.tokens.verify import TokenVerifier
+
+TOKEN_ISSUER = "dragoman-demo"  # noqa: S105 (an issuer name)
+AUDIENCE = "payments-demo"
+
+# Roles -> operations, granted on each demo mapping.
+DEMO_GRANTS = (
+    Grant(role="billing_admin", operations=("*",)),
+    Grant(
+        role="viewer",
+        operations=("payment_methods:list", "payment_methods:read", "billing_address:read"),
+    ),
+)
+DEMO_MAPPINGS = (("acct-1001", "cus_alice"), ("acct-2002", "cus_bob"))
+
+
+@dataclass(frozen=True, slots=True)
+class DemoPorts:
+    proxy: int
+    platform: int
+    issuer: int
+    console: int
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def demo_settings(
+    *, proxy: str, platform: str, issuer: str, console: str, state_dir: Path
+) -> dict[str, Any]:
+    """Settings of the demo's dragoman, as the nested mapping a TOML file would hold."""
+    return {
+        "server": {"host": "127.0.0.1", "port": int(proxy.rsplit(":", 1)[1]), "workers": 1},
+        "identity": {
+            "oidc": [
+                {
+                    "name": "console",
+                    "issuer": issuer,
+                    "audiences": ["dragoman"],
+                    "algorithms": ["RS256", "ES256"],
+                    "principal_claim": "sub",
+                    "account_claim": "cloud_account",
+                    "roles_claim": "roles",
+                }
+            ]
+        },
+        "upstream": {"url": platform, "audience": AUDIENCE},
+        "tokens": {"issuer": TOKEN_ISSUER, "ttl": "5m"},
+        "keys": {
+            "path": str(state_dir / "keys.json"),
+            "master_key_file": str(state_dir / "master.key"),
+        },
+        "mapping": {"database_url": f"sqlite+aiosqlite:///{state_dir / 'dragoman.db'}"},
+        "catalog": {"operations": catalog_settings()},
+        "audit": {"sink": "file", "path": str(state_dir / "audit.jsonl")},
+        "browser": {"allowed_origins": [console], "hsts_max_age": 0},
+    }
+
+
+def write_toml(data: dict[str, Any], path: Path) -> None:
+    """A small TOML writer for the demo's settings file (strings, numbers, lists, tables)."""
+    import json
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return str(v)
+        if isinstance(v, list) and all(not isinstance(x, dict) for x in v):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(v)
+
+    lines: list[str] = ["# Written by `dragoman demo`; every key is explained in docs/settings.md"]
+
+    def table(prefix: str, items: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in items.items() if not isinstance(v, dict) and not _is_tables(v)}
+        lines.append(f"\n[{prefix}]")
+        lines.extend(f"{k} = {value(v)}" for k, v in scalars.items())
+        for k, v in items.items():
+            if isinstance(v, dict):
+                table(f"{prefix}.{k}", v)
+            elif _is_tables(v):
+                for entry in v:
+                    lines.append(f"\n[[{prefix}.{k}]]")
+                    lines.extend(f"{ek} = {value(ev)}" for ek, ev in entry.items())
+
+    for name, section in data.items():
+        table(name, section)
+    path.write_text("\n".join(lines) + "\n", "utf-8")
+
+
+def _is_tables(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+
+class DemoStack:
+    """The four demo servers, on sockets bound before anything starts."""
+
+    def __init__(self, host: str, ports: DemoPorts, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.sockets = {
+            name: _bind(host, getattr(ports, name))
+            for name in ("proxy", "platform", "issuer", "console")
+        }
+        self.urls = {
+            name: f"http://{host}:{sock.getsockname()[1]}" for name, sock in self.sockets.items()
+        }
+        self.issuer = DevIssuer(issuer=self.urls["issuer"])
+        self.platform = PaymentPlatform(
+            TokenVerifier(
+                jwks_url=self.urls["proxy"] + "/.well-known/jwks.json",
+                issuer=TOKEN_ISSUER,
+                audience=AUDIENCE,
+                origin=self.urls["platform"],
+            )
+        )
+        self.platform.seed()
+        self.runners: list[web.AppRunner] = []
+        self.settings: Settings | None = None
+        self.proxy: Proxy | None = None
+
+    def prepare_state(self) -> Settings:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        master = self.state_dir / "master.key"
+        if not master.exists():
+            fd = os.open(master, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(new_master_key() + "\n")
+        data = demo_settings(state_dir=self.state_dir, **self.urls)
+        write_toml(data, self.state_dir / "dragoman.toml")
+        self.settings = load_settings(self.state_dir / "dragoman.toml")
+        return self.settings
+
+    async def start(self) -> None:
+        settings = self.settings or self.prepare_state()
+        proxy_app = build_app(settings, migrate_store=True)
+        self.proxy = proxy_app[PROXY_KEY]
+        apps = {
+            "issuer": self.issuer.app(),
+            "platform": self.platform.app(),
+            "console": console_app(self.issuer, self.urls["proxy"]),
+            "proxy": proxy_app,
+        }
+        for name, app in apps.items():
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.SockSite(runner, self.sockets[name]).start()
+            self.runners.append(runner)
+        await self.seed_mappings()
+
+    async def seed_mappings(self) -> None:
+        assert self.proxy is not None
+        for account, customer in DEMO_MAPPINGS:
+            try:
+                await self.proxy.store.add(
+                    cloud_account=account,
+                    payment_customer=customer,
+                    created_by="dragoman-demo",
+                    verification_method="demo-seed",
+                    verification_evidence="seeded by `dragoman demo`",
+                    grants=DEMO_GRANTS,
+                )
+            except MappingExists:
+                mapping = await self.proxy.store.find_by_account(account)
+                assert mapping is not None
+                # A restarted demo refreshes its links instead of letting them go stale.
+                from datetime import UTC, datetime
+
+                await self.proxy.store.update(
+                    mapping.id,
+                    expected_version=mapping.version,
+                    actor="dragoman-demo",
+                    last_validated_at=datetime.now(UTC),
+                    status="active",
+                )
+
+    async def stop(self) -> None:
+        for runner in reversed(self.runners):
+            await runner.cleanup()
+        self.runners.clear()
+
+
+def _instructions(urls: dict[str, str], state_dir: Path) -> str:
+    token_cmd = (
+        f"TOKEN=$(curl -s -X POST {urls['issuer']}/token -H 'Content-Type: application/json'"
+        ' -d \'{"sub":"alice","cloud_account":"acct-1001","roles":["billing_admin"]}\''
+        " | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')"
+    )
+    return f"""
+dragoman demo is running (Ctrl-C stops it).
+
+  console page        {urls["console"]}/      sign in as alice, bob or mallory
+  dragoman            {urls["proxy"]}          JWKS at /.well-known/jwks.json
+  payment platform    {urls["platform"]}          OpenAPI at /openapi.json
+  identity issuer     {urls["issuer"]}          {DEV_WARNING}
+
+Try it from a shell:
+  {token_cmd}
+  AUTH="Authorization: Bearer $TOKEN"
+  curl -s -H "$AUTH" {urls["proxy"]}/_dragoman/whoami
+  curl -s -H "$AUTH" {urls["proxy"]}/v1/customers/cus_alice/payment-methods
+  curl -s -H "$AUTH" {urls["proxy"]}/v1/customers/cus_bob/payment-methods
+      -> 403 customer_mismatch: alice's account is linked to cus_alice only
+  curl -s -H "$AUTH" {urls["platform"]}/v1/customers/cus_alice/payment-methods
+      -> 401: the platform accepts dragoman's scoped tokens only
+
+State (settings, keys, SQLite, audit log) is in {state_dir}/; the audit trail is
+{state_dir / "audit.jsonl"}. `dragoman demo --check` runs the scripted walk-through.
+"""
+
+
+async def _run_forever(stack: DemoStack) -> None:
+    await stack.start()
+    print(_instructions(stack.urls, stack.state_dir), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await stack.stop()
+
+
+def run_demo(*, host: str, ports: DemoPorts, state_dir: Path) -> int:
+    configure_logging("WARNING")
+    try:
+        stack = DemoStack(host, ports, state_dir)
+    except OSError as exc:
+        print(f"cannot listen: {exc} (another demo running? pick ports with --proxy-port ...)")
+        return 1
+    stack.prepare_state()
+    uvloop.run(_run_forever(stack))
+    return 0
+
+
+def run_check() -> int:
+    """The scripted walk-through; 0 when every step behaved."""
+    from dragoman.demo.check import walk_through
+
+    configure_logging("WARNING")
+    with tempfile.TemporaryDirectory(prefix="dragoman-demo-") as tmp:
+        stack = DemoStack("127.0.0.1", DemoPorts(0, 0, 0, 0), Path(tmp))
+        stack.prepare_state()
+        return uvloop.run(walk_through(stack))

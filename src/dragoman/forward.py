@@ -1,0 +1,208 @@
+"""Step 7: forward the request upstream with the scoped token, and stream the answer back.
+
+Header hygiene, both ways:
+- to the upstream: the caller's ``Authorization``, ``Cookie``, CSRF header, hop-by-hop
+  headers (and any header ``Connection`` names), ``Host``, ``Expect`` and client-sent
+  ``Forwarded``/``X-Forwarded-*`` are dropped; ``Authorization: Bearer <scoped token>``,
+  ``X-Request-Id`` and our own ``X-Forwarded-For``/``-Proto`` are set.
+- to the caller: hop-by-hop headers and (by default) ``Set-Cookie`` are dropped; the
+  security headers are set.
+
+Bodies stream both ways in chunks (no unbounded buffering); a request body over the limit
+stops the request (413). The client session never decompresses, never keeps cookies and
+adds no headers of its own. Connect failures become 502, timeouts 504, both problem+json,
+as long as nothing has been sent to the caller yet; nothing is ever retried here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from dragoman.pipeline.context import RequestContext
+from dragoman.pipeline.errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
+from dragoman.settings import UpstreamSettings
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_DROP_REQUEST = HOP_BY_HOP | {
+    "host",
+    "authorization",
+    "cookie",
+    "x-csrf-token",
+    "expect",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-real-ip",
+    "x-request-id",
+}
+_CHUNK = 64 * 1024
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _named_by_connection(headers: CIMultiDictProxy[str]) -> set[str]:
+    named: set[str] = set()
+    for value in headers.getall("Connection", []):
+        named.update(token.strip().lower() for token in value.split(","))
+    return named
+
+
+def _abort(request: web.Request) -> None:
+    # Closing without a terminating chunk (or short of Content-Length) is the only way to
+    # tell the caller that the body it got is incomplete.
+    if request.transport is not None:
+        request.transport.abort()
+
+
+class Forwarder:
+    def __init__(
+        self,
+        settings: UpstreamSettings,
+        *,
+        max_body_bytes: int,
+        security_headers: Mapping[str, str],
+    ) -> None:
+        self._base = settings.url
+        self._max_body = max_body_bytes
+        self._strip_set_cookie = settings.strip_set_cookie
+        self._security_headers = dict(security_headers)
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=settings.connect_timeout,
+            sock_connect=settings.connect_timeout,
+            sock_read=settings.read_timeout,
+        )
+        self._pool_size = settings.pool_size
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=self._pool_size, keepalive_timeout=30, ttl_dns_cache=60
+            ),
+            timeout=self._timeout,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _request_headers(self, ctx: RequestContext) -> CIMultiDict[str]:
+        incoming = ctx.request.headers
+        drop = _DROP_REQUEST | _named_by_connection(incoming)
+        headers: CIMultiDict[str] = CIMultiDict(
+            (name, value) for name, value in incoming.items() if name.lower() not in drop
+        )
+        assert ctx.minted is not None  # the mint stage ran
+        headers["Authorization"] = f"Bearer {ctx.minted.value}"
+        headers["X-Request-Id"] = ctx.request_id
+        if ctx.request.remote:
+            headers["X-Forwarded-For"] = ctx.request.remote
+        headers["X-Forwarded-Proto"] = ctx.request.scheme
+        return headers
+
+    async def _body(self, request: web.Request) -> AsyncIterator[bytes]:
+        sent = 0
+        async for chunk in request.content.iter_chunked(_CHUNK):
+            sent += len(chunk)
+            if sent > self._max_body:
+                raise _BodyTooLarge()
+            yield chunk
+
+    def check_declared_length(self, request: web.Request) -> None:
+        length = request.content_length
+        if length is not None and length > self._max_body:
+            raise PayloadTooLarge("body_too_large")
+
+    async def forward(
+        self, ctx: RequestContext, response_headers: Mapping[str, str]
+    ) -> web.StreamResponse:
+        assert self._session is not None, "Forwarder.start() was not awaited"
+        request = ctx.request
+        query = request.raw_path.partition("?")[2]
+        url = URL(self._base + ctx.raw_path + ("?" + query if query else ""), encoded=True)
+        body = self._body(request) if request.body_exists else None
+        try:
+            upstream = await self._session.request(
+                ctx.method,
+                url,
+                headers=self._request_headers(ctx),
+                data=body,
+                allow_redirects=False,
+                compress=None,
+            )
+        except _BodyTooLarge:
+            raise PayloadTooLarge("body_too_large") from None
+        except TimeoutError:
+            raise UpstreamTimeout("upstream_timeout") from None
+        except aiohttp.ClientError as exc:
+            if isinstance(exc.__cause__, _BodyTooLarge) or isinstance(
+                exc.__context__, _BodyTooLarge
+            ):
+                raise PayloadTooLarge("body_too_large") from None
+            raise UpstreamUnavailable(type(exc).__name__) from None
+        try:
+            ctx.upstream_status = upstream.status
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            drop = HOP_BY_HOP | _named_by_connection(upstream.headers)
+            if self._strip_set_cookie:
+                drop = drop | {"set-cookie"}
+            for name, value in upstream.headers.items():
+                if name.lower() not in drop:
+                    response.headers.add(name, value)
+            if "Cache-Control" not in response.headers:
+                response.headers["Cache-Control"] = "no-store"
+            response.headers.update(self._security_headers)
+            response.headers.update(response_headers)
+            response.headers["X-Request-Id"] = ctx.request_id
+            try:
+                first = await upstream.content.readany()
+            except TimeoutError:
+                raise UpstreamTimeout("upstream_timeout") from None
+            except aiohttp.ClientError as exc:
+                raise UpstreamUnavailable(type(exc).__name__) from None
+            await response.prepare(request)
+            # From here the caller has our status line: an upstream failure can only cut
+            # the response short, which the caller sees as a truncated body.
+            chunk = first
+            while chunk:
+                try:
+                    await response.write(chunk)
+                except ConnectionResetError:
+                    ctx.stream_error = "client_disconnected"
+                    return response
+                try:
+                    chunk = await upstream.content.readany()
+                except (aiohttp.ClientError, TimeoutError):
+                    ctx.stream_error = "upstream_aborted"
+                    _abort(request)
+                    return response
+            await response.write_eof()
+            return response
+        finally:
+            upstream.release()

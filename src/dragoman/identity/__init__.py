@@ -1,0 +1,1 @@
+"""Step 1: who is calling, verified with the application's own identity system."""

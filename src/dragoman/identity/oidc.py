@@ -1,0 +1,166 @@
+"""OIDC bearer tokens (JWT access tokens, RFC 9068, or ID tokens where configured).
+
+One :class:`OidcAuthenticator` serves every configured issuer. It routes a token to its
+issuer by the unverified ``iss`` (a token naming no configured issuer is "not mine", so
+another authenticator may own it), then verifies it strictly with that issuer's key set and
+rules (:mod:`dragoman.jose.strict`). Nothing read before the signature check is logged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from dragoman.identity.base import NOT_MINE, NotMine, bearer_token
+from dragoman.identity.principal import Principal
+from dragoman.jose.jwks import HttpKeySetFetcher, JwksCache, JwksUnavailable
+from dragoman.jose.strict import (
+    HeaderPolicy,
+    JoseError,
+    check_audience,
+    check_header,
+    check_issuer,
+    check_time_claims,
+    unverified_issuer,
+    verify_signature,
+)
+from dragoman.pipeline.errors import IdentityUnavailable, Unauthenticated
+from dragoman.settings import IdentitySettings, OidcIssuerSettings, check_http_url
+
+
+def claim(payload: Mapping[str, Any], path: str) -> Any:
+    """A claim by exact name, or else by dotted path into nested objects."""
+    if path in payload:
+        return payload[path]
+    value: Any = payload
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def roles_of(value: Any) -> frozenset[str]:
+    if isinstance(value, str):
+        return frozenset(value.split())
+    if isinstance(value, list):
+        return frozenset(v for v in value if isinstance(v, str))
+    return frozenset()
+
+
+class IssuerVerifier:
+    """Verifies tokens of one issuer."""
+
+    def __init__(
+        self,
+        config: OidcIssuerSettings,
+        keys: JwksCache,
+        *,
+        max_token_bytes: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.keys = keys
+        self._clock = clock
+        self._policy = HeaderPolicy(
+            algorithms=frozenset(config.algorithms),
+            accepted_types=frozenset(config.accepted_types),
+            allow_missing_type=config.allow_missing_type,
+            max_token_bytes=max_token_bytes,
+        )
+        self._audiences = frozenset(config.audiences)
+
+    async def verify(self, token: str) -> Principal:
+        config = self.config
+        try:
+            header = check_header(token, self._policy)
+            key = await self.keys.key(header.kid)
+            payload = verify_signature(token, header, key)
+            check_issuer(payload, config.issuer)
+            check_audience(payload, self._audiences)
+            check_time_claims(payload, now=self._clock(), leeway=config.leeway)
+        except JoseError as exc:
+            raise Unauthenticated(
+                exc.reason, f"The bearer token was refused ({exc.reason})."
+            ) from None
+        except JwksUnavailable:
+            raise IdentityUnavailable("jwks_unavailable") from None
+        subject = claim(payload, config.principal_claim)
+        if not isinstance(subject, str) or not subject:
+            raise Unauthenticated("principal_claim_missing", "The token names no principal.")
+        account = claim(payload, config.account_claim)
+        if account is not None and (not isinstance(account, str) or not account):
+            raise Unauthenticated("account_claim_invalid", "The token's account is malformed.")
+        auth_time = payload.get("auth_time")
+        return Principal(
+            subject=config.principal_prefix + subject,
+            cloud_account=None if account is None else config.account_prefix + account,
+            issuer=config.issuer,
+            authenticator=config.name,
+            roles=roles_of(claim(payload, config.roles_claim))
+            if config.roles_claim
+            else frozenset(),
+            auth_time=auth_time if isinstance(auth_time, int) else None,
+            credential_expires_at=float(payload["exp"]),
+        )
+
+
+class OidcAuthenticator:
+    """Bearer JWTs from any configured OIDC issuer."""
+
+    name = "oidc"
+
+    def __init__(
+        self,
+        settings: IdentitySettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self.issuers: dict[str, IssuerVerifier] = {}
+        for config in settings.oidc:
+            fetcher = HttpKeySetFetcher(
+                session=self._client,
+                timeout=config.http_timeout,
+                jwks_uri=config.jwks_uri,
+                issuer=config.issuer,
+                check_uri=lambda uri: check_http_url(uri, require_tls=True),
+            )
+            cache = JwksCache(
+                fetcher,
+                name=config.name,
+                ttl=config.jwks_cache_ttl,
+                max_stale=config.jwks_max_stale,
+                refetch_interval=config.jwks_refetch_interval,
+                clock=monotonic,
+            )
+            self.issuers[config.issuer] = IssuerVerifier(
+                config, cache, max_token_bytes=settings.max_token_bytes, clock=clock
+            )
+        self._max_token_bytes = settings.max_token_bytes
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def authenticate(self, request: web.Request) -> Principal | NotMine:
+        token = bearer_token(request)
+        if token is None:
+            return NOT_MINE
+        if len(token) > self._max_token_bytes:
+            raise Unauthenticated("token_too_large", "The bearer token is too large.")
+        verifier = self.issuers.get(unverified_issuer(token) or "")
+        if verifier is None:
+            return NOT_MINE
+        return await verifier.verify(token)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

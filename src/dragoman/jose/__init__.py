@@ -1,0 +1,1 @@
+"""JOSE policy shared by the inbound authenticator and the upstream verifier."""

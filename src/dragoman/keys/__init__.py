@@ -1,0 +1,1 @@
+"""Signing keys: providers and the published key set."""

@@ -1,0 +1,1 @@
+"""Step 4: which payment customer a cloud account is, and who may act for it."""

@@ -1,0 +1,87 @@
+"""The account mapping entity (SEMANTICS §4): not a pair, a record with a history.
+
+A mapping links one cloud account to one payment customer and says who may act for it:
+each grant names a principal or a role and the operations it may ask for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from dragoman.catalog.model import Operation
+from dragoman.identity.principal import Principal
+
+
+class MappingStatus(StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    STALE = "stale"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Who (a principal or a role) may ask for which operations.
+
+    An operation entry is an operation id, a scope (``payment_methods:create``), a
+    resource wildcard (``payment_methods:*``), or ``*`` for every operation.
+    """
+
+    operations: tuple[str, ...]
+    principal: str | None = None
+    role: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.principal is None) == (self.role is None):
+            raise ValueError("a grant names exactly one of principal and role")
+        if not self.operations:
+            raise ValueError("a grant names at least one operation")
+
+    def applies_to(self, principal: Principal) -> bool:
+        if self.principal is not None:
+            return self.principal == principal.subject
+        return self.role in principal.roles
+
+    def covers(self, operation: Operation) -> bool:
+        resource = operation.scope.split(":", 1)[0]
+        for entry in self.operations:
+            if entry in ("*", operation.id, operation.scope, f"{resource}:*"):
+                return True
+        return False
+
+    def to_json(self) -> dict[str, Any]:
+        who = {"principal": self.principal} if self.principal is not None else {"role": self.role}
+        return {**who, "operations": list(self.operations)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Grant:
+        return cls(
+            operations=tuple(data["operations"]),
+            principal=data.get("principal"),
+            role=data.get("role"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AccountMapping:
+    id: str
+    cloud_account: str
+    payment_customer: str = field(repr=False)
+    status: MappingStatus
+    created_at: datetime
+    created_by: str
+    verification_method: str
+    verification_evidence: str | None
+    last_validated_at: datetime
+    version: int
+    grants: tuple[Grant, ...]
+
+    def allows(self, principal: Principal, operation: Operation) -> bool:
+        """Deny by default: some grant must apply to the principal and cover the operation."""
+        return any(g.applies_to(principal) and g.covers(operation) for g in self.grants)
+
+    def allowed_operations(self, principal: Principal, catalog: list[Operation]) -> list[str]:
+        return [op.id for op in catalog if self.allows(principal, op)]

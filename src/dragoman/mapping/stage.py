@@ -1,0 +1,68 @@
+"""Step 4 as a pipeline stage: the caller's account must map to an active, fresh customer
+link that grants this operation, and a customer named in the request must be that one."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable
+
+from dragoman.identity.principal import Principal
+from dragoman.mapping.entity import AccountMapping, MappingStatus
+from dragoman.mapping.store import MappingStore, StoreUnavailable
+from dragoman.pipeline.context import RequestContext
+from dragoman.pipeline.errors import (
+    CustomerMismatch,
+    MappingInactive,
+    MappingMissing,
+    MappingStale,
+    MappingUnavailable,
+    ScopeDenied,
+    Unauthenticated,
+)
+
+
+class MappingGate:
+    """Finds the caller's mapping and checks that it may be used at all."""
+
+    def __init__(
+        self, store: MappingStore, *, stale_after: float, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._store = store
+        self._stale_after = stale_after
+        self._clock = clock
+
+    async def usable_mapping(self, principal: Principal) -> AccountMapping:
+        if principal.cloud_account is None:
+            raise Unauthenticated("account_claim_missing", "The credential names no cloud account.")
+        try:
+            mapping = await self._store.find_by_account(principal.cloud_account)
+        except StoreUnavailable:
+            raise MappingUnavailable("mapping_store_unavailable") from None
+        if mapping is None:
+            raise MappingMissing()
+        if mapping.status in (MappingStatus.SUSPENDED, MappingStatus.REVOKED):
+            raise MappingInactive(f"mapping_{mapping.status.value}")
+        age = self._clock() - mapping.last_validated_at.timestamp()
+        if mapping.status is MappingStatus.STALE or age > self._stale_after:
+            raise MappingStale()
+        return mapping
+
+
+class MapAccountStage:
+    name = "map_account"
+
+    def __init__(self, gate: MappingGate) -> None:
+        self._gate = gate
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        assert ctx.principal is not None and ctx.operation is not None  # earlier stages
+        mapping = await self._gate.usable_mapping(ctx.principal)
+        ctx.mapping = mapping
+        if not mapping.allows(ctx.principal, ctx.operation):
+            raise ScopeDenied()
+        param = ctx.operation.customer_param
+        if param is not None:
+            named = ctx.path_params[param].encode()
+            if not hmac.compare_digest(named, mapping.payment_customer.encode()):
+                raise CustomerMismatch()

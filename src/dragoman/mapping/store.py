@@ -1,0 +1,212 @@
+"""The mapping store: SQLAlchemy 2 (async) over SQLite (embedded) or PostgreSQL.
+
+Every failure to reach the database surfaces as :class:`StoreUnavailable` (the pipeline
+answers 503 and forwards nothing). Updates are optimistic: each one names the version it
+read and fails with :class:`VersionConflict` if somebody else wrote in between, so an update
+is never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import event, select, text, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from dragoman.mapping.entity import AccountMapping, Grant, MappingStatus
+from dragoman.mapping.schema import account_mappings as t
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached or did not answer in time."""
+
+
+class MappingExists(Exception):
+    """The cloud account is already linked."""
+
+
+class MappingNotFound(Exception):
+    pass
+
+
+class VersionConflict(Exception):
+    """The mapping changed since it was read; re-read and retry."""
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything we store is UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _entity(row: Row[Any]) -> AccountMapping:
+    return AccountMapping(
+        id=row.id,
+        cloud_account=row.cloud_account,
+        payment_customer=row.payment_customer,
+        status=MappingStatus(row.status),
+        created_at=_utc(row.created_at),
+        created_by=row.created_by,
+        verification_method=row.verification_method,
+        verification_evidence=row.verification_evidence,
+        last_validated_at=_utc(row.last_validated_at),
+        version=row.version,
+        grants=tuple(Grant.from_json(g) for g in row.grants),
+    )
+
+
+def make_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            # WAL lets readers run beside the writer; FULL makes each commit durable.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.close()
+
+        return engine
+    return create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_pre_ping=True)
+
+
+class MappingStore:
+    def __init__(self, engine: AsyncEngine, *, query_timeout: float = 2.0) -> None:
+        self.engine = engine
+        self._timeout = query_timeout
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def _run(self, coroutine: Any) -> Any:
+        try:
+            return await asyncio.wait_for(coroutine, self._timeout)
+        except (MappingExists, MappingNotFound, VersionConflict):
+            raise
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from None
+
+    async def ping(self) -> None:
+        async def go() -> None:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+
+        await self._run(go())
+
+    async def find_by_account(self, cloud_account: str) -> AccountMapping | None:
+        async def go() -> AccountMapping | None:
+            async with self.engine.connect() as conn:
+                result = await conn.execute(select(t).where(t.c.cloud_account == cloud_account))
+                row = result.first()
+                return None if row is None else _entity(row)
+
+        found: AccountMapping | None = await self._run(go())
+        return found
+
+    async def get(self, mapping_id: str) -> AccountMapping:
+        async def go() -> AccountMapping:
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(select(t).where(t.c.id == mapping_id))).first()
+                if row is None:
+                    raise MappingNotFound(mapping_id)
+                return _entity(row)
+
+        found: AccountMapping = await self._run(go())
+        return found
+
+    async def list(self, *, limit: int = 1000, offset: int = 0) -> list[AccountMapping]:
+        async def go() -> list[AccountMapping]:
+            async with self.engine.connect() as conn:
+                query = select(t).order_by(t.c.created_at, t.c.id).limit(limit).offset(offset)
+                return [_entity(row) for row in await conn.execute(query)]
+
+        found: list[AccountMapping] = await self._run(go())
+        return found
+
+    async def add(
+        self,
+        *,
+        cloud_account: str,
+        payment_customer: str,
+        created_by: str,
+        verification_method: str,
+        verification_evidence: str | None = None,
+        grants: Sequence[Grant] = (),
+        status: MappingStatus = MappingStatus.ACTIVE,
+        validated_at: datetime | None = None,
+    ) -> AccountMapping:
+        now = datetime.now(UTC)
+        values = {
+            "id": str(uuid.uuid4()),
+            "cloud_account": cloud_account,
+            "payment_customer": payment_customer,
+            "status": status.value,
+            "created_at": now,
+            "created_by": created_by,
+            "verification_method": verification_method,
+            "verification_evidence": verification_evidence,
+            "last_validated_at": validated_at or now,
+            "updated_at": now,
+            "updated_by": created_by,
+            "version": 1,
+            "grants": [g.to_json() for g in grants],
+        }
+
+        async def go() -> None:
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.execute(t.insert().values(**values))
+            except IntegrityError:
+                raise MappingExists(cloud_account) from None
+
+        await self._run(go())
+        return await self.get(str(values["id"]))
+
+    async def update(
+        self, mapping_id: str, *, expected_version: int, actor: str, **changes: Any
+    ) -> AccountMapping:
+        """Change fields of a mapping if it is still at ``expected_version``.
+
+        Allowed changes: status (MappingStatus), grants (sequence of Grant),
+        last_validated_at (datetime), verification_method, verification_evidence.
+        """
+        allowed = {
+            "status",
+            "grants",
+            "last_validated_at",
+            "verification_method",
+            "verification_evidence",
+        }
+        unknown = set(changes) - allowed
+        if unknown:
+            raise ValueError(f"cannot change {sorted(unknown)}")
+        values: dict[str, Any] = dict(changes)
+        if "status" in values:
+            values["status"] = MappingStatus(values["status"]).value
+        if "grants" in values:
+            values["grants"] = [g.to_json() for g in values["grants"]]
+        values.update(updated_at=datetime.now(UTC), updated_by=actor, version=expected_version + 1)
+
+        async def go() -> None:
+            async with self.engine.begin() as conn:
+                result = await conn.execute(
+                    update(t)
+                    .where(t.c.id == mapping_id, t.c.version == expected_version)
+                    .values(**values)
+                )
+                if result.rowcount == 1:
+                    return
+                exists = await conn.execute(select(t.c.version).where(t.c.id == mapping_id))
+                if exists.first() is None:
+                    raise MappingNotFound(mapping_id)
+                raise VersionConflict(mapping_id)
+
+        await self._run(go())
+        return await self.get(mapping_id)

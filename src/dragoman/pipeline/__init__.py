@@ -1,0 +1,1 @@
+"""The per-request contract: context, stages, denials."""

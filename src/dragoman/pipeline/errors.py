@@ -1,0 +1,178 @@
+"""Denials: why a request stops, as a stable machine code and an HTTP status.
+
+A stage raises a Denial to end the request; nothing after it runs except the audit record
+and the security headers, and nothing reaches the upstream. The tree::
+
+    Denial
+    ├── BadRequest                400  bad_request, path_invalid
+    ├── PayloadTooLarge           413  body_too_large
+    ├── Unauthenticated           401  unauthenticated
+    ├── Forbidden                 403
+    │   ├── ScopeDenied                scope_denied
+    │   ├── MappingMissing             mapping_missing
+    │   ├── MappingInactive            mapping_inactive
+    │   ├── MappingStale               mapping_stale
+    │   ├── CustomerMismatch           customer_mismatch
+    │   └── OriginDenied               origin_denied
+    ├── OperationUnknown          404  operation_unknown
+    ├── DependencyUnavailable     503  identity_unavailable, mapping_unavailable,
+    │                                  key_unavailable, audit_unavailable
+    ├── InternalError             500  internal_error
+    ├── UpstreamUnavailable       502  upstream_unavailable
+    └── UpstreamTimeout           504  upstream_timeout
+
+``code`` is public and stable: it goes into the problem body and the audit record, and
+clients may branch on it. ``reason`` is a finer, equally stable detail for operators (for
+example ``token_expired`` under ``unauthenticated``); it is recorded in the audit record and
+shown in the problem's ``detail``. Neither ever carries a token, a secret or card data.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class Denial(Exception):
+    """A final refusal of the request."""
+
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+    title: ClassVar[str] = "The request was refused."
+
+    def __init__(self, reason: str | None = None, detail: str | None = None) -> None:
+        self.reason = reason or self.code
+        self.detail = detail or self.title
+        super().__init__(f"{self.code}: {self.reason}")
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers this denial needs (WWW-Authenticate, Retry-After...)."""
+        return {}
+
+
+class BadRequest(Denial):
+    status = 400
+    code = "bad_request"
+    title = "The request is malformed."
+
+
+class PathInvalid(BadRequest):
+    code = "path_invalid"
+    title = "The request path is ambiguous or malformed."
+
+
+class PayloadTooLarge(Denial):
+    status = 413
+    code = "body_too_large"
+    title = "The request body is larger than allowed."
+
+
+class Unauthenticated(Denial):
+    status = 401
+    code = "unauthenticated"
+    title = "Valid credentials of a known identity provider are required."
+
+    def headers(self) -> dict[str, str]:
+        # RFC 6750 §3: error codes only, no token material.
+        if self.reason == "credentials_missing":
+            return {"WWW-Authenticate": 'Bearer realm="dragoman"'}
+        return {"WWW-Authenticate": 'Bearer realm="dragoman", error="invalid_token"'}
+
+
+class Forbidden(Denial):
+    status = 403
+    code = "forbidden"
+    title = "The caller may not do this."
+
+
+class ScopeDenied(Forbidden):
+    code = "scope_denied"
+    title = "The caller is not granted this operation for this account."
+
+
+class MappingMissing(Forbidden):
+    code = "mapping_missing"
+    title = "The cloud account is not linked to a payment customer."
+
+
+class MappingInactive(Forbidden):
+    code = "mapping_inactive"
+    title = "The account's link to its payment customer is suspended or revoked."
+
+
+class MappingStale(Forbidden):
+    code = "mapping_stale"
+    title = "The account's link to its payment customer has not been validated recently."
+
+
+class CustomerMismatch(Forbidden):
+    code = "customer_mismatch"
+    title = "The request names a customer other than the caller's."
+
+
+class OriginDenied(Forbidden):
+    code = "origin_denied"
+    title = "The request comes from an origin that is not allowed."
+
+
+class OperationUnknown(Denial):
+    status = 404
+    code = "operation_unknown"
+    title = "No operation in the catalog matches this method and path."
+
+
+class DependencyUnavailable(Denial):
+    status = 503
+    code = "dependency_unavailable"
+    title = "A service the proxy needs is unavailable; nothing was forwarded."
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
+
+class IdentityUnavailable(DependencyUnavailable):
+    code = "identity_unavailable"
+    title = "The identity provider's keys cannot be obtained; nothing was forwarded."
+
+
+class MappingUnavailable(DependencyUnavailable):
+    code = "mapping_unavailable"
+    title = "The account mapping store is unavailable; nothing was forwarded."
+
+
+class KeyUnavailable(DependencyUnavailable):
+    code = "key_unavailable"
+    title = "No signing key is usable; nothing was forwarded."
+
+
+class AuditUnavailable(DependencyUnavailable):
+    code = "audit_unavailable"
+    title = "The audit trail cannot be written; nothing was forwarded."
+
+
+class InternalError(Denial):
+    status = 500
+    code = "internal_error"
+    title = "The proxy failed unexpectedly; nothing more was forwarded."
+
+
+class UpstreamUnavailable(Denial):
+    status = 502
+    code = "upstream_unavailable"
+    title = "The upstream service could not be reached."
+
+
+class UpstreamTimeout(Denial):
+    status = 504
+    code = "upstream_timeout"
+    title = "The upstream service did not answer in time."
+
+
+def all_denials() -> list[type[Denial]]:
+    """Every concrete denial class, for documentation and tests."""
+    found: list[type[Denial]] = []
+    pending: list[type[Denial]] = [Denial]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found

@@ -1,0 +1,142 @@
+"""Runs the proxy: one uvloop worker process per core, sharing the port with SO_REUSEPORT.
+
+The parent prepares what must happen once (migrations, the key file), then starts the
+workers, restarts any that die, and passes SIGTERM/SIGINT on for a graceful stop: each
+worker stops accepting, lets in-flight requests finish within ``server.shutdown_timeout``,
+and flushes its audit sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+import uvloop
+from aiohttp import web
+
+from dragoman.app import build_app
+from dragoman.keys.factory import open_key_provider
+from dragoman.logs import configure as configure_logging
+from dragoman.mapping import migrate
+from dragoman.mapping.store import make_engine
+from dragoman.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def _prepare(settings: Settings) -> None:
+    if settings.mapping.auto_migrate:
+        engine = make_engine(settings.mapping.database_url, pool_size=1)
+        try:
+            await migrate.upgrade(engine)
+        finally:
+            await engine.dispose()
+
+
+def prepare(settings: Settings) -> None:
+    """What runs once before workers start: schema migrations and the key file."""
+    open_key_provider(settings.keys, create=True)
+    asyncio.run(_prepare(settings))
+
+
+def worker_count(settings: Settings) -> int:
+    return settings.server.workers or os.cpu_count() or 1
+
+
+async def serve_worker(settings: Settings, *, announce: bool = True) -> None:
+    app = build_app(settings, migrate_store=False)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=settings.server.shutdown_timeout,
+    )
+    await runner.setup()
+    site = web.TCPSite(
+        runner,
+        settings.server.host,
+        settings.server.port,
+        reuse_port=True,
+        backlog=2048,
+        shutdown_timeout=settings.server.shutdown_timeout,
+    )
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    if announce:
+        log.info("worker %d serving on %s", os.getpid(), site.name)
+    await stop.wait()
+    log.info("worker %d stopping", os.getpid())
+    await runner.cleanup()
+
+
+def _worker_main(settings: Settings, log_level: str) -> None:
+    configure_logging(log_level)
+    uvloop.run(serve_worker(settings))
+
+
+def run(settings: Settings, *, log_level: str = "INFO") -> int:
+    """Serve until SIGTERM or SIGINT. Returns the exit status."""
+    configure_logging(log_level)
+    prepare(settings)
+    count = worker_count(settings)
+    if count > 1 and settings.server.port == 0:
+        log.error("server.port 0 (any free port) works with one worker only")
+        return 2
+    print(
+        f"dragoman listening on http://{settings.server.host}:{settings.server.port}"
+        f" ({count} worker{'s' if count > 1 else ''})",
+        flush=True,
+    )
+    if count == 1:
+        uvloop.run(serve_worker(settings))
+        return 0
+    return _supervise(settings, count, log_level)
+
+
+def _supervise(settings: Settings, count: int, log_level: str) -> int:
+    context = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def start() -> BaseProcess:
+        process = context.Process(
+            target=_worker_main, args=(settings, log_level), name="dragoman-worker"
+        )
+        process.start()
+        return process
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in workers:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+
+    workers = [start() for _ in range(count)]
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stopping:
+        time.sleep(0.5)
+        for index, process in enumerate(workers):
+            if not process.is_alive() and not stopping:
+                log.warning("worker %s exited with %s; restarting", process.pid, process.exitcode)
+                workers[index] = start()
+    deadline = time.monotonic() + settings.server.shutdown_timeout + 5
+    for process in workers:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use `dragoman serve`")

@@ -1,0 +1,524 @@
+"""Typed settings: one TOML file plus ``DRAGOMAN_*`` environment overrides.
+
+Everything is validated at load, and every problem is reported at once with the dotted key
+that is wrong (``upstream.url: ...``), never with the offending value: a bad value may be a
+secret. Environment variables override the file, nested keys joined by ``__``:
+``DRAGOMAN_UPSTREAM__URL=https://payments.internal``.
+
+Durations accept seconds (``30``) or a number with a unit (``90s``, ``5m``, ``36h``, ``1d``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from dragoman.jose.strict import normalise_typ
+
+ENV_PREFIX = "DRAGOMAN_"
+CONFIG_ENV = "DRAGOMAN_CONFIG"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object) -> object:
+    """Turn ``"90s"``, ``"5m"``, ``"36h"`` or a number into seconds (float)."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '90s', '5m', '36h'")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError(
+                "a duration is a number of seconds or a string like '90s', '5m', '36h'"
+            )
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+
+
+def is_loopback_host(host: str) -> bool:
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_http_url(value: str, *, require_tls: bool, allow_path: bool = True) -> str:
+    """An absolute http(s) URL without query, fragment or credentials.
+
+    With ``require_tls`` plain http is accepted only for loopback hosts (tests and the demo).
+    """
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    if parts.query or parts.fragment:
+        raise ValueError("must not carry a query or a fragment")
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials")
+    if not allow_path and parts.path not in ("", "/"):
+        raise ValueError("must not carry a path")
+    if require_tls and parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ValueError("must use https (plain http is accepted for loopback hosts only)")
+    return value
+
+
+class Section(BaseModel):
+    """Base of every settings table: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(Section):
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on (0: any free).")
+    workers: int = Field(
+        1,
+        ge=0,
+        le=256,
+        description="Worker processes sharing the port with SO_REUSEPORT; 0 means one per core.",
+    )
+    max_body_bytes: int = Field(
+        1_048_576,
+        ge=0,
+        le=1_073_741_824,
+        description="Largest request body forwarded upstream; larger bodies get 413.",
+    )
+    shutdown_timeout: Duration = Field(
+        10.0, gt=0, le=600, description="How long in-flight requests may run on shutdown."
+    )
+    trust_request_id: bool = Field(
+        True,
+        description=(
+            "Keep a client-sent X-Request-Id when it is 8-64 characters of [A-Za-z0-9._-];"
+            " otherwise (or when false) a fresh one is generated."
+        ),
+    )
+
+
+TokenAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+]
+
+
+class OidcIssuerSettings(Section):
+    name: str = Field(
+        ...,
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+        description="Short name of this issuer, used in audit records and metrics.",
+    )
+    issuer: str = Field(
+        ..., description="Exact `iss` value; discovery is fetched from it. https unless loopback."
+    )
+    audiences: list[str] = Field(
+        ..., min_length=1, description="Accepted `aud` values; a token must name at least one."
+    )
+    algorithms: list[TokenAlgorithm] = Field(
+        ["RS256", "ES256"],
+        min_length=1,
+        description="Signature algorithms accepted from this issuer (asymmetric only).",
+    )
+    jwks_uri: str | None = Field(
+        None, description="JWKS URL; when unset it is read from the issuer's discovery document."
+    )
+    accepted_types: list[str] = Field(
+        ["at+jwt"],
+        min_length=1,
+        description=(
+            "Accepted JOSE `typ` header values (case-insensitive, `application/` prefix"
+            " ignored). The default accepts access tokens only, so ID tokens are refused."
+        ),
+    )
+    allow_missing_type: bool = Field(
+        False, description="Accept tokens without a `typ` header (for issuers that omit it)."
+    )
+    principal_claim: str = Field(
+        "sub", min_length=1, description="Claim naming the principal (dotted path for nesting)."
+    )
+    account_claim: str = Field(
+        "cloud_account", min_length=1, description="Claim naming the cloud account."
+    )
+    roles_claim: str | None = Field(
+        "roles", description="Claim holding the principal's roles (list or space-separated)."
+    )
+    principal_prefix: str = Field(
+        "", description="Prepended to the principal, to keep issuers' namespaces apart."
+    )
+    account_prefix: str = Field(
+        "", description="Prepended to the cloud account, to keep issuers' namespaces apart."
+    )
+    leeway: Duration = Field(30.0, ge=0, le=120, description="Clock leeway for exp, nbf and iat.")
+    jwks_cache_ttl: Duration = Field(
+        300.0, ge=1, le=86400, description="How long fetched keys are used before a refresh."
+    )
+    jwks_max_stale: Duration = Field(
+        86400.0,
+        ge=0,
+        le=7 * 86400,
+        description=(
+            "How long past their TTL cached keys keep verifying while the provider is"
+            " unreachable; after that, requests are refused with 503."
+        ),
+    )
+    jwks_refetch_interval: Duration = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description=(
+            "Least time between two fetches caused by an unknown `kid`, so a flood of"
+            " random kids cannot make the proxy hammer the provider."
+        ),
+    )
+    http_timeout: Duration = Field(
+        5.0, gt=0, le=60, description="Timeout of discovery and JWKS requests."
+    )
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_is_url(cls, value: str) -> str:
+        return check_http_url(value, require_tls=True)
+
+    @field_validator("jwks_uri")
+    @classmethod
+    def _jwks_uri_is_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_http_url(value, require_tls=True)
+
+    @field_validator("accepted_types")
+    @classmethod
+    def _normalise_types(cls, value: list[str]) -> list[str]:
+        return [normalise_typ(t) for t in value]
+
+
+class IdentitySettings(Section):
+    oidc: list[OidcIssuerSettings] = Field(
+        default_factory=list, description="OIDC issuers whose tokens authenticate callers."
+    )
+    max_token_bytes: int = Field(
+        16_384, ge=512, le=65_536, description="Longest bearer token looked at; longer: 401."
+    )
+
+    @model_validator(mode="after")
+    def _issuers_are_distinct(self) -> IdentitySettings:
+        names = [i.name for i in self.oidc]
+        issuers = [i.issuer for i in self.oidc]
+        if len(set(names)) != len(names):
+            raise ValueError("oidc issuer names must be unique")
+        if len(set(issuers)) != len(issuers):
+            raise ValueError("each issuer URL may be configured only once")
+        return self
+
+
+class UpstreamSettings(Section):
+    url: str = Field(..., description="Base URL of the upstream; request paths are appended.")
+    audience: str = Field(..., min_length=1, description="`aud` of the tokens minted for it.")
+    connect_timeout: Duration = Field(3.0, gt=0, le=60, description="Connect timeout (then 502).")
+    read_timeout: Duration = Field(
+        30.0, gt=0, le=600, description="Timeout waiting for upstream data (then 504)."
+    )
+    pool_size: int = Field(100, ge=1, le=10_000, description="Pooled connections per worker.")
+    strip_set_cookie: bool = Field(
+        True, description="Drop Set-Cookie from upstream answers (the proxy's origin is not its)."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return check_http_url(value, require_tls=False).rstrip("/")
+
+
+class TokenSettings(Section):
+    issuer: str = Field("dragoman", min_length=1, description="`iss` of minted tokens.")
+    ttl: Duration = Field(
+        300.0, ge=10, le=900, description="Lifetime of a minted token (at most 15 minutes)."
+    )
+    algorithm: Literal["ES256"] = Field("ES256", description="Signing algorithm.")
+
+
+class KeySettings(Section):
+    provider: Literal["local"] = Field("local", description="Key provider.")
+    path: Path = Field(
+        Path("var/keys.json"), description="Key file of the local provider (encrypted at rest)."
+    )
+    master_key: SecretStr | None = Field(
+        None,
+        description=(
+            "Base64url 32-byte key that encrypts private keys at rest; prefer"
+            " DRAGOMAN_KEYS__MASTER_KEY or master_key_file over writing it here."
+        ),
+    )
+    master_key_file: Path | None = Field(
+        None, description="File holding the master key (base64url, 32 bytes)."
+    )
+    jwks_max_age: Duration = Field(
+        300.0, ge=0, le=86400, description="Cache-Control max-age of /.well-known/jwks.json."
+    )
+
+    @field_validator("master_key")
+    @classmethod
+    def _master_key_decodes(cls, value: SecretStr | None) -> SecretStr | None:
+        from dragoman.keys.local import KeyFileError, decode_master_key
+
+        if value is not None:
+            try:
+                decode_master_key(value.get_secret_value())
+            except KeyFileError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_master_key(self) -> KeySettings:
+        if (self.master_key is None) == (self.master_key_file is None):
+            raise ValueError("set exactly one of keys.master_key and keys.master_key_file")
+        return self
+
+
+class MappingSettings(Section):
+    database_url: str = Field(
+        "sqlite+aiosqlite:///var/dragoman.db",
+        description="SQLAlchemy URL: sqlite+aiosqlite:///FILE or postgresql+asyncpg://...",
+    )
+    stale_after: Duration = Field(
+        36 * 3600.0,
+        gt=0,
+        description="Refuse (mapping_stale) when the last validation is older than this.",
+    )
+    auto_migrate: bool = Field(True, description="Apply database migrations at start.")
+    pool_size: int = Field(5, ge=1, le=200, description="Database connections per worker.")
+    query_timeout: Duration = Field(
+        2.0, gt=0, le=60, description="Longest wait for a mapping lookup (then 503)."
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_driver(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return value
+
+
+HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+
+
+class OperationSettings(Section):
+    id: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", description="Operation id.")
+    method: HttpMethod = Field(..., description="HTTP method.")
+    path: str = Field(
+        ..., description="Path template, `{name}` for a whole-segment parameter: /v1/x/{id}."
+    )
+    scope: str = Field(
+        ...,
+        pattern=r"^[a-z0-9_.-]+:[a-z0-9_.-]+$",
+        description="Scope of the minted token, `resource:action`.",
+    )
+    customer_param: str | None = Field(
+        None,
+        description="Path parameter that names the customer; it must equal the mapped customer.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        # Local import: the catalog depends on settings, not the other way round.
+        from dragoman.catalog.template import parse_template
+
+        parse_template(value)
+        return value
+
+    @model_validator(mode="after")
+    def _customer_param_in_template(self) -> OperationSettings:
+        from dragoman.catalog.template import parse_template
+
+        if self.customer_param is not None:
+            params = {s.name for s in parse_template(self.path) if s.is_param}
+            if self.customer_param not in params:
+                raise ValueError(f"customer_param {self.customer_param!r} is not in the path")
+        return self
+
+
+class CatalogSettings(Section):
+    operations: list[OperationSettings] = Field(
+        default_factory=list,
+        description="The operations the upstream serves; every other request is refused.",
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> CatalogSettings:
+        ids = [o.id for o in self.operations]
+        if len(set(ids)) != len(ids):
+            raise ValueError("operation ids must be unique")
+        routes = [(o.method, o.path) for o in self.operations]
+        if len(set(routes)) != len(routes):
+            raise ValueError("two operations share one method and path")
+        return self
+
+
+class AuditSettings(Section):
+    sink: Literal["file", "stdout"] = Field("file", description="Where audit records go.")
+    path: Path = Field(Path("var/audit.jsonl"), description="JSON-lines file of the file sink.")
+
+
+class BrowserSettings(Section):
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call the proxy from a browser (CORS); never a wildcard.",
+    )
+    frame_ancestors: list[str] = Field(
+        default_factory=list,
+        description="Origins that may frame pages the proxy serves (CSP frame-ancestors).",
+    )
+    hsts_max_age: int = Field(
+        31_536_000, ge=0, description="Strict-Transport-Security max-age in seconds."
+    )
+
+    @field_validator("allowed_origins", "frame_ancestors")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin == "*" or "*" in origin:
+                raise ValueError("wildcards are not allowed; list each origin")
+            check_http_url(origin, require_tls=True, allow_path=False)
+        return [o.rstrip("/") for o in value]
+
+
+class Settings(BaseSettings):
+    """Every setting of dragoman; see docs/settings.md (generated from this model)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    server: ServerSettings = Field(
+        default_factory=lambda: ServerSettings(), description="The listening server."
+    )
+    identity: IdentitySettings = Field(
+        default_factory=lambda: IdentitySettings(), description="Caller authentication."
+    )
+    upstream: UpstreamSettings = Field(..., description="The service behind the proxy.")
+    tokens: TokenSettings = Field(
+        default_factory=lambda: TokenSettings(), description="Minted upstream tokens."
+    )
+    keys: KeySettings = Field(..., description="Signing keys.")
+    mapping: MappingSettings = Field(
+        default_factory=lambda: MappingSettings(), description="The account mapping store."
+    )
+    catalog: CatalogSettings = Field(
+        default_factory=lambda: CatalogSettings(), description="Operations and their scopes."
+    )
+    audit: AuditSettings = Field(
+        default_factory=lambda: AuditSettings(), description="The audit trail."
+    )
+    browser: BrowserSettings = Field(
+        default_factory=lambda: BrowserSettings(), description="Browser-facing protections."
+    )
+
+    @model_validator(mode="after")
+    def _has_an_authenticator(self) -> Settings:
+        if not self.identity.oidc:
+            raise ValueError("identity: configure at least one authenticator (identity.oidc)")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file arrives as init values; the environment overrides it.
+        return (env_settings, init_settings)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}" if self.key else self.message
+
+
+class SettingsError(Exception):
+    """Settings could not be loaded; ``problems`` lists every one of them."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("invalid settings:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _problems_from(error: ValidationError) -> list[Problem]:
+    problems = []
+    for item in error.errors(include_input=False, include_url=False):
+        key = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(Problem(key, message))
+    return problems
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise SettingsError([Problem(str(path), "settings file not found")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError([Problem(str(path), f"not valid TOML: {exc}")]) from None
+
+
+def load_settings(
+    path: Path | str | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Load and validate settings from ``path`` (or $DRAGOMAN_CONFIG) and the environment.
+
+    ``overrides`` (a nested mapping) is merged over the file, below the environment.
+    Raises :class:`SettingsError` listing every problem.
+    """
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = os.environ[CONFIG_ENV]
+    data: dict[str, Any] = read_settings_file(Path(path)) if path is not None else {}
+    if overrides:
+        data = _deep_merge(data, overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise SettingsError(_problems_from(exc)) from None
+
+
+def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

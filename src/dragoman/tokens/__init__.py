@@ -1,0 +1,1 @@
+"""Steps 6 and the upstream side: minting scoped tokens, and verifying them."""

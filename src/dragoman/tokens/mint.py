@@ -1,0 +1,89 @@
+"""Step 6: mint the scoped token for one request (SEMANTICS §2).
+
+The token is built with ``json`` and signed through the key provider; nothing untrusted is
+parsed here, so PyJWT is not needed on this side (tests cross-check with PyJWT). Every call
+mints a fresh token with a fresh ``jti``: minted tokens are never cached or reused.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from jwt.utils import base64url_encode
+
+from dragoman.keys.provider import KeyProvider
+
+TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type, not a secret)
+
+
+@dataclass(frozen=True, slots=True)
+class MintedToken:
+    """A minted token; ``value`` is for the Authorization header only, never for logs."""
+
+    value: str = field(repr=False)
+    jti: str
+    kid: str
+    issued_at: int
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRequest:
+    """What a token is minted for: one customer, one operation, one request."""
+
+    customer: str
+    scope: str
+    principal: str
+    principal_issuer: str
+    cloud_account: str
+    method: str
+    url: str
+
+
+def _segment(data: Mapping[str, object]) -> bytes:
+    return base64url_encode(json.dumps(data, separators=(",", ":")).encode())
+
+
+class TokenMinter:
+    def __init__(
+        self,
+        keys: KeyProvider,
+        *,
+        issuer: str,
+        audience: str,
+        ttl: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._keys = keys
+        self._issuer = issuer
+        self._audience = audience
+        self._ttl = int(ttl)
+        self._clock = clock
+
+    async def mint(self, request: TokenRequest) -> MintedToken:
+        key = await self._keys.current()
+        now = int(self._clock())
+        jti = base64url_encode(secrets.token_bytes(16)).decode("ascii")  # 128 random bits
+        header = {"alg": key.alg, "typ": TOKEN_TYPE, "kid": key.kid}
+        claims: dict[str, object] = {
+            "iss": self._issuer,
+            "aud": self._audience,
+            "sub": request.customer,
+            "scope": request.scope,
+            "act": {"sub": request.principal, "iss": request.principal_issuer},
+            "cloud_account": request.cloud_account,
+            "iat": now,
+            "nbf": now,
+            "exp": now + self._ttl,
+            "jti": jti,
+            "htm": request.method,
+            "htu": request.url,
+        }
+        signing_input = _segment(header) + b"." + _segment(claims)
+        signature = await self._keys.sign(key.kid, signing_input)
+        token = (signing_input + b"." + base64url_encode(signature)).decode("ascii")
+        return MintedToken(token, jti, key.kid, now, now + self._ttl)

@@ -1,0 +1,322 @@
+"""The upstream side: verify dragoman's scoped tokens (SEMANTICS §2).
+
+A service behind dragoman (the payment platform) uses this library to check every request::
+
+    verifier = TokenVerifier(
+        jwks_url="https://dragoman.internal/.well-known/jwks.json",
+        issuer="dragoman",
+        audience="payments",
+        origin="https://payments.internal",  # the origin dragoman forwards to
+    )
+    token = await verifier.verify(
+        bearer, method="POST", path=raw_path,
+        scope="payment_methods:create", customer=customer_id,
+    )
+
+``verify`` checks, in order: header policy (ES256/EdDSA only, ``typ: at+jwt``, no
+``jku``/``x5u``/``jwk``/``x5c`` headers, a ``kid`` from the JWKS), the signature, ``iss``,
+``aud``, ``exp``/``nbf``/``iat`` with 30 s leeway and a 15-minute lifetime cap, a ``jti``,
+``scope`` equal to the operation being served, ``sub`` equal to the customer touched, and the
+request binding ``htm``/``htu``. ``scope`` and ``customer`` are required arguments so a
+handler cannot forget them; pass ``customer=None`` only for operations that touch no customer.
+
+Every refusal raises :class:`TokenRejected` with a stable ``reason``. :class:`TokenMiddleware`
+wraps an ASGI application; :func:`verify_aiohttp` serves aiohttp handlers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from dragoman.jose.jwks import HttpKeySetFetcher, JwksCache, JwksUnavailable
+from dragoman.jose.strict import (
+    HeaderPolicy,
+    JoseError,
+    check_audience,
+    check_header,
+    check_issuer,
+    check_time_claims,
+    verify_signature,
+)
+
+MAX_LIFETIME = 900.0
+"""SEMANTICS §2: a token lives at most 15 minutes."""
+
+
+class TokenRejected(Exception):
+    """The token does not authorise this request. ``reason`` is stable and safe to log."""
+
+    def __init__(self, reason: str, status: int = 401) -> None:
+        self.reason = reason
+        self.status = status
+        super().__init__(reason)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedToken:
+    """What a valid token says about the request it authorises."""
+
+    customer: str | None
+    scope: str
+    principal: str
+    cloud_account: str | None
+    jti: str
+    kid: str
+    expires_at: float
+    claims: dict[str, Any] = field(repr=False)
+
+
+def origin_of(url: str) -> str:
+    """scheme://host[:port], lower-cased, default ports dropped."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    if port is None or (scheme, port) in (("http", 80), ("https", 443)):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def _same_url(bound: object, origin: str, path: str) -> bool:
+    if not isinstance(bound, str):
+        return False
+    parts = urlsplit(bound)
+    if parts.query or parts.fragment:
+        return False
+    return origin_of(bound) == origin and parts.path == path
+
+
+class TokenVerifier:
+    def __init__(
+        self,
+        *,
+        jwks_url: str,
+        issuer: str,
+        audience: str,
+        origin: str,
+        algorithms: tuple[str, ...] = ("ES256", "EdDSA"),
+        leeway: float = 30.0,
+        jwks_ttl: float = 300.0,
+        jwks_max_stale: float = 3600.0,
+        jwks_refetch_interval: float = 10.0,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._issuer = issuer
+        self._audiences = frozenset({audience})
+        self._origin = origin_of(origin)
+        self._leeway = leeway
+        self._clock = clock
+        self._session: aiohttp.ClientSession | None = None
+        self._policy = HeaderPolicy(
+            algorithms=frozenset(algorithms), accepted_types=frozenset({"at+jwt"})
+        )
+        self.keys = JwksCache(
+            HttpKeySetFetcher(session=self._client, timeout=5.0, jwks_uri=jwks_url),
+            name="dragoman",
+            ttl=jwks_ttl,
+            max_stale=jwks_max_stale,
+            refetch_interval=jwks_refetch_interval,
+            clock=monotonic,
+        )
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def verify(
+        self, token: str | None, *, method: str, path: str, scope: str, customer: str | None
+    ) -> VerifiedToken:
+        """Verify ``token`` for this request; raise TokenRejected."""
+        if not token:
+            raise TokenRejected("token_missing")
+        try:
+            header = check_header(token, self._policy)
+            key = await self.keys.key(header.kid)
+            claims = verify_signature(token, header, key)
+            check_issuer(claims, self._issuer)
+            check_audience(claims, self._audiences)
+            check_time_claims(
+                claims, now=self._clock(), leeway=self._leeway, max_lifetime=MAX_LIFETIME
+            )
+        except JoseError as exc:
+            raise TokenRejected(exc.reason) from None
+        except JwksUnavailable:
+            raise TokenRejected("jwks_unavailable", status=503) from None
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or len(jti) < 16:
+            raise TokenRejected("claim_invalid")
+        if claims.get("scope") != scope:
+            raise TokenRejected("scope_mismatch", status=403)
+        sub = claims.get("sub")
+        if customer is not None and sub != customer:
+            raise TokenRejected("customer_mismatch", status=403)
+        if claims.get("htm") != method.upper():
+            raise TokenRejected("method_mismatch")
+        if not _same_url(claims.get("htu"), self._origin, path):
+            raise TokenRejected("url_mismatch")
+        act = claims.get("act")
+        principal = act.get("sub") if isinstance(act, dict) else None
+        account = claims.get("cloud_account")
+        return VerifiedToken(
+            customer=sub if isinstance(sub, str) else None,
+            scope=scope,
+            principal=principal if isinstance(principal, str) else "",
+            cloud_account=account if isinstance(account, str) else None,
+            jti=jti,
+            kid=header.kid,
+            expires_at=float(claims["exp"]),
+            claims=claims,
+        )
+
+
+def bearer_of(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, credential = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip():
+        return None
+    return credential.strip()
+
+
+def problem_body(reason: str, status: int) -> bytes:
+    return json.dumps(
+        {
+            "type": f"urn:dragoman:problem:{reason}",
+            "title": "The scoped token does not authorise this request.",
+            "status": status,
+            "code": reason,
+        }
+    ).encode()
+
+
+def challenge(reason: str, status: int) -> str:
+    error = "insufficient_scope" if status == 403 else "invalid_token"
+    return f'Bearer error="{error}"'
+
+
+# -- aiohttp -----------------------------------------------------------------------------------
+
+
+_HTTP_ERRORS: dict[int, type[web.HTTPException]] = {
+    401: web.HTTPUnauthorized,
+    403: web.HTTPForbidden,
+    503: web.HTTPServiceUnavailable,
+}
+
+
+async def verify_aiohttp(
+    verifier: TokenVerifier, request: web.Request, *, scope: str, customer: str | None
+) -> VerifiedToken:
+    """Verify the token of an aiohttp request; raise an HTTP error with a problem body."""
+    try:
+        return await verifier.verify(
+            bearer_of(request.headers.get("Authorization")),
+            method=request.method,
+            path=request.rel_url.raw_path,
+            scope=scope,
+            customer=customer,
+        )
+    except TokenRejected as exc:
+        raise _HTTP_ERRORS[exc.status](
+            body=problem_body(exc.reason, exc.status),
+            content_type="application/problem+json",
+            headers={"WWW-Authenticate": challenge(exc.reason, exc.status)},
+        ) from None
+
+
+# -- ASGI ----------------------------------------------------------------------------------------
+
+ASGIApp = Callable[
+    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
+    Awaitable[None],
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    """What an operation requires of its token."""
+
+    scope: str
+    customer: str | None
+
+
+class TokenMiddleware:
+    """ASGI middleware: every HTTP request needs a dragoman token valid for it.
+
+    ``resolve(method, path)`` names the scope and the customer the request needs (or None
+    for a route the application does not serve: refused with 403). The verified token is put
+    at ``scope["state"]["dragoman_token"]`` for the application.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        verifier: TokenVerifier,
+        resolve: Callable[[str, str], Requirement | None],
+    ) -> None:
+        self._app = app
+        self._verifier = verifier
+        self._resolve = resolve
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        method: str = scope["method"]
+        raw = scope.get("raw_path")
+        path = raw.decode("latin-1").split("?", 1)[0] if raw else scope["path"]
+        authorization = None
+        for name, value in scope.get("headers", []):
+            if name.lower() == b"authorization":
+                authorization = value.decode("latin-1")
+                break
+        need = self._resolve(method, path)
+        try:
+            if need is None:
+                raise TokenRejected("scope_unknown", status=403)
+            token = await self._verifier.verify(
+                bearer_of(authorization),
+                method=method,
+                path=path,
+                scope=need.scope,
+                customer=need.customer,
+            )
+        except TokenRejected as exc:
+            body = problem_body(exc.reason, exc.status)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": exc.status,
+                    "headers": [
+                        (b"content-type", b"application/problem+json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"www-authenticate", challenge(exc.reason, exc.status).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        scope.setdefault("state", {})["dragoman_token"] = token
+        await self._app(scope, receive, send)
