@@ -232,7 +232,7 @@ async def _steps(walk: Walk) -> None:
     await walk.step(
         "the console's own token, straight to the platform",
         401,
-        "kid_unknown",
+        "alg_not_allowed",
         lambda: walk.call(platform, "GET", pm, alice),
     )
 
