@@ -34,8 +34,11 @@ typecheck: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/dragoman settings-doc > docs/settings.md
 
+# pytest exits 5 when it collected nothing: that must fail loudly, never pass.
 unit: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; fi; \
+	exit $$status
 
 test: lint typecheck unit
 

@@ -129,9 +129,13 @@ class Proxy:
             return await self.forwarder.forward(ctx, self.cors.response_headers(request))
         except Denial as denial:
             ctx.denial = denial
-            return problem_response(
-                denial, audit_id=ctx.audit_id, headers=self._base_headers(request, ctx)
+            # A refused preflight must not look approved: no CORS headers on it.
+            headers = (
+                {**self.headers, "X-Request-Id": ctx.request_id}
+                if event == "preflight"
+                else self._base_headers(request, ctx)
             )
+            return problem_response(denial, audit_id=ctx.audit_id, headers=headers)
         except Exception:
             log.exception("unexpected error in the pipeline (audit id %s)", ctx.audit_id)
             ctx.denial = InternalError()

@@ -11,7 +11,7 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from dragoman.settings import ENV_PREFIX, Settings
+from dragoman.settings import ENV_PREFIX, Settings, parse_duration
 
 HEADER = """# Settings reference
 
@@ -49,6 +49,22 @@ def _type_name(annotation: Any) -> str:
     return str(annotation)
 
 
+def _field_type(field: FieldInfo) -> str:
+    # pydantic moves Annotated[...] metadata off the annotation; durations are recognised
+    # by their parser.
+    for meta in field.metadata:
+        if getattr(meta, "func", None) is parse_duration:
+            return "duration" if field.annotation is float else "duration or none"
+    return _type_name(field.annotation)
+
+
+def _duration_text(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
 def _default(field: FieldInfo) -> str:
     if field.is_required():
         return "**required**"
@@ -84,21 +100,31 @@ def _section(prefix: str, model: type[BaseModel], array: bool, out: list[str]) -
     out.append(f"\n## `{title}`\n")
     if model.__doc__ and model.__doc__.strip() and not model.__doc__.startswith("Base of"):
         out.append(model.__doc__.strip() + "\n")
-    out.append("| key | type | default | environment | meaning |")
-    out.append("| --- | --- | --- | --- | --- |")
+    if array:
+        env_name = f"{ENV_PREFIX}{prefix.upper().replace('.', '__')}"
+        out.append(
+            f"A list of tables; in the environment, `{env_name}` sets the whole list as JSON.\n"
+        )
+        out.append("| key | type | default | meaning |")
+        out.append("| --- | --- | --- | --- |")
+    else:
+        out.append("| key | type | default | environment | meaning |")
+        out.append("| --- | --- | --- | --- | --- |")
     nested: list[tuple[str, type[BaseModel], bool]] = []
     for name, field in model.model_fields.items():
         sub = _model_of(field.annotation)
         if sub is not None and typing.get_origin(field.annotation) is list:
             nested.append((f"{prefix}.{name}", sub, True))
             continue
-        env = f"`{ENV_PREFIX}{prefix.upper().replace('.', '__')}__{name.upper()}`"
-        if array:
-            env = "(JSON list)"
         meaning = (field.description or "").replace("|", "\\|")
-        out.append(
-            f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {env} | {meaning} |"
-        )
+        kind = _field_type(field)
+        default = _default(field)
+        if kind.startswith("duration") and isinstance(field.default, float):
+            default = f"`{_duration_text(field.default)}`"
+        cells = [f"`{name}`", kind, default]
+        if not array:
+            cells.append(f"`{ENV_PREFIX}{prefix.upper().replace('.', '__')}__{name.upper()}`")
+        out.append("| " + " | ".join([*cells, meaning]) + " |")
     for args in nested:
         _section(*args, out)
 

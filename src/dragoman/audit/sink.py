@@ -33,8 +33,13 @@ class FileSink:
         os.write(self._fd, encode(record))
 
     def close(self) -> None:
-        if self._fd >= 0:
+        if self._fd < 0:
+            return
+        try:
             os.fsync(self._fd)
+        except OSError:
+            pass  # not every file can be fsynced (a pipe, /dev/full); the writes are done
+        finally:
             os.close(self._fd)
             self._fd = -1
 

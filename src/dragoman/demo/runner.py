@@ -156,7 +156,7 @@ class DemoStack:
         self.settings: Settings | None = None
         self.proxy: Proxy | None = None
 
-    def prepare_state(self) -> Settings:
+    def prepare_state(self, overrides: dict[str, Any] | None = None) -> Settings:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         master = self.state_dir / "master.key"
         if not master.exists():
@@ -165,12 +165,12 @@ class DemoStack:
                 handle.write(new_master_key() + "\n")
         data = demo_settings(state_dir=self.state_dir, **self.urls)
         write_toml(data, self.state_dir / "dragoman.toml")
-        self.settings = load_settings(self.state_dir / "dragoman.toml")
+        self.settings = load_settings(self.state_dir / "dragoman.toml", overrides=overrides)
         return self.settings
 
     async def start(self) -> None:
         settings = self.settings or self.prepare_state()
-        proxy_app = build_app(settings, migrate_store=True)
+        proxy_app = build_app(settings)
         self.proxy = proxy_app[PROXY_KEY]
         apps = {
             "issuer": self.issuer.app(),
@@ -215,6 +215,8 @@ class DemoStack:
         for runner in reversed(self.runners):
             await runner.cleanup()
         self.runners.clear()
+        for sock in self.sockets.values():
+            sock.close()
 
 
 def _instructions(urls: dict[str, str], state_dir: Path) -> str:

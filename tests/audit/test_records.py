@@ -1,0 +1,73 @@
+"""Audit records (SEMANTICS §8): one per request, denials included, with its fields."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+
+from dragoman.demo.runner import DemoStack
+
+PM = "/v1/customers/cus_alice/payment-methods"
+
+
+def records(stack: DemoStack) -> list[dict[str, Any]]:
+    text = (stack.state_dir / "audit.jsonl").read_text("utf-8")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+async def test_an_allowed_request_is_recorded_with_every_field(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    token = stack.issuer.token("alice", "acct-1001", roles=["billing_admin"])
+    async with http.get(stack.urls["proxy"] + PM, headers={"Authorization": f"Bearer {token}"}):
+        pass
+    (record,) = records(stack)
+    seen = stack.platform.seen[-1]
+    assert record["decision"] == "allow"
+    assert record["code"] is None
+    assert record["operation"] == "payment_methods.list"
+    assert record["scope"] == "payment_methods:list"
+    assert record["principal"] == "alice"
+    assert record["cloud_account"] == "acct-1001"
+    assert record["mapping_id"]
+    assert record["jti"] == seen.jti
+    assert record["kid"]
+    assert record["upstream_status"] == 200
+    assert record["status"] == 200
+    assert record["latency_ms"] >= 0
+    assert record["time"].endswith("+00:00")
+    assert record["request_id"] and record["audit_id"]
+
+
+async def test_a_denial_is_recorded_with_its_code_and_reason(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    expired = stack.issuer.token("alice", "acct-1001", ttl=-300)
+    async with http.get(stack.urls["proxy"] + PM, headers={"Authorization": f"Bearer {expired}"}):
+        pass
+    (record,) = records(stack)
+    assert (record["decision"], record["code"], record["reason"]) == (
+        "deny",
+        "unauthenticated",
+        "token_expired",
+    )
+    assert record["jti"] is None
+    assert record["upstream_status"] is None
+
+
+async def test_card_numbers_and_tokens_in_requests_never_reach_the_record(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    token = stack.issuer.token("alice", "acct-1001", roles=["billing_admin"])
+    path = f"{PM}?note=4111111111111111&access_token={token}"
+    async with http.get(
+        stack.urls["proxy"] + path,
+        headers={"Authorization": f"Bearer {token}", "Origin": "https://x 5555555555554444"},
+    ):
+        pass
+    text = (stack.state_dir / "audit.jsonl").read_text("utf-8")
+    assert token not in text
+    assert "4111111111111111" not in text
+    assert "5555555555554444" not in text

@@ -1,0 +1,73 @@
+"""Redaction: tokens, secrets and card numbers never reach an audit record or a log line."""
+
+from __future__ import annotations
+
+import pytest
+
+from dragoman.audit.redact import luhn_valid, redact, redact_text
+
+JWT = (
+    "eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCJ9.eyJzdWIiOiJjdXNfYWxpY2UifQ."
+    "rfB1ExzfSx06wd829jO0yHYtmWG37iZfRh-LzOR_qJk1dBtatYyCY4tymq"
+)
+
+
+@pytest.mark.parametrize(
+    "card",
+    [
+        "4111111111111111",
+        "4111 1111 1111 1111",
+        "4111-1111-1111-1111",
+        "5555555555554444",
+        "378282246310005",
+        "6011111111111117",
+        "4222222222222",
+    ],
+)
+def test_luhn_valid_card_numbers_are_redacted(card: str) -> None:
+    assert redact_text(f"pay with {card} now") == "pay with [card] now"
+
+
+@pytest.mark.parametrize(
+    "digits", ["4111111111111112", "1234567890123", "20261129123456", "12345678"]
+)
+def test_digit_runs_that_are_not_card_numbers_are_kept(digits: str) -> None:
+    assert redact_text(f"id {digits}") == f"id {digits}"
+
+
+def test_luhn_check() -> None:
+    assert luhn_valid("79927398713")
+    assert not luhn_valid("79927398710")
+
+
+def test_jwts_are_redacted_wherever_they_appear() -> None:
+    assert redact_text(f"/v1/x?token={JWT}&a=1") == "/v1/x?token=[redacted]&a=1"
+    assert redact_text(f"got {JWT} here") == "got [token] here"
+
+
+def test_bearer_and_basic_credentials_are_redacted() -> None:
+    assert redact_text("Authorization: Bearer abc.def-ghi") == "Authorization: Bearer [redacted]"
+    assert redact_text("basic Zm9vOmJhcg==") == "basic [redacted]"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("?access_token=abc123&x=1", "?access_token=[redacted]&x=1"),
+        ("password=hunter2", "password=[redacted]"),
+        ("api_key: sk_live_123", "api_key: [redacted]"),
+        ("X-Amz-Signature=deadbeef", "X-Amz-Signature=[redacted]"),
+        ("csrf_token=abc", "csrf_token=[redacted]"),
+    ],
+)
+def test_secret_named_parameters_are_redacted(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+
+
+def test_redact_walks_nested_structures() -> None:
+    record = {"path": f"/x?access_token={JWT}", "list": ["4111111111111111", 3], "n": None}
+    assert redact(record) == {
+        "path": "/x?access_token=[redacted]",
+        "list": ["[card]", 3],
+        "n": None,
+    }

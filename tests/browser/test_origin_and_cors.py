@@ -1,0 +1,114 @@
+"""Browser-facing protections: Origin and Sec-Fetch-Site checks, CORS, security headers."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from dragoman.demo.runner import DemoStack
+
+PM = "/v1/customers/cus_alice/payment-methods"
+CARD = {"card_number": "4242424242424242", "exp_month": 1, "exp_year": 2031}
+
+
+def alice(stack: DemoStack, **headers: str) -> dict[str, str]:
+    token = stack.issuer.token("alice", "acct-1001", roles=["billing_admin"])
+    return {"Authorization": f"Bearer {token}", **headers}
+
+
+async def test_a_write_from_an_origin_not_on_the_list_is_refused_with_a_valid_token(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    headers = alice(stack, Origin="https://evil.example")
+    async with http.post(stack.urls["proxy"] + PM, headers=headers, json=CARD) as response:
+        assert response.status == 403
+        body = await response.json()
+    assert body["code"] == "origin_denied"
+    assert "Access-Control-Allow-Origin" not in response.headers
+    assert stack.platform.seen == []
+
+
+async def test_a_cross_site_write_is_refused_even_from_a_listed_origin(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    headers = alice(stack, Origin=stack.urls["console"], **{"Sec-Fetch-Site": "cross-site"})
+    async with http.post(stack.urls["proxy"] + PM, headers=headers, json=CARD) as response:
+        assert response.status == 403
+        assert (await response.json())["code"] == "origin_denied"
+    assert stack.platform.seen == []
+
+
+async def test_a_write_from_the_listed_console_origin_is_allowed_with_cors_headers(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    console = stack.urls["console"]
+    headers = alice(stack, Origin=console, **{"Sec-Fetch-Site": "same-site"})
+    async with http.post(stack.urls["proxy"] + PM, headers=headers, json=CARD) as response:
+        assert response.status == 201
+        assert response.headers["Access-Control-Allow-Origin"] == console
+        assert response.headers["Access-Control-Allow-Credentials"] == "true"
+        assert "Origin" in response.headers["Vary"]
+
+
+async def test_the_null_origin_is_refused(stack: DemoStack, http: aiohttp.ClientSession) -> None:
+    headers = alice(stack, Origin="null")
+    async with http.post(stack.urls["proxy"] + PM, headers=headers, json=CARD) as response:
+        assert response.status == 403
+
+
+async def test_a_preflight_from_the_console_is_approved_without_credentials(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    headers = {
+        "Origin": stack.urls["console"],
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
+    async with http.options(stack.urls["proxy"] + PM, headers=headers) as response:
+        assert response.status == 204
+        assert response.headers["Access-Control-Allow-Origin"] == stack.urls["console"]
+        assert "POST" in response.headers["Access-Control-Allow-Methods"]
+        assert response.headers["Access-Control-Allow-Headers"] == "authorization, content-type"
+    assert stack.platform.seen == []
+
+
+@pytest.mark.parametrize(
+    ("origin", "method", "asked"),
+    [
+        ("https://evil.example", "POST", "authorization"),
+        (None, "TRACE", "authorization"),
+        (None, "POST", "authorization, x-evil"),
+    ],
+)
+async def test_a_preflight_outside_the_policy_is_refused(
+    stack: DemoStack, http: aiohttp.ClientSession, origin: str | None, method: str, asked: str
+) -> None:
+    headers = {
+        "Origin": origin or stack.urls["console"],
+        "Access-Control-Request-Method": method,
+        "Access-Control-Request-Headers": asked,
+    }
+    async with http.options(stack.urls["proxy"] + PM, headers=headers) as response:
+        assert response.status == 403
+        assert "Access-Control-Allow-Origin" not in response.headers
+
+
+async def test_cors_never_answers_with_a_wildcard(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(
+        stack.urls["proxy"] + PM, headers=alice(stack, Origin="https://evil.example")
+    ) as response:
+        assert response.status == 200
+        assert "Access-Control-Allow-Origin" not in response.headers
+
+
+async def test_every_answer_carries_the_security_headers(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    for headers in ({}, alice(stack)):
+        async with http.get(stack.urls["proxy"] + PM, headers=headers) as response:
+            assert response.headers["X-Content-Type-Options"] == "nosniff"
+            assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+            assert response.headers["Referrer-Policy"] == "no-referrer"
+            assert response.headers["Cache-Control"] == "no-store"

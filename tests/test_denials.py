@@ -1,0 +1,257 @@
+"""Every denial code of the Denial tree, provoked over real HTTP (SEMANTICS §7).
+
+Each answer is problem+json with the stable code, a sentence, and the audit id of the
+request's audit record; and nothing refused reaches the upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from dragoman.demo.runner import DemoStack
+from dragoman.keys.provider import KeyUnavailableError, SigningKey
+from dragoman.pipeline.context import RequestContext
+from dragoman.pipeline.errors import Denial, all_denials
+
+MakeStack = Callable[..., Awaitable[DemoStack]]
+PM = "/v1/customers/cus_alice/payment-methods"
+
+
+def alice(stack: DemoStack) -> dict[str, str]:
+    token = stack.issuer.token("alice", "acct-1001", roles=["billing_admin"])
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def call(
+    http: aiohttp.ClientSession,
+    stack: DemoStack,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    **kwargs: Any,
+) -> tuple[int, dict[str, Any]]:
+    async with http.request(method, stack.urls["proxy"] + path, headers=headers, **kwargs) as r:
+        assert r.content_type == "application/problem+json"
+        return r.status, await r.json()
+
+
+async def path_invalid(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    stack = await make()
+    return stack, await call(
+        http, stack, "GET", "/v1/customers/a%2Fb/payment-methods", alice(stack)
+    )
+
+
+async def body_too_large(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    stack = await make({"server": {"max_body_bytes": 10}})
+    body = io.BytesIO(b'{"card_number": "4111111111111111"}')
+    return stack, await call(http, stack, "POST", PM, alice(stack), data=body)
+
+
+async def unauthenticated(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    stack = await make()
+    return stack, await call(http, stack, "GET", PM, {})
+
+
+async def scope_denied(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    stack = await make()
+    bob = stack.issuer.token("bob", "acct-2002", roles=["viewer"])
+    path = "/v1/customers/cus_bob/billing-address"
+    return stack, await call(http, stack, "PUT", path, {"Authorization": f"Bearer {bob}"}, json={})
+
+
+async def mapping_missing(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    stack = await make()
+    token = stack.issuer.token("eve", "acct-unknown", roles=["billing_admin"])
+    return stack, await call(http, stack, "GET", PM, {"Authorization": f"Bearer {token}"})
+
+
+async def _set(stack: DemoStack, **changes: Any) -> None:
+    assert stack.proxy is not None
+    mapping = await stack.proxy.store.find_by_account("acct-1001")
+    assert mapping is not None
+    await stack.proxy.store.update(
+        mapping.id, expected_version=mapping.version, actor="test", **changes
+    )
+
+
+async def mapping_inactive(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    stack = await make()
+    await _set(stack, status="suspended")
+    return stack, await call(http, stack, "GET", PM, alice(stack))
+
+
+async def mapping_stale(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    stack = await make({"mapping": {"stale_after": "1s"}})
+    from datetime import UTC, datetime, timedelta
+
+    await _set(stack, last_validated_at=datetime.now(UTC) - timedelta(seconds=5))
+    return stack, await call(http, stack, "GET", PM, alice(stack))
+
+
+async def customer_mismatch(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    stack = await make()
+    path = "/v1/customers/cus_bob/payment-methods"
+    return stack, await call(http, stack, "GET", path, alice(stack))
+
+
+async def origin_denied(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    stack = await make()
+    headers = {**alice(stack), "Origin": "https://evil.example"}
+    return stack, await call(http, stack, "DELETE", f"{PM}/pm_x", headers)
+
+
+async def operation_unknown(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    stack = await make()
+    return stack, await call(http, stack, "GET", "/v1/customers/cus_alice/charges", alice(stack))
+
+
+async def identity_unavailable(
+    make: MakeStack, http: aiohttp.ClientSession
+) -> tuple[DemoStack, Any]:
+    stack = await make()
+    stack.issuer.jwks_available = False
+    return stack, await call(http, stack, "GET", PM, alice(stack))
+
+
+async def mapping_unavailable(
+    make: MakeStack, http: aiohttp.ClientSession
+) -> tuple[DemoStack, Any]:
+    dead = "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"
+    stack = await make(
+        {"mapping": {"database_url": dead, "auto_migrate": False, "query_timeout": 1}},
+        seed=False,
+    )
+    return stack, await call(http, stack, "GET", PM, alice(stack))
+
+
+class DownKeyProvider:
+    """A key provider whose service is down: it names its key but cannot sign."""
+
+    async def current(self) -> SigningKey:
+        raise KeyUnavailableError("key service unreachable")
+
+    async def sign(self, kid: str, data: bytes) -> bytes:
+        raise KeyUnavailableError("key service unreachable")
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": []}
+
+    def ready(self) -> bool:
+        return False
+
+
+async def key_unavailable(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    stack = await make()
+    assert stack.proxy is not None
+    stack.proxy.minter._keys = DownKeyProvider()
+    return stack, await call(http, stack, "GET", PM, alice(stack))
+
+
+async def audit_unavailable(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    if not Path("/dev/full").exists():
+        pytest.skip("/dev/full is needed to make the audit sink fail for real")
+    stack = await make({"audit": {"path": "/dev/full"}})
+    async with http.get(stack.urls["proxy"] + PM, headers=alice(stack)) as first:
+        assert first.status == 200  # served; its record could not be written
+    return stack, await call(http, stack, "GET", PM, alice(stack))
+
+
+class ExplodingStage:
+    name = "exploding"
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        raise RuntimeError("a bug")
+
+
+async def internal_error(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    stack = await make()
+    assert stack.proxy is not None
+    stack.proxy.stages = (*stack.proxy.stages[:1], ExplodingStage(), *stack.proxy.stages[1:])
+    return stack, await call(http, stack, "GET", PM, alice(stack))
+
+
+async def upstream_unavailable(
+    make: MakeStack, http: aiohttp.ClientSession
+) -> tuple[DemoStack, Any]:
+    stack = await make({"upstream": {"url": "http://127.0.0.1:1"}})
+    return stack, await call(http, stack, "GET", PM, alice(stack))
+
+
+async def upstream_timeout(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    # An upstream that accepts the connection and never answers.
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        stack = await make({"upstream": {"url": f"http://127.0.0.1:{port}", "read_timeout": 0.3}})
+        return stack, await call(http, stack, "GET", PM, alice(stack))
+    finally:
+        server.close()
+
+
+PROVOKE: dict[str, tuple[int, Callable[[MakeStack, aiohttp.ClientSession], Awaitable[Any]]]] = {
+    "path_invalid": (400, path_invalid),
+    "body_too_large": (413, body_too_large),
+    "unauthenticated": (401, unauthenticated),
+    "scope_denied": (403, scope_denied),
+    "mapping_missing": (403, mapping_missing),
+    "mapping_inactive": (403, mapping_inactive),
+    "mapping_stale": (403, mapping_stale),
+    "customer_mismatch": (403, customer_mismatch),
+    "origin_denied": (403, origin_denied),
+    "operation_unknown": (404, operation_unknown),
+    "identity_unavailable": (503, identity_unavailable),
+    "mapping_unavailable": (503, mapping_unavailable),
+    "key_unavailable": (503, key_unavailable),
+    "audit_unavailable": (503, audit_unavailable),
+    "internal_error": (500, internal_error),
+    "upstream_unavailable": (502, upstream_unavailable),
+    "upstream_timeout": (504, upstream_timeout),
+}
+
+
+def test_every_denial_code_has_a_test_that_provokes_it() -> None:
+    leaves = {cls.code for cls in all_denials() if not cls.__subclasses__()}
+    assert leaves == set(PROVOKE)
+
+
+@pytest.mark.parametrize("code", sorted(PROVOKE))
+async def test_denial_answers_problem_json_with_its_code(
+    code: str, make_stack: MakeStack, http: aiohttp.ClientSession
+) -> None:
+    status, provoke = PROVOKE[code]
+    stack, (got_status, body) = await provoke(make_stack, http)
+    assert (got_status, body["code"]) == (status, code)
+    assert body["type"] == f"urn:dragoman:problem:{code}"
+    assert body["status"] == status
+    assert body["title"]
+    assert body["detail"]
+    if code not in ("audit_unavailable", "upstream_unavailable", "upstream_timeout"):
+        assert stack.platform.seen == [] or code == "audit_unavailable"
+    if code != "audit_unavailable":
+        records = (stack.state_dir / "audit.jsonl").read_text().splitlines()
+        last = json.loads(records[-1])
+        assert (last["audit_id"], last["code"], last["decision"]) == (
+            body["audit_id"],
+            code,
+            "deny",
+        )
+
+
+def test_denials_carry_stable_codes_and_http_statuses() -> None:
+    for cls in all_denials():
+        assert issubclass(cls, Denial)
+        assert cls.code.isidentifier()
+        assert 400 <= cls.status < 600
