@@ -51,6 +51,10 @@ def worker_count(settings: Settings) -> int:
 
 
 async def serve_worker(settings: Settings, *, announce: bool = True) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     app = build_app(settings, migrate_store=False)
     runner = web.AppRunner(
         app,
@@ -68,10 +72,6 @@ async def serve_worker(settings: Settings, *, announce: bool = True) -> None:
         shutdown_timeout=settings.server.shutdown_timeout,
     )
     await site.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     if announce:
         log.info("worker %d serving on %s", os.getpid(), site.name)
     await stop.wait()

@@ -249,13 +249,13 @@ State (settings, keys, SQLite, audit log) is in {state_dir}/; the audit trail is
 
 
 async def _run_forever(stack: DemoStack) -> None:
-    await stack.start()
-    print(_instructions(stack.urls, stack.state_dir), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
+        await stack.start()
+        print(_instructions(stack.urls, stack.state_dir), flush=True)
         await stop.wait()
     finally:
         await stack.stop()
