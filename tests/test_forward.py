@@ -30,6 +30,7 @@ ECHO_OPS = [
     ("cookie.get", "GET", "/cookie/{customer_id}"),
     ("cut.get", "GET", "/cut/{customer_id}"),
     ("gzip.get", "GET", "/gzip/{customer_id}"),
+    ("pause.post", "POST", "/pause/{customer_id}"),
 ]
 STREAM_CHUNKS = 80
 CHUNK = b"x" * 65536
@@ -58,6 +59,12 @@ class Echo:
         self.received.append({"path_qs": request.raw_path})
         await asyncio.sleep(3)
         return web.json_response({})
+
+    async def pause(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        self.received.append({"path_qs": request.raw_path})
+        await asyncio.sleep(0.2)
+        return web.json_response({"created": True}, status=201)
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
@@ -97,6 +104,7 @@ class Echo:
         app.router.add_get("/cookie/{c}", self.cookie)
         app.router.add_get("/cut/{c}", self.cut)
         app.router.add_get("/gzip/{c}", self.gzipped)
+        app.router.add_post("/pause/{c}", self.pause)
         return app
 
 
@@ -368,3 +376,29 @@ async def test_paths_are_never_normalised_into_an_operation(
     status = await raw_request(stack.urls["proxy"], f"GET {path} HTTP/1.1", auth(stack))
     assert status in (400, 404)
     assert upstream.received == []
+
+
+async def test_a_caller_who_leaves_before_the_answer_is_not_audited_as_a_refusal(
+    proxied: tuple[Echo, DemoStack],
+) -> None:
+    upstream, stack = proxied
+    host, port = stack.urls["proxy"].removeprefix("http://").split(":")
+    _reader, writer = await asyncio.open_connection(host, int(port))
+    headers = auth(stack, **{"Content-Type": "application/json", "Content-Length": "2"})
+    lines = [f"POST /pause/{CUSTOMER} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n{}").encode())
+    await writer.drain()
+    for _ in range(100):  # wait until the upstream has the request, then leave
+        if upstream.received:
+            break
+        await asyncio.sleep(0.01)
+    writer.close()
+    for _ in range(200):
+        if (stack.state_dir / "audit.jsonl").exists() and audit(stack):
+            break
+        await asyncio.sleep(0.02)
+    record = audit(stack)[-1]
+    assert (record["decision"], record["code"]) == ("allow", None)
+    assert record["upstream_status"] == 201
+    assert record["stream_error"] == "client_disconnected"

@@ -113,7 +113,10 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     log = tmp_path / "dragoman.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [DRAGOMAN, "serve", "--config", str(config)], stdout=sink, stderr=sink
+            [DRAGOMAN, "serve", "--config", str(config)],
+            stdout=sink,
+            stderr=sink,
+            start_new_session=True,
         )
     try:
         async with aiohttp.ClientSession() as http:
@@ -128,8 +131,12 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
         yield Served(proxy_url, process, issuer, platform, tmp_path, log)
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
         for runner in runners:
             await runner.cleanup()
         await platform.verifier.close()
@@ -200,6 +207,22 @@ async def test_no_token_card_number_or_secret_reaches_logs_or_audit_after_an_att
         assert secret not in log
         assert secret not in audit
     assert "4111111111111111" not in audit
+
+
+async def test_workers_stop_when_their_supervisor_is_killed(served: Served) -> None:
+    workers = worker_pids(served.process.pid)
+    served.process.kill()
+    served.process.wait()
+    for _ in range(100):
+        alive = {pid for pid in workers if Path(f"/proc/{pid}").exists()}
+        zombie_or_gone = {
+            pid for pid in alive if "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+        }
+        if alive <= zombie_or_gone:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"workers outlived their supervisor: {sorted(alive)}")
 
 
 async def test_sigterm_lets_in_flight_requests_finish(served: Served) -> None:

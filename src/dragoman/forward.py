@@ -68,6 +68,11 @@ def _named_by_connection(headers: CIMultiDictProxy[str]) -> set[str]:
     return named
 
 
+def _caller_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 def _abort(request: web.Request) -> None:
     # Closing without a terminating chunk (or short of Content-Length) is the only way to
     # tell the caller that the body it got is incomplete.
@@ -165,6 +170,11 @@ class Forwarder:
                 exc.__context__, _BodyTooLarge
             ):
                 raise PayloadTooLarge("body_too_large") from None
+            if _caller_gone(request):
+                # Reading the caller's body failed because the caller left: not the
+                # upstream's fault, and nobody is waiting for an answer.
+                ctx.stream_error = "client_disconnected"
+                return web.Response(status=499)
             raise UpstreamUnavailable(type(exc).__name__) from None
         try:
             ctx.upstream_status = upstream.status
@@ -186,7 +196,11 @@ class Forwarder:
                 raise UpstreamTimeout("upstream_timeout") from None
             except aiohttp.ClientError as exc:
                 raise UpstreamUnavailable(type(exc).__name__) from None
-            await response.prepare(request)
+            try:
+                await response.prepare(request)
+            except ConnectionResetError:
+                ctx.stream_error = "client_disconnected"
+                return response
             # From here the caller has our status line: an upstream failure can only cut
             # the response short, which the caller sees as a truncated body.
             chunk = first

@@ -50,11 +50,25 @@ def worker_count(settings: Settings) -> int:
     return settings.server.workers or os.cpu_count() or 1
 
 
-async def serve_worker(settings: Settings, *, announce: bool = True) -> None:
+async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
+    # A worker whose supervisor died (SIGKILL, OOM) would otherwise keep the port open
+    # forever, serving with settings nobody manages any more.
+    while not stop.is_set():
+        if os.getppid() != parent:
+            log.warning("worker %d: supervisor %d is gone; stopping", os.getpid(), parent)
+            stop.set()
+            return
+        await asyncio.sleep(1.0)
+
+
+async def serve_worker(
+    settings: Settings, *, announce: bool = True, parent: int | None = None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    watchdog = asyncio.create_task(_watch_parent(parent, stop)) if parent else None
     app = build_app(settings, migrate_store=False)
     runner = web.AppRunner(
         app,
@@ -76,12 +90,14 @@ async def serve_worker(settings: Settings, *, announce: bool = True) -> None:
         log.info("worker %d serving on %s", os.getpid(), site.name)
     await stop.wait()
     log.info("worker %d stopping", os.getpid())
+    if watchdog is not None:
+        watchdog.cancel()
     await runner.cleanup()
 
 
-def _worker_main(settings: Settings, log_level: str) -> None:
+def _worker_main(settings: Settings, log_level: str, parent: int) -> None:
     configure_logging(log_level)
-    uvloop.run(serve_worker(settings))
+    uvloop.run(serve_worker(settings, parent=parent))
 
 
 def run(settings: Settings, *, log_level: str = "INFO") -> int:
@@ -109,7 +125,7 @@ def _supervise(settings: Settings, count: int, log_level: str) -> int:
 
     def start() -> BaseProcess:
         process = context.Process(
-            target=_worker_main, args=(settings, log_level), name="dragoman-worker"
+            target=_worker_main, args=(settings, log_level, os.getpid()), name="dragoman-worker"
         )
         process.start()
         return process
