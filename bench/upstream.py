@@ -1,0 +1,76 @@
+"""The benchmark's plain upstream: the demo catalog's routes, no auth, small fixed answers.
+
+It stands in for the payment platform without the platform's own token check, so that the
+benchmark measures the proxies and not the upstream's JWT verification. Every route of
+:data:`dragoman.demo.platform.OPERATIONS` is served; reads answer a ~200-byte JSON body,
+writes read the request body and answer a small JSON body (201 for POST), DELETE 204.
+``GET /livez`` answers ``ok`` for the readiness poll.
+
+    python bench/upstream.py --port 9001
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from aiohttp import web
+
+from dragoman.demo.platform import OPERATIONS
+from serving import serve_forever
+
+PAYMENT_METHOD = {
+    "id": "pm_3f9a1c2b7d4e",
+    "object": "payment_method",
+    "brand": "visa",
+    "last4": "4242",
+    "exp_month": 12,
+    "exp_year": 2030,
+    "default": True,
+}
+LIST_BODY = json.dumps(
+    {"object": "list", "data": [PAYMENT_METHOD], "has_more": False}, separators=(",", ":")
+).encode()
+ITEM_BODY = json.dumps(PAYMENT_METHOD, separators=(",", ":")).encode()
+
+
+def _answer(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=body, content_type="application/json")
+
+
+async def read_one(request: web.Request) -> web.Response:
+    return _answer(LIST_BODY if request.path.endswith("/payment-methods") else ITEM_BODY)
+
+
+async def write_one(request: web.Request) -> web.Response:
+    await request.read()  # consume the body, as a real upstream would
+    return _answer(ITEM_BODY, status=201 if request.method == "POST" else 200)
+
+
+async def delete_one(request: web.Request) -> web.Response:
+    return web.Response(status=204)
+
+
+async def livez(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+def make_app() -> web.Application:
+    app = web.Application()
+    app.router.add_get("/livez", livez)
+    handlers = {"GET": read_one, "POST": write_one, "PUT": write_one, "DELETE": delete_one}
+    for op in OPERATIONS:
+        app.router.add_route(op.method, op.path, handlers[op.method])
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    serve_forever(make_app(), args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()
