@@ -45,3 +45,16 @@ async def test_denial_is_problem_json_with_code_and_audit_id(
     assert audit[-1]["audit_id"] == body["audit_id"]
     assert audit[-1]["decision"] == "deny"
     assert stack.platform.seen == []
+
+
+async def test_upstream_problem_answers_pass_through_unchanged(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(
+        stack.urls["proxy"] + PM,
+        headers={"Authorization": f"Bearer {alice(stack)}"},
+        json={"card_number": "4111111111111112", "exp_month": 1, "exp_year": 2031},
+    ) as response:
+        assert response.status == 400
+        assert response.content_type == "application/problem+json"
+        assert (await response.json())["code"] == "card_invalid"

@@ -187,7 +187,6 @@ class Proxy:
         response.headers["Cache-Control"] = (
             f"public, max-age={int(self.settings.keys.jwks_max_age)}"
         )
-        response.headers["Access-Control-Allow-Origin"] = "*"  # public keys, no credentials
         return response
 
     async def whoami(self, request: web.Request) -> web.StreamResponse:

@@ -141,7 +141,7 @@ def _problem(status: int, code: str, title: str) -> web.HTTPException:
         409: web.HTTPConflict,
     }
     return classes[status](
-        body=json.dumps({"type": "about:blank", "title": title, "status": status, "code": code}),
+        text=json.dumps({"type": "about:blank", "title": title, "status": status, "code": code}),
         content_type="application/problem+json",
     )
 

@@ -132,16 +132,24 @@ class LocalKeyFile:
         if not isinstance(document, dict) or document.get("format") != FORMAT:
             raise KeyFileError(f"{self._path}: not a {FORMAT} key file")
         keys: dict[str, _LoadedKey] = {}
-        for entry in document.get("keys", []):
-            kid = entry["kid"]
-            sealed = entry["private_key"]
+        entries = document.get("keys", [])
+        if not isinstance(entries, list):
+            raise KeyFileError(f"{self._path}: 'keys' is not a list")
+        for entry in entries:
+            # A malformed (or edited) file is a KeyFileError, never a bare KeyError/TypeError.
             try:
-                der = self._aead.decrypt(
-                    base64.b64decode(sealed["nonce"]),
-                    base64.b64decode(sealed["ciphertext"]),
-                    kid.encode(),
-                )
-            except InvalidTag:
+                kid = entry["kid"]
+                sealed = entry["private_key"]
+                nonce = base64.b64decode(sealed["nonce"], validate=True)
+                ciphertext = base64.b64decode(sealed["ciphertext"], validate=True)
+                created_at = entry["created_at"]
+                if not isinstance(kid, str) or not isinstance(created_at, str):
+                    raise TypeError("kid and created_at are strings")
+            except (KeyError, TypeError, ValueError):  # binascii.Error is a ValueError
+                raise KeyFileError(f"{self._path}: malformed key entry") from None
+            try:
+                der = self._aead.decrypt(nonce, ciphertext, kid.encode())
+            except (InvalidTag, ValueError):  # ValueError: a nonce of the wrong length
                 raise KeyFileError(
                     f"{self._path}: key {kid} does not decrypt: wrong master key, or the file"
                     " was altered"
@@ -152,7 +160,7 @@ class LocalKeyFile:
             jwk = signing_jwk(private.public_key())
             if jwk["kid"] != kid:
                 raise KeyFileError(f"{self._path}: key {kid} does not match its kid")
-            keys[kid] = _LoadedKey(SigningKey(kid, "ES256", jwk), private, entry["created_at"])
+            keys[kid] = _LoadedKey(SigningKey(kid, "ES256", jwk), private, created_at)
         active = document.get("active_kid")
         if active not in keys:
             raise KeyFileError(f"{self._path}: the active key is not in the file")

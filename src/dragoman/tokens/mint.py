@@ -18,6 +18,8 @@ from jwt.utils import base64url_encode
 from dragoman.keys.provider import KeyProvider
 
 TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type, not a secret)
+MAX_TTL = 900.0
+"""SEMANTICS §2: at most 15 minutes, whatever the settings say."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,8 @@ class TokenMinter:
         ttl: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if not 0 < ttl <= MAX_TTL:
+            raise ValueError(f"a minted token lives at most {MAX_TTL:.0f} s")
         self._keys = keys
         self._issuer = issuer
         self._audience = audience

@@ -49,6 +49,8 @@ from dragoman.jose.strict import (
 
 MAX_LIFETIME = 900.0
 """SEMANTICS §2: a token lives at most 15 minutes."""
+MIN_JTI_LENGTH = 22
+"""SEMANTICS §2: a jti carries >= 122 random bits: at least 22 base64url characters."""
 
 
 class TokenRejected(Exception):
@@ -160,8 +162,13 @@ class TokenVerifier:
         except JwksUnavailable:
             raise TokenRejected("jwks_unavailable", status=503) from None
         jti = claims.get("jti")
-        if not isinstance(jti, str) or len(jti) < 16:
+        if jti is None:
+            raise TokenRejected("claim_missing")
+        if not isinstance(jti, str) or len(jti) < MIN_JTI_LENGTH:
             raise TokenRejected("claim_invalid")
+        act = claims.get("act")
+        if not isinstance(act, dict) or not isinstance(act.get("sub"), str):
+            raise TokenRejected("claim_missing")
         if claims.get("scope") != scope:
             raise TokenRejected("scope_mismatch", status=403)
         sub = claims.get("sub")
@@ -171,13 +178,12 @@ class TokenVerifier:
             raise TokenRejected("method_mismatch")
         if not _same_url(claims.get("htu"), self._origin, path):
             raise TokenRejected("url_mismatch")
-        act = claims.get("act")
-        principal = act.get("sub") if isinstance(act, dict) else None
+        principal = act["sub"]
         account = claims.get("cloud_account")
         return VerifiedToken(
             customer=sub if isinstance(sub, str) else None,
             scope=scope,
-            principal=principal if isinstance(principal, str) else "",
+            principal=principal,
             cloud_account=account if isinstance(account, str) else None,
             jti=jti,
             kid=header.kid,
@@ -207,6 +213,9 @@ def problem_body(reason: str, status: int) -> bytes:
 
 
 def challenge(reason: str, status: int) -> str:
+    """RFC 6750 §3 challenge; a 503 (keys unavailable) blames no token."""
+    if status == 503:
+        return "Bearer"
     error = "insufficient_scope" if status == 403 else "invalid_token"
     return f'Bearer error="{error}"'
 
@@ -234,8 +243,9 @@ async def verify_aiohttp(
             customer=customer,
         )
     except TokenRejected as exc:
+        # ``text=``, not ``body=``: aiohttp deprecates ``body`` on its HTTP exceptions.
         raise _HTTP_ERRORS[exc.status](
-            body=problem_body(exc.reason, exc.status),
+            text=problem_body(exc.reason, exc.status).decode(),
             content_type="application/problem+json",
             headers={"WWW-Authenticate": challenge(exc.reason, exc.status)},
         ) from None
@@ -260,6 +270,9 @@ class Requirement:
 class TokenMiddleware:
     """ASGI middleware: every HTTP request needs a dragoman token valid for it.
 
+    Lifespan events pass through; WebSocket connections are refused (closed before accept,
+    which the server answers with 403): dragoman forwards no WebSocket upgrades.
+
     ``resolve(method, path)`` names the scope and the customer the request needs (or None
     for a route the application does not serve: refused with 403). The verified token is put
     at ``scope["state"]["dragoman_token"]`` for the application.
@@ -281,9 +294,17 @@ class TokenMiddleware:
         receive: Callable[[], Awaitable[Any]],
         send: Callable[[Any], Awaitable[None]],
     ) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             await self._app(scope, receive, send)
             return
+        if scope["type"] != "http":
+            # A WebSocket handshake (or any other kind of connection) is not an HTTP request
+            # dragoman minted a token for: refuse it, never pass it to the app unchecked.
+            if scope["type"] == "websocket":
+                await receive()  # websocket.connect
+                await send({"type": "websocket.close", "code": 1008})  # the server answers 403
+                return
+            raise RuntimeError(f"TokenMiddleware refuses ASGI scope type {scope['type']!r}")
         method: str = scope["method"]
         raw = scope.get("raw_path")
         path = raw.decode("latin-1").split("?", 1)[0] if raw else scope["path"]

@@ -1,0 +1,1 @@
+"""Signing keys: the local encrypted key file and the published key set."""

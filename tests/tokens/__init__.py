@@ -1,0 +1,1 @@
+"""Scoped tokens: minting, the upstream verifier and its middlewares."""
