@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -209,6 +210,7 @@ class Proxy:
                 }
             )
             response.headers.update(self.cors.response_headers(request))
+            response.headers["X-Request-Id"] = ctx.request_id
             return response
         except Denial as denial:
             ctx.denial = denial
@@ -293,6 +295,15 @@ def build_proxy(
 
 
 PROXY_KEY = web.AppKey("proxy", Proxy)
+
+
+def proxy_runner(app: web.Application, settings: Settings, **options: Any) -> web.AppRunner:
+    """The runner of a worker's application, without aiohttp's access log (the audit trail
+    records requests, redacted). The header parser lets through twice the longest accepted
+    bearer token, so an oversized token is refused by the authenticator (401, audited)
+    rather than by the parser."""
+    field = max(8190, 2 * settings.identity.max_token_bytes + 1024)
+    return web.AppRunner(app, access_log=None, max_field_size=field, **options)
 
 
 def build_app(

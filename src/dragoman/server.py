@@ -21,7 +21,7 @@ from types import FrameType
 import uvloop
 from aiohttp import web
 
-from dragoman.app import build_app
+from dragoman.app import build_app, proxy_runner
 from dragoman.keys.factory import open_key_provider
 from dragoman.logs import configure as configure_logging
 from dragoman.mapping import migrate
@@ -70,12 +70,7 @@ async def serve_worker(
         loop.add_signal_handler(signum, stop.set)
     watchdog = asyncio.create_task(_watch_parent(parent, stop)) if parent else None
     app = build_app(settings, migrate_store=False)
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        handle_signals=False,
-        shutdown_timeout=settings.server.shutdown_timeout,
-    )
+    runner = proxy_runner(app, settings, shutdown_timeout=settings.server.shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(
         runner,

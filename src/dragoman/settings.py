@@ -189,7 +189,7 @@ class OidcIssuerSettings(Section):
     )
     jwks_refetch_interval: Duration = Field(
         30.0,
-        ge=0,
+        ge=1,
         le=3600,
         description=(
             "Least time between two fetches caused by an unknown `kid`, so a flood of"

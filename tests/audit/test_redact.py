@@ -71,3 +71,13 @@ def test_redact_walks_nested_structures() -> None:
         "list": ["[card]", 3],
         "n": None,
     }
+
+
+def test_dragomans_own_identifiers_are_never_redacted() -> None:
+    from dragoman.audit.sink import encode
+
+    luhn_valid_id = "4111-1111-1111-1111"
+    written = encode({"audit_id": luhn_valid_id, "jti": luhn_valid_id, "path": luhn_valid_id})
+    assert b'"audit_id":"4111-1111-1111-1111"' in written
+    assert b'"jti":"4111-1111-1111-1111"' in written
+    assert b'"path":"[card]"' in written

@@ -17,8 +17,16 @@ class AuditSink(Protocol):
     def close(self) -> None: ...
 
 
+# Values dragoman generates itself (ids, times, numbers): never free text, and redacting
+# them would only corrupt them (a UUID can hold a Luhn-valid digit run).
+OWN_FIELDS = frozenset(
+    {"time", "event", "audit_id", "jti", "kid", "mapping_id", "decision", "code", "status"}
+)
+
+
 def encode(record: dict[str, Any]) -> bytes:
-    return json.dumps(redact(record), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    cleaned = {k: v if k in OWN_FIELDS else redact(v) for k, v in record.items()}
+    return json.dumps(cleaned, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
 class FileSink:

@@ -20,7 +20,7 @@ from typing import Any
 import uvloop
 from aiohttp import web
 
-from dragoman.app import PROXY_KEY, Proxy, build_app
+from dragoman.app import PROXY_KEY, Proxy, build_app, proxy_runner
 from dragoman.demo.console import console_app
 from dragoman.demo.issuer import DEV_WARNING, DevIssuer
 from dragoman.demo.platform import PaymentPlatform, catalog_settings
@@ -179,7 +179,10 @@ class DemoStack:
             "proxy": proxy_app,
         }
         for name, app in apps.items():
-            runner = web.AppRunner(app, access_log=None)
+            if name == "proxy":
+                runner = proxy_runner(app, settings)
+            else:
+                runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             await web.SockSite(runner, self.sockets[name]).start()
             self.runners.append(runner)

@@ -56,7 +56,13 @@ async def get_json(
         ) as response:
             if response.status != 200:
                 raise FetchError(f"{url} answered {response.status}")
-            body = await response.content.read(MAX_DOCUMENT_BYTES + 1)
+            # read(n) returns what has arrived so far (up to n bytes): loop until EOF.
+            body = bytearray()
+            while len(body) <= MAX_DOCUMENT_BYTES:
+                chunk = await response.content.read(MAX_DOCUMENT_BYTES + 1 - len(body))
+                if not chunk:
+                    break
+                body += chunk
             if len(body) > MAX_DOCUMENT_BYTES:
                 raise FetchError(f"{url} answered a document that is too large")
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -135,6 +141,7 @@ class JwksCache:
         self._fetched_at: float | None = None
         self._last_attempt: float | None = None
         self._lock = asyncio.Lock()
+        self._attempts_done = 0
         self.fetches = 0
         """Fetch attempts made so far (successful or not), for metrics and tests."""
 
@@ -155,7 +162,10 @@ class JwksCache:
             raise JwksUnavailable(f"no usable keys for {self._name}")
 
     async def _refresh(self) -> None:
+        attempts_done = self._attempts_done
         async with self._lock:
+            if self._attempts_done != attempts_done:
+                return  # an attempt ended while we waited for the lock; use its outcome
             now = self._clock()
             if self._last_attempt is not None and now - self._last_attempt < self._refetch_interval:
                 return  # somebody fetched (or tried) moments ago; use what we have
@@ -165,6 +175,7 @@ class JwksCache:
                 jwks = await self._fetcher.fetch()
             except Exception as exc:  # any failure: keep serving cached keys within max_stale
                 log.warning("jwks fetch for %s failed: %s", self._name, exc)
+                self._attempts_done += 1
                 return
             keys: dict[str, TrustedKey] = {}
             for jwk in jwks:
@@ -176,3 +187,4 @@ class JwksCache:
                 keys[key.kid] = key
             self._keys = keys
             self._fetched_at = self._clock()
+            self._attempts_done += 1

@@ -19,6 +19,7 @@ Failures raise :class:`JoseError` with a stable ``reason``; messages never quote
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -147,8 +148,10 @@ class TrustedKey:
             raise ValueError("JWK carries private or symmetric key material")
         try:
             material = jwt.PyJWK(dict(jwk)).key
-        except jwt.PyJWTError as exc:
-            raise ValueError(f"unusable JWK: {exc}") from None
+        except Exception as exc:
+            # Not only PyJWTError: PyJWK raises NotImplementedError for "alg": "none" and
+            # KeyError for an "oct" key without "k". One odd entry must not fail the key set.
+            raise ValueError(f"unusable JWK: {type(exc).__name__}: {exc}") from None
         if not isinstance(material, PublicKey):
             raise ValueError("JWK is not an asymmetric public key")
         alg, use = jwk.get("alg"), jwk.get("use")
@@ -194,7 +197,14 @@ def _numeric(payload: Mapping[str, Any], name: str, required: bool) -> float | N
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise JoseError("claim_invalid", f"claim {name} is not a NumericDate")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        number = math.inf
+    if not math.isfinite(number):
+        # Python's JSON reads NaN and Infinity: an exp of either would never expire.
+        raise JoseError("claim_invalid", f"claim {name} is not a NumericDate")
+    return number
 
 
 def check_time_claims(

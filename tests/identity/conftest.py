@@ -1,0 +1,59 @@
+"""Fixtures for attacking step 1 (authentication) through the running proxy.
+
+- ``client``: talks to the proxy of the default ``stack`` and reads its audit file.
+- ``client_for(stack)``: the same for a stack built with ``make_stack``.
+- ``serve_issuer(**fields)``: another DevIssuer on a free loopback port (its ``issuer`` is its
+  URL), for stacks configured with several issuers or with non-default issuer settings.
+- ``attacker_rsa`` / ``attacker_ec``: keys no issuer ever published.
+
+Token forging and settings helpers live in ``identity_helpers``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from identity_helpers import ProxyClient
+
+from dragoman.demo.issuer import DevIssuer
+from dragoman.demo.runner import DemoStack
+
+
+@pytest.fixture
+def client_for(http: aiohttp.ClientSession) -> Callable[[DemoStack], ProxyClient]:
+    return lambda stack: ProxyClient(stack, http)
+
+
+@pytest.fixture
+def client(stack: DemoStack, client_for: Callable[[DemoStack], ProxyClient]) -> ProxyClient:
+    return client_for(stack)
+
+
+@pytest.fixture
+async def serve_issuer(
+    serve: Callable[[web.Application], AbstractAsyncContextManager[str]],
+) -> AsyncIterator[Callable[..., Awaitable[DevIssuer]]]:
+    async with AsyncExitStack() as servers:
+
+        async def start(**fields: Any) -> DevIssuer:
+            issuer = DevIssuer(**fields)
+            issuer.issuer = await servers.enter_async_context(serve(issuer.app()))
+            return issuer
+
+        yield start
+
+
+@pytest.fixture(scope="session")
+def attacker_rsa() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="session")
+def attacker_ec() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
