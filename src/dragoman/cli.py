@@ -17,7 +17,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -132,11 +132,11 @@ def _parse_grant(text: str) -> Any:
 
     kind, sep, rest = text.partition(":")
     name, eq, operations = rest.rpartition("=")
-    if not sep or not eq or kind not in ("principal", "role") or not name or not operations:
+    ops = tuple(o.strip() for o in operations.split(",") if o.strip())
+    if not sep or not eq or kind not in ("principal", "role") or not name or not ops:
         raise click.BadParameter(
             f"{text!r}: expected principal:NAME=OPS or role:NAME=OPS (OPS comma-separated)"
         )
-    ops = tuple(o.strip() for o in operations.split(",") if o.strip())
     return Grant(operations=ops, **{kind: name})
 
 
@@ -156,6 +156,11 @@ def _mapping_json(mapping: Any) -> dict[str, Any]:
     }
 
 
+def _store_unavailable(exc: Exception) -> NoReturn:
+    click.echo(f"the mapping store is unavailable ({exc})", err=True)
+    sys.exit(3)
+
+
 async def _with_store(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
     from dragoman.mapping import migrate
     from dragoman.mapping.store import StoreUnavailable
@@ -166,8 +171,7 @@ async def _with_store(settings: Settings, action: Callable[[Any], Awaitable[T]])
             await migrate.upgrade(store.engine)
         return await action(store)
     except StoreUnavailable as exc:
-        click.echo(f"the mapping store is unavailable ({exc})", err=True)
-        sys.exit(3)
+        _store_unavailable(exc)
     finally:
         await store.close()
 
@@ -352,7 +356,7 @@ def db() -> None:
 def db_upgrade(config: Path | None) -> None:
     """Apply migrations."""
     from dragoman.mapping import migrate
-    from dragoman.mapping.store import make_engine
+    from dragoman.mapping.store import StoreUnavailable, make_engine
 
     settings = _settings(config)
 
@@ -364,7 +368,11 @@ def db_upgrade(config: Path | None) -> None:
         finally:
             await engine.dispose()
 
-    click.echo(f"at revision {_run(go)}")
+    try:
+        revision = _run(go)
+    except StoreUnavailable as exc:
+        _store_unavailable(exc)
+    click.echo(f"at revision {revision}")
 
 
 @db.command("current")
@@ -372,7 +380,7 @@ def db_upgrade(config: Path | None) -> None:
 def db_current(config: Path | None) -> None:
     """Print the schema revision."""
     from dragoman.mapping import migrate
-    from dragoman.mapping.store import make_engine
+    from dragoman.mapping.store import StoreUnavailable, make_engine
 
     settings = _settings(config)
 
@@ -383,7 +391,11 @@ def db_current(config: Path | None) -> None:
         finally:
             await engine.dispose()
 
-    click.echo(_run(go) or "(empty)")
+    try:
+        revision = _run(go)
+    except StoreUnavailable as exc:
+        _store_unavailable(exc)
+    click.echo(revision or "(empty)")
 
 
 @main.group()

@@ -1,4 +1,7 @@
-"""Apply the Alembic migrations to the mapping database, once, whoever else is starting."""
+"""Apply the Alembic migrations to the mapping database, once, whoever else is starting.
+
+A database that cannot be reached surfaces as :class:`StoreUnavailable`, as in the store.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,14 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from dragoman.mapping.store import StoreUnavailable
+
+# Failures to reach the database. (sqlite3 also reports some SQL errors as OperationalError;
+# the original error stays attached as the cause.)
+_UNREACHABLE = (OSError, TimeoutError, OperationalError, InterfaceError)
 
 # Any constant works; it only has to be the same for every dragoman process.
 _PG_LOCK_ID = 0x647261676F6D  # "dragom"
@@ -34,11 +44,17 @@ def _current(connection: Connection) -> str | None:
 
 
 async def upgrade(engine: AsyncEngine) -> None:
-    async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade)
+    except _UNREACHABLE as exc:
+        raise StoreUnavailable(type(exc).__name__) from exc
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
-    async with engine.connect() as conn:
-        revision: str | None = await conn.run_sync(_current)
-        return revision
+    try:
+        async with engine.connect() as conn:
+            revision: str | None = await conn.run_sync(_current)
+            return revision
+    except _UNREACHABLE as exc:
+        raise StoreUnavailable(type(exc).__name__) from exc

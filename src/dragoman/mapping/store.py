@@ -44,6 +44,12 @@ def _utc(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+def _to_utc(value: datetime) -> datetime:
+    # SQLite keeps the wall time and drops the offset, so convert before writing
+    # (naive values are taken as UTC, as PostgreSQL and the reading side do).
+    return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def _entity(row: Row[Any]) -> AccountMapping:
     return AccountMapping(
         id=row.id,
@@ -152,7 +158,7 @@ class MappingStore:
             "created_by": created_by,
             "verification_method": verification_method,
             "verification_evidence": verification_evidence,
-            "last_validated_at": validated_at or now,
+            "last_validated_at": now if validated_at is None else _to_utc(validated_at),
             "updated_at": now,
             "updated_by": created_by,
             "version": 1,
@@ -192,6 +198,8 @@ class MappingStore:
             values["status"] = MappingStatus(values["status"]).value
         if "grants" in values:
             values["grants"] = [g.to_json() for g in values["grants"]]
+        if "last_validated_at" in values:
+            values["last_validated_at"] = _to_utc(values["last_validated_at"])
         values.update(updated_at=datetime.now(UTC), updated_by=actor, version=expected_version + 1)
 
         async def go() -> None:

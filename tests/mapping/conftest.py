@@ -1,0 +1,69 @@
+"""Fixtures of the mapping tests: a migrated store on each database, a dead database port,
+and a PostgreSQL database reached through a relay the test can cut."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from mapping_helpers import Relay
+from sqlalchemy.engine import make_url
+
+from dragoman.mapping import migrate
+from dragoman.mapping.store import MappingStore, make_engine
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[MappingStore]:
+    """A migrated, empty mapping store (SQLite and PostgreSQL)."""
+    engine = make_engine(database_url)
+    await migrate.upgrade(engine)
+    mapping_store = MappingStore(engine)
+    yield mapping_store
+    await mapping_store.close()
+
+
+@pytest.fixture
+def dead_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound, never listening, held for the test."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+@pytest.fixture
+def dead_pg_url(dead_port: int) -> str:
+    return f"postgresql+asyncpg://postgres@127.0.0.1:{dead_port}/dragoman"
+
+
+@pytest.fixture
+def postgres_url(pg_url: str) -> str:
+    """The session's PostgreSQL database, emptied (PostgreSQL only; CI fails if it is down)."""
+    asyncio.run(_drop_tables(pg_url))
+    return pg_url
+
+
+async def _drop_tables(url: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await connection.execute("DROP TABLE IF EXISTS account_mappings, alembic_version")
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+async def pg_relay(postgres_url: str) -> AsyncIterator[Relay]:
+    """A relay to the test PostgreSQL server; ``relay.url`` reaches the test database."""
+    target = make_url(postgres_url)
+    relay = Relay(target.host or "127.0.0.1", target.port or 5432)
+    await relay.start()
+    relay.url = target.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
+    yield relay
+    await relay.cut()
