@@ -244,3 +244,23 @@ async def test_sigterm_lets_in_flight_requests_finish(served: Served) -> None:
         os.kill(served.process.pid, signal.SIGTERM)
         assert await in_flight == 200
     assert served.process.wait(timeout=30) == 0
+
+
+def test_serve_on_an_unreachable_store_exits_3_with_a_message(tmp_path: Path) -> None:
+    (tmp_path / "master.key").write_text(new_master_key())
+    settings = demo_settings(
+        proxy=f"http://127.0.0.1:{free_port()}",
+        platform="http://127.0.0.1:1",
+        issuer="http://127.0.0.1:1",
+        console="http://127.0.0.1:1",
+        state_dir=tmp_path,
+    )
+    settings["mapping"]["database_url"] = "postgresql+asyncpg://postgres@127.0.0.1:1/none"
+    config = tmp_path / "dragoman.toml"
+    write_toml(settings, config)
+    result = subprocess.run(
+        [DRAGOMAN, "serve", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 3
+    assert "mapping store is unavailable" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -163,3 +163,9 @@ def test_a_missing_file_is_reported(tmp_path: Path) -> None:
 
 def test_settings_reference_matches_the_model() -> None:
     assert DOCS.read_text("utf-8") == render(), "run `make docs` to regenerate docs/settings.md"
+
+
+def test_a_master_key_file_that_does_not_exist_is_reported(tmp_path: Path) -> None:
+    data = valid(tmp_path)
+    data["keys"]["master_key_file"] = str(tmp_path / "missing.key")
+    assert "keys.master_key_file" in problems_of(write(tmp_path, data))

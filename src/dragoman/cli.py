@@ -200,10 +200,21 @@ def mappings_add(
     grants: tuple[str, ...],
 ) -> None:
     """Link a cloud account to a payment customer."""
+    from dragoman.catalog.model import operations_from_settings
+    from dragoman.mapping.entity import unknown_grant_entries
     from dragoman.mapping.store import MappingExists
 
     parsed = [_parse_grant(g) for g in grants]
     settings = _settings(config)
+    catalog = operations_from_settings(settings.catalog)
+    unknown = unknown_grant_entries(parsed, catalog)
+    if catalog and unknown:
+        click.echo(
+            f"--grant names operations that are not in the catalog: {', '.join(unknown)}"
+            " (see `dragoman catalog list`)",
+            err=True,
+        )
+        sys.exit(2)
 
     async def action(store: Any) -> Any:
         return await store.add(
@@ -264,7 +275,7 @@ def mappings_show(config: Path | None, ref: str) -> None:
 
 
 def _set_status(config: Path | None, ref: str, actor: str, status: str) -> None:
-    from dragoman.mapping.store import VersionConflict
+    from dragoman.mapping.store import RevokedIsFinal, VersionConflict
 
     settings = _settings(config)
 
@@ -278,6 +289,9 @@ def _set_status(config: Path | None, ref: str, actor: str, status: str) -> None:
         mapping = _run(lambda: _with_store(settings, action))
     except VersionConflict:
         click.echo("the mapping changed meanwhile; try again", err=True)
+        sys.exit(1)
+    except RevokedIsFinal:
+        click.echo("the mapping is revoked, for good; link the account anew", err=True)
         sys.exit(1)
     click.echo(json.dumps(_mapping_json(mapping), indent=2))
 

@@ -23,9 +23,10 @@ from aiohttp import web
 
 from dragoman.app import build_app, proxy_runner
 from dragoman.keys.factory import open_key_provider
+from dragoman.keys.local import KeyFileError
 from dragoman.logs import configure as configure_logging
 from dragoman.mapping import migrate
-from dragoman.mapping.store import make_engine
+from dragoman.mapping.store import StoreUnavailable, make_engine
 from dragoman.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,14 @@ def _worker_main(settings: Settings, log_level: str, parent: int) -> None:
 def run(settings: Settings, *, log_level: str = "INFO") -> int:
     """Serve until SIGTERM or SIGINT. Returns the exit status."""
     configure_logging(log_level)
-    prepare(settings)
+    try:
+        prepare(settings)
+    except KeyFileError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    except StoreUnavailable as exc:
+        log.error("cannot start: the mapping store is unavailable (%s)", exc)
+        return 3
     count = worker_count(settings)
     if count > 1 and settings.server.port == 0:
         log.error("server.port 0 (any free port) works with one worker only")

@@ -292,6 +292,13 @@ class KeySettings(Section):
                 raise ValueError(str(exc)) from None
         return value
 
+    @field_validator("master_key_file")
+    @classmethod
+    def _master_key_file_readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
+        return value
+
     @model_validator(mode="after")
     def _one_master_key(self) -> KeySettings:
         if (self.master_key is None) == (self.master_key_file is None):

@@ -329,3 +329,28 @@ def test_add_on_an_unreachable_store_exits_3_with_a_message(
     assert result.returncode == 3
     assert "the mapping store is unavailable" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_revoked_mapping_cannot_be_suspended_or_reactivated(
+    dragoman: Any, config: Path, database_url: str
+) -> None:
+    add(dragoman, config)
+    dragoman("mappings", "revoke", "-c", config, "acct-1001", "--by", "ops:erin")
+    result = dragoman("mappings", "suspend", "-c", config, "acct-1001", "--by", "ops:dave")
+    assert result.returncode == 1
+    assert "revoked" in result.stderr
+    [mapping] = stored(database_url)
+    assert (mapping.status, mapping.version) == (MappingStatus.REVOKED, 2)
+
+
+def test_add_refuses_grants_that_name_nothing_in_the_catalog(
+    dragoman: Any, config: Path, database_url: str
+) -> None:
+    result = dragoman(
+        "mappings", "add", "-c", config, "--account", "acct-1001", "--customer", "cus_a",
+        "--by", "ops", "--grant", "role:viewer=payment_method:list,payment_methods:*",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "payment_method:list" in result.stderr
+    assert "payment_methods:*" not in result.stderr
+    assert dragoman("mappings", "list", "-c", config).stdout == ""

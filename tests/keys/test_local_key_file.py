@@ -325,7 +325,23 @@ def test_settings_accept_a_32_byte_base64url_master_key(tmp_path: Path) -> None:
 def test_unreadable_master_key_file_is_refused_naming_the_setting(tmp_path: Path) -> None:
     data = _settings_with_master_key(tmp_path, new_master_key())
     data["keys"] = {"path": str(tmp_path / "keys.json"), "master_key_file": str(tmp_path / "no")}
+    with pytest.raises(SettingsError) as caught:
+        load_settings(overrides=data)
+    assert [p.key for p in caught.value.problems] == ["keys.master_key_file"]
+    assert not (tmp_path / "keys.json").exists()
+
+
+def test_a_master_key_file_that_vanishes_after_load_is_refused_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    data = _settings_with_master_key(tmp_path, new_master_key())
+    (tmp_path / "master.key").write_text(new_master_key())
+    data["keys"] = {
+        "path": str(tmp_path / "keys.json"),
+        "master_key_file": str(tmp_path / "master.key"),
+    }
     settings = load_settings(overrides=data)
+    (tmp_path / "master.key").unlink()
     with pytest.raises(KeyFileError, match=r"keys\.master_key_file"):
         open_key_provider(settings.keys, create=True)
     assert not (tmp_path / "keys.json").exists()

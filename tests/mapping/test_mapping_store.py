@@ -15,6 +15,7 @@ from dragoman.mapping.store import (
     MappingExists,
     MappingNotFound,
     MappingStore,
+    RevokedIsFinal,
     VersionConflict,
     make_engine,
 )
@@ -247,3 +248,16 @@ async def test_schema_has_the_encryption_ready_columns(store: MappingStore) -> N
         "data_key_id",
         "cloud_account_index",
     } <= columns
+
+
+async def test_revoked_is_final(store: MappingStore) -> None:
+    mapping = await add_full(store)
+    revoked = await store.update(
+        mapping.id, expected_version=mapping.version, actor="ops", status="revoked"
+    )
+    for status in ("active", "suspended", "stale"):
+        with pytest.raises(RevokedIsFinal):
+            await store.update(
+                revoked.id, expected_version=revoked.version, actor="ops", status=status
+            )
+    assert (await store.get(mapping.id)).status is MappingStatus.REVOKED

@@ -177,6 +177,7 @@ def _settings_with_ttl(tmp_path: Path, ttl: object) -> dict[str, Any]:
         console="http://127.0.0.1:8083",
         state_dir=tmp_path,
     )
+    (tmp_path / "master.key").write_text("A" * 43)
     data["tokens"]["ttl"] = ttl
     return data
 

@@ -26,7 +26,7 @@ from dragoman.demo.issuer import DEV_WARNING, DevIssuer
 from dragoman.demo.platform import PaymentPlatform, catalog_settings
 from dragoman.keys.local import new_master_key
 from dragoman.logs import configure as configure_logging
-from dragoman.mapping.entity import Grant
+from dragoman.mapping.entity import Grant, MappingStatus
 from dragoman.mapping.store import MappingExists
 from dragoman.settings import Settings, load_settings
 from dragoman.tokens.verify import TokenVerifier
@@ -203,6 +203,8 @@ class DemoStack:
             except MappingExists:
                 mapping = await self.proxy.store.find_by_account(account)
                 assert mapping is not None
+                if mapping.status is MappingStatus.REVOKED:
+                    continue  # revoked is final, even in the demo
                 # A restarted demo refreshes its links instead of letting them go stale.
                 from datetime import UTC, datetime
 

@@ -65,6 +65,16 @@ class Grant:
         )
 
 
+def unknown_grant_entries(
+    grants: tuple[Grant, ...] | list[Grant], catalog: list[Operation]
+) -> list[str]:
+    """Grant entries that name nothing in the catalog (a typo grants nothing, silently)."""
+    known = {"*"}
+    for operation in catalog:
+        known.update((operation.id, operation.scope, operation.scope.split(":", 1)[0] + ":*"))
+    return sorted({entry for grant in grants for entry in grant.operations if entry not in known})
+
+
 @dataclass(frozen=True, slots=True)
 class AccountMapping:
     id: str

@@ -5,6 +5,12 @@ A database that cannot be reached surfaces as :class:`StoreUnavailable`, as in t
 
 from __future__ import annotations
 
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
@@ -43,10 +49,31 @@ def _current(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+@contextmanager
+def _sqlite_file_lock(engine: AsyncEngine) -> Iterator[None]:
+    # PostgreSQL serialises migrations with an advisory lock; for a SQLite file, an
+    # exclusive lock on a file beside it does the same across processes.
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    lock_path = Path(database).with_name(Path(database).name + ".migrate.lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreUnavailable(type(exc).__name__) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 async def upgrade(engine: AsyncEngine) -> None:
     try:
-        async with engine.begin() as conn:
-            await conn.run_sync(_upgrade)
+        with _sqlite_file_lock(engine):
+            async with engine.begin() as conn:
+                await conn.run_sync(_upgrade)
     except _UNREACHABLE as exc:
         raise StoreUnavailable(type(exc).__name__) from exc
 

@@ -39,6 +39,10 @@ class VersionConflict(Exception):
     """The mapping changed since it was read; re-read and retry."""
 
 
+class RevokedIsFinal(Exception):
+    """A revoked mapping is never reactivated or suspended: link the account anew."""
+
+
 def _utc(value: datetime) -> datetime:
     # SQLite hands back naive datetimes; everything we store is UTC.
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
@@ -94,7 +98,7 @@ class MappingStore:
     async def _run(self, coroutine: Any) -> Any:
         try:
             return await asyncio.wait_for(coroutine, self._timeout)
-        except (MappingExists, MappingNotFound, VersionConflict):
+        except (MappingExists, MappingNotFound, VersionConflict, RevokedIsFinal):
             raise
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(type(exc).__name__) from None
@@ -204,16 +208,20 @@ class MappingStore:
 
         async def go() -> None:
             async with self.engine.begin() as conn:
-                result = await conn.execute(
-                    update(t)
-                    .where(t.c.id == mapping_id, t.c.version == expected_version)
-                    .values(**values)
-                )
+                condition = [t.c.id == mapping_id, t.c.version == expected_version]
+                if values.get("status", MappingStatus.REVOKED.value) != MappingStatus.REVOKED:
+                    # Checked in the same statement as the version: no race can slip past.
+                    condition.append(t.c.status != MappingStatus.REVOKED.value)
+                result = await conn.execute(update(t).where(*condition).values(**values))
                 if result.rowcount == 1:
                     return
-                exists = await conn.execute(select(t.c.version).where(t.c.id == mapping_id))
-                if exists.first() is None:
+                found = (
+                    await conn.execute(select(t.c.version, t.c.status).where(t.c.id == mapping_id))
+                ).first()
+                if found is None:
                     raise MappingNotFound(mapping_id)
+                if found.version == expected_version:
+                    raise RevokedIsFinal(mapping_id)
                 raise VersionConflict(mapping_id)
 
         await self._run(go())
