@@ -11,6 +11,8 @@ Routes the proxy answers itself (never forwarded):
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -91,6 +93,7 @@ class Proxy:
     stages: tuple[Stage, ...]
     headers: Mapping[str, str]
     jwks_body: bytes
+    _store_watch: asyncio.Task[None] | None = None
 
     # -- the pipeline ----------------------------------------------------------------------
 
@@ -226,8 +229,19 @@ class Proxy:
         if migrate_store:
             await migrate.upgrade(self.store.engine)
         await self.forwarder.start()
+        if self.settings.mapping.cache_ttl > 0:
+            self._store_watch = asyncio.create_task(
+                self.store.watch(self.settings.mapping.health_interval)
+            )
 
     async def close(self) -> None:
+        if self._store_watch is not None:
+            # Wait for the cancelled ping to give its connection back before the engine is
+            # disposed; a ping cut off mid-query would otherwise wait forever.
+            self._store_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._store_watch
+            self._store_watch = None
         await self.forwarder.close()
         for authenticator in self.authenticators:
             await authenticator.close()
@@ -254,6 +268,7 @@ def build_proxy(
     store = MappingStore(
         make_engine(settings.mapping.database_url, pool_size=settings.mapping.pool_size),
         query_timeout=settings.mapping.query_timeout,
+        cache_ttl=settings.mapping.cache_ttl,
     )
     keys = open_key_provider(settings.keys, create=create_keys)
     headers = security_headers(settings.browser)

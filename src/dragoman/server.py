@@ -89,6 +89,22 @@ async def serve_worker(
     if watchdog is not None:
         watchdog.cancel()
     await runner.cleanup()
+    await _finish_stragglers()
+
+
+async def _finish_stragglers(grace: float = 5.0) -> None:
+    """Cancel what is left after cleanup; a task that will not end must not keep a stopping
+    worker (and its port) alive: the worker then exits hard, its audit sink already closed."""
+    pending = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+    for task in pending:
+        task.cancel()
+    if not pending:
+        return
+    _, stuck = await asyncio.wait(pending, timeout=grace)
+    if stuck:
+        log.error("worker %d: %d task(s) ignored cancellation; exiting", os.getpid(), len(stuck))
+        logging.shutdown()
+        os._exit(1)
 
 
 def _worker_main(settings: Settings, log_level: str, parent: int) -> None:

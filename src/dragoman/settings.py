@@ -223,6 +223,15 @@ class IdentitySettings(Section):
     max_token_bytes: int = Field(
         16_384, ge=512, le=65_536, description="Longest bearer token looked at; longer: 401."
     )
+    verify_cache_ttl: Duration = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description=(
+            "How long a verified bearer token is remembered (keyed on the whole token, never"
+            " past its exp, dropped when its key leaves the key set); 0: verify every time."
+        ),
+    )
 
     @model_validator(mode="after")
     def _issuers_are_distinct(self) -> IdentitySettings:
@@ -315,6 +324,25 @@ class MappingSettings(Section):
         36 * 3600.0,
         gt=0,
         description="Refuse (mapping_stale) when the last validation is older than this.",
+    )
+    cache_ttl: Duration = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description=(
+            "How long a worker reuses a mapping it looked up (0: ask the database every"
+            " time). Changes made through another instance or the CLI, a suspension"
+            " included, take effect within this time."
+        ),
+    )
+    health_interval: Duration = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description=(
+            "With the cache on, how often each worker pings the database; once a ping (or"
+            " any query) fails, cached mappings are refused (503) until it answers again."
+        ),
     )
     auto_migrate: bool = Field(True, description="Apply database migrations at start.")
     pool_size: int = Field(5, ge=1, le=200, description="Database connections per worker.")

@@ -173,7 +173,9 @@ async def test_store_lost_after_start_turns_requests_into_503_and_forwards_nothi
     pg_relay: Relay,
     http: aiohttp.ClientSession,
 ) -> None:
-    stack = await make_stack({"mapping": {"database_url": pg_relay.url}})
+    # Without the lookup cache every request asks the store: the first one after the cut
+    # is refused.
+    stack = await make_stack({"mapping": {"database_url": pg_relay.url, "cache_ttl": 0}})
     async with http.get(stack.urls["proxy"] + PM, headers=alice(stack)) as response:
         assert response.status == 200
     assert len(stack.platform.seen) == 1
@@ -187,3 +189,30 @@ async def test_store_lost_after_start_turns_requests_into_503_and_forwards_nothi
             assert response.status == 503
             assert (await response.json())["code"] == "mapping_unavailable"
     assert len(stack.platform.seen) == 1
+
+
+async def test_with_the_cache_a_lost_store_is_noticed_by_the_next_ping(
+    make_stack: Callable[..., Awaitable[DemoStack]],
+    pg_relay: Relay,
+    http: aiohttp.ClientSession,
+) -> None:
+    stack = await make_stack(
+        {"mapping": {"database_url": pg_relay.url, "cache_ttl": 60, "health_interval": 0.2}}
+    )
+    async with http.get(stack.urls["proxy"] + PM, headers=alice(stack)) as response:
+        assert response.status == 200  # the mapping is cached from here on
+    await pg_relay.cut()
+    assert stack.proxy is not None
+    for _ in range(200):
+        if not stack.proxy.store.reachable:
+            break
+        await asyncio.sleep(0.05)
+    assert not stack.proxy.store.reachable
+    forwarded = len(stack.platform.seen)
+    for method, body in (("GET", None), ("POST", CARD)):
+        async with http.request(
+            method, stack.urls["proxy"] + PM, headers=alice(stack), json=body
+        ) as response:
+            assert response.status == 503
+            assert (await response.json())["code"] == "mapping_unavailable"
+    assert len(stack.platform.seen) == forwarded

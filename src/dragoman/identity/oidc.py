@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from dragoman.cache import TtlCache
 from dragoman.identity.base import NOT_MINE, NotMine, bearer_token
 from dragoman.identity.principal import Principal
 from dragoman.jose.jwks import HttpKeySetFetcher, JwksCache, JwksUnavailable
@@ -30,6 +31,9 @@ from dragoman.jose.strict import (
 )
 from dragoman.pipeline.errors import IdentityUnavailable, Unauthenticated
 from dragoman.settings import IdentitySettings, OidcIssuerSettings, check_http_url
+
+VERIFIED_TOKENS = 10_000
+"""How many verified tokens one issuer remembers (about 1 KiB each)."""
 
 
 def claim(payload: Mapping[str, Any], path: str) -> Any:
@@ -61,11 +65,18 @@ class IssuerVerifier:
         keys: JwksCache,
         *,
         max_token_bytes: int,
+        verify_cache_ttl: float = 0.0,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.keys = keys
         self._clock = clock
+        self._monotonic = monotonic
+        # Verified tokens by their full text: a caller reuses its token for many calls, and
+        # a signature check costs far more than a dict lookup. Never kept past exp.
+        self._cache_ttl = verify_cache_ttl
+        self._verified: TtlCache[str, tuple[Principal, str]] = TtlCache(VERIFIED_TOKENS)
         self._policy = HeaderPolicy(
             algorithms=frozenset(config.algorithms),
             accepted_types=frozenset(config.accepted_types),
@@ -75,6 +86,30 @@ class IssuerVerifier:
         self._audiences = frozenset(config.audiences)
 
     async def verify(self, token: str) -> Principal:
+        if self._cache_ttl > 0:
+            cached = self._verified.get(token)
+            if cached is not None:
+                principal, kid = cached
+                try:
+                    # The key must still be in the key set (refreshed on schedule).
+                    await self.keys.key(kid)
+                except JoseError as exc:
+                    self._verified.discard(token)
+                    raise Unauthenticated(
+                        exc.reason, f"The bearer token was refused ({exc.reason})."
+                    ) from None
+                except JwksUnavailable:
+                    raise IdentityUnavailable("jwks_unavailable") from None
+                return principal
+        principal, kid = await self._verify(token)
+        if self._cache_ttl > 0:
+            expires_in = (principal.credential_expires_at or 0.0) - self._clock()
+            lifetime = min(self._cache_ttl, expires_in)
+            if lifetime > 0:
+                self._verified.put(token, (principal, kid), self._monotonic() + lifetime)
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, str]:
         config = self.config
         try:
             header = check_header(token, self._policy)
@@ -96,7 +131,7 @@ class IssuerVerifier:
         if account is not None and (not isinstance(account, str) or not account):
             raise Unauthenticated("account_claim_invalid", "The token's account is malformed.")
         auth_time = payload.get("auth_time")
-        return Principal(
+        principal = Principal(
             subject=config.principal_prefix + subject,
             cloud_account=None if account is None else config.account_prefix + account,
             issuer=config.issuer,
@@ -107,6 +142,7 @@ class IssuerVerifier:
             auth_time=auth_time if isinstance(auth_time, int) else None,
             credential_expires_at=float(payload["exp"]),
         )
+        return principal, header.kid
 
 
 class OidcAuthenticator:
@@ -140,7 +176,12 @@ class OidcAuthenticator:
                 clock=monotonic,
             )
             self.issuers[config.issuer] = IssuerVerifier(
-                config, cache, max_token_bytes=settings.max_token_bytes, clock=clock
+                config,
+                cache,
+                max_token_bytes=settings.max_token_bytes,
+                verify_cache_ttl=settings.verify_cache_ttl,
+                clock=clock,
+                monotonic=monotonic,
             )
         self._max_token_bytes = settings.max_token_bytes
 

@@ -9,8 +9,10 @@ is never lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +21,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from dragoman.cache import TtlCache
 from dragoman.mapping.entity import AccountMapping, Grant, MappingStatus
 from dragoman.mapping.schema import account_mappings as t
 
@@ -88,20 +91,54 @@ def make_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
 
 
 class MappingStore:
-    def __init__(self, engine: AsyncEngine, *, query_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        query_timeout: float = 2.0,
+        cache_ttl: float = 0.0,
+        cache_entries: int = 100_000,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.engine = engine
         self._timeout = query_timeout
+        # Lookups by account, cached for cache_ttl (0: not at all). Writes through this store
+        # drop their entry at once; writes elsewhere (another instance, the CLI) are seen
+        # within cache_ttl.
+        self._cache_ttl = cache_ttl
+        self._cache: TtlCache[str, AccountMapping] = TtlCache(cache_entries, monotonic)
+        self._cache_entries = cache_entries
+        self._cached_accounts: dict[str, str] = {}  # mapping id -> account, to forget by id
+        self._monotonic = monotonic
+        self.reachable = True
+        """False from a failed query (or ping) until the next successful one."""
 
     async def close(self) -> None:
         await self.engine.dispose()
 
     async def _run(self, coroutine: Any) -> Any:
         try:
-            return await asyncio.wait_for(coroutine, self._timeout)
+            result = await asyncio.wait_for(coroutine, self._timeout)
         except (MappingExists, MappingNotFound, VersionConflict, RevokedIsFinal):
+            self.reachable = True
             raise
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            self.reachable = False
             raise StoreUnavailable(type(exc).__name__) from None
+        self.reachable = True
+        return result
+
+    async def watch(self, interval: float) -> None:
+        """Ping the database every ``interval`` seconds, forever (run it as a task).
+
+        With the lookup cache on, this is how an outage is noticed between cache misses:
+        once a ping fails, cached mappings are not served until the database answers again.
+        """
+        while True:
+            # A failure leaves reachable False: lookups refuse until a ping succeeds.
+            with contextlib.suppress(StoreUnavailable):
+                await self.ping()
+            await asyncio.sleep(interval)
 
     async def ping(self) -> None:
         async def go() -> None:
@@ -111,6 +148,20 @@ class MappingStore:
         await self._run(go())
 
     async def find_by_account(self, cloud_account: str) -> AccountMapping | None:
+        if self._cache_ttl > 0 and self.reachable:
+            cached = self._cache.get(cloud_account)
+            if cached is not None:
+                return cached
+        found = await self._find_by_account(cloud_account)
+        if self._cache_ttl > 0 and found is not None:
+            if len(self._cached_accounts) >= 2 * self._cache_entries:
+                self._cache.clear()
+                self._cached_accounts.clear()
+            self._cache.put(cloud_account, found, self._monotonic() + self._cache_ttl)
+            self._cached_accounts[found.id] = cloud_account
+        return found
+
+    async def _find_by_account(self, cloud_account: str) -> AccountMapping | None:
         async def go() -> AccountMapping | None:
             async with self.engine.connect() as conn:
                 result = await conn.execute(select(t).where(t.c.cloud_account == cloud_account))
@@ -177,6 +228,7 @@ class MappingStore:
                 raise MappingExists(cloud_account) from None
 
         await self._run(go())
+        self._cache.discard(cloud_account)
         return await self.get(str(values["id"]))
 
     async def update(
@@ -224,5 +276,14 @@ class MappingStore:
                     raise RevokedIsFinal(mapping_id)
                 raise VersionConflict(mapping_id)
 
-        await self._run(go())
+        try:
+            await self._run(go())
+        finally:
+            # Whatever happened, the next lookup of this mapping asks the database.
+            self._forget(mapping_id)
         return await self.get(mapping_id)
+
+    def _forget(self, mapping_id: str) -> None:
+        account = self._cached_accounts.pop(mapping_id, None)
+        if account is not None:
+            self._cache.discard(account)
