@@ -20,7 +20,24 @@ class AuditSink(Protocol):
 # Values dragoman generates itself (ids, times, numbers): never free text, and redacting
 # them would only corrupt them (a UUID can hold a Luhn-valid digit run).
 OWN_FIELDS = frozenset(
-    {"time", "event", "audit_id", "jti", "kid", "mapping_id", "decision", "code", "status"}
+    {
+        "time",
+        "event",
+        "audit_id",
+        "jti",
+        "kid",
+        "mapping_id",
+        "decision",
+        "code",
+        "reason",
+        "status",
+        "operation",
+        "scope",
+        "authenticator",
+        "upstream_status",
+        "stream_error",
+        "latency_ms",
+    }
 )
 
 

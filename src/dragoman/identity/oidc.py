@@ -65,18 +65,11 @@ class IssuerVerifier:
         keys: JwksCache,
         *,
         max_token_bytes: int,
-        verify_cache_ttl: float = 0.0,
         clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.keys = keys
         self._clock = clock
-        self._monotonic = monotonic
-        # Verified tokens by their full text: a caller reuses its token for many calls, and
-        # a signature check costs far more than a dict lookup. Never kept past exp.
-        self._cache_ttl = verify_cache_ttl
-        self._verified: TtlCache[str, tuple[Principal, str]] = TtlCache(VERIFIED_TOKENS)
         self._policy = HeaderPolicy(
             algorithms=frozenset(config.algorithms),
             accepted_types=frozenset(config.accepted_types),
@@ -85,31 +78,19 @@ class IssuerVerifier:
         )
         self._audiences = frozenset(config.audiences)
 
-    async def verify(self, token: str) -> Principal:
-        if self._cache_ttl > 0:
-            cached = self._verified.get(token)
-            if cached is not None:
-                principal, kid = cached
-                try:
-                    # The key must still be in the key set (refreshed on schedule).
-                    await self.keys.key(kid)
-                except JoseError as exc:
-                    self._verified.discard(token)
-                    raise Unauthenticated(
-                        exc.reason, f"The bearer token was refused ({exc.reason})."
-                    ) from None
-                except JwksUnavailable:
-                    raise IdentityUnavailable("jwks_unavailable") from None
-                return principal
-        principal, kid = await self._verify(token)
-        if self._cache_ttl > 0:
-            expires_in = (principal.credential_expires_at or 0.0) - self._clock()
-            lifetime = min(self._cache_ttl, expires_in)
-            if lifetime > 0:
-                self._verified.put(token, (principal, kid), self._monotonic() + lifetime)
-        return principal
+    async def confirm_key(self, kid: str) -> None:
+        """A remembered token's key must still be in the key set (refreshed on schedule)."""
+        try:
+            await self.keys.key(kid)
+        except JoseError as exc:
+            raise Unauthenticated(
+                exc.reason, f"The bearer token was refused ({exc.reason})."
+            ) from None
+        except JwksUnavailable:
+            raise IdentityUnavailable("jwks_unavailable") from None
 
-    async def _verify(self, token: str) -> tuple[Principal, str]:
+    async def verify(self, token: str) -> tuple[Principal, str]:
+        """Verify ``token`` in full; the Principal and the kid that signed it."""
         config = self.config
         try:
             header = check_header(token, self._policy)
@@ -176,14 +157,18 @@ class OidcAuthenticator:
                 clock=monotonic,
             )
             self.issuers[config.issuer] = IssuerVerifier(
-                config,
-                cache,
-                max_token_bytes=settings.max_token_bytes,
-                verify_cache_ttl=settings.verify_cache_ttl,
-                clock=clock,
-                monotonic=monotonic,
+                config, cache, max_token_bytes=settings.max_token_bytes, clock=clock
             )
         self._max_token_bytes = settings.max_token_bytes
+        # Verified tokens by their full text: a caller reuses its token for many calls, and
+        # checking a signature (or even parsing the token) costs far more than a lookup.
+        # An entry never outlives the token's exp, and its key is confirmed on every hit.
+        self._cache_ttl = settings.verify_cache_ttl
+        self._verified: TtlCache[str, tuple[IssuerVerifier, Principal, str]] = TtlCache(
+            VERIFIED_TOKENS, monotonic
+        )
+        self._clock = clock
+        self._monotonic = monotonic
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -196,10 +181,27 @@ class OidcAuthenticator:
             return NOT_MINE
         if len(token) > self._max_token_bytes:
             raise Unauthenticated("token_too_large", "The bearer token is too large.")
+        if self._cache_ttl > 0:
+            remembered = self._verified.get(token)
+            if remembered is not None:
+                known, principal, kid = remembered
+                try:
+                    await known.confirm_key(kid)
+                except Unauthenticated:
+                    self._verified.discard(token)
+                    raise
+                return principal
         verifier = self.issuers.get(unverified_issuer(token) or "")
         if verifier is None:
             return NOT_MINE
-        return await verifier.verify(token)
+        principal, kid = await verifier.verify(token)
+        if self._cache_ttl > 0:
+            lifetime = min(
+                self._cache_ttl, (principal.credential_expires_at or 0.0) - self._clock()
+            )
+            if lifetime > 0:
+                self._verified.put(token, (verifier, principal, kid), self._monotonic() + lifetime)
+        return principal
 
     async def close(self) -> None:
         if self._session is not None:
