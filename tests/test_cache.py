@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -108,3 +110,33 @@ async def test_a_suspension_through_the_proxys_own_store_applies_at_once(
         mapping.id, expected_version=mapping.version, actor="ops", status="suspended"
     )
     assert await status_of(http, stack, headers) == 403
+
+
+async def test_concurrent_misses_for_one_account_share_one_query(tmp_path: Path) -> None:
+    from sqlalchemy import event
+
+    from dragoman.mapping import migrate
+    from dragoman.mapping.entity import Grant
+
+    store = MappingStore(make_engine(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"), cache_ttl=60)
+    try:
+        await migrate.upgrade(store.engine)
+        await store.add(
+            cloud_account="acct-1",
+            payment_customer="cus_1",
+            created_by="test",
+            verification_method="manual",
+            grants=[Grant(role="r", operations=("*",))],
+        )
+        lookups: list[str] = []
+
+        @event.listens_for(store.engine.sync_engine, "before_cursor_execute")
+        def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            if "FROM account_mappings" in statement:
+                lookups.append(statement)
+
+        found = await asyncio.gather(*(store.find_by_account("acct-1") for _ in range(50)))
+        assert {m.payment_customer for m in found if m is not None} == {"cus_1"}
+        assert len(lookups) == 1
+    finally:
+        await store.close()

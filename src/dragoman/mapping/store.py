@@ -109,6 +109,7 @@ class MappingStore:
         self._cache: TtlCache[str, AccountMapping] = TtlCache(cache_entries, monotonic)
         self._cache_entries = cache_entries
         self._cached_accounts: dict[str, str] = {}  # mapping id -> account, to forget by id
+        self._in_flight: dict[str, asyncio.Future[AccountMapping | None]] = {}
         self._monotonic = monotonic
         self.reachable = True
         """False from a failed query (or ping) until the next successful one."""
@@ -152,7 +153,28 @@ class MappingStore:
             cached = self._cache.get(cloud_account)
             if cached is not None:
                 return cached
-        found = await self._find_by_account(cloud_account)
+            # One query per account at a time: when an entry expires under load, the
+            # callers that miss together share the answer instead of queueing for the pool.
+            pending = self._in_flight.get(cloud_account)
+            if pending is not None:
+                return await self._share(pending, cloud_account)
+            pending = asyncio.get_running_loop().create_future()
+            self._in_flight[cloud_account] = pending
+            try:
+                found = await self._find_by_account(cloud_account)
+            except Exception as exc:
+                pending.set_exception(exc)
+                pending.exception()  # retrieved: no "never retrieved" warning without waiters
+                raise
+            except BaseException:
+                pending.cancel()  # the leader was cancelled; waiters ask for themselves
+                raise
+            else:
+                pending.set_result(found)
+            finally:
+                del self._in_flight[cloud_account]
+        else:
+            found = await self._find_by_account(cloud_account)
         if self._cache_ttl > 0 and found is not None:
             if len(self._cached_accounts) >= 2 * self._cache_entries:
                 self._cache.clear()
@@ -160,6 +182,17 @@ class MappingStore:
             self._cache.put(cloud_account, found, self._monotonic() + self._cache_ttl)
             self._cached_accounts[found.id] = cloud_account
         return found
+
+    async def _share(
+        self, pending: asyncio.Future[AccountMapping | None], cloud_account: str
+    ) -> AccountMapping | None:
+        try:
+            return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not pending.cancelled() or (task is not None and task.cancelling()):
+                raise
+        return await self._find_by_account(cloud_account)
 
     async def _find_by_account(self, cloud_account: str) -> AccountMapping | None:
         async def go() -> AccountMapping | None:
