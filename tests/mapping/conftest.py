@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 from mapping_helpers import Relay
 from sqlalchemy.engine import make_url
 
+from dragoman.demo.runner import DemoStack
 from dragoman.mapping import migrate
 from dragoman.mapping.store import MappingStore, make_engine
 
@@ -67,3 +68,10 @@ async def pg_relay(postgres_url: str) -> AsyncIterator[Relay]:
     relay.url = target.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
     yield relay
     await relay.cut()
+
+
+@pytest.fixture
+async def stack(make_stack: Callable[..., Awaitable[DemoStack]], database_url: str) -> DemoStack:
+    """The demo stack with its mapping store on SQLite, then on PostgreSQL: every pipeline
+    test of this folder runs against both."""
+    return await make_stack({"mapping": {"database_url": database_url}})
