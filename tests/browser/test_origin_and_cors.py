@@ -112,3 +112,25 @@ async def test_every_answer_carries_the_security_headers(
             assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
             assert response.headers["Referrer-Policy"] == "no-referrer"
             assert response.headers["Cache-Control"] == "no-store"
+
+
+async def test_the_console_can_preflight_and_call_whoami(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    console = stack.urls["console"]
+    preflight = {
+        "Origin": console,
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    async with http.options(stack.urls["proxy"] + "/_dragoman/whoami", headers=preflight) as r:
+        assert r.status == 204
+        assert r.headers["Access-Control-Allow-Origin"] == console
+    async with http.get(
+        stack.urls["proxy"] + "/_dragoman/whoami", headers=alice(stack, Origin=console)
+    ) as response:
+        assert response.status == 200
+        assert response.headers["Access-Control-Allow-Origin"] == console
+        body = await response.json()
+    assert body["customer"] == "cus_alice"
+    assert "payment_methods.create" in body["operations"]
