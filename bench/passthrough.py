@@ -23,21 +23,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from dragoman.forward import HOP_BY_HOP
 from serving import serve_forever
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
 DROP_REQUEST = HOP_BY_HOP | {"host"}
 CHUNK = 64 * 1024
 POOL_SIZE = 100  # dragoman's upstream.pool_size default

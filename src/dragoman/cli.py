@@ -365,28 +365,36 @@ def db() -> None:
     """The mapping database."""
 
 
+def _on_engine(config: Path | None, action: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``action(engine)`` on the configured database; exit 3 if it is unreachable."""
+    from dragoman.mapping.store import StoreUnavailable, make_engine
+
+    settings = _settings(config)
+
+    async def go() -> T:
+        engine = make_engine(settings.mapping.database_url, pool_size=1)
+        try:
+            return await action(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        return _run(go)
+    except StoreUnavailable as exc:
+        _store_unavailable(exc)
+
+
 @db.command("upgrade")
 @config_option
 def db_upgrade(config: Path | None) -> None:
     """Apply migrations."""
     from dragoman.mapping import migrate
-    from dragoman.mapping.store import StoreUnavailable, make_engine
 
-    settings = _settings(config)
+    async def upgrade(engine: Any) -> str | None:
+        await migrate.upgrade(engine)
+        return await migrate.current_revision(engine)
 
-    async def go() -> str | None:
-        engine = make_engine(settings.mapping.database_url, pool_size=1)
-        try:
-            await migrate.upgrade(engine)
-            return await migrate.current_revision(engine)
-        finally:
-            await engine.dispose()
-
-    try:
-        revision = _run(go)
-    except StoreUnavailable as exc:
-        _store_unavailable(exc)
-    click.echo(f"at revision {revision}")
+    click.echo(f"at revision {_on_engine(config, upgrade)}")
 
 
 @db.command("current")
@@ -394,22 +402,8 @@ def db_upgrade(config: Path | None) -> None:
 def db_current(config: Path | None) -> None:
     """Print the schema revision."""
     from dragoman.mapping import migrate
-    from dragoman.mapping.store import StoreUnavailable, make_engine
 
-    settings = _settings(config)
-
-    async def go() -> str | None:
-        engine = make_engine(settings.mapping.database_url, pool_size=1)
-        try:
-            return await migrate.current_revision(engine)
-        finally:
-            await engine.dispose()
-
-    try:
-        revision = _run(go)
-    except StoreUnavailable as exc:
-        _store_unavailable(exc)
-    click.echo(revision or "(empty)")
+    click.echo(_on_engine(config, migrate.current_revision) or "(empty)")
 
 
 @main.group()

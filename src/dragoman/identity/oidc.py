@@ -9,7 +9,8 @@ rules (:mod:`dragoman.jose.strict`). Nothing read before the signature check is 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
@@ -19,21 +20,23 @@ from dragoman.cache import TtlCache
 from dragoman.identity.base import NOT_MINE, NotMine, bearer_token
 from dragoman.identity.principal import Principal
 from dragoman.jose.jwks import HttpKeySetFetcher, JwksCache, JwksUnavailable
-from dragoman.jose.strict import (
-    HeaderPolicy,
-    JoseError,
-    check_audience,
-    check_header,
-    check_issuer,
-    check_time_claims,
-    unverified_issuer,
-    verify_signature,
-)
+from dragoman.jose.strict import HeaderPolicy, JoseError, unverified_issuer, verify_jws
 from dragoman.pipeline.errors import IdentityUnavailable, Unauthenticated
 from dragoman.settings import IdentitySettings, OidcIssuerSettings, check_http_url
 
 VERIFIED_TOKENS = 10_000
 """How many verified tokens one issuer remembers (about 1 KiB each)."""
+
+
+@contextmanager
+def _as_denials() -> Iterator[None]:
+    """JOSE refusals become 401 unauthenticated; a key set out of reach becomes 503."""
+    try:
+        yield
+    except JoseError as exc:
+        raise Unauthenticated(exc.reason, f"The bearer token was refused ({exc.reason}).") from None
+    except JwksUnavailable:
+        raise IdentityUnavailable("jwks_unavailable") from None
 
 
 def claim(payload: Mapping[str, Any], path: str) -> Any:
@@ -80,31 +83,23 @@ class IssuerVerifier:
 
     async def confirm_key(self, kid: str) -> None:
         """A remembered token's key must still be in the key set (refreshed on schedule)."""
-        try:
+        with _as_denials():
             await self.keys.key(kid)
-        except JoseError as exc:
-            raise Unauthenticated(
-                exc.reason, f"The bearer token was refused ({exc.reason})."
-            ) from None
-        except JwksUnavailable:
-            raise IdentityUnavailable("jwks_unavailable") from None
 
     async def verify(self, token: str) -> tuple[Principal, str]:
         """Verify ``token`` in full; the Principal and the kid that signed it."""
         config = self.config
-        try:
-            header = check_header(token, self._policy)
-            key = await self.keys.key(header.kid)
-            payload = verify_signature(token, header, key)
-            check_issuer(payload, config.issuer)
-            check_audience(payload, self._audiences)
-            check_time_claims(payload, now=self._clock(), leeway=config.leeway)
-        except JoseError as exc:
-            raise Unauthenticated(
-                exc.reason, f"The bearer token was refused ({exc.reason})."
-            ) from None
-        except JwksUnavailable:
-            raise IdentityUnavailable("jwks_unavailable") from None
+        with _as_denials():
+            verified = await verify_jws(
+                token,
+                policy=self._policy,
+                keys=self.keys,
+                issuer=config.issuer,
+                audiences=self._audiences,
+                now=self._clock(),
+                leeway=config.leeway,
+            )
+        payload, header = verified.claims, verified.header
         subject = claim(payload, config.principal_claim)
         if not isinstance(subject, str) or not subject:
             raise Unauthenticated("principal_claim_missing", "The token names no principal.")

@@ -22,7 +22,7 @@ import json
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
@@ -260,3 +260,37 @@ def unverified_issuer(token: str) -> str | None:
         return None
     issuer = claims.get("iss")
     return issuer if isinstance(issuer, str) else None
+
+
+class KeyLookup(Protocol):
+    async def key(self, kid: str) -> TrustedKey: ...
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedJws:
+    header: CheckedHeader
+    claims: dict[str, Any]
+
+
+async def verify_jws(
+    token: str,
+    *,
+    policy: HeaderPolicy,
+    keys: KeyLookup,
+    issuer: str,
+    audiences: Collection[str],
+    now: float,
+    leeway: float,
+    max_lifetime: float | None = None,
+) -> VerifiedJws:
+    """Steps 1 to 5 in order: header policy, key, signature, iss, aud, time claims.
+
+    Raises JoseError (or whatever ``keys`` raises when it has no usable key set).
+    """
+    header = check_header(token, policy)
+    key = await keys.key(header.kid)
+    claims = verify_signature(token, header, key)
+    check_issuer(claims, issuer)
+    check_audience(claims, audiences)
+    check_time_claims(claims, now=now, leeway=leeway, max_lifetime=max_lifetime)
+    return VerifiedJws(header, claims)

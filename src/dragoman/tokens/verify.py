@@ -37,15 +37,7 @@ import aiohttp
 from aiohttp import web
 
 from dragoman.jose.jwks import HttpKeySetFetcher, JwksCache, JwksUnavailable
-from dragoman.jose.strict import (
-    HeaderPolicy,
-    JoseError,
-    check_audience,
-    check_header,
-    check_issuer,
-    check_time_claims,
-    verify_signature,
-)
+from dragoman.jose.strict import HeaderPolicy, JoseError, verify_jws
 
 MAX_LIFETIME = 900.0
 """SEMANTICS §2: a token lives at most 15 minutes."""
@@ -149,18 +141,21 @@ class TokenVerifier:
         if not token:
             raise TokenRejected("token_missing")
         try:
-            header = check_header(token, self._policy)
-            key = await self.keys.key(header.kid)
-            claims = verify_signature(token, header, key)
-            check_issuer(claims, self._issuer)
-            check_audience(claims, self._audiences)
-            check_time_claims(
-                claims, now=self._clock(), leeway=self._leeway, max_lifetime=MAX_LIFETIME
+            verified = await verify_jws(
+                token,
+                policy=self._policy,
+                keys=self.keys,
+                issuer=self._issuer,
+                audiences=self._audiences,
+                now=self._clock(),
+                leeway=self._leeway,
+                max_lifetime=MAX_LIFETIME,
             )
         except JoseError as exc:
             raise TokenRejected(exc.reason) from None
         except JwksUnavailable:
             raise TokenRejected("jwks_unavailable", status=503) from None
+        claims, header = verified.claims, verified.header
         jti = claims.get("jti")
         if jti is None:
             raise TokenRejected("claim_missing")
