@@ -36,16 +36,17 @@ from dragoman.forward import Forwarder
 from dragoman.identity.base import Authenticator
 from dragoman.identity.oidc import OidcAuthenticator
 from dragoman.identity.stage import AuthenticateStage
-from dragoman.keys.factory import open_key_provider
-from dragoman.keys.provider import KeyProvider
-from dragoman.mapping import migrate
+from dragoman.keys.factory import open_key_ring
+from dragoman.keys.ring import KeyRing
 from dragoman.mapping.stage import MapAccountStage, MappingGate
-from dragoman.mapping.store import MappingStore, StoreUnavailable, make_engine
+from dragoman.mapping.store import MappingStore
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import AuditUnavailable, Denial, InternalError, OriginDenied
 from dragoman.pipeline.problem import problem_response
 from dragoman.pipeline.stage import Stage
 from dragoman.settings import Settings
+from dragoman.state import migrate
+from dragoman.state.sql import StoreUnavailable, make_engine
 from dragoman.tokens.mint import TokenMinter
 from dragoman.tokens.stage import MintTokenStage
 
@@ -83,7 +84,7 @@ class Proxy:
     settings: Settings
     authenticators: Sequence[Authenticator]
     store: MappingStore
-    keys: KeyProvider
+    keys: KeyRing
     forwarder: Forwarder
     audit: AuditTrail
     cors: CorsPolicy
@@ -92,7 +93,6 @@ class Proxy:
     minter: TokenMinter
     stages: tuple[Stage, ...]
     headers: Mapping[str, str]
-    jwks_body: bytes
     _store_watch: asyncio.Task[None] | None = None
 
     # -- the pipeline ----------------------------------------------------------------------
@@ -176,7 +176,7 @@ class Proxy:
         try:
             await self.store.ping()
         except StoreUnavailable:
-            problems.append("mapping_store")
+            problems.append("state_store")
         if not self.keys.ready():
             problems.append("signing_key")
         if self.audit.broken:
@@ -186,7 +186,7 @@ class Proxy:
         return self._json({"status": "ready"})
 
     async def jwks(self, request: web.Request) -> web.StreamResponse:
-        response = web.Response(body=self.jwks_body, content_type="application/jwk-set+json")
+        response = web.Response(body=self.keys.jwks_body(), content_type="application/jwk-set+json")
         response.headers.update(self.headers)
         response.headers["Cache-Control"] = (
             f"public, max-age={int(self.settings.keys.jwks_max_age)}"
@@ -229,9 +229,10 @@ class Proxy:
         if migrate_store:
             await migrate.upgrade(self.store.engine)
         await self.forwarder.start()
+        await self.keys.start()
         if self.settings.mapping.cache_ttl > 0:
             self._store_watch = asyncio.create_task(
-                self.store.watch(self.settings.mapping.health_interval)
+                self.store.watch(self.settings.store.health_interval)
             )
 
     async def close(self) -> None:
@@ -245,6 +246,7 @@ class Proxy:
         await self.forwarder.close()
         for authenticator in self.authenticators:
             await authenticator.close()
+        await self.keys.close()
         await self.store.close()
         self.audit.close()
 
@@ -259,18 +261,16 @@ def build_proxy(
     settings: Settings,
     *,
     clock: Callable[[], float] = time.time,
-    create_keys: bool = True,
     audit_sink: AuditSink | None = None,
 ) -> Proxy:
     """Every component and the stage chain, from settings."""
     authenticators: list[Authenticator] = [OidcAuthenticator(settings.identity, clock=clock)]
     catalog = operations_from_settings(settings.catalog)
+    engine = make_engine(settings.store.database_url, pool_size=settings.store.pool_size)
     store = MappingStore(
-        make_engine(settings.mapping.database_url, pool_size=settings.mapping.pool_size),
-        query_timeout=settings.mapping.query_timeout,
-        cache_ttl=settings.mapping.cache_ttl,
+        engine, query_timeout=settings.store.query_timeout, cache_ttl=settings.mapping.cache_ttl
     )
-    keys = open_key_provider(settings.keys, create=create_keys)
+    keys = open_key_ring(settings.keys, settings.store, engine, clock=clock)
     headers = security_headers(settings.browser)
     cors = CorsPolicy(settings.browser.allowed_origins, {op.method for op in catalog})
     gate = MappingGate(store, stale_after=settings.mapping.stale_after, clock=clock)
@@ -305,7 +305,6 @@ def build_proxy(
         minter=minter,
         stages=stages,
         headers=headers,
-        jwks_body=json.dumps(keys.jwks()).encode(),
     )
 
 
@@ -337,7 +336,7 @@ def build_app(
     app.router.add_get("/.well-known/jwks.json", proxy.jwks, allow_head=False)
     app.router.add_get("/_dragoman/whoami", proxy.whoami, allow_head=False)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
-    do_migrate = settings.mapping.auto_migrate if migrate_store is None else migrate_store
+    do_migrate = settings.store.auto_migrate if migrate_store is None else migrate_store
 
     async def on_startup(_: web.Application) -> None:
         await proxy.start(do_migrate)

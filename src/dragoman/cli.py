@@ -124,7 +124,7 @@ def mappings() -> None:
 def _store(settings: Settings) -> Any:
     from dragoman.mapping.store import MappingStore, make_engine
 
-    return MappingStore(make_engine(settings.mapping.database_url, pool_size=1))
+    return MappingStore(make_engine(settings.store.database_url, pool_size=1))
 
 
 def _parse_grant(text: str) -> Any:
@@ -157,17 +157,17 @@ def _mapping_json(mapping: Any) -> dict[str, Any]:
 
 
 def _store_unavailable(exc: Exception) -> NoReturn:
-    click.echo(f"the mapping store is unavailable ({exc})", err=True)
+    click.echo(f"the state store is unavailable ({exc})", err=True)
     sys.exit(3)
 
 
 async def _with_store(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
-    from dragoman.mapping import migrate
     from dragoman.mapping.store import StoreUnavailable
+    from dragoman.state import migrate
 
     store = _store(settings)
     try:
-        if settings.mapping.auto_migrate:
+        if settings.store.auto_migrate:
             await migrate.upgrade(store.engine)
         return await action(store)
     except StoreUnavailable as exc:
@@ -325,36 +325,114 @@ def keys() -> None:
 @keys.command("new-master-key")
 def keys_new_master_key() -> None:
     """Print a fresh random master key (base64url, 32 bytes)."""
-    from dragoman.keys.local import new_master_key
+    from dragoman.keys.sealing import new_master_key
 
     click.echo(new_master_key())
 
 
-@keys.command("init")
-@config_option
-def keys_init(config: Path | None) -> None:
-    """Create the key file with a first signing key (if there is none yet)."""
-    from dragoman.keys.factory import open_key_provider
+def _on_ring(config: Path | None, action: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``action(ring)`` on the configured key set (exit 3 if the store is unreachable)."""
+    from dragoman.keys.factory import KeyConfigError, open_key_ring
+    from dragoman.keys.provider import KeyUnavailableError
+    from dragoman.state import migrate
+    from dragoman.state.sql import StoreUnavailable, make_engine
 
-    provider = open_key_provider(_settings(config).keys, create=True)
-    for key in provider.describe():
-        click.echo(json.dumps(key))
+    settings = _settings(config)
+
+    async def go() -> T:
+        engine = make_engine(settings.store.database_url, pool_size=1)
+        try:
+            if settings.store.auto_migrate:
+                await migrate.upgrade(engine)
+            ring = open_key_ring(settings.keys, settings.store, engine)
+            try:
+                await ring.refresh()
+                return await action(ring)
+            finally:
+                await ring.close()
+        finally:
+            await engine.dispose()
+
+    try:
+        return _run(go)
+    except StoreUnavailable as exc:
+        _store_unavailable(exc)
+    except (KeyConfigError, KeyUnavailableError) as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+
+
+def _describe(ring: Any, record: Any) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    def when(epoch: float | None) -> str | None:
+        return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat()
+
+    return {
+        "kid": record.kid,
+        "generation": record.generation,
+        "state": ring.timeline.state(record, ring.now()).value,
+        "provider": record.provider,
+        "ref": record.ref,
+        "activates_at": when(record.activates_at),
+        "deactivates_at": when(record.deactivates_at),
+        "verify_until": when(ring.timeline.verify_until(record)),
+        "retired_at": when(record.retired_at),
+        "created_by": record.created_by,
+    }
 
 
 @keys.command("list")
 @config_option
-def keys_list(config: Path | None) -> None:
-    """List the signing keys."""
-    from dragoman.keys.factory import open_key_provider
-    from dragoman.keys.local import KeyFileError
+@click.option("--all", "everything", is_flag=True, help="Include keys retired long ago.")
+def keys_list(config: Path | None, everything: bool) -> None:
+    """List the key set, one JSON object per key, oldest first, with its state now."""
 
-    try:
-        provider = open_key_provider(_settings(config).keys, create=False)
-    except KeyFileError as exc:
-        click.echo(str(exc), err=True)
+    async def action(ring: Any) -> list[dict[str, Any]]:
+        records = await ring.store.load() if everything else ring.keys
+        return [_describe(ring, r) for r in records]
+
+    for line in _on_ring(config, action):
+        click.echo(json.dumps(line))
+
+
+@keys.command("rotate")
+@config_option
+@click.option(
+    "--now",
+    "immediately",
+    is_flag=True,
+    help="Activate at once instead of after keys.prepublish (emergencies: verifiers that "
+    "cached the key set refuse new tokens until they fetch it again).",
+)
+def keys_rotate(config: Path | None, immediately: bool) -> None:
+    """Schedule the next key (it signs after keys.prepublish); no restart needed."""
+
+    async def action(ring: Any) -> dict[str, Any] | None:
+        record = await ring.rotate(immediately=immediately)
+        return None if record is None else _describe(ring, record)
+
+    made = _on_ring(config, action)
+    if made is None:
+        click.echo("a successor is already scheduled; nothing to do", err=True)
         sys.exit(1)
-    for key in provider.describe():
-        click.echo(json.dumps(key))
+    click.echo(json.dumps(made))
+
+
+@keys.command("retire")
+@config_option
+@click.option("--kid", required=True, help="The key to retire (kids may start with '-').")
+def keys_retire(config: Path | None, kid: str) -> None:
+    """Retire a key now: it verifies nothing more; if it was current, a new key takes over."""
+
+    async def action(ring: Any) -> dict[str, Any]:
+        try:
+            return _describe(ring, await ring.retire(kid))
+        except LookupError:
+            click.echo(f"no key {kid!r}", err=True)
+            sys.exit(1)
+
+    click.echo(json.dumps(_on_ring(config, action)))
 
 
 # -- db, catalog, settings ------------------------------------------------------------------------
@@ -372,7 +450,7 @@ def _on_engine(config: Path | None, action: Callable[[Any], Awaitable[T]]) -> T:
     settings = _settings(config)
 
     async def go() -> T:
-        engine = make_engine(settings.mapping.database_url, pool_size=1)
+        engine = make_engine(settings.store.database_url, pool_size=1)
         try:
             return await action(engine)
         finally:
@@ -388,7 +466,7 @@ def _on_engine(config: Path | None, action: Callable[[Any], Awaitable[T]]) -> T:
 @config_option
 def db_upgrade(config: Path | None) -> None:
     """Apply migrations."""
-    from dragoman.mapping import migrate
+    from dragoman.state import migrate
 
     async def upgrade(engine: Any) -> str | None:
         await migrate.upgrade(engine)
@@ -401,7 +479,7 @@ def db_upgrade(config: Path | None) -> None:
 @config_option
 def db_current(config: Path | None) -> None:
     """Print the schema revision."""
-    from dragoman.mapping import migrate
+    from dragoman.state import migrate
 
     click.echo(_on_engine(config, migrate.current_revision) or "(empty)")
 

@@ -24,3 +24,6 @@ def configure(level: str = "INFO") -> None:
     # aiohttp's access log would repeat each request line, query strings included;
     # the audit trail is the (redacted) record of requests.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # At DEBUG, botocore logs request headers (X-Amz-Security-Token among them).
+    for chatty in ("botocore", "boto3", "urllib3"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -22,28 +22,33 @@ import uvloop
 from aiohttp import web
 
 from dragoman.app import build_app, proxy_runner
-from dragoman.keys.factory import open_key_provider
-from dragoman.keys.local import KeyFileError
+from dragoman.keys.factory import KeyConfigError, open_key_ring
+from dragoman.keys.provider import KeyUnavailableError
 from dragoman.logs import configure as configure_logging
-from dragoman.mapping import migrate
-from dragoman.mapping.store import StoreUnavailable, make_engine
 from dragoman.settings import Settings
+from dragoman.state import migrate
+from dragoman.state.sql import StoreUnavailable, make_engine
 
 log = logging.getLogger(__name__)
 
 
 async def _prepare(settings: Settings) -> None:
-    if settings.mapping.auto_migrate:
-        engine = make_engine(settings.mapping.database_url, pool_size=1)
-        try:
+    engine = make_engine(settings.store.database_url, pool_size=1)
+    try:
+        if settings.store.auto_migrate:
             await migrate.upgrade(engine)
+        ring = open_key_ring(settings.keys, settings.store, engine)
+        try:
+            await ring.settle()
         finally:
-            await engine.dispose()
+            await ring.close()
+    finally:
+        await engine.dispose()
 
 
 def prepare(settings: Settings) -> None:
-    """What runs once before workers start: schema migrations and the key file."""
-    open_key_provider(settings.keys, create=True)
+    """What runs once before workers start: schema migrations, and the key set (the first
+    key is made here, so workers start with one)."""
     asyncio.run(_prepare(settings))
 
 
@@ -117,11 +122,11 @@ def run(settings: Settings, *, log_level: str = "INFO") -> int:
     configure_logging(log_level)
     try:
         prepare(settings)
-    except KeyFileError as exc:
+    except (KeyConfigError, KeyUnavailableError) as exc:
         log.error("cannot start: %s", exc)
         return 2
     except StoreUnavailable as exc:
-        log.error("cannot start: the mapping store is unavailable (%s)", exc)
+        log.error("cannot start: the state store is unavailable (%s)", exc)
         return 3
     count = worker_count(settings)
     if count > 1 and settings.server.port == 0:

@@ -270,34 +270,113 @@ class TokenSettings(Section):
     algorithm: Literal["ES256"] = Field("ES256", description="Signing algorithm.")
 
 
+class Pkcs11Settings(Section):
+    module: Path = Field(
+        Path("/usr/lib/softhsm/libsofthsm2.so"), description="Path of the PKCS#11 module."
+    )
+    token_label: str = Field("dragoman", min_length=1, description="Label of the token.")
+    pin: SecretStr = Field(
+        SecretStr(""), description="User PIN; prefer DRAGOMAN_KEYS__PKCS11__PIN."
+    )
+    label_prefix: str = Field(
+        "dragoman-", min_length=1, description="Prefix of the labels of keys it makes."
+    )
+
+
+class AwsKmsSettings(Section):
+    region: str = Field("us-east-1", min_length=1, description="AWS region of the KMS keys.")
+    endpoint_url: str | None = Field(
+        None, description="KMS endpoint (a VPC endpoint, or a local test server)."
+    )
+    alias: str = Field(
+        "alias/dragoman-signing",
+        pattern=r"^alias/[A-Za-z0-9/_-]+$",
+        description=(
+            "Alias moved to the current signing key at each rotation (not under alias/aws/,"
+            " which AWS reserves)."
+        ),
+    )
+
+    @field_validator("alias")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value.startswith("alias/aws/"):
+            raise ValueError("alias/aws/ is reserved by AWS")
+        return value
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else check_http_url(value, require_tls=True)
+
+
 class KeySettings(Section):
-    provider: Literal["local"] = Field("local", description="Key provider.")
-    path: Path = Field(
-        Path("var/keys.json"), description="Key file of the local provider (encrypted at rest)."
+    """Signing keys and their rotation timeline (docs/keys.md)."""
+
+    provider: Literal["local", "pkcs11", "aws-kms"] = Field(
+        "local",
+        description=(
+            "Who holds the private keys: `local` (sealed with the master key in the state"
+            " store), `pkcs11` (an HSM), `aws-kms`."
+        ),
     )
     master_key: SecretStr | None = Field(
         None,
         description=(
-            "Base64url 32-byte key that encrypts private keys at rest; prefer"
+            "Base64url 32-byte key that seals local private keys at rest; prefer"
             " DRAGOMAN_KEYS__MASTER_KEY or master_key_file over writing it here."
         ),
     )
     master_key_file: Path | None = Field(
         None, description="File holding the master key (base64url, 32 bytes)."
     )
+    rotation_period: Duration = Field(
+        3600.0, ge=60, le=90 * 86400, description="How long each key is the current key."
+    )
+    overlap: Duration = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="How long the previous key keeps verifying after a rotation.",
+    )
+    prepublish: Duration = Field(
+        600.0,
+        ge=0,
+        le=86400,
+        description=(
+            "How long a new key is published before it signs; at least the upstream's"
+            " JWKS cache time, and at least jwks_max_age."
+        ),
+    )
+    auto_rotate: bool = Field(True, description="Rotate on schedule (off: only `keys rotate`).")
+    refresh_interval: Duration = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description=(
+            "How often each worker re-reads the key set; a worker whose view is older than"
+            " three intervals refuses to sign (503 key_unavailable) until it has re-read it."
+        ),
+    )
     jwks_max_age: Duration = Field(
         300.0, ge=0, le=86400, description="Cache-Control max-age of /.well-known/jwks.json."
+    )
+    pkcs11: Pkcs11Settings = Field(
+        default_factory=lambda: Pkcs11Settings(), description="The pkcs11 provider."
+    )
+    aws_kms: AwsKmsSettings = Field(
+        default_factory=lambda: AwsKmsSettings(), description="The aws-kms provider."
     )
 
     @field_validator("master_key")
     @classmethod
     def _master_key_decodes(cls, value: SecretStr | None) -> SecretStr | None:
-        from dragoman.keys.local import KeyFileError, decode_master_key
+        from dragoman.keys.sealing import SealingError, decode_master_key
 
         if value is not None:
             try:
                 decode_master_key(value.get_secret_value())
-            except KeyFileError as exc:
+            except SealingError as exc:
                 raise ValueError(str(exc)) from None
         return value
 
@@ -309,17 +388,54 @@ class KeySettings(Section):
         return value
 
     @model_validator(mode="after")
-    def _one_master_key(self) -> KeySettings:
-        if (self.master_key is None) == (self.master_key_file is None):
-            raise ValueError("set exactly one of keys.master_key and keys.master_key_file")
+    def _consistent(self) -> KeySettings:
+        if self.provider == "local" and (self.master_key is None) == (self.master_key_file is None):
+            raise ValueError("the local provider needs exactly one of master_key, master_key_file")
+        if self.provider == "pkcs11" and not self.pkcs11.pin.get_secret_value():
+            raise ValueError("the pkcs11 provider needs keys.pkcs11.pin")
+        if self.jwks_max_age > self.prepublish:
+            raise ValueError(
+                "jwks_max_age must not exceed prepublish (verifiers would meet unknown kids)"
+            )
+        if self.prepublish >= self.rotation_period:
+            raise ValueError("prepublish must be shorter than rotation_period")
+        if 3 * self.refresh_interval > min(self.overlap, self.prepublish):
+            # A worker may sign from a view up to three refresh intervals old.
+            raise ValueError("3 x refresh_interval must not exceed overlap nor prepublish")
         return self
 
 
-class MappingSettings(Section):
+class StoreSettings(Section):
+    """The shared state store: account mappings and the signing key set."""
+
     database_url: str = Field(
         "sqlite+aiosqlite:///var/dragoman.db",
         description="SQLAlchemy URL: sqlite+aiosqlite:///FILE or postgresql+asyncpg://...",
     )
+    auto_migrate: bool = Field(True, description="Apply database migrations at start.")
+    pool_size: int = Field(5, ge=1, le=200, description="Database connections per worker.")
+    query_timeout: Duration = Field(
+        2.0, gt=0, le=60, description="Longest wait for a query (then 503)."
+    )
+    health_interval: Duration = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description=(
+            "How often each worker pings the database; once a ping (or any query) fails,"
+            " cached mappings are refused (503) until it answers again."
+        ),
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_driver(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return value
+
+
+class MappingSettings(Section):
     stale_after: Duration = Field(
         36 * 3600.0,
         gt=0,
@@ -335,27 +451,6 @@ class MappingSettings(Section):
             " included, take effect within this time."
         ),
     )
-    health_interval: Duration = Field(
-        1.0,
-        gt=0,
-        le=60,
-        description=(
-            "With the cache on, how often each worker pings the database; once a ping (or"
-            " any query) fails, cached mappings are refused (503) until it answers again."
-        ),
-    )
-    auto_migrate: bool = Field(True, description="Apply database migrations at start.")
-    pool_size: int = Field(5, ge=1, le=200, description="Database connections per worker.")
-    query_timeout: Duration = Field(
-        2.0, gt=0, le=60, description="Longest wait for a mapping lookup (then 503)."
-    )
-
-    @field_validator("database_url")
-    @classmethod
-    def _supported_driver(cls, value: str) -> str:
-        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
-            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
-        return value
 
 
 HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
@@ -459,9 +554,12 @@ class Settings(BaseSettings):
     tokens: TokenSettings = Field(
         default_factory=lambda: TokenSettings(), description="Minted upstream tokens."
     )
-    keys: KeySettings = Field(..., description="Signing keys.")
+    keys: KeySettings = Field(..., description="Signing keys and their rotation.")
+    store: StoreSettings = Field(
+        default_factory=lambda: StoreSettings(), description="The shared state store."
+    )
     mapping: MappingSettings = Field(
-        default_factory=lambda: MappingSettings(), description="The account mapping store."
+        default_factory=lambda: MappingSettings(), description="The account mappings."
     )
     catalog: CatalogSettings = Field(
         default_factory=lambda: CatalogSettings(), description="Operations and their scopes."

@@ -24,7 +24,7 @@ from dragoman.app import PROXY_KEY, Proxy, build_app, proxy_runner
 from dragoman.demo.console import console_app
 from dragoman.demo.issuer import DEV_WARNING, DevIssuer
 from dragoman.demo.platform import PaymentPlatform, catalog_settings
-from dragoman.keys.local import new_master_key
+from dragoman.keys.sealing import new_master_key
 from dragoman.logs import configure as configure_logging
 from dragoman.mapping.entity import Grant, MappingStatus
 from dragoman.mapping.store import MappingExists
@@ -83,11 +83,8 @@ def demo_settings(
         },
         "upstream": {"url": platform, "audience": AUDIENCE},
         "tokens": {"issuer": TOKEN_ISSUER, "ttl": "5m"},
-        "keys": {
-            "path": str(state_dir / "keys.json"),
-            "master_key_file": str(state_dir / "master.key"),
-        },
-        "mapping": {"database_url": f"sqlite+aiosqlite:///{state_dir / 'dragoman.db'}"},
+        "keys": {"master_key_file": str(state_dir / "master.key")},
+        "store": {"database_url": f"sqlite+aiosqlite:///{state_dir / 'dragoman.db'}"},
         "catalog": {"operations": catalog_settings()},
         "audit": {"sink": "file", "path": str(state_dir / "audit.jsonl")},
         "browser": {"allowed_origins": [console], "hsts_max_age": 0},

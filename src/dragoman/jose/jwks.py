@@ -25,6 +25,8 @@ from dragoman.jose.strict import JoseError, TrustedKey
 log = logging.getLogger(__name__)
 
 MAX_DOCUMENT_BYTES = 512 * 1024
+MAX_DROPPED = 1024
+"""How many kids that left the key set are remembered (for the key_retired reason)."""
 
 
 class JwksUnavailable(Exception):
@@ -138,6 +140,7 @@ class JwksCache:
         self._refetch_interval = refetch_interval
         self._clock = clock
         self._keys: dict[str, TrustedKey] = {}
+        self._dropped: dict[str, None] = {}  # kids that left the set, oldest first
         self._fetched_at: float | None = None
         self._last_attempt: float | None = None
         self._lock = asyncio.Lock()
@@ -153,6 +156,8 @@ class JwksCache:
         self._check_usable()
         found = self._keys.get(kid)
         if found is None:
+            if kid in self._dropped:
+                raise JoseError("key_retired", "token names a key that left the key set")
             raise JoseError("kid_unknown", "token names a key that is not in the key set")
         return found
 
@@ -185,6 +190,11 @@ class JwksCache:
                     log.info("jwks of %s: skipping a key: %s", self._name, exc)
                     continue
                 keys[key.kid] = key
+            for gone in set(self._keys) - set(keys):
+                # Remember keys that left the set, so their tokens get a distinct reason.
+                self._dropped[gone] = None
+                while len(self._dropped) > MAX_DROPPED:
+                    del self._dropped[next(iter(self._dropped))]
             self._keys = keys
             self._fetched_at = self._clock()
             self._attempts_done += 1

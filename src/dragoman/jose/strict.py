@@ -137,6 +137,12 @@ class TrustedKey:
     public_key: PublicKey
     alg: str | None
     use: str | None
+    active_from: float | None = None
+    """dragoman's timeline members (docs/keys.md): when the key starts to sign,"""
+    active_until: float | None = None
+    """when it stops signing,"""
+    verify_until: float | None = None
+    """and when it stops verifying (retired). Absent from other issuers' keys."""
 
     @classmethod
     def from_jwk(cls, jwk: Mapping[str, Any]) -> TrustedKey:
@@ -160,7 +166,39 @@ class TrustedKey:
             public_key=material,
             alg=alg if isinstance(alg, str) else None,
             use=use if isinstance(use, str) else None,
+            active_from=_moment(jwk, "active_from"),
+            active_until=_moment(jwk, "active_until"),
+            verify_until=_moment(jwk, "verify_until"),
         )
+
+
+def _moment(jwk: Mapping[str, Any], name: str) -> float | None:
+    value = jwk.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"JWK member {name} is not a number of seconds")
+    return float(value)
+
+
+def check_key_timeline(
+    key: TrustedKey, claims: Mapping[str, Any], *, now: float, leeway: float
+) -> None:
+    """SEMANTICS §3, on the verifying side: a pending key verifies nothing, a retired key
+    verifies nothing (even tokens whose exp has not passed), and a token must have been
+    signed while its key was the current one."""
+    if key.active_from is not None and now + leeway < key.active_from:
+        raise JoseError("key_pending", "the token's key does not sign yet")
+    if key.verify_until is not None and now >= key.verify_until:
+        raise JoseError("key_retired", "the token's key is retired")
+    issued = _numeric(claims, "iat", required=True)
+    assert issued is not None  # required above
+    # iat is a whole second: the signing instant lies in [iat, iat + 1). Refuse only what no
+    # instant of that second (widened by the leeway) can explain.
+    if key.active_from is not None and issued + 1 + leeway <= key.active_from:
+        raise JoseError("key_not_current", "the token was signed before its key was current")
+    if key.active_until is not None and issued >= key.active_until + leeway:
+        raise JoseError("key_not_current", "the token was signed after its key was current")
 
 
 def verify_signature(token: str, header: CheckedHeader, key: TrustedKey) -> dict[str, Any]:
@@ -270,6 +308,7 @@ class KeyLookup(Protocol):
 class VerifiedJws:
     header: CheckedHeader
     claims: dict[str, Any]
+    key: TrustedKey
 
 
 async def verify_jws(
@@ -293,4 +332,4 @@ async def verify_jws(
     check_issuer(claims, issuer)
     check_audience(claims, audiences)
     check_time_claims(claims, now=now, leeway=leeway, max_lifetime=max_lifetime)
-    return VerifiedJws(header, claims)
+    return VerifiedJws(header, claims, key)

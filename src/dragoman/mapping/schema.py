@@ -14,13 +14,12 @@ from sqlalchemy import (
     DateTime,
     Integer,
     LargeBinary,
-    MetaData,
     String,
     Table,
     Text,
 )
 
-metadata = MetaData()
+from dragoman.state.sql import metadata
 
 account_mappings = Table(
     "account_mappings",

@@ -16,18 +16,17 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import event, select, text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dragoman.cache import TtlCache
 from dragoman.mapping.entity import AccountMapping, Grant, MappingStatus
 from dragoman.mapping.schema import account_mappings as t
+from dragoman.state.sql import StoreUnavailable, make_engine
 
-
-class StoreUnavailable(Exception):
-    """The database cannot be reached or did not answer in time."""
+__all__ = ["MappingStore", "StoreUnavailable", "make_engine"]
 
 
 class MappingExists(Exception):
@@ -71,23 +70,6 @@ def _entity(row: Row[Any]) -> AccountMapping:
         version=row.version,
         grants=tuple(Grant.from_json(g) for g in row.grants),
     )
-
-
-def make_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
-    if url.startswith("sqlite"):
-        engine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            # WAL lets readers run beside the writer; FULL makes each commit durable.
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA busy_timeout=5000")
-            cursor.close()
-
-        return engine
-    return create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_pre_ping=True)
 
 
 class MappingStore:

@@ -1,1 +1,1 @@
-"""Alembic migrations of the mapping store; applied by dragoman.mapping.migrate."""
+"""Alembic migrations of the mapping store; applied by dragoman.state.migrate."""

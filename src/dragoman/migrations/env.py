@@ -1,6 +1,6 @@
 """Alembic environment: migrations run on a connection dragoman hands in.
 
-dragoman.mapping.migrate opens the (async) engine, takes the lock, and passes a sync
+dragoman.state.migrate opens the (async) engine, takes the lock, and passes a sync
 connection through ``config.attributes["connection"]``; there is no URL in an alembic.ini.
 """
 
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from alembic import context
 
-from dragoman.mapping.schema import metadata
+import dragoman.keys.schema
+import dragoman.mapping.schema  # noqa: F401 (registers the tables)
+from dragoman.state.sql import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:

@@ -12,10 +12,11 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from jwt.utils import base64url_encode
 
-from dragoman.keys.provider import KeyProvider
+from dragoman.keys.provider import SigningKey
 
 TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type, not a secret)
 MAX_TTL = 900.0
@@ -50,10 +51,16 @@ def _segment(data: Mapping[str, object]) -> bytes:
     return base64url_encode(json.dumps(data, separators=(",", ":")).encode())
 
 
+class Signer(Protocol):
+    async def sign(self, build: Callable[[SigningKey], bytes]) -> tuple[SigningKey, bytes]:
+        """Sign ``build(key)`` with the key that is current now (the key ring)."""
+        ...
+
+
 class TokenMinter:
     def __init__(
         self,
-        keys: KeyProvider,
+        keys: Signer,
         *,
         issuer: str,
         audience: str,
@@ -69,25 +76,32 @@ class TokenMinter:
         self._clock = clock
 
     async def mint(self, request: TokenRequest) -> MintedToken:
-        key = await self._keys.current()
-        now = int(self._clock())
         jti = base64url_encode(secrets.token_bytes(16)).decode("ascii")  # 128 random bits
-        header = {"alg": key.alg, "typ": TOKEN_TYPE, "kid": key.kid}
-        claims: dict[str, object] = {
-            "iss": self._issuer,
-            "aud": self._audience,
-            "sub": request.customer,
-            "scope": request.scope,
-            "act": {"sub": request.principal, "iss": request.principal_issuer},
-            "cloud_account": request.cloud_account,
-            "iat": now,
-            "nbf": now,
-            "exp": now + self._ttl,
-            "jti": jti,
-            "htm": request.method,
-            "htu": request.url,
-        }
-        signing_input = _segment(header) + b"." + _segment(claims)
-        signature = await self._keys.sign(key.kid, signing_input)
-        token = (signing_input + b"." + base64url_encode(signature)).decode("ascii")
+        signed: list[tuple[bytes, int]] = []
+
+        def signing_input(key: SigningKey) -> bytes:
+            # Built once the ring has picked the key: iat is read after that choice, so a
+            # token never claims a second before its key became current.
+            now = int(self._clock())
+            header = {"alg": key.alg, "typ": TOKEN_TYPE, "kid": key.kid}
+            claims: dict[str, object] = {
+                "iss": self._issuer,
+                "aud": self._audience,
+                "sub": request.customer,
+                "scope": request.scope,
+                "act": {"sub": request.principal, "iss": request.principal_issuer},
+                "cloud_account": request.cloud_account,
+                "iat": now,
+                "nbf": now,
+                "exp": now + self._ttl,
+                "jti": jti,
+                "htm": request.method,
+                "htu": request.url,
+            }
+            signed.append((_segment(header) + b"." + _segment(claims), now))
+            return signed[-1][0]
+
+        key, signature = await self._keys.sign(signing_input)
+        data, now = signed[-1]
+        token = (data + b"." + base64url_encode(signature)).decode("ascii")
         return MintedToken(token, jti, key.kid, now, now + self._ttl)

@@ -37,7 +37,7 @@ import aiohttp
 from aiohttp import web
 
 from dragoman.jose.jwks import HttpKeySetFetcher, JwksCache, JwksUnavailable
-from dragoman.jose.strict import HeaderPolicy, JoseError, verify_jws
+from dragoman.jose.strict import HeaderPolicy, JoseError, check_key_timeline, verify_jws
 
 MAX_LIFETIME = 900.0
 """SEMANTICS §2: a token lives at most 15 minutes."""
@@ -156,6 +156,10 @@ class TokenVerifier:
         except JwksUnavailable:
             raise TokenRejected("jwks_unavailable", status=503) from None
         claims, header = verified.claims, verified.header
+        try:
+            check_key_timeline(verified.key, claims, now=self._clock(), leeway=self._leeway)
+        except JoseError as exc:
+            raise TokenRejected(exc.reason) from None
         jti = claims.get("jti")
         if jti is None:
             raise TokenRejected("claim_missing")

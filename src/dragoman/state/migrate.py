@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dragoman.mapping.store import StoreUnavailable
+from dragoman.state.sql import StoreUnavailable
 
 # Failures to reach the database. (sqlite3 also reports some SQL errors as OperationalError;
 # the original error stays attached as the cause.)

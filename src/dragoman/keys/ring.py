@@ -1,0 +1,298 @@
+"""The key ring: this worker's view of the shared key set, rotation, signing, the JWKS.
+
+Each worker re-reads the key set every ``refresh_interval`` and, with ``auto_rotate``,
+schedules the successor when the timeline says so (one instance wins; see
+:mod:`dragoman.keys.store`). Signing picks the key that is current at that instant in a
+view no older than three refresh intervals; an older view (the store unreachable) signs
+nothing, so no worker ever signs with a key the others consider retired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from dragoman.keys.jwk import thumbprint
+from dragoman.keys.provider import KeyProvider, KeyUnavailableError, SigningKey
+from dragoman.keys.store import KeySetStore, RotationConflict
+from dragoman.keys.timeline import KeyRecord, KeyState, Timeline
+from dragoman.state.sql import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+ALG = "ES256"
+RETIRED_HORIZON = 86400.0
+"""Retired keys stay in the view (for `keys list`, and verifiers' distinct reason) a day."""
+
+
+def instance_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class KeyRing:
+    def __init__(
+        self,
+        store: KeySetStore,
+        provider: KeyProvider,
+        timeline: Timeline,
+        *,
+        refresh_interval: float,
+        auto_rotate: bool,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.provider = provider
+        self.timeline = timeline
+        self._refresh_interval = refresh_interval
+        self._auto_rotate = auto_rotate
+        self._clock = clock
+        self._monotonic = monotonic
+        self._keys: list[KeyRecord] = []
+        self._view_at: float | None = None
+        self._marked_current: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.rotations = 0
+        """Successors this worker scheduled (for tests and metrics)."""
+
+    # -- the view ------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return self._clock()
+
+    @property
+    def keys(self) -> list[KeyRecord]:
+        return list(self._keys)
+
+    async def refresh(self) -> None:
+        now = self._clock()
+        self._keys = await self.store.load(since=now - RETIRED_HORIZON)
+        self._view_at = self._monotonic()
+        current = self.timeline.current(self._keys, now)
+        if current is not None and current.kid != self._marked_current:
+            self._marked_current = current.kid
+            try:
+                await self.provider.mark_current(current.ref)
+            except KeyUnavailableError as exc:
+                log.warning("provider could not mark key %s current: %s", current.kid, exc)
+
+    def _fresh(self) -> bool:
+        return (
+            self._view_at is not None
+            and self._monotonic() - self._view_at <= 3 * self._refresh_interval
+        )
+
+    def current_key(self) -> SigningKey | None:
+        """The key current now in this view (None if there is none)."""
+        record = self.timeline.current(self._keys, self._clock())
+        return None if record is None else SigningKey(record.kid, record.alg, record.public_jwk)
+
+    def ready(self) -> bool:
+        """A fresh view with a current key (for /readyz)."""
+        return self._fresh() and self.timeline.current(self._keys, self._clock()) is not None
+
+    # -- signing ---------------------------------------------------------------------------
+
+    async def sign(self, build: Callable[[SigningKey], bytes]) -> tuple[SigningKey, bytes]:
+        """Sign ``build(key)`` with the key current now; ``build`` gets the key first so the
+        signed header can name it. Raises KeyUnavailableError if nothing may sign."""
+        if not self._fresh():
+            try:
+                await self.refresh()
+            except StoreUnavailable as exc:
+                raise KeyUnavailableError(f"key set unavailable ({exc})") from None
+        record = self.timeline.current(self._keys, self._clock())
+        if record is None:
+            raise KeyUnavailableError("no current signing key")
+        if record.provider != self.provider.name:
+            raise KeyUnavailableError(f"the current key belongs to the {record.provider} provider")
+        key = SigningKey(record.kid, record.alg, record.public_jwk)
+        return key, await self.provider.sign(record.ref, build(key))
+
+    # -- publication -----------------------------------------------------------------------
+
+    def jwks(self) -> dict[str, Any]:
+        """Pending, current and previous keys, each with its place on the timeline:
+        ``active_from`` / ``active_until`` (when it signs) and ``verify_until``."""
+        now = self._clock()
+        keys = []
+        for record in self.timeline.published(self._keys, now):
+            jwk: dict[str, Any] = {
+                **record.public_jwk,
+                "kid": record.kid,
+                "alg": record.alg,
+                "use": "sig",
+                "active_from": round(record.activates_at, 3),
+            }
+            if record.deactivates_at is not None:
+                jwk["active_until"] = round(record.deactivates_at, 3)
+            until = self.timeline.verify_until(record)
+            if until is not None:
+                jwk["verify_until"] = round(until, 3)
+            keys.append(jwk)
+        return {"keys": keys}
+
+    def jwks_body(self) -> bytes:
+        return json.dumps(self.jwks()).encode()
+
+    # -- rotation ----------------------------------------------------------------------------
+
+    async def rotate_if_due(self, *, wait: bool = False) -> KeyRecord | None:
+        """Schedule the successor if the timeline says so; None if not due or not ours.
+
+        With ``wait``, another instance holding the rotation lock is waited for (up to the
+        store's query timeout) and the key set re-read under the lock, so the view holds
+        whatever that instance made (a starting instance must not stay without the first
+        key just because another one made it)."""
+        if (
+            self._view_at is not None
+            and self.timeline.successor_due(self._keys, self._clock()) is None
+        ):
+            # Not due in the view just read: no need to take the lock (re-checked under it).
+            return None
+        return await self._rotate(wait=wait)
+
+    async def rotate(self, *, immediately: bool = False) -> KeyRecord | None:
+        """Schedule a successor now (`dragoman keys rotate`): it activates after
+        ``prepublish`` (or at once with ``immediately``, for emergencies: verifiers that
+        cached the key set may then refuse tokens until they refetch it)."""
+        return await self._rotate(forced=True, immediately=immediately, wait=True)
+
+    async def _rotate(
+        self, *, forced: bool = False, immediately: bool = False, wait: bool
+    ) -> KeyRecord | None:
+        async with self.store.rotation_lock(wait=wait) as ours:
+            if not ours:
+                if forced:
+                    # Not "already scheduled": another instance is busy under the lock.
+                    raise StoreUnavailable("another instance holds the rotation lock; try again")
+                return None
+            # The generation is read before the key set (and from every key ever stored, not
+            # only those in the view): a rival that commits in between is then either in the
+            # view read next (nothing is due) or collides with us on the generation.
+            generation = await self.store.next_generation()
+            await self.refresh()
+            # Times are read under the lock: waiting for it must not shorten prepublication.
+            now = self._clock()
+            if forced:
+                due: float | None = now if immediately else now + self.timeline.prepublish
+            else:
+                due = self.timeline.successor_due(self._keys, now)
+            if due is None:
+                return None
+            pending = [k for k in self._keys if self.timeline.state(k, now) is KeyState.PENDING]
+            if forced and pending:
+                return None  # a successor is already on its way
+            if forced and self.timeline.current(self._keys, now) is None:
+                # Nothing can sign (an empty or fully retired key set): a key waiting for
+                # prepublication would leave every instance unable to sign until then.
+                due = now
+            created = await self.provider.create_key()
+            record = KeyRecord(
+                kid=thumbprint(created.public_jwk),
+                generation=generation,
+                alg=ALG,
+                provider=self.provider.name,
+                ref=created.ref,
+                public_jwk=created.public_jwk,
+                created_at=now,
+                created_by=instance_name(),
+                activates_at=due,
+            )
+            predecessor = next(
+                (
+                    k
+                    for k in reversed(self._keys)
+                    if k.deactivates_at is None and k.retired_at is None
+                ),
+                None,
+            )
+            try:
+                await self.store.add_successor(record, predecessor)
+            except RotationConflict:
+                with contextlib.suppress(KeyUnavailableError):
+                    await self.provider.disable(created.ref)
+                await self.refresh()
+                return None
+            self.rotations += 1
+            log.info("key %s (generation %d) activates at %.0f", record.kid, record.generation, due)
+            await self.refresh()
+            return record
+
+    async def retire(self, kid: str) -> KeyRecord:
+        """Retire ``kid`` now; if it was the current key, a new key takes over at once.
+
+        A successor that was pending to follow the retired key is retired with it, unused:
+        bringing its activation forward would have every verifier that cached its later
+        ``active_from`` refuse its tokens as pending until its cache expires, while a new,
+        unknown kid makes verifiers fetch the key set again at once."""
+        retired = await self.store.retire(kid, self._clock())
+        with contextlib.suppress(KeyUnavailableError):
+            await self.provider.disable(retired.ref)
+        await self.refresh()
+        now = self._clock()
+        if self.timeline.current(self._keys, now) is None:
+            for pending in self._keys:
+                if self.timeline.state(pending, now) is KeyState.PENDING:
+                    unused = await self.store.retire(pending.kid, now)
+                    with contextlib.suppress(KeyUnavailableError):
+                        await self.provider.disable(unused.ref)
+            await self.refresh()
+            await self.rotate_if_due(wait=True)
+        return retired
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Read the key set (making the first key if there is none) and keep it fresh.
+
+        A store that cannot be reached now does not stop the worker: it signs nothing (503
+        key_unavailable) until a later refresh succeeds."""
+        try:
+            await self.settle()
+        except (StoreUnavailable, KeyUnavailableError) as exc:
+            log.warning("key set not readable at start: %s", exc)
+        self._task = asyncio.create_task(self._keep_fresh())
+
+    async def settle(self) -> None:
+        """Read the key set; make a key if none can sign (or the provider changed)."""
+        await self.refresh()
+        current = self.timeline.current(self._keys, self._clock())
+        if current is None:
+            await self.rotate_if_due(wait=True)
+        elif current.provider != self.provider.name:
+            # The provider was switched in settings: the new one makes the next key, at
+            # once, since the old provider's key cannot be used from here.
+            log.warning(
+                "current key %s is from %s; rotating to %s",
+                current.kid,
+                current.provider,
+                self.provider.name,
+            )
+            await self.rotate(immediately=True)
+
+    async def _keep_fresh(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_interval)
+            try:
+                await self.refresh()
+                if self._auto_rotate or self.timeline.current(self._keys, self._clock()) is None:
+                    await self.rotate_if_due()
+            except (StoreUnavailable, KeyUnavailableError) as exc:
+                log.warning("key set refresh failed: %s", exc)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.store.close()
+        await self.provider.close()

@@ -1,0 +1,1 @@
+"""Shared state: the SQL store (mappings, the signing key set), its engine and migrations."""
