@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dragoman.demo.runner import demo_settings, write_toml
-from dragoman.keys.local import new_master_key
+from dragoman.keys.sealing import new_master_key
 from procs import Service, ServiceError, free_port
 
 HERE = Path(__file__).resolve().parent

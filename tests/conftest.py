@@ -141,6 +141,9 @@ async def _reset_postgres(url: str) -> None:
 
     connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
-        await connection.execute("DROP TABLE IF EXISTS account_mappings, alembic_version")
+        await connection.execute(
+            "DROP TABLE IF EXISTS"
+            " account_mappings, signing_keys, local_signing_keys, alembic_version"
+        )
     finally:
         await connection.close()

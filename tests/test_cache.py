@@ -58,7 +58,7 @@ def alice(stack: DemoStack) -> dict[str, str]:
 async def suspend_elsewhere(stack: DemoStack) -> None:
     """Suspend alice's mapping through another store, as the CLI or another instance would."""
     assert stack.settings is not None
-    other = MappingStore(make_engine(stack.settings.mapping.database_url))
+    other = MappingStore(make_engine(stack.settings.store.database_url))
     try:
         mapping = await other.find_by_account("acct-1001")
         assert mapping is not None
@@ -115,8 +115,8 @@ async def test_a_suspension_through_the_proxys_own_store_applies_at_once(
 async def test_concurrent_misses_for_one_account_share_one_query(tmp_path: Path) -> None:
     from sqlalchemy import event
 
-    from dragoman.mapping import migrate
     from dragoman.mapping.entity import Grant
+    from dragoman.state import migrate
 
     store = MappingStore(make_engine(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"), cache_ttl=60)
     try:

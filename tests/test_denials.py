@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from dragoman.demo.runner import DemoStack
-from dragoman.keys.provider import KeyUnavailableError, SigningKey
+from dragoman.keys.provider import KeyUnavailableError, ProviderKey
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import Denial, all_denials
 
@@ -127,32 +127,43 @@ async def mapping_unavailable(
 ) -> tuple[DemoStack, Any]:
     dead = "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"
     stack = await make(
-        {"mapping": {"database_url": dead, "auto_migrate": False, "query_timeout": 1}},
+        {"store": {"database_url": dead, "auto_migrate": False, "query_timeout": 1}},
         seed=False,
     )
     return stack, await call(http, stack, "GET", PM, alice(stack))
 
 
 class DownKeyProvider:
-    """A key provider whose service is down: it names its key but cannot sign."""
+    """The configured provider, unreachable: it holds the keys but cannot sign."""
 
-    async def current(self) -> SigningKey:
+    name = "local"
+
+    async def create_key(self) -> ProviderKey:
         raise KeyUnavailableError("key service unreachable")
 
-    async def sign(self, kid: str, data: bytes) -> bytes:
+    async def sign(self, ref: str, data: bytes) -> bytes:
         raise KeyUnavailableError("key service unreachable")
 
-    def jwks(self) -> dict[str, Any]:
-        return {"keys": []}
+    async def public_jwk(self, ref: str) -> dict[str, Any]:
+        raise KeyUnavailableError("key service unreachable")
 
-    def ready(self) -> bool:
-        return False
+    async def list_keys(self) -> list[str]:
+        raise KeyUnavailableError("key service unreachable")
+
+    async def disable(self, ref: str) -> None:
+        raise KeyUnavailableError("key service unreachable")
+
+    async def mark_current(self, ref: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
 
 
 async def key_unavailable(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
     stack = await make()
     assert stack.proxy is not None
-    stack.proxy.minter._keys = DownKeyProvider()
+    stack.proxy.keys.provider = DownKeyProvider()
     return stack, await call(http, stack, "GET", PM, alice(stack))
 
 

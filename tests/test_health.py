@@ -30,11 +30,11 @@ async def test_readyz_is_unavailable_without_the_mapping_store(
 ) -> None:
     dead = "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"
     stack = await make_stack(
-        {"mapping": {"database_url": dead, "auto_migrate": False, "query_timeout": 1}},
+        {"store": {"database_url": dead, "auto_migrate": False, "query_timeout": 1}},
         seed=False,
     )
     async with http.get(stack.urls["proxy"] + "/readyz") as response:
         assert response.status == 503
-        assert (await response.json())["failing"] == ["mapping_store"]
+        assert (await response.json())["failing"] == ["state_store", "signing_key"]
     async with http.get(stack.urls["proxy"] + "/livez") as response:
         assert response.status == 200

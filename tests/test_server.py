@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from dragoman.demo.issuer import DevIssuer
 from dragoman.demo.platform import PaymentPlatform
 from dragoman.demo.runner import AUDIENCE, TOKEN_ISSUER, demo_settings, write_toml
-from dragoman.keys.local import new_master_key
+from dragoman.keys.sealing import new_master_key
 from dragoman.tokens.verify import TokenVerifier
 
 pytestmark = pytest.mark.slow
@@ -255,12 +255,12 @@ def test_serve_on_an_unreachable_store_exits_3_with_a_message(tmp_path: Path) ->
         console="http://127.0.0.1:1",
         state_dir=tmp_path,
     )
-    settings["mapping"]["database_url"] = "postgresql+asyncpg://postgres@127.0.0.1:1/none"
+    settings["store"]["database_url"] = "postgresql+asyncpg://postgres@127.0.0.1:1/none"
     config = tmp_path / "dragoman.toml"
     write_toml(settings, config)
     result = subprocess.run(
         [DRAGOMAN, "serve", "--config", str(config)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 3
-    assert "mapping store is unavailable" in result.stderr
+    assert "state store is unavailable" in result.stderr
     assert "Traceback" not in result.stderr

@@ -65,7 +65,7 @@ def test_every_problem_is_reported_at_once_with_its_key(tmp_path: Path) -> None:
     data["upstream"]["url"] = "ftp://payments"
     data["tokens"]["ttl"] = "1h"
     data["server"]["prot"] = 8080
-    data["mapping"]["stale_after"] = "soon"
+    data["mapping"] = {"stale_after": "soon"}
     data["identity"]["oidc"][0]["issuer"] = "http://idp.example.com"
     problems = problems_of(write(tmp_path, data))
     assert set(problems) == {
@@ -169,3 +169,31 @@ def test_a_master_key_file_that_does_not_exist_is_reported(tmp_path: Path) -> No
     data = valid(tmp_path)
     data["keys"]["master_key_file"] = str(tmp_path / "missing.key")
     assert "keys.master_key_file" in problems_of(write(tmp_path, data))
+
+
+def test_the_pkcs11_provider_needs_a_pin(tmp_path: Path) -> None:
+    data = valid(tmp_path)
+    data["keys"] = {"provider": "pkcs11", "pkcs11": {"token_label": "dragoman"}}
+    assert "keys" in problems_of(write(tmp_path, data))
+
+
+def test_an_aws_reserved_kms_alias_is_refused(tmp_path: Path) -> None:
+    data = valid(tmp_path)
+    data["keys"]["provider"] = "aws-kms"
+    data["keys"]["aws_kms"] = {"alias": "alias/aws/dragoman"}
+    assert "keys.aws_kms.alias" in problems_of(write(tmp_path, data))
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"jwks_max_age": "20m", "prepublish": "10m"}, "jwks_max_age"),
+        ({"prepublish": "2h", "jwks_max_age": "5m", "rotation_period": "1h"}, "prepublish"),
+    ],
+)
+def test_key_timeline_settings_must_be_consistent(
+    tmp_path: Path, keys: dict[str, str], message: str
+) -> None:
+    data = valid(tmp_path)
+    data["keys"].update(keys)
+    assert message in problems_of(write(tmp_path, data))["keys"]

@@ -76,7 +76,7 @@ def valid_settings(tmp_path: Path, master_key_file: Path, database_url: str) -> 
         state_dir=tmp_path,
     )
     data["keys"]["master_key_file"] = str(master_key_file)
-    data["mapping"]["database_url"] = database_url
+    data["store"]["database_url"] = database_url
     return data
 
 

@@ -16,7 +16,7 @@ def several_mistakes(data: dict[str, Any]) -> None:
     data["upstream"]["url"] = "ftp://payments.internal"  # bad URL
     data["tokens"]["ttl"] = "1h"  # longer than 15 minutes
     del data["keys"]["master_key_file"]  # no master key at all
-    data["mapping"]["database_url"] = f"mysql://root:{SECRET_PASSWORD}@db/dragoman"
+    data["store"]["database_url"] = f"mysql://root:{SECRET_PASSWORD}@db/dragoman"
 
 
 def problems(stderr: str) -> dict[str, str]:
@@ -60,13 +60,13 @@ def test_file_with_several_mistakes_lists_every_problem_by_dotted_key_in_one_run
         "upstream.url",
         "tokens.ttl",
         "keys",
-        "mapping.database_url",
+        "store.database_url",
     }
     assert "not permitted" in listed["server.bogus_key"]
     assert "http" in listed["upstream.url"]
     assert "900" in listed["tokens.ttl"]
     assert "master_key" in listed["keys"]
-    assert "postgresql+asyncpg://" in listed["mapping.database_url"]
+    assert "postgresql+asyncpg://" in listed["store.database_url"]
 
 
 def test_problems_never_echo_the_offending_values(dragoman: Any, write_settings: Any) -> None:

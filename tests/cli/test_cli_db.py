@@ -13,13 +13,13 @@ def test_current_of_a_fresh_database_is_empty(dragoman: Any, config: Path) -> No
 
 def test_upgrade_reports_the_head_revision(dragoman: Any, config: Path) -> None:
     result = dragoman("db", "upgrade", "-c", config)
-    assert (result.returncode, result.stdout) == (0, "at revision 0001\n"), result.stderr
+    assert (result.returncode, result.stdout) == (0, "at revision 0002\n"), result.stderr
 
 
 def test_current_after_upgrade_is_the_head_revision(dragoman: Any, config: Path) -> None:
     dragoman("db", "upgrade", "-c", config)
     result = dragoman("db", "current", "-c", config)
-    assert (result.returncode, result.stdout) == (0, "0001\n"), result.stderr
+    assert (result.returncode, result.stdout) == (0, "0002\n"), result.stderr
 
 
 def test_upgrade_twice_is_a_noop_that_keeps_the_mappings(dragoman: Any, config: Path) -> None:
@@ -31,7 +31,7 @@ def test_upgrade_twice_is_a_noop_that_keeps_the_mappings(dragoman: Any, config: 
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
     again = dragoman("db", "upgrade", "-c", config)
-    assert (again.returncode, again.stdout) == (0, "at revision 0001\n"), again.stderr
+    assert (again.returncode, again.stdout) == (0, "at revision 0002\n"), again.stderr
     listed = dragoman("mappings", "list", "-c", config)
     assert len(listed.stdout.splitlines()) == 1
 
@@ -40,14 +40,14 @@ def test_mappings_command_migrates_a_fresh_database_when_auto_migrate_is_on(
     dragoman: Any, config: Path
 ) -> None:
     assert dragoman("mappings", "list", "-c", config).returncode == 0
-    assert dragoman("db", "current", "-c", config).stdout == "0001\n"
+    assert dragoman("db", "current", "-c", config).stdout == "0002\n"
 
 
 def test_mappings_command_leaves_the_schema_alone_when_auto_migrate_is_off(
     dragoman: Any, write_settings: Any, database_url: str
 ) -> None:
     def no_auto_migrate(data: dict[str, Any]) -> None:
-        data["mapping"]["auto_migrate"] = False
+        data["store"]["auto_migrate"] = False
 
     config = write_settings(database_url, edit=no_auto_migrate)
     result = dragoman("mappings", "list", "-c", config)
@@ -62,7 +62,7 @@ def test_upgrade_on_an_unreachable_store_exits_3_with_a_message(
 ) -> None:
     result = dragoman("db", "upgrade", "-c", write_settings(unreachable_url))
     assert result.returncode == 3
-    assert "the mapping store is unavailable" in result.stderr
+    assert "the state store is unavailable" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -71,7 +71,7 @@ def test_current_on_an_unreachable_store_exits_3_with_a_message(
 ) -> None:
     result = dragoman("db", "current", "-c", write_settings(unreachable_url))
     assert result.returncode == 3
-    assert "the mapping store is unavailable" in result.stderr
+    assert "the state store is unavailable" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -79,8 +79,8 @@ def test_db_command_with_an_invalid_settings_file_exits_2(
     dragoman: Any, write_settings: Any
 ) -> None:
     def bad_url(data: dict[str, Any]) -> None:
-        data["mapping"]["database_url"] = "mysql://root@127.0.0.1/dragoman"
+        data["store"]["database_url"] = "mysql://root@127.0.0.1/dragoman"
 
     result = dragoman("db", "upgrade", "-c", write_settings(edit=bad_url))
     assert result.returncode == 2
-    assert "mapping.database_url" in result.stderr
+    assert "store.database_url" in result.stderr

@@ -314,7 +314,7 @@ def test_mappings_command_on_an_unreachable_store_exits_3_with_a_message(
 ) -> None:
     result = dragoman("mappings", args[0], "-c", write_settings(unreachable_url), *args[1:])
     assert result.returncode == 3
-    assert "the mapping store is unavailable" in result.stderr
+    assert "the state store is unavailable" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -327,7 +327,7 @@ def test_add_on_an_unreachable_store_exits_3_with_a_message(
         "--grant", ADMIN_GRANT,
     )  # fmt: skip
     assert result.returncode == 3
-    assert "the mapping store is unavailable" in result.stderr
+    assert "the state store is unavailable" in result.stderr
     assert "Traceback" not in result.stderr
 
 

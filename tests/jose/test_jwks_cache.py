@@ -95,7 +95,7 @@ async def test_keys_are_refetched_once_the_ttl_has_passed(
     assert dev_issuer.jwks_fetches == 2
 
 
-async def test_key_removed_by_the_issuer_is_unknown_after_the_refetch(
+async def test_key_removed_by_the_issuer_is_retired_after_the_refetch(
     dev_issuer: DevIssuer, make_cache: MakeCache, clock: ManualClock
 ) -> None:
     cache = make_cache(dev_issuer)
@@ -105,7 +105,11 @@ async def test_key_removed_by_the_issuer_is_unknown_after_the_refetch(
     clock.advance(TTL)
     with pytest.raises(JoseError) as refused:
         await cache.key(old_kid)
-    assert refused.value.reason == "kid_unknown"
+    # A key seen in the set and then dropped is told apart from one never seen.
+    assert refused.value.reason == "key_retired"
+    with pytest.raises(JoseError) as never_seen:
+        await cache.key("never-seen")
+    assert never_seen.value.reason == "kid_unknown"
 
 
 async def test_new_key_is_found_once_the_refetch_interval_has_passed(

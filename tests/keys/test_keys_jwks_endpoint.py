@@ -32,7 +32,10 @@ async def test_jwks_publishes_public_members_only(
     assert set(document) == {"keys"}
     assert document["keys"]
     for jwk in document["keys"]:
-        assert set(jwk) == {"kty", "crv", "x", "y", "kid", "alg", "use"}
+        # The JWK's public members, plus dragoman's timeline members (docs/keys.md).
+        timeline = {"active_from", "active_until", "verify_until"}
+        assert {"kty", "crv", "x", "y", "kid", "alg", "use", "active_from"} <= set(jwk)
+        assert set(jwk) - {"kty", "crv", "x", "y", "kid", "alg", "use"} <= timeline
         assert "d" not in jwk
 
 
@@ -55,7 +58,7 @@ async def test_jwks_names_the_current_key_by_its_rfc7638_thumbprint(
     public = ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
     assert b64url(x.to_bytes(32, "big")) == jwk["x"]
     assert jwk["kid"] == thumbprint_of(public)
-    assert jwk["kid"] == (await stack.proxy.keys.current()).kid
+    assert jwk["kid"] == stack.proxy.keys.current_key().kid
 
 
 async def test_jwks_is_served_as_a_jwk_set(stack: DemoStack, http: aiohttp.ClientSession) -> None:

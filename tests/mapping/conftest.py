@@ -12,8 +12,8 @@ from mapping_helpers import Relay
 from sqlalchemy.engine import make_url
 
 from dragoman.demo.runner import DemoStack
-from dragoman.mapping import migrate
 from dragoman.mapping.store import MappingStore, make_engine
+from dragoman.state import migrate
 
 
 @pytest.fixture
@@ -54,7 +54,10 @@ async def _drop_tables(url: str) -> None:
 
     connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
-        await connection.execute("DROP TABLE IF EXISTS account_mappings, alembic_version")
+        await connection.execute(
+            "DROP TABLE IF EXISTS"
+            " account_mappings, signing_keys, local_signing_keys, alembic_version"
+        )
     finally:
         await connection.close()
 
@@ -74,4 +77,4 @@ async def pg_relay(postgres_url: str) -> AsyncIterator[Relay]:
 async def stack(make_stack: Callable[..., Awaitable[DemoStack]], database_url: str) -> DemoStack:
     """The demo stack with its mapping store on SQLite, then on PostgreSQL: every pipeline
     test of this folder runs against both."""
-    return await make_stack({"mapping": {"database_url": database_url}})
+    return await make_stack({"store": {"database_url": database_url}})

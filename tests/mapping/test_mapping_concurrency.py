@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from dragoman.mapping import migrate
 from dragoman.mapping.entity import AccountMapping, Grant, MappingStatus
 from dragoman.mapping.store import MappingStore, VersionConflict, make_engine
+from dragoman.state import migrate
 
 ROUNDS = 20
 

@@ -9,7 +9,6 @@ import pytest
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
-from dragoman.mapping import migrate
 from dragoman.mapping.entity import AccountMapping, Grant, MappingStatus
 from dragoman.mapping.store import (
     MappingExists,
@@ -19,6 +18,7 @@ from dragoman.mapping.store import (
     VersionConflict,
     make_engine,
 )
+from dragoman.state import migrate
 
 GRANTS = (
     Grant(role="billing_admin", operations=("*",)),
@@ -229,7 +229,7 @@ async def test_migrations_run_twice_are_a_noop(database_url: str) -> None:
         await migrate.upgrade(engine)
         added = await add_full(MappingStore(engine))
         await migrate.upgrade(engine)
-        assert await migrate.current_revision(engine) == "0001"
+        assert await migrate.current_revision(engine) == "0002"
         assert await MappingStore(engine).list() == [added]
     finally:
         await engine.dispose()

@@ -15,8 +15,8 @@ import pytest
 from mapping_helpers import Relay
 
 from dragoman.demo.runner import DemoStack
-from dragoman.mapping import migrate
 from dragoman.mapping.store import MappingStore, StoreUnavailable, make_engine
+from dragoman.state import migrate
 
 PM = "/v1/customers/cus_alice/payment-methods"
 CARD = {"card_number": "4111111111111111", "exp_month": 1, "exp_year": 2031}
@@ -99,7 +99,7 @@ async def test_revision_of_an_unreachable_database_raises_store_unavailable(
 async def dead_store_stack(
     make_stack: Callable[..., Awaitable[DemoStack]], dead_pg_url: str
 ) -> DemoStack:
-    overrides = {"mapping": {"database_url": dead_pg_url, "auto_migrate": False}}
+    overrides = {"store": {"database_url": dead_pg_url, "auto_migrate": False}}
     return await make_stack(overrides, seed=False)
 
 
@@ -165,7 +165,7 @@ async def test_readiness_while_the_store_is_down_names_the_mapping_store(
 ) -> None:
     async with http.get(dead_store_stack.urls["proxy"] + "/readyz") as response:
         assert response.status == 503
-        assert (await response.json())["failing"] == ["mapping_store"]
+        assert (await response.json())["failing"] == ["state_store", "signing_key"]
 
 
 async def test_store_lost_after_start_turns_requests_into_503_and_forwards_nothing(
@@ -175,7 +175,7 @@ async def test_store_lost_after_start_turns_requests_into_503_and_forwards_nothi
 ) -> None:
     # Without the lookup cache every request asks the store: the first one after the cut
     # is refused.
-    stack = await make_stack({"mapping": {"database_url": pg_relay.url, "cache_ttl": 0}})
+    stack = await make_stack({"store": {"database_url": pg_relay.url}, "mapping": {"cache_ttl": 0}})
     async with http.get(stack.urls["proxy"] + PM, headers=alice(stack)) as response:
         assert response.status == 200
     assert len(stack.platform.seen) == 1
@@ -197,7 +197,10 @@ async def test_with_the_cache_a_lost_store_is_noticed_by_the_next_ping(
     http: aiohttp.ClientSession,
 ) -> None:
     stack = await make_stack(
-        {"mapping": {"database_url": pg_relay.url, "cache_ttl": 60, "health_interval": 0.2}}
+        {
+            "store": {"database_url": pg_relay.url, "health_interval": 0.2},
+            "mapping": {"cache_ttl": 60},
+        }
     )
     async with http.get(stack.urls["proxy"] + PM, headers=alice(stack)) as response:
         assert response.status == 200  # the mapping is cached from here on

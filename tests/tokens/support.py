@@ -88,10 +88,8 @@ class Tokens:
     async def sign(self, header: Mapping[str, Any], claims: Mapping[str, Any]) -> str:
         """Sign ``header``.``claims`` with the stack's current key (a real ES256 signature)."""
         assert self.stack.proxy is not None
-        keys = self.stack.proxy.keys
-        kid = (await keys.current()).kid
         signing_input = f"{segment(header)}.{segment(claims)}"
-        signature = await keys.sign(kid, signing_input.encode("ascii"))
+        _, signature = await self.stack.proxy.keys.sign(lambda _key: signing_input.encode())
         return f"{signing_input}.{base64url_encode(signature).decode('ascii')}"
 
     async def forge(

@@ -1,0 +1,1 @@
+"""The key-provider contract, run against every provider."""
