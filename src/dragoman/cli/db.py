@@ -1,0 +1,70 @@
+"""The state store's schema, and the operation catalog."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dragoman.cli.common import T, config_option, load, main, run, store_unavailable
+
+
+@main.group()
+def db() -> None:
+    """The state store's schema."""
+
+
+def _on_engine(config: Path | None, action: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``action(engine)`` on the configured database; exit 3 if it is unreachable."""
+    from dragoman.mapping.store import StoreUnavailable, make_engine
+
+    settings = load(config)
+
+    async def go() -> T:
+        engine = make_engine(settings.store.database_url, pool_size=1)
+        try:
+            return await action(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        return run(go)
+    except StoreUnavailable as exc:
+        store_unavailable(exc)
+
+
+@db.command("upgrade")
+@config_option
+def db_upgrade(config: Path | None) -> None:
+    """Apply migrations."""
+    from dragoman.state import migrate
+
+    async def upgrade(engine: Any) -> str | None:
+        await migrate.upgrade(engine)
+        return await migrate.current_revision(engine)
+
+    click.echo(f"at revision {_on_engine(config, upgrade)}")
+
+
+@db.command("current")
+@config_option
+def db_current(config: Path | None) -> None:
+    """Print the schema revision."""
+    from dragoman.state import migrate
+
+    click.echo(_on_engine(config, migrate.current_revision) or "(empty)")
+
+
+@main.group()
+def catalog() -> None:
+    """The operation catalog."""
+
+
+@catalog.command("list")
+@config_option
+def catalog_list(config: Path | None) -> None:
+    """List operations: id, method, path, scope."""
+    for op in load(config).catalog.operations:
+        click.echo(f"{op.id:<32} {op.method:<6} {op.path:<56} {op.scope}")

@@ -1,0 +1,131 @@
+"""`dragoman keys`: the signing key set."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dragoman.cli.common import T, config_option, load, main, run, store_unavailable
+
+
+@main.group()
+def keys() -> None:
+    """Signing keys."""
+
+
+@keys.command("new-master-key")
+def keys_new_master_key() -> None:
+    """Print a fresh random master key (base64url, 32 bytes)."""
+    from dragoman.keys.sealing import new_master_key
+
+    click.echo(new_master_key())
+
+
+def _on_ring(config: Path | None, action: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``action(ring)`` on the configured key set (exit 3 if the store is unreachable)."""
+    from dragoman.keys.factory import KeyConfigError, open_key_ring
+    from dragoman.keys.provider import KeyUnavailableError
+    from dragoman.state import migrate
+    from dragoman.state.sql import StoreUnavailable, make_engine
+
+    settings = load(config)
+
+    async def go() -> T:
+        engine = make_engine(settings.store.database_url, pool_size=1)
+        try:
+            if settings.store.auto_migrate:
+                await migrate.upgrade(engine)
+            ring = open_key_ring(settings.keys, settings.store, engine)
+            try:
+                await ring.refresh()
+                return await action(ring)
+            finally:
+                await ring.close()
+        finally:
+            await engine.dispose()
+
+    try:
+        return run(go)
+    except StoreUnavailable as exc:
+        store_unavailable(exc)
+    except (KeyConfigError, KeyUnavailableError) as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+
+
+def _describe(ring: Any, record: Any) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    def when(epoch: float | None) -> str | None:
+        return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat()
+
+    return {
+        "kid": record.kid,
+        "generation": record.generation,
+        "state": ring.timeline.state(record, ring.now()).value,
+        "provider": record.provider,
+        "ref": record.ref,
+        "activates_at": when(record.activates_at),
+        "deactivates_at": when(record.deactivates_at),
+        "verify_until": when(ring.timeline.verify_until(record)),
+        "retired_at": when(record.retired_at),
+        "created_by": record.created_by,
+    }
+
+
+@keys.command("list")
+@config_option
+@click.option("--all", "everything", is_flag=True, help="Include keys retired long ago.")
+def keys_list(config: Path | None, everything: bool) -> None:
+    """List the key set, one JSON object per key, oldest first, with its state now."""
+
+    async def action(ring: Any) -> list[dict[str, Any]]:
+        records = await ring.store.load() if everything else ring.keys
+        return [_describe(ring, r) for r in records]
+
+    for line in _on_ring(config, action):
+        click.echo(json.dumps(line))
+
+
+@keys.command("rotate")
+@config_option
+@click.option(
+    "--now",
+    "immediately",
+    is_flag=True,
+    help="Activate at once instead of after keys.prepublish (emergencies: verifiers that "
+    "cached the key set refuse new tokens until they fetch it again).",
+)
+def keys_rotate(config: Path | None, immediately: bool) -> None:
+    """Schedule the next key (it signs after keys.prepublish); no restart needed."""
+
+    async def action(ring: Any) -> dict[str, Any] | None:
+        record = await ring.rotate(immediately=immediately)
+        return None if record is None else _describe(ring, record)
+
+    made = _on_ring(config, action)
+    if made is None:
+        click.echo("a successor is already scheduled; nothing to do", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(made))
+
+
+@keys.command("retire")
+@config_option
+@click.option("--kid", required=True, help="The key to retire (kids may start with '-').")
+def keys_retire(config: Path | None, kid: str) -> None:
+    """Retire a key now: it verifies nothing more; if it was current, a new key takes over."""
+
+    async def action(ring: Any) -> dict[str, Any]:
+        try:
+            return _describe(ring, await ring.retire(kid))
+        except LookupError:
+            click.echo(f"no key {kid!r}", err=True)
+            sys.exit(1)
+
+    click.echo(json.dumps(_on_ring(config, action)))
