@@ -26,6 +26,7 @@ import pytest
 from aiohttp import web
 
 from dragoman.demo.runner import DemoPorts, DemoStack
+from dragoman.mapping.crypto import MappingCipher
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_ADMIN_URL = os.environ.get("DRAGOMAN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -147,3 +148,9 @@ async def _reset_postgres(url: str) -> None:
         )
     finally:
         await connection.close()
+
+
+@pytest.fixture(scope="session")
+def cipher() -> MappingCipher:
+    """A mapping cipher for tests that build a MappingStore by hand (fixed test key)."""
+    return MappingCipher.from_master_key(b"dragoman-test-master-key-32bytes")

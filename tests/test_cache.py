@@ -11,6 +11,8 @@ import aiohttp
 
 from dragoman.cache import TtlCache
 from dragoman.demo.runner import DemoStack
+from dragoman.mapping.crypto import MappingCipher
+from dragoman.mapping.factory import open_mapping_store
 from dragoman.mapping.store import MappingStore, make_engine
 
 PM = "/v1/customers/cus_alice/payment-methods"
@@ -58,7 +60,7 @@ def alice(stack: DemoStack) -> dict[str, str]:
 async def suspend_elsewhere(stack: DemoStack) -> None:
     """Suspend alice's mapping through another store, as the CLI or another instance would."""
     assert stack.settings is not None
-    other = MappingStore(make_engine(stack.settings.store.database_url))
+    other = open_mapping_store(stack.settings, make_engine(stack.settings.store.database_url))
     try:
         mapping = await other.find_by_account("acct-1001")
         assert mapping is not None
@@ -112,13 +114,17 @@ async def test_a_suspension_through_the_proxys_own_store_applies_at_once(
     assert await status_of(http, stack, headers) == 403
 
 
-async def test_concurrent_misses_for_one_account_share_one_query(tmp_path: Path) -> None:
+async def test_concurrent_misses_for_one_account_share_one_query(
+    tmp_path: Path, cipher: MappingCipher
+) -> None:
     from sqlalchemy import event
 
     from dragoman.mapping.entity import Grant
     from dragoman.state import migrate
 
-    store = MappingStore(make_engine(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"), cache_ttl=60)
+    store = MappingStore(
+        make_engine(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"), cipher=cipher, cache_ttl=60
+    )
     try:
         await migrate.upgrade(store.engine)
         await store.add(

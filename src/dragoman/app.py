@@ -38,6 +38,8 @@ from dragoman.identity.oidc import OidcAuthenticator
 from dragoman.identity.stage import AuthenticateStage
 from dragoman.keys.factory import open_key_ring
 from dragoman.keys.ring import KeyRing
+from dragoman.mapping.factory import open_mapping_store
+from dragoman.mapping.maintenance import seal_plaintext
 from dragoman.mapping.stage import MapAccountStage, MappingGate
 from dragoman.mapping.store import MappingStore
 from dragoman.pipeline.context import RequestContext
@@ -228,6 +230,7 @@ class Proxy:
     async def start(self, migrate_store: bool) -> None:
         if migrate_store:
             await migrate.upgrade(self.store.engine)
+            await seal_plaintext(self.store)
         await self.forwarder.start()
         await self.keys.start()
         if self.settings.mapping.cache_ttl > 0:
@@ -267,9 +270,7 @@ def build_proxy(
     authenticators: list[Authenticator] = [OidcAuthenticator(settings.identity, clock=clock)]
     catalog = operations_from_settings(settings.catalog)
     engine = make_engine(settings.store.database_url, pool_size=settings.store.pool_size)
-    store = MappingStore(
-        engine, query_timeout=settings.store.query_timeout, cache_ttl=settings.mapping.cache_ttl
-    )
+    store = open_mapping_store(settings, engine)
     keys = open_key_ring(settings.keys, settings.store, engine, clock=clock)
     headers = security_headers(settings.browser)
     cors = CorsPolicy(settings.browser.allowed_origins, {op.method for op in catalog})

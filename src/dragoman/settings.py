@@ -435,7 +435,62 @@ class StoreSettings(Section):
         return value
 
 
+class MappingEncryptionSettings(Section):
+    """Envelope encryption of the mappings (docs/mappings.md). Without settings here, one
+    key-encryption key (id `master`) and the blind-index key are derived from the local
+    provider's master key."""
+
+    keks: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description=(
+            "Key-encryption keys by id (base64url, 32 bytes each), to wrap each mapping's"
+            " data key; prefer DRAGOMAN_MAPPING__ENCRYPTION__KEKS (JSON)."
+        ),
+    )
+    active_kek: str | None = Field(
+        None,
+        description="Id of the KEK that wraps new data keys (and all of them after a rekey).",
+    )
+    index_key: SecretStr | None = Field(
+        None,
+        description=(
+            "Key of the blind indexes (base64url, 32 bytes). It cannot change without"
+            " re-indexing; derived from the master key when unset."
+        ),
+    )
+
+    @field_validator("keks")
+    @classmethod
+    def _keks_decode(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        from dragoman.keys.sealing import SealingError, decode_master_key
+
+        for kek_id, secret in value.items():
+            if not kek_id or len(kek_id) > 64:
+                raise ValueError("KEK ids are 1 to 64 characters")
+            try:
+                decode_master_key(secret.get_secret_value())
+            except SealingError:
+                raise ValueError(f"KEK {kek_id!r} is not 32 bytes of base64url") from None
+        return value
+
+    @field_validator("index_key")
+    @classmethod
+    def _index_key_decodes(cls, value: SecretStr | None) -> SecretStr | None:
+        from dragoman.keys.sealing import SealingError, decode_master_key
+
+        if value is not None:
+            try:
+                decode_master_key(value.get_secret_value())
+            except SealingError:
+                raise ValueError("the index key is not 32 bytes of base64url") from None
+        return value
+
+
 class MappingSettings(Section):
+    encryption: MappingEncryptionSettings = Field(
+        default_factory=lambda: MappingEncryptionSettings(),
+        description="Encryption at rest of the mappings.",
+    )
     stale_after: Duration = Field(
         36 * 3600.0,
         gt=0,
@@ -575,6 +630,21 @@ class Settings(BaseSettings):
     def _has_an_authenticator(self) -> Settings:
         if not self.identity.oidc:
             raise ValueError("identity: configure at least one authenticator (identity.oidc)")
+        return self
+
+    @model_validator(mode="after")
+    def _mapping_keys_available(self) -> Settings:
+        encryption = self.mapping.encryption
+        has_master = self.keys.master_key is not None or self.keys.master_key_file is not None
+        known = set(encryption.keks) | ({"master"} if has_master else set())
+        active = encryption.active_kek or ("master" if has_master and not encryption.keks else None)
+        if active is None or active not in known:
+            raise ValueError(
+                "mapping.encryption: set active_kek to one of the configured keks"
+                " (or configure keys.master_key for the derived `master` KEK)"
+            )
+        if encryption.index_key is None and not has_master:
+            raise ValueError("mapping.encryption: set index_key (no master key to derive it)")
         return self
 
     @classmethod

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dragoman.state import migrate
+
 
 def test_current_of_a_fresh_database_is_empty(dragoman: Any, config: Path) -> None:
     result = dragoman("db", "current", "-c", config)
@@ -13,13 +15,15 @@ def test_current_of_a_fresh_database_is_empty(dragoman: Any, config: Path) -> No
 
 def test_upgrade_reports_the_head_revision(dragoman: Any, config: Path) -> None:
     result = dragoman("db", "upgrade", "-c", config)
-    assert (result.returncode, result.stdout) == (0, "at revision 0002\n"), result.stderr
+    assert (result.returncode, result.stdout) == (0, f"at revision {migrate.head_revision()}\n"), (
+        result.stderr
+    )
 
 
 def test_current_after_upgrade_is_the_head_revision(dragoman: Any, config: Path) -> None:
     dragoman("db", "upgrade", "-c", config)
     result = dragoman("db", "current", "-c", config)
-    assert (result.returncode, result.stdout) == (0, "0002\n"), result.stderr
+    assert (result.returncode, result.stdout) == (0, f"{migrate.head_revision()}\n"), result.stderr
 
 
 def test_upgrade_twice_is_a_noop_that_keeps_the_mappings(dragoman: Any, config: Path) -> None:
@@ -31,7 +35,9 @@ def test_upgrade_twice_is_a_noop_that_keeps_the_mappings(dragoman: Any, config: 
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
     again = dragoman("db", "upgrade", "-c", config)
-    assert (again.returncode, again.stdout) == (0, "at revision 0002\n"), again.stderr
+    assert (again.returncode, again.stdout) == (0, f"at revision {migrate.head_revision()}\n"), (
+        again.stderr
+    )
     listed = dragoman("mappings", "list", "-c", config)
     assert len(listed.stdout.splitlines()) == 1
 
@@ -40,7 +46,7 @@ def test_mappings_command_migrates_a_fresh_database_when_auto_migrate_is_on(
     dragoman: Any, config: Path
 ) -> None:
     assert dragoman("mappings", "list", "-c", config).returncode == 0
-    assert dragoman("db", "current", "-c", config).stdout == "0002\n"
+    assert dragoman("db", "current", "-c", config).stdout == f"{migrate.head_revision()}\n"
 
 
 def test_mappings_command_leaves_the_schema_alone_when_auto_migrate_is_off(

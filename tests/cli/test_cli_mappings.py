@@ -13,19 +13,22 @@ import pytest
 from sqlalchemy import select
 
 from dragoman.mapping.entity import AccountMapping, Grant, MappingStatus
+from dragoman.mapping.factory import open_mapping_store
 from dragoman.mapping.schema import account_mappings
-from dragoman.mapping.store import MappingStore, make_engine
+from dragoman.settings import load_settings
+from dragoman.state.sql import make_engine
 
 ADMIN_GRANT = "role:billing_admin=*"
 ALICE_GRANT = "principal:alice=payment_methods:list"
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
-def stored(database_url: str) -> list[AccountMapping]:
+def stored(config: Path) -> list[AccountMapping]:
     """What the database holds, read with the store (not through the CLI)."""
 
     async def read() -> list[AccountMapping]:
-        store = MappingStore(make_engine(database_url))
+        settings = load_settings(config)
+        store = open_mapping_store(settings, make_engine(settings.store.database_url))
         try:
             return await store.list()
         finally:
@@ -87,7 +90,7 @@ def test_add_stores_the_mapping_with_its_grants(
     dragoman: Any, config: Path, database_url: str
 ) -> None:
     created = add(dragoman, config)
-    [mapping] = stored(database_url)
+    [mapping] = stored(config)
     assert mapping.id == created["id"]
     assert mapping.payment_customer == "cus_acct-1001"
     assert mapping.status is MappingStatus.ACTIVE
@@ -101,7 +104,7 @@ def test_add_records_verification_method_and_evidence(
     dragoman: Any, config: Path, database_url: str
 ) -> None:
     add(dragoman, config, "acct-1001", "--verification-method", "contract", "--evidence", "VER-7")
-    [mapping] = stored(database_url)
+    [mapping] = stored(config)
     assert (mapping.verification_method, mapping.verification_evidence) == ("contract", "VER-7")
 
 
@@ -114,7 +117,7 @@ def test_add_splits_comma_separated_operations_of_one_grant(
         "--grant", "role:viewer=payment_methods:list, payment_methods:read,billing_address:read",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    [mapping] = stored(database_url)
+    [mapping] = stored(config)
     assert mapping.grants == (
         Grant(
             role="viewer",
@@ -136,8 +139,8 @@ def test_add_of_an_already_linked_account_exits_1_and_keeps_the_first_link(
     assert "acct-1001" in result.stderr
     assert "already linked" in result.stderr
     assert "Traceback" not in result.stderr
-    assert [m.id for m in stored(database_url)] == [first["id"]]
-    assert stored(database_url)[0].payment_customer == "cus_acct-1001"
+    assert [m.id for m in stored(config)] == [first["id"]]
+    assert stored(config)[0].payment_customer == "cus_acct-1001"
 
 
 @pytest.mark.parametrize(
@@ -247,7 +250,7 @@ def test_suspend_sets_the_status_and_bumps_the_version(
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
     assert (shown["status"], shown["version"]) == ("suspended", 2)
-    [mapping] = stored(database_url)
+    [mapping] = stored(config)
     assert (mapping.id, mapping.status, mapping.version) == (
         created["id"],
         MappingStatus.SUSPENDED,
@@ -271,7 +274,7 @@ def test_revoke_sets_the_status_and_bumps_the_version(
         "revoked",
         2,
     )
-    [mapping] = stored(database_url)
+    [mapping] = stored(config)
     assert mapping.status is MappingStatus.REVOKED
 
 
@@ -289,7 +292,7 @@ def test_status_change_without_by_exits_nonzero_and_changes_nothing(
     result = dragoman("mappings", command, "-c", config, "acct-1001")
     assert result.returncode != 0
     assert "--by" in result.stderr
-    assert stored(database_url)[0].status is MappingStatus.ACTIVE
+    assert stored(config)[0].status is MappingStatus.ACTIVE
 
 
 @pytest.mark.parametrize("command", ["suspend", "revoke"])
@@ -339,7 +342,7 @@ def test_a_revoked_mapping_cannot_be_suspended_or_reactivated(
     result = dragoman("mappings", "suspend", "-c", config, "acct-1001", "--by", "ops:dave")
     assert result.returncode == 1
     assert "revoked" in result.stderr
-    [mapping] = stored(database_url)
+    [mapping] = stored(config)
     assert (mapping.status, mapping.version) == (MappingStatus.REVOKED, 2)
 
 

@@ -12,16 +12,17 @@ from mapping_helpers import Relay
 from sqlalchemy.engine import make_url
 
 from dragoman.demo.runner import DemoStack
+from dragoman.mapping.crypto import MappingCipher
 from dragoman.mapping.store import MappingStore, make_engine
 from dragoman.state import migrate
 
 
 @pytest.fixture
-async def store(database_url: str) -> AsyncIterator[MappingStore]:
+async def store(database_url: str, cipher: MappingCipher) -> AsyncIterator[MappingStore]:
     """A migrated, empty mapping store (SQLite and PostgreSQL)."""
     engine = make_engine(database_url)
     await migrate.upgrade(engine)
-    mapping_store = MappingStore(engine)
+    mapping_store = MappingStore(engine, cipher=cipher)
     yield mapping_store
     await mapping_store.close()
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from dragoman.mapping.crypto import MappingCipher
 from dragoman.mapping.entity import AccountMapping, Grant, MappingStatus
 from dragoman.mapping.store import MappingStore, VersionConflict, make_engine
 from dragoman.state import migrate
@@ -17,9 +18,11 @@ ROUNDS = 20
 
 
 @pytest.fixture
-async def two_stores(postgres_url: str) -> AsyncIterator[tuple[MappingStore, MappingStore]]:
-    first = MappingStore(make_engine(postgres_url))
-    second = MappingStore(make_engine(postgres_url))
+async def two_stores(
+    postgres_url: str, cipher: MappingCipher
+) -> AsyncIterator[tuple[MappingStore, MappingStore]]:
+    first = MappingStore(make_engine(postgres_url), cipher=cipher)
+    second = MappingStore(make_engine(postgres_url), cipher=cipher)
     await migrate.upgrade(first.engine)
     yield first, second
     await first.close()

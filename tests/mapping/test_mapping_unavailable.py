@@ -15,6 +15,7 @@ import pytest
 from mapping_helpers import Relay
 
 from dragoman.demo.runner import DemoStack
+from dragoman.mapping.crypto import MappingCipher
 from dragoman.mapping.store import MappingStore, StoreUnavailable, make_engine
 from dragoman.state import migrate
 
@@ -55,9 +56,9 @@ def _aiosqlite_workers() -> set[threading.Thread]:
 
 
 @pytest.fixture
-async def dead_store(unreachable_url: str) -> AsyncIterator[MappingStore]:
+async def dead_store(unreachable_url: str, cipher: MappingCipher) -> AsyncIterator[MappingStore]:
     before = _aiosqlite_workers()
-    store = MappingStore(make_engine(unreachable_url))
+    store = MappingStore(make_engine(unreachable_url), cipher=cipher)
     yield store
     await store.close()
     # aiosqlite (0.22.1) stops the worker thread of a failed connect without waiting for

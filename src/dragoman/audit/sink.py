@@ -27,6 +27,7 @@ OWN_FIELDS = frozenset(
         "jti",
         "kid",
         "mapping_id",
+        "customer",
         "decision",
         "code",
         "reason",

@@ -20,9 +20,10 @@ def mappings() -> None:
 
 
 def _store(settings: Settings) -> Any:
-    from dragoman.mapping.store import MappingStore, make_engine
+    from dragoman.mapping.factory import open_mapping_store
+    from dragoman.state.sql import make_engine
 
-    return MappingStore(make_engine(settings.store.database_url, pool_size=1))
+    return open_mapping_store(settings, make_engine(settings.store.database_url, pool_size=1))
 
 
 def _parse_grant(text: str) -> Any:
@@ -55,6 +56,7 @@ def _mapping_json(mapping: Any) -> dict[str, Any]:
 
 
 async def _with_store(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
+    from dragoman.mapping.maintenance import seal_plaintext
     from dragoman.mapping.store import StoreUnavailable
     from dragoman.state import migrate
 
@@ -62,6 +64,7 @@ async def _with_store(settings: Settings, action: Callable[[Any], Awaitable[T]])
     try:
         if settings.store.auto_migrate:
             await migrate.upgrade(store.engine)
+            await seal_plaintext(store)
         return await action(store)
     except StoreUnavailable as exc:
         store_unavailable(exc)

@@ -78,8 +78,10 @@ def unknown_grant_entries(
 @dataclass(frozen=True, slots=True)
 class AccountMapping:
     id: str
-    cloud_account: str
+    cloud_account: str = field(repr=False)
     payment_customer: str = field(repr=False)
+    customer_index: str
+    """The customer's blind index: how audit records name the customer."""
     status: MappingStatus
     created_at: datetime
     created_by: str
@@ -88,6 +90,7 @@ class AccountMapping:
     last_validated_at: datetime
     version: int
     grants: tuple[Grant, ...]
+    updated_by: str = ""
 
     def allows(self, principal: Principal, operation: Operation) -> bool:
         """Deny by default: some grant must apply to the principal and cover the operation."""

@@ -16,13 +16,14 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, text, update
-from sqlalchemy.engine import Row
+from sqlalchemy import case, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dragoman.cache import TtlCache
+from dragoman.mapping.crypto import MappingCipher, MappingCryptoError
 from dragoman.mapping.entity import AccountMapping, Grant, MappingStatus
+from dragoman.mapping.rows import RowCodec, to_utc
 from dragoman.mapping.schema import account_mappings as t
 from dragoman.state.sql import StoreUnavailable, make_engine
 
@@ -45,44 +46,19 @@ class RevokedIsFinal(Exception):
     """A revoked mapping is never reactivated or suspended: link the account anew."""
 
 
-def _utc(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything we store is UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _to_utc(value: datetime) -> datetime:
-    # SQLite keeps the wall time and drops the offset, so convert before writing
-    # (naive values are taken as UTC, as PostgreSQL and the reading side do).
-    return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _entity(row: Row[Any]) -> AccountMapping:
-    return AccountMapping(
-        id=row.id,
-        cloud_account=row.cloud_account,
-        payment_customer=row.payment_customer,
-        status=MappingStatus(row.status),
-        created_at=_utc(row.created_at),
-        created_by=row.created_by,
-        verification_method=row.verification_method,
-        verification_evidence=row.verification_evidence,
-        last_validated_at=_utc(row.last_validated_at),
-        version=row.version,
-        grants=tuple(Grant.from_json(g) for g in row.grants),
-    )
-
-
 class MappingStore:
     def __init__(
         self,
         engine: AsyncEngine,
         *,
+        cipher: MappingCipher,
         query_timeout: float = 2.0,
         cache_ttl: float = 0.0,
         cache_entries: int = 100_000,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
+        self.codec = RowCodec(cipher)
         self._timeout = query_timeout
         # Lookups by account, cached for cache_ttl (0: not at all). Writes through this store
         # drop their entry at once; writes elsewhere (another instance, the CLI) are seen
@@ -103,6 +79,10 @@ class MappingStore:
         try:
             result = await asyncio.wait_for(coroutine, self._timeout)
         except (MappingExists, MappingNotFound, VersionConflict, RevokedIsFinal):
+            self.reachable = True
+            raise
+        except MappingCryptoError:
+            # A row that does not open is not an outage: say so, loudly, never allow.
             self.reachable = True
             raise
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
@@ -179,9 +159,15 @@ class MappingStore:
     async def _find_by_account(self, cloud_account: str) -> AccountMapping | None:
         async def go() -> AccountMapping | None:
             async with self.engine.connect() as conn:
-                result = await conn.execute(select(t).where(t.c.cloud_account == cloud_account))
-                row = result.first()
-                return None if row is None else _entity(row)
+                # The live link first; a revoked one is history (and says why it is refused).
+                query = (
+                    select(t)
+                    .where(t.c.cloud_account_index == self.codec.account_index(cloud_account))
+                    .order_by(case((t.c.status == "revoked", 1), else_=0), t.c.created_at.desc())
+                    .limit(1)
+                )
+                row = (await conn.execute(query)).first()
+                return None if row is None else self.codec.entity(row)
 
         found: AccountMapping | None = await self._run(go())
         return found
@@ -192,7 +178,7 @@ class MappingStore:
                 row = (await conn.execute(select(t).where(t.c.id == mapping_id))).first()
                 if row is None:
                     raise MappingNotFound(mapping_id)
-                return _entity(row)
+                return self.codec.entity(row)
 
         found: AccountMapping = await self._run(go())
         return found
@@ -201,7 +187,7 @@ class MappingStore:
         async def go() -> list[AccountMapping]:
             async with self.engine.connect() as conn:
                 query = select(t).order_by(t.c.created_at, t.c.id).limit(limit).offset(offset)
-                return [_entity(row) for row in await conn.execute(query)]
+                return [self.codec.entity(row) for row in await conn.execute(query)]
 
         found: list[AccountMapping] = await self._run(go())
         return found
@@ -219,16 +205,20 @@ class MappingStore:
         validated_at: datetime | None = None,
     ) -> AccountMapping:
         now = datetime.now(UTC)
+        mapping_id = str(uuid.uuid4())
         values = {
-            "id": str(uuid.uuid4()),
-            "cloud_account": cloud_account,
-            "payment_customer": payment_customer,
+            "id": mapping_id,
+            **self.codec.sealed_values(
+                mapping_id,
+                cloud_account=cloud_account,
+                payment_customer=payment_customer,
+                verification_evidence=verification_evidence,
+            ),
             "status": status.value,
             "created_at": now,
             "created_by": created_by,
             "verification_method": verification_method,
-            "verification_evidence": verification_evidence,
-            "last_validated_at": now if validated_at is None else _to_utc(validated_at),
+            "last_validated_at": now if validated_at is None else to_utc(validated_at),
             "updated_at": now,
             "updated_by": created_by,
             "version": 1,
@@ -270,11 +260,21 @@ class MappingStore:
         if "grants" in values:
             values["grants"] = [g.to_json() for g in values["grants"]]
         if "last_validated_at" in values:
-            values["last_validated_at"] = _to_utc(values["last_validated_at"])
+            values["last_validated_at"] = to_utc(values["last_validated_at"])
         values.update(updated_at=datetime.now(UTC), updated_by=actor, version=expected_version + 1)
+
+        evidence_changes = "verification_evidence" in values
+        evidence = values.pop("verification_evidence", None)
 
         async def go() -> None:
             async with self.engine.begin() as conn:
+                if evidence_changes:
+                    row = (await conn.execute(select(t).where(t.c.id == mapping_id))).first()
+                    if row is None:
+                        raise MappingNotFound(mapping_id)
+                    values["verification_evidence_ciphertext"] = self.codec.reseal_evidence(
+                        row, evidence
+                    )
                 condition = [t.c.id == mapping_id, t.c.version == expected_version]
                 if values.get("status", MappingStatus.REVOKED.value) != MappingStatus.REVOKED:
                     # Checked in the same statement as the version: no race can slip past.

@@ -85,3 +85,14 @@ async def current_revision(engine: AsyncEngine) -> str | None:
             return revision
     except _UNREACHABLE as exc:
         raise StoreUnavailable(type(exc).__name__) from exc
+
+
+def head_revision() -> str:
+    """The newest revision the code knows (what `db upgrade` brings a database to)."""
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", "dragoman:migrations")
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
