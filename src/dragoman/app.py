@@ -40,6 +40,7 @@ from dragoman.keys.factory import open_key_ring
 from dragoman.keys.ring import KeyRing
 from dragoman.mapping.factory import open_mapping_store
 from dragoman.mapping.maintenance import seal_plaintext
+from dragoman.mapping.platform import PlatformClient
 from dragoman.mapping.stage import MapAccountStage, MappingGate
 from dragoman.mapping.store import MappingStore
 from dragoman.pipeline.context import RequestContext
@@ -93,6 +94,9 @@ class Proxy:
     catalog: list[Operation]
     gate: MappingGate
     minter: TokenMinter
+    platform: PlatformClient | None
+    """Reads the upstream's customer records (None without mapping.platform.customer_operation
+    in the catalog): registration and reconciliation use it."""
     stages: tuple[Stage, ...]
     headers: Mapping[str, str]
     _store_watch: asyncio.Task[None] | None = None
@@ -249,9 +253,27 @@ class Proxy:
         await self.forwarder.close()
         for authenticator in self.authenticators:
             await authenticator.close()
+        if self.platform is not None:
+            await self.platform.close()
         await self.keys.close()
         await self.store.close()
         self.audit.close()
+
+
+def open_platform_client(
+    settings: Settings, catalog: list[Operation], minter: TokenMinter
+) -> PlatformClient | None:
+    wanted = settings.mapping.platform.customer_operation
+    operation = next((op for op in catalog if op.id == wanted), None)
+    if operation is None:
+        return None
+    return PlatformClient(
+        settings.mapping.platform,
+        operation,
+        upstream_url=settings.upstream.url,
+        minter=minter,
+        issuer=settings.tokens.issuer,
+    )
 
 
 def open_audit_sink(settings: Settings) -> AuditSink:
@@ -304,6 +326,7 @@ def build_proxy(
         catalog=catalog,
         gate=gate,
         minter=minter,
+        platform=open_platform_client(settings, catalog, minter),
         stages=stages,
         headers=headers,
     )

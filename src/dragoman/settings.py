@@ -486,7 +486,35 @@ class MappingEncryptionSettings(Section):
         return value
 
 
+class PlatformRecordSettings(Section):
+    """How dragoman reads the upstream's own customer records, to verify a new link and to
+    reconcile existing ones."""
+
+    customer_operation: str = Field(
+        "customers.get",
+        description=(
+            "Catalog operation that returns one customer (its path names the customer);"
+            " dragoman calls it with a token it mints for that customer."
+        ),
+    )
+    account_field: str = Field(
+        "metadata.cloud_account",
+        description="Dotted path, in the customer record, of the cloud account that owns it.",
+    )
+    deleted_field: str = Field(
+        "deleted", description="Dotted path of a boolean that marks a deleted customer."
+    )
+    merged_field: str = Field(
+        "merged_into", description="Dotted path of the customer id it was merged into."
+    )
+    timeout: Duration = Field(5.0, gt=0, le=60, description="Timeout of one lookup.")
+
+
 class MappingSettings(Section):
+    platform: PlatformRecordSettings = Field(
+        default_factory=lambda: PlatformRecordSettings(),
+        description="The upstream's customer records.",
+    )
     encryption: MappingEncryptionSettings = Field(
         default_factory=lambda: MappingEncryptionSettings(),
         description="Encryption at rest of the mappings.",

@@ -32,7 +32,7 @@ def test_valid_file_passes_with_exit_0(dragoman: Any, write_settings: Any) -> No
     path = write_settings()
     result = dragoman("check-config", path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"{path}: OK (1 issuer(s), 7 operation(s))\n"
+    assert result.stdout == f"{path}: OK (1 issuer(s), 8 operation(s))\n"
 
 
 def test_valid_file_with_a_postgresql_store_passes_with_exit_0(

@@ -33,6 +33,13 @@ class DemoOperation:
 
 OPERATIONS: tuple[DemoOperation, ...] = (
     DemoOperation(
+        "customers.get",
+        "GET",
+        "/v1/customers/{customer_id}",
+        "customers:read",
+        "Get a customer (its metadata names the cloud account that owns it)",
+    ),
+    DemoOperation(
         "payment_methods.list",
         "GET",
         "/v1/customers/{customer_id}/payment-methods",
@@ -102,8 +109,20 @@ def catalog_settings() -> list[dict[str, Any]]:
 class Customer:
     id: str
     cloud_account: str
+    """The owner, kept in the customer's metadata (what registration and reconciliation
+    check); an empty string when the metadata names no account."""
     payment_methods: list[dict[str, Any]] = field(default_factory=list)
     billing_address: dict[str, str] = field(default_factory=dict)
+    deleted: bool = False
+    merged_into: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "deleted": self.deleted,
+            "merged_into": self.merged_into,
+            "metadata": {"cloud_account": self.cloud_account} if self.cloud_account else {},
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +207,7 @@ class PaymentPlatform:
         app = web.Application(client_max_size=64 * 1024)
         app.router.add_get("/openapi.json", self._openapi)
         handlers: dict[str, Handler] = {
+            "customers.get": self._customer,
             "payment_methods.list": self._list,
             "payment_methods.create": self._create,
             "payment_methods.get": self._get,
@@ -223,6 +243,11 @@ class PaymentPlatform:
         return guarded
 
     # -- operations ------------------------------------------------------------------------
+
+    async def _customer(
+        self, request: web.Request, customer: Customer, _: VerifiedToken
+    ) -> web.StreamResponse:
+        return web.json_response(customer.record())
 
     async def _list(
         self, request: web.Request, customer: Customer, _: VerifiedToken

@@ -39,7 +39,12 @@ DEMO_GRANTS = (
     Grant(role="billing_admin", operations=("*",)),
     Grant(
         role="viewer",
-        operations=("payment_methods:list", "payment_methods:read", "billing_address:read"),
+        operations=(
+            "customers:read",
+            "payment_methods:list",
+            "payment_methods:read",
+            "billing_address:read",
+        ),
     ),
 )
 DEMO_MAPPINGS = (("acct-1001", "cus_alice"), ("acct-2002", "cus_bob"))
