@@ -81,3 +81,23 @@ def test_dragomans_own_identifiers_are_never_redacted() -> None:
     assert b'"audit_id":"4111-1111-1111-1111"' in written
     assert b'"jti":"4111-1111-1111-1111"' in written
     assert b'"path":"[card]"' in written
+
+
+@pytest.mark.parametrize(
+    "identifier",
+    [
+        "2557cb12-4974-4810-9441-f6aaf7267324",
+        "12345678-4111-1111-1111-111111111111",
+        "cus_4111111111111111x",
+        "ord-4111111111111111-b",
+    ],
+)
+def test_luhn_valid_runs_inside_identifiers_are_kept(identifier: str) -> None:
+    assert redact_text(f"mapping {identifier} drifted") == f"mapping {identifier} drifted"
+
+
+@pytest.mark.parametrize(
+    "text", ["card=4111111111111111", "(4111 1111 1111 1111)", "pan_4111111111111111"]
+)
+def test_card_numbers_next_to_punctuation_are_redacted(text: str) -> None:
+    assert "4111" not in redact_text(text)

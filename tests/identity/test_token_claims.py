@@ -38,6 +38,7 @@ async def test_roles_claim_decides_the_granted_operations(
     assert answer.body["principal"] == "alice"
     assert sorted(answer.body["operations"]) == [
         "billing_address.get",
+        "customers.get",
         "payment_methods.get",
         "payment_methods.list",
     ]

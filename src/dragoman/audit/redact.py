@@ -2,7 +2,8 @@
 
 What goes: JWT-shaped strings, the credential after ``Bearer``/``Basic``, values of
 secret-named parameters (``token=``, ``password=``, ``api_key=``...), and card numbers:
-runs of 13-19 digits (spaces or dashes allowed between them) that pass the Luhn check.
+runs of 13-19 digits (spaces or dashes allowed between them) that pass the Luhn check and
+are not part of a longer identifier.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ _SECRET_PARAM = re.compile(
     r"|csrf[_-]?token|session|signature|sig|x-amz-signature|x-amz-security-token)"
     r"(\s*[=:]\s*)([^&\s\"',;]+)"
 )
-_DIGIT_RUN = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
+# Digits glued to letters or digits (directly or by a dash) belong to an identifier, not a
+# card: a UUID such as 2557cb12-4974-4810-9441-f6aaf7267324 holds a Luhn-valid run.
+_DIGIT_RUN = re.compile(
+    r"(?<![0-9A-Za-z])(?<![0-9A-Za-z]-)\d(?:[ -]?\d){12,18}(?![0-9A-Za-z])(?!-[0-9A-Za-z])"
+)
 
 
 def luhn_valid(digits: str) -> bool:
