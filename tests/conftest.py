@@ -27,6 +27,7 @@ from aiohttp import web
 
 from dragoman.demo.runner import DemoPorts, DemoStack
 from dragoman.mapping.crypto import MappingCipher
+from postgres_support import empty_database
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_ADMIN_URL = os.environ.get("DRAGOMAN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -132,22 +133,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'mappings.db'}"
     url: str = request.getfixturevalue("pg_url")
-    asyncio.run(_reset_postgres(url))
+    asyncio.run(empty_database(url))
     return url
-
-
-async def _reset_postgres(url: str) -> None:
-    """Start each test from an empty schema (migrations then run from scratch)."""
-    import asyncpg
-
-    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        await connection.execute(
-            "DROP TABLE IF EXISTS"
-            " account_mappings, signing_keys, local_signing_keys, alembic_version"
-        )
-    finally:
-        await connection.close()
 
 
 @pytest.fixture(scope="session")

@@ -58,7 +58,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import jwt
 import pytest
 from aiohttp import web
@@ -69,6 +68,7 @@ from dragoman.keys.sealing import new_master_key
 from dragoman.keys.store import KeySetStore
 from dragoman.keys.timeline import KeyRecord
 from dragoman.state.sql import make_engine
+from postgres_support import empty_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -181,18 +181,6 @@ def epoch(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-async def reset_schema(url: str) -> None:
-    """An empty database: the session's PostgreSQL database may hold other tests' tables."""
-    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        await connection.execute(
-            "DROP TABLE IF EXISTS"
-            " account_mappings, signing_keys, local_signing_keys, alembic_version"
-        )
-    finally:
-        await connection.close()
-
-
 async def run_cli(*args: str, timeout: float = 60.0) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         DRAGOMAN, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
@@ -235,7 +223,7 @@ class Rotation:
 
 
 async def test_three_instances_agree_through_forced_rotations(pg_url: str, tmp_path: Path) -> None:
-    await reset_schema(pg_url)
+    await empty_database(pg_url)
     issuer = DevIssuer()
     upstream = Upstream()
     async with serving(issuer.app()) as issuer_url, serving(upstream.app()) as upstream_url:

@@ -33,6 +33,7 @@ from dragoman.keys.store import KeySetStore
 from dragoman.keys.timeline import KeyRecord, KeyState, Timeline
 from dragoman.state import migrate
 from dragoman.state.sql import StoreUnavailable, make_engine
+from postgres_support import empty_database
 
 PERIOD = 3600.0
 OVERLAP = 60.0
@@ -727,24 +728,11 @@ class Relay:
             await server.wait_closed()
 
 
-async def empty_postgres(url: str) -> None:
-    import asyncpg
-
-    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        await connection.execute(
-            "DROP TABLE IF EXISTS"
-            " account_mappings, signing_keys, local_signing_keys, alembic_version"
-        )
-    finally:
-        await connection.close()
-
-
 @pytest.fixture
 async def relayed(pg_url: str, master_key: bytes) -> AsyncIterator[tuple[Cluster, Relay, KeyRing]]:
     """PostgreSQL only: a ring whose store is reached through a relay, with a current key."""
     database_url = pg_url
-    await empty_postgres(database_url)
+    await empty_database(database_url)
     target = make_url(database_url)
     relay = Relay(target.host or "127.0.0.1", target.port or 5432)
     await relay.start()
@@ -822,7 +810,7 @@ async def test_stale_ring_never_signs_with_a_key_retired_meanwhile(
 @pytest.fixture
 async def pg_cluster(pg_url: str, master_key: bytes) -> AsyncIterator[Cluster]:
     """PostgreSQL only, emptied: where the advisory rotation lock is used."""
-    await empty_postgres(pg_url)
+    await empty_database(pg_url)
     made = Cluster(pg_url, master_key, Clock(T0), Clock(0.0))
     await migrate.upgrade(made.engine())
     yield made

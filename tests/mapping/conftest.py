@@ -15,6 +15,7 @@ from dragoman.demo.runner import DemoStack
 from dragoman.mapping.crypto import MappingCipher
 from dragoman.mapping.store import MappingStore, make_engine
 from dragoman.state import migrate
+from postgres_support import empty_database
 
 
 @pytest.fixture
@@ -46,21 +47,8 @@ def dead_pg_url(dead_port: int) -> str:
 @pytest.fixture
 def postgres_url(pg_url: str) -> str:
     """The session's PostgreSQL database, emptied (PostgreSQL only; CI fails if it is down)."""
-    asyncio.run(_drop_tables(pg_url))
+    asyncio.run(empty_database(pg_url))
     return pg_url
-
-
-async def _drop_tables(url: str) -> None:
-    import asyncpg
-
-    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        await connection.execute(
-            "DROP TABLE IF EXISTS"
-            " account_mappings, signing_keys, local_signing_keys, alembic_version"
-        )
-    finally:
-        await connection.close()
 
 
 @pytest.fixture
