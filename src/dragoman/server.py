@@ -25,8 +25,8 @@ from dragoman.app import build_app, proxy_runner
 from dragoman.keys.factory import KeyConfigError, open_key_ring
 from dragoman.keys.provider import KeyUnavailableError
 from dragoman.logs import configure as configure_logging
+from dragoman.mapping.maintenance import upgrade_store
 from dragoman.settings import Settings
-from dragoman.state import migrate
 from dragoman.state.sql import StoreUnavailable, make_engine
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ async def _prepare(settings: Settings) -> None:
     engine = make_engine(settings.store.database_url, pool_size=1)
     try:
         if settings.store.auto_migrate:
-            await migrate.upgrade(engine)
+            await upgrade_store(settings, engine)
         ring = open_key_ring(settings.keys, settings.store, engine)
         try:
             await ring.settle()

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from dragoman.cli.common import T, config_option, load, main, run, store_unavailable
+from dragoman.settings import Settings
 
 
 @main.group()
@@ -16,8 +17,8 @@ def db() -> None:
     """The state store's schema."""
 
 
-def _on_engine(config: Path | None, action: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``action(engine)`` on the configured database; exit 3 if it is unreachable."""
+def _on_engine(config: Path | None, action: Callable[[Settings, Any], Awaitable[T]]) -> T:
+    """Run ``action(settings, engine)`` on the configured database; exit 3 if unreachable."""
     from dragoman.mapping.store import StoreUnavailable, make_engine
 
     settings = load(config)
@@ -25,7 +26,7 @@ def _on_engine(config: Path | None, action: Callable[[Any], Awaitable[T]]) -> T:
     async def go() -> T:
         engine = make_engine(settings.store.database_url, pool_size=1)
         try:
-            return await action(engine)
+            return await action(settings, engine)
         finally:
             await engine.dispose()
 
@@ -38,11 +39,12 @@ def _on_engine(config: Path | None, action: Callable[[Any], Awaitable[T]]) -> T:
 @db.command("upgrade")
 @config_option
 def db_upgrade(config: Path | None) -> None:
-    """Apply migrations."""
+    """Apply migrations (and seal mappings written before encryption at rest)."""
+    from dragoman.mapping.maintenance import upgrade_store
     from dragoman.state import migrate
 
-    async def upgrade(engine: Any) -> str | None:
-        await migrate.upgrade(engine)
+    async def upgrade(settings: Settings, engine: Any) -> str | None:
+        await upgrade_store(settings, engine)
         return await migrate.current_revision(engine)
 
     click.echo(f"at revision {_on_engine(config, upgrade)}")
@@ -54,7 +56,10 @@ def db_current(config: Path | None) -> None:
     """Print the schema revision."""
     from dragoman.state import migrate
 
-    click.echo(_on_engine(config, migrate.current_revision) or "(empty)")
+    async def current(_: Settings, engine: Any) -> str | None:
+        return await migrate.current_revision(engine)
+
+    click.echo(_on_engine(config, current) or "(empty)")
 
 
 @main.group()

@@ -68,6 +68,11 @@ class MappingCipher:
             derive(master_key, "dragoman/mapping-index/v1"),
         )
 
+    @property
+    def kek_ids(self) -> frozenset[str]:
+        """The ids of the configured KEKs (never the keys)."""
+        return frozenset(self._keks)
+
     # -- blind indexes -------------------------------------------------------------------
 
     def index(self, kind: str, value: str) -> str:
@@ -96,7 +101,14 @@ class MappingCipher:
             },
         )
 
-    def open_data_key(self, mapping_id: str, wrapped: bytes, kek_id: str) -> bytes:
+    def open_data_key(self, mapping_id: str, wrapped: bytes | None, kek_id: str | None) -> bytes:
+        if not wrapped or not kek_id:
+            raise MappingCryptoError(f"mapping {mapping_id} has no wrapped data key (not sealed)")
+        if kek_id not in self._keks:
+            raise MappingCryptoError(
+                f"mapping {mapping_id}: its data key is wrapped by KEK {kek_id!r},"
+                " which is not configured"
+            )
         try:
             return self._kek(kek_id).open(wrapped, _dek_name(mapping_id, kek_id))
         except SealingError as exc:
@@ -111,7 +123,9 @@ class MappingCipher:
         except SealingError as exc:
             raise MappingCryptoError(str(exc)) from None
 
-    def rewrap(self, mapping_id: str, wrapped: bytes, kek_id: str) -> tuple[bytes, str]:
+    def rewrap(
+        self, mapping_id: str, wrapped: bytes | None, kek_id: str | None
+    ) -> tuple[bytes, str]:
         """The data key wrapped again by the active KEK (fields are untouched)."""
         dek = self.open_data_key(mapping_id, wrapped, kek_id)
         active = self.active_kek

@@ -7,10 +7,11 @@ blind indexes only.
 
 from __future__ import annotations
 
+import hmac
 from datetime import UTC, datetime
 from typing import Any
 
-from dragoman.mapping.crypto import MappingCipher
+from dragoman.mapping.crypto import MappingCipher, MappingCryptoError
 from dragoman.mapping.entity import AccountMapping, Grant, MappingStatus
 
 ACCOUNT = "cloud_account"
@@ -73,6 +74,18 @@ class RowCodec:
         return self.cipher.seal_field(row.id, dek, EVIDENCE, evidence)
 
     def entity(self, row: Any) -> AccountMapping:
+        if (
+            row.data_key_wrapped is None
+            or row.data_key_kek is None
+            or row.cloud_account_ciphertext is None
+            or row.payment_customer_ciphertext is None
+        ):
+            # Written before revision 0003 and not sealed yet (or emptied by hand): refuse
+            # clearly rather than fail on a missing value.
+            raise MappingCryptoError(
+                f"mapping {row.id} is not sealed (written before revision 0003):"
+                " `dragoman mappings rekey` seals it"
+            )
         dek = self.cipher.open_data_key(row.id, row.data_key_wrapped, row.data_key_kek)
 
         def field(name: str, sealed: bytes | None) -> str | None:
@@ -81,6 +94,17 @@ class RowCodec:
         cloud_account = field(ACCOUNT, row.cloud_account_ciphertext)
         payment_customer = field(CUSTOMER, row.payment_customer_ciphertext)
         assert cloud_account is not None and payment_customer is not None
+        # The blind indexes are plain columns: one copied from another row would make a
+        # lookup of one account find the other's mapping (and customer). They must be the
+        # indexes of what this row's sealed fields say.
+        if not hmac.compare_digest(
+            str(row.cloud_account_index), self.account_index(cloud_account)
+        ) or not hmac.compare_digest(
+            str(row.payment_customer_index), self.customer_index(payment_customer)
+        ):
+            raise MappingCryptoError(
+                f"mapping {row.id}: a blind index does not match its sealed field (altered row)"
+            )
         return AccountMapping(
             id=row.id,
             cloud_account=cloud_account,

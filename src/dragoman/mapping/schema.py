@@ -5,7 +5,7 @@ under the mapping's data key (``data_key_wrapped``, wrapped by the KEK ``data_ke
 and lookups use the blind indexes ``cloud_account_index`` / ``payment_customer_index``
 (:mod:`dragoman.mapping.crypto`). The plaintext columns ``cloud_account``,
 ``payment_customer`` and ``verification_evidence`` of revision 0001 are kept empty (rows
-written before 0003 are sealed by ``MappingStore.seal_plaintext``).
+written before 0003 are sealed by ``maintenance.seal_plaintext``).
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ account_mappings = Table(
     CheckConstraint(
         "status IN ('active', 'suspended', 'stale', 'revoked')", name="ck_account_mappings_status"
     ),
+    # Lookups by account (live or revoked): without it every lookup reads the whole table.
+    Index("ix_account_mappings_cloud_account_index", "cloud_account_index"),
     # One live link per cloud account; revoked links stay as history.
     Index(
         "uq_account_mappings_live_account",

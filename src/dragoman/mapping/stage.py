@@ -4,15 +4,18 @@ link that grants this operation, and a customer named in the request must be tha
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from collections.abc import Callable
 
 from dragoman.identity.principal import Principal
+from dragoman.mapping.crypto import MappingCryptoError
 from dragoman.mapping.entity import AccountMapping, MappingStatus
 from dragoman.mapping.store import MappingStore, StoreUnavailable
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import (
     CustomerMismatch,
+    InternalError,
     MappingInactive,
     MappingMissing,
     MappingStale,
@@ -20,6 +23,8 @@ from dragoman.pipeline.errors import (
     ScopeDenied,
     Unauthenticated,
 )
+
+log = logging.getLogger(__name__)
 
 
 class MappingGate:
@@ -33,20 +38,35 @@ class MappingGate:
         self._clock = clock
 
     async def usable_mapping(self, principal: Principal) -> AccountMapping:
+        mapping = await self.find(principal)
+        self.check(mapping)
+        return mapping
+
+    async def find(self, principal: Principal) -> AccountMapping:
+        """The caller's mapping, whatever its state (refused when there is none)."""
         if principal.cloud_account is None:
             raise Unauthenticated("account_claim_missing", "The credential names no cloud account.")
         try:
             mapping = await self._store.find_by_account(principal.cloud_account)
         except StoreUnavailable:
             raise MappingUnavailable("mapping_store_unavailable") from None
+        except MappingCryptoError as exc:
+            # A row that does not open (tampered, or sealed under a KEK this instance lacks)
+            # is refused, never treated as missing; the operator needs the reason once, not a
+            # traceback per request.
+            log.error("mapping row of the caller cannot be opened: %s", exc)
+            raise InternalError("mapping_unreadable") from None
         if mapping is None:
             raise MappingMissing()
+        return mapping
+
+    def check(self, mapping: AccountMapping) -> None:
+        """Refuses a mapping that may not be used: suspended, revoked, or stale."""
         if mapping.status in (MappingStatus.SUSPENDED, MappingStatus.REVOKED):
             raise MappingInactive(f"mapping_{mapping.status.value}")
         age = self._clock() - mapping.last_validated_at.timestamp()
         if mapping.status is MappingStatus.STALE or age > self._stale_after:
             raise MappingStale()
-        return mapping
 
 
 class MapAccountStage:
@@ -57,8 +77,11 @@ class MapAccountStage:
 
     async def __call__(self, ctx: RequestContext) -> None:
         assert ctx.principal is not None and ctx.operation is not None  # earlier stages
-        mapping = await self._gate.usable_mapping(ctx.principal)
+        mapping = await self._gate.find(ctx.principal)
+        # Set before the checks: the request's audit record is the record of this read, and
+        # names the mapping also when the mapping refuses the request.
         ctx.mapping = mapping
+        self._gate.check(mapping)
         if not mapping.allows(ctx.principal, ctx.operation):
             raise ScopeDenied()
         param = ctx.operation.customer_param
