@@ -212,6 +212,53 @@ async def upstream_timeout(make: MakeStack, http: aiohttp.ClientSession) -> tupl
         server.close()
 
 
+REGISTRATION = "/_dragoman/registration"
+
+
+def carol(stack: DemoStack, roles: tuple[str, ...] = ("owner",)) -> dict[str, str]:
+    token = stack.issuer.token("carol", "acct-3003", roles=list(roles))
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def media_type_unsupported(
+    make: MakeStack, http: aiohttp.ClientSession
+) -> tuple[DemoStack, Any]:
+    stack = await make()
+    headers = {**carol(stack), "Content-Type": "text/plain"}
+    return stack, await call(
+        http, stack, "POST", REGISTRATION, headers, data=b'{"customer": "cus_carol"}'
+    )
+
+
+async def registration_forbidden(
+    make: MakeStack, http: aiohttp.ClientSession
+) -> tuple[DemoStack, Any]:
+    stack = await make()
+    body = {"customer": "cus_carol"}
+    return stack, await call(http, stack, "POST", REGISTRATION, carol(stack, ()), json=body)
+
+
+async def mapping_exists(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    stack = await make()
+    body = {"customer": "cus_alice"}
+    return stack, await call(http, stack, "POST", REGISTRATION, alice(stack), json=body)
+
+
+async def link_refused(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    stack = await make()
+    body = {"customer": "cus_bob"}  # acct-2002's, not carol's
+    return stack, await call(http, stack, "POST", REGISTRATION, carol(stack), json=body)
+
+
+async def platform_unavailable(
+    make: MakeStack, http: aiohttp.ClientSession
+) -> tuple[DemoStack, Any]:
+    stack = await make({"upstream": {"url": "http://127.0.0.1:1"}})
+    stack.platform.add_customer("cus_carol", "acct-3003")
+    body = {"customer": "cus_carol"}
+    return stack, await call(http, stack, "POST", REGISTRATION, carol(stack), json=body)
+
+
 PROVOKE: dict[str, tuple[int, Callable[[MakeStack, aiohttp.ClientSession], Awaitable[Any]]]] = {
     "path_invalid": (400, path_invalid),
     "body_too_large": (413, body_too_large),
@@ -230,7 +277,14 @@ PROVOKE: dict[str, tuple[int, Callable[[MakeStack, aiohttp.ClientSession], Await
     "internal_error": (500, internal_error),
     "upstream_unavailable": (502, upstream_unavailable),
     "upstream_timeout": (504, upstream_timeout),
+    "media_type_unsupported": (415, media_type_unsupported),
+    "registration_forbidden": (403, registration_forbidden),
+    "mapping_exists": (409, mapping_exists),
+    "link_refused": (422, link_refused),
+    "platform_unavailable": (503, platform_unavailable),
 }
+# Registration asks the payment platform (for the customer's record) before it refuses these.
+ASKS_THE_PLATFORM = frozenset({"mapping_exists", "link_refused"})
 
 
 def test_every_denial_code_has_a_test_that_provokes_it() -> None:
@@ -249,7 +303,11 @@ async def test_denial_answers_problem_json_with_its_code(
     assert body["status"] == status
     assert body["title"]
     assert body["detail"]
-    if code not in ("audit_unavailable", "upstream_unavailable", "upstream_timeout"):
+    if code in ASKS_THE_PLATFORM:
+        # One read of one customer record (customers.get), nothing else.
+        seen = [(s.method, s.path.rsplit("/", 1)[0]) for s in stack.platform.seen]
+        assert seen == [("GET", "/v1/customers")]
+    elif code not in ("audit_unavailable", "upstream_unavailable", "upstream_timeout"):
         assert stack.platform.seen == [] or code == "audit_unavailable"
     if code != "audit_unavailable":
         records = (stack.state_dir / "audit.jsonl").read_text().splitlines()

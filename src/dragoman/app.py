@@ -6,7 +6,9 @@ problem+json answer. Whatever happens, the audit record is written and the secur
 headers are set.
 
 Routes the proxy answers itself (never forwarded):
-``/livez``, ``/readyz``, ``/.well-known/jwks.json`` and ``/_dragoman/whoami``.
+``/livez``, ``/readyz``, ``/.well-known/jwks.json``, ``/_dragoman/whoami`` and
+``/_dragoman/registration`` (POST links the caller's account, DELETE unlinks it;
+:mod:`dragoman.mapping.http`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
+from dragoman.alerts import AlertSink, open_alert_sinks
 from dragoman.audit.record import request_record
 from dragoman.audit.sink import AuditSink, FileSink, StdoutSink
 from dragoman.browser.cors import CorsPolicy
@@ -39,8 +42,10 @@ from dragoman.identity.stage import AuthenticateStage
 from dragoman.keys.factory import open_key_ring
 from dragoman.keys.ring import KeyRing
 from dragoman.mapping.factory import open_mapping_store
+from dragoman.mapping.http import REGISTRATION_PATH, open_registration
 from dragoman.mapping.maintenance import seal_plaintext
 from dragoman.mapping.platform import PlatformClient
+from dragoman.mapping.reconcile_schedule import ReconcileScheduler, open_scheduler
 from dragoman.mapping.stage import MapAccountStage, MappingGate
 from dragoman.mapping.store import MappingStore
 from dragoman.pipeline.context import RequestContext
@@ -56,7 +61,13 @@ from dragoman.tokens.stage import MintTokenStage
 log = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
-RESERVED_PATHS = ("/livez", "/readyz", "/.well-known/jwks.json", "/_dragoman/whoami")
+RESERVED_PATHS = (
+    "/livez",
+    "/readyz",
+    "/.well-known/jwks.json",
+    "/_dragoman/whoami",
+    REGISTRATION_PATH,
+)
 
 
 class AuditTrail:
@@ -100,6 +111,9 @@ class Proxy:
     stages: tuple[Stage, ...]
     headers: Mapping[str, str]
     _store_watch: asyncio.Task[None] | None = None
+    alerts: AlertSink | None = None
+    reconcile: ReconcileScheduler | None = None
+    """The scheduled reconciliation (None when reconcile.schedule is off)."""
 
     # -- the pipeline ----------------------------------------------------------------------
 
@@ -209,7 +223,8 @@ class Proxy:
         try:
             await self.stages[0](ctx)
             assert ctx.principal is not None
-            ctx.mapping = await self.gate.usable_mapping(ctx.principal)
+            ctx.mapping = await self.gate.find(ctx.principal)
+            self.gate.check(ctx.mapping)  # after: the audit record names a refusing mapping
             response = self._json(
                 {
                     "principal": ctx.principal.subject,
@@ -237,12 +252,20 @@ class Proxy:
             await seal_plaintext(self.store)
         await self.forwarder.start()
         await self.keys.start()
+        if self.alerts is not None:
+            await self.alerts.start()
+        if self.reconcile is not None:
+            self.reconcile.start()
         if self.settings.mapping.cache_ttl > 0:
             self._store_watch = asyncio.create_task(
                 self.store.watch(self.settings.store.health_interval)
             )
 
     async def close(self) -> None:
+        if self.reconcile is not None:
+            await self.reconcile.close()  # a run in progress resumes at the next start
+        if self.alerts is not None:
+            await self.alerts.close()
         if self._store_watch is not None:
             # Wait for the cancelled ping to give its connection back before the engine is
             # disposed; a ping cut off mid-query would otherwise wait forever.
@@ -311,6 +334,8 @@ def build_proxy(
         MapAccountStage(gate),
         MintTokenStage(minter, settings.upstream.url),
     )
+    platform = open_platform_client(settings, catalog, minter)
+    alerts = open_alert_sinks(settings.alerts)
     return Proxy(
         settings=settings,
         authenticators=authenticators,
@@ -326,7 +351,9 @@ def build_proxy(
         catalog=catalog,
         gate=gate,
         minter=minter,
-        platform=open_platform_client(settings, catalog, minter),
+        platform=platform,
+        alerts=alerts,
+        reconcile=open_scheduler(settings, store, platform, alerts, clock=clock),
         stages=stages,
         headers=headers,
     )
@@ -359,6 +386,21 @@ def build_app(
     app.router.add_get("/readyz", proxy.readyz, allow_head=False)
     app.router.add_get("/.well-known/jwks.json", proxy.jwks, allow_head=False)
     app.router.add_get("/_dragoman/whoami", proxy.whoami, allow_head=False)
+    if settings.mapping.registration.enabled:
+        registration = open_registration(
+            settings,
+            store=proxy.store,
+            platform=proxy.platform,
+            audit=proxy.audit,
+            catalog=proxy.catalog,
+            authenticate=proxy.stages[0],
+            cors=proxy.cors,
+            headers=proxy.headers,
+            context=proxy._context,
+            clock=clock,
+        )
+        app.router.add_post(REGISTRATION_PATH, registration.create)
+        app.router.add_delete(REGISTRATION_PATH, registration.delete)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     do_migrate = settings.store.auto_migrate if migrate_store is None else migrate_store
 

@@ -510,6 +510,74 @@ class PlatformRecordSettings(Section):
     timeout: Duration = Field(5.0, gt=0, le=60, description="Timeout of one lookup.")
 
 
+class GrantSettings(Section):
+    principal: str | None = Field(
+        None, min_length=1, description="The principal granted (one of principal, role)."
+    )
+    role: str | None = Field(
+        None, min_length=1, description="The role granted (one of principal, role)."
+    )
+    operations: list[str] = Field(
+        ...,
+        min_length=1,
+        description="Operation ids, scopes, `resource:*` or `*`; checked against the catalog.",
+    )
+
+    @model_validator(mode="after")
+    def _one_grantee(self) -> GrantSettings:
+        if (self.principal is None) == (self.role is None):
+            raise ValueError("a grant names exactly one of principal and role")
+        return self
+
+
+def _default_registration_grants() -> list[GrantSettings]:
+    return [
+        GrantSettings(role="owner", operations=["*"]),
+        GrantSettings(role="billing_admin", operations=["*"]),
+    ]
+
+
+class RegistrationSettings(Section):
+    """Linking a cloud account to a payment customer: `POST` / `DELETE
+    /_dragoman/registration` (the caller's own account, from its verified credential) and
+    `dragoman mappings link`. A link is verified with the payment platform before it is
+    written, active; a refused one leaves no mapping. Default `default_grants`: roles
+    `owner` and `billing_admin` may do every operation (`*`)."""
+
+    enabled: bool = Field(
+        True,
+        description=(
+            "Serve /_dragoman/registration (off: it is an unknown path; `dragoman mappings"
+            " link` still works)."
+        ),
+    )
+    roles: list[str] = Field(
+        ["owner", "billing_admin"],
+        description=(
+            "Roles (from the identity token) that may link and unlink their own cloud"
+            " account; empty: nobody may, over HTTP."
+        ),
+    )
+    verifier: Literal["platform-metadata"] = Field(
+        "platform-metadata",
+        description=(
+            "How a link is verified: `platform-metadata` asks the platform's customer"
+            " record (mapping.platform) whether it exists, is live and names the account."
+        ),
+    )
+    default_grants: list[GrantSettings] = Field(
+        default_factory=_default_registration_grants,
+        description="Grants of every new link (registration, and `mappings link` without --grant).",
+    )
+    registrant_operations: list[str] = Field(
+        ["*"],
+        description=(
+            "Operations granted to the principal who registers a link over HTTP, by name"
+            " (empty: none beyond default_grants)."
+        ),
+    )
+
+
 class MappingSettings(Section):
     platform: PlatformRecordSettings = Field(
         default_factory=lambda: PlatformRecordSettings(),
@@ -518,6 +586,10 @@ class MappingSettings(Section):
     encryption: MappingEncryptionSettings = Field(
         default_factory=lambda: MappingEncryptionSettings(),
         description="Encryption at rest of the mappings.",
+    )
+    registration: RegistrationSettings = Field(
+        default_factory=lambda: RegistrationSettings(),
+        description="Linking and unlinking accounts (/_dragoman/registration, `mappings link`).",
     )
     stale_after: Duration = Field(
         36 * 3600.0,
@@ -620,6 +692,141 @@ class BrowserSettings(Section):
         return [o.rstrip("/") for o in value]
 
 
+DriftAction = Literal["stale", "suspended"]
+_TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+class ReconcileSettings(Section):
+    """Reconciliation of the mappings with the payment platform's own records:
+    `dragoman reconcile`, and the scheduled run in the proxy (one runner at a time across
+    instances). See docs/reconcile.md."""
+
+    schedule: bool = Field(
+        True, description="Run reconciliation on a schedule inside the proxy (off: CLI only)."
+    )
+    interval: Duration = Field(
+        86400.0,
+        ge=1,
+        le=30 * 86400,
+        description=(
+            "Time between two scheduled runs (keep it under mapping.stale_after). Without"
+            " `at`, a run is due `interval` after the previous one started."
+        ),
+    )
+    at: str | None = Field(
+        None,
+        description=(
+            "Time of day (`HH:MM`, UTC) the scheduled runs are anchored at: runs are due at"
+            " `at`, `at` + interval, ... A slot missed while no instance was up is run at"
+            " the next start."
+        ),
+    )
+    concurrency: int = Field(8, ge=1, le=256, description="Customer records asked for at once.")
+    batch_size: int = Field(
+        500,
+        ge=1,
+        le=10_000,
+        description=(
+            "Checked mappings written (and checkpointed) per transaction; an interrupted run"
+            " re-checks at most this many (times the concurrency in flight)."
+        ),
+    )
+    max_consecutive_errors: int = Field(
+        25,
+        ge=0,
+        description=(
+            "Stop the run (resumable) after this many lookups in a row failed: the"
+            " platform is down. 0: never stop early."
+        ),
+    )
+    resume_within: Duration = Field(
+        12 * 3600.0,
+        ge=0,
+        description=(
+            "An unfinished run younger than this is continued; an older one is abandoned"
+            " and a fresh run starts (mappings it checked long ago would be left stale)."
+        ),
+    )
+    lease_ttl: Duration = Field(
+        60.0,
+        ge=3,
+        le=3600,
+        description=(
+            "SQLite: how long the runner lease lasts without renewal (renewed every third"
+            " of it); a crashed runner's lease is taken over after it, or at once when the"
+            " holder was a process on this host that is gone. PostgreSQL uses an advisory"
+            " lock instead."
+        ),
+    )
+    report_path: Path | None = Field(
+        None, description="Write each run's JSON summary here (`--report` overrides it)."
+    )
+    on_customer_missing: DriftAction = Field(
+        "suspended", description="Status given to a mapping whose customer does not exist."
+    )
+    on_customer_deleted: DriftAction = Field(
+        "suspended", description="Status given to a mapping whose customer is deleted."
+    )
+    on_customer_merged: DriftAction = Field(
+        "stale", description="Status given to a mapping whose customer was merged into another."
+    )
+    on_account_mismatch: DriftAction = Field(
+        "suspended",
+        description="Status given to a mapping whose customer names another (or no) account.",
+    )
+
+    @field_validator("at")
+    @classmethod
+    def _time_of_day(cls, value: str | None) -> str | None:
+        if value is not None and not _TIME_OF_DAY.match(value):
+            raise ValueError("a time of day is HH:MM (UTC), e.g. 03:30")
+        return value
+
+
+class AlertSinkSettings(Section):
+    type: Literal["webhook"] = Field(
+        "webhook", description="Kind of sink (the log sink is always on, not listed here)."
+    )
+    url: str = Field(..., description="Where alerts are POSTed as JSON; https unless loopback.")
+    timeout: Duration = Field(5.0, gt=0, le=60, description="Timeout of one delivery attempt.")
+    retries: int = Field(
+        5, ge=0, le=20, description="Further attempts after a failed one (then the alert is lost)."
+    )
+    backoff: Duration = Field(
+        1.0, gt=0, le=600, description="Wait before the first retry; doubles each time (jittered)."
+    )
+    max_backoff: Duration = Field(
+        60.0, gt=0, le=3600, description="Longest wait between attempts (Retry-After included)."
+    )
+    queue_size: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Alerts waiting for delivery; when full, new alerts are dropped and counted.",
+    )
+    secret: SecretStr | None = Field(
+        None,
+        description=(
+            "Signs each body (X-Dragoman-Signature: t=..,v1=HMAC-SHA256 of `t.body`);"
+            " prefer the environment."
+        ),
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return check_http_url(value, require_tls=True)
+
+
+class AlertSettings(Section):
+    """Where alerts go (drift found by reconciliation). Every alert is logged (logger
+    `dragoman.alerts`); the sinks listed here get it too."""
+
+    sinks: list[AlertSinkSettings] = Field(
+        default_factory=list, description="Further alert sinks (webhooks)."
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of dragoman; see docs/settings.md (generated from this model)."""
 
@@ -652,6 +859,13 @@ class Settings(BaseSettings):
     )
     browser: BrowserSettings = Field(
         default_factory=lambda: BrowserSettings(), description="Browser-facing protections."
+    )
+    reconcile: ReconcileSettings = Field(
+        default_factory=lambda: ReconcileSettings(),
+        description="Reconciliation of the mappings with the payment platform.",
+    )
+    alerts: AlertSettings = Field(
+        default_factory=lambda: AlertSettings(), description="Where alerts go."
     )
 
     @model_validator(mode="after")

@@ -116,6 +116,8 @@ def _section(prefix: str, model: type[BaseModel], array: bool, out: list[str]) -
         if sub is not None and typing.get_origin(field.annotation) is list:
             nested.append((f"{prefix}.{name}", sub, True))
             continue
+        if sub is not None:
+            nested.append((f"{prefix}.{name}", sub, False))  # a table of its own, below
         meaning = (field.description or "").replace("|", "\\|")
         kind = _field_type(field)
         default = _default(field)

@@ -38,6 +38,13 @@ OWN_FIELDS = frozenset(
         "upstream_status",
         "stream_error",
         "latency_ms",
+        # mapping records (dragoman.mapping.audit)
+        "request",
+        "account_index",
+        "action",
+        "outcome",
+        "mapping_status",
+        "version",
     }
 )
 

@@ -1,29 +1,31 @@
-"""`dragoman mappings`: the account mappings."""
+"""`dragoman mappings`: the account mappings.
+
+Every read and write, refusals included, is written to the configured audit trail
+(``audit.sink``) as a mapping record (:mod:`dragoman.mapping.audit`): the actor is the
+``--by`` of the command (reads without it name the operating-system user), the purpose
+``cli mappings <command>``. When the trail cannot be written the command exits 3, and a
+read prints nothing.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
-from dragoman.cli.common import T, config_option, load, main, run, store_unavailable
+from dragoman.cli.audited import EXIT_UNAVAILABLE, by_option, os_user, run_audited, with_store
+from dragoman.cli.common import config_option, load, main
 from dragoman.settings import Settings
+
+EXIT_REFUSED = 1
 
 
 @main.group()
 def mappings() -> None:
     """Manage account mappings (cloud account -> payment customer)."""
-
-
-def _store(settings: Settings) -> Any:
-    from dragoman.mapping.factory import open_mapping_store
-    from dragoman.state.sql import make_engine
-
-    return open_mapping_store(settings, make_engine(settings.store.database_url, pool_size=1))
 
 
 def _parse_grant(text: str) -> Any:
@@ -37,6 +39,21 @@ def _parse_grant(text: str) -> Any:
             f"{text!r}: expected principal:NAME=OPS or role:NAME=OPS (OPS comma-separated)"
         )
     return Grant(operations=ops, **{kind: name})
+
+
+def _check_grants(settings: Settings, grants: list[Any]) -> str | None:
+    """The complaint about grant entries the catalog does not know (None: all known)."""
+    from dragoman.catalog.model import operations_from_settings
+    from dragoman.mapping.entity import unknown_grant_entries
+
+    catalog = operations_from_settings(settings.catalog)
+    unknown = unknown_grant_entries(grants, catalog)
+    if catalog and unknown:
+        return (
+            f"--grant names operations that are not in the catalog: {', '.join(unknown)}"
+            " (see `dragoman catalog list`)"
+        )
+    return None
 
 
 def _mapping_json(mapping: Any) -> dict[str, Any]:
@@ -55,21 +72,9 @@ def _mapping_json(mapping: Any) -> dict[str, Any]:
     }
 
 
-async def _with_store(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
-    from dragoman.mapping.maintenance import seal_plaintext
-    from dragoman.mapping.store import StoreUnavailable
-    from dragoman.state import migrate
-
-    store = _store(settings)
-    try:
-        if settings.store.auto_migrate:
-            await migrate.upgrade(store.engine)
-            await seal_plaintext(store)
-        return await action(store)
-    except StoreUnavailable as exc:
-        store_unavailable(exc)
-    finally:
-        await store.close()
+def _refuse(message: str) -> NoReturn:
+    click.echo(message, err=True)
+    sys.exit(EXIT_REFUSED)
 
 
 @mappings.command("add")
@@ -95,48 +100,176 @@ def mappings_add(
     evidence: str | None,
     grants: tuple[str, ...],
 ) -> None:
-    """Link a cloud account to a payment customer."""
-    from dragoman.catalog.model import operations_from_settings
-    from dragoman.mapping.entity import unknown_grant_entries
+    """Link a cloud account to a payment customer (unverified: see `mappings link`)."""
+    from dragoman.mapping.audit import MappingAction
     from dragoman.mapping.store import MappingExists
 
     parsed = [_parse_grant(g) for g in grants]
     settings = load(config)
-    catalog = operations_from_settings(settings.catalog)
-    unknown = unknown_grant_entries(parsed, catalog)
-    if catalog and unknown:
-        click.echo(
-            f"--grant names operations that are not in the catalog: {', '.join(unknown)}"
-            " (see `dragoman catalog list`)",
-            err=True,
-        )
+    problem = _check_grants(settings, parsed)
+    if problem is not None:
+        click.echo(problem, err=True)
         sys.exit(2)
 
-    async def action(store: Any) -> Any:
-        return await store.add(
-            cloud_account=account,
-            payment_customer=customer,
-            created_by=created_by,
-            verification_method=verification_method,
-            verification_evidence=evidence,
-            grants=parsed,
+    async def work(store: Any, audit: Any) -> Any:
+        try:
+            mapping = await store.add(
+                cloud_account=account,
+                payment_customer=customer,
+                created_by=created_by,
+                verification_method=verification_method,
+                verification_evidence=evidence,
+                grants=parsed,
+            )
+        except MappingExists:
+            audit.refused(MappingAction.CREATE, "mapping_exists", "account_linked")
+            _refuse(f"cloud account {account!r} is already linked")
+        audit.ok(MappingAction.CREATE, mapping=mapping)
+        return mapping
+
+    mapping = run_audited(
+        lambda: with_store(
+            settings,
+            "add",
+            MappingAction.CREATE,
+            work,
+            actor=created_by,
+            customer=customer,
+            account=account,
         )
+    )
+    click.echo(json.dumps(_mapping_json(mapping), indent=2))
+
+
+@mappings.command("link")
+@config_option
+@click.option("--account", required=True, help="Cloud account id.")
+@click.option("--customer", required=True, help="Payment customer id.")
+@click.option("--by", "actor", required=True, help="Who links them (for audit).")
+@click.option(
+    "--grant",
+    "grants",
+    multiple=True,
+    help="principal:NAME=OPS or role:NAME=OPS; default: mapping.registration.default_grants.",
+)
+def mappings_link(
+    config: Path | None, account: str, customer: str, actor: str, grants: tuple[str, ...]
+) -> None:
+    """Link a cloud account to a payment customer, verified with the payment platform first.
+
+    The customer must exist, be neither deleted nor merged, and its record must name the
+    account; otherwise nothing is written and the command exits 1 with the reason (3 when
+    the platform or the store cannot be asked).
+    """
+    from dragoman.mapping.audit import MappingAction
+    from dragoman.pipeline.errors import Denial, DependencyUnavailable
+
+    parsed = [_parse_grant(g) for g in grants]
+    settings = load(config)
+    problem = _check_grants(settings, parsed)
+    if problem is not None:
+        click.echo(problem, err=True)
+        sys.exit(2)
+
+    async def work(store: Any, audit: Any) -> Any:
+        return await _link(settings, store, audit, account, customer, actor, parsed)
 
     try:
-        mapping = run(lambda: _with_store(settings, action))
-    except MappingExists:
-        click.echo(f"cloud account {account!r} is already linked", err=True)
-        sys.exit(1)
+        mapping = run_audited(
+            lambda: with_store(
+                settings,
+                "link",
+                MappingAction.LINK_ATTEMPT,
+                work,
+                actor=actor,
+                customer=customer,
+                account=account,
+            )
+        )
+    except Denial as denial:
+        click.echo(f"not linked: {denial.code} ({denial.reason}): {denial.detail}", err=True)
+        unavailable = isinstance(denial, DependencyUnavailable)
+        sys.exit(EXIT_UNAVAILABLE if unavailable else EXIT_REFUSED)
+    except ValueError as exc:  # registration grants that name nothing in the catalog
+        click.echo(str(exc), err=True)
+        sys.exit(2)
     click.echo(json.dumps(_mapping_json(mapping), indent=2))
+
+
+async def _link(
+    settings: Settings,
+    store: Any,
+    audit: Any,
+    account: str,
+    customer: str,
+    actor: str,
+    grants: list[Any],
+) -> Any:
+    """Start what verification needs (the key ring to mint, the platform client), then link
+    through the registrar, which audits the attempt."""
+    from dragoman.app import open_platform_client
+    from dragoman.catalog.model import operations_from_settings
+    from dragoman.keys.factory import KeyConfigError, open_key_ring
+    from dragoman.mapping.registration import open_registrar
+    from dragoman.tokens.mint import TokenMinter
+
+    catalog = operations_from_settings(settings.catalog)
+    try:
+        ring = open_key_ring(settings.keys, settings.store, store.engine)
+    except KeyConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    try:
+        await ring.refresh()  # a ring without a current key mints nothing: platform_unavailable
+        minter = TokenMinter(
+            ring,
+            issuer=settings.tokens.issuer,
+            audience=settings.upstream.audience,
+            ttl=settings.tokens.ttl,
+        )
+        platform = open_platform_client(settings, catalog, minter)
+        try:
+            registrar = open_registrar(
+                settings,
+                store=store,
+                platform=platform,
+                auditor=audit.auditor,
+                catalog=catalog,
+            )
+            return await registrar.link(
+                account,
+                customer,
+                actor=actor,
+                grants=grants or registrar.default_grants,
+                purpose=audit.purpose,
+            )
+        finally:
+            if platform is not None:
+                await platform.close()
+    finally:
+        await ring.close()
 
 
 @mappings.command("list")
 @config_option
+@by_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def mappings_list(config: Path | None, as_json: bool) -> None:
+def mappings_list(config: Path | None, actor: str | None, as_json: bool) -> None:
     """List mappings."""
+    from dragoman.mapping.audit import MappingAction
+
     settings = load(config)
-    found = run(lambda: _with_store(settings, lambda store: store.list()))
+
+    async def work(store: Any, audit: Any) -> Any:
+        found = await store.list()
+        audit.ok(MappingAction.LIST)
+        for mapping in found:
+            audit.ok(MappingAction.READ, mapping=mapping)
+        return found
+
+    found = run_audited(
+        lambda: with_store(settings, "list", MappingAction.LIST, work, actor=actor or os_user())
+    )
     for mapping in found:
         if as_json:
             click.echo(json.dumps(_mapping_json(mapping)))
@@ -147,7 +280,8 @@ def mappings_list(config: Path | None, as_json: bool) -> None:
             )
 
 
-async def _find(store: Any, ref: str) -> Any:
+async def _find(store: Any, audit: Any, action: Any, ref: str) -> Any:
+    """The mapping with id or cloud account ``ref``; an unknown one is recorded, exits 1."""
     from dragoman.mapping.store import MappingNotFound
 
     try:
@@ -155,40 +289,56 @@ async def _find(store: Any, ref: str) -> Any:
     except MappingNotFound:
         found = await store.find_by_account(ref)
         if found is None:
-            click.echo(f"no mapping with id or cloud account {ref!r}", err=True)
-            sys.exit(1)
+            audit.refused(action, "mapping_not_found", "unknown_ref")
+            _refuse(f"no mapping with id or cloud account {ref!r}")
         return found
 
 
 @mappings.command("show")
 @config_option
+@by_option
 @click.argument("ref")
-def mappings_show(config: Path | None, ref: str) -> None:
+def mappings_show(config: Path | None, actor: str | None, ref: str) -> None:
     """Show one mapping, by id or cloud account."""
+    from dragoman.mapping.audit import MappingAction
+
     settings = load(config)
-    mapping = run(lambda: _with_store(settings, lambda store: _find(store, ref)))
+
+    async def work(store: Any, audit: Any) -> Any:
+        mapping = await _find(store, audit, MappingAction.READ, ref)
+        audit.ok(MappingAction.READ, mapping=mapping)
+        return mapping
+
+    mapping = run_audited(
+        lambda: with_store(settings, "show", MappingAction.READ, work, actor=actor or os_user())
+    )
     click.echo(json.dumps(_mapping_json(mapping), indent=2))
 
 
 def _set_status(config: Path | None, ref: str, actor: str, status: str) -> None:
+    from dragoman.mapping.audit import MappingAction
     from dragoman.mapping.store import RevokedIsFinal, VersionConflict
 
     settings = load(config)
+    action = MappingAction.SUSPEND if status == "suspended" else MappingAction.REVOKE
+    command = "suspend" if action is MappingAction.SUSPEND else "revoke"
 
-    async def action(store: Any) -> Any:
-        mapping = await _find(store, ref)
-        return await store.update(
-            mapping.id, expected_version=mapping.version, actor=actor, status=status
-        )
+    async def work(store: Any, audit: Any) -> Any:
+        mapping = await _find(store, audit, action, ref)
+        try:
+            changed = await store.update(
+                mapping.id, expected_version=mapping.version, actor=actor, status=status
+            )
+        except VersionConflict:
+            audit.refused(action, "version_conflict", mapping=mapping)
+            _refuse("the mapping changed meanwhile; try again")
+        except RevokedIsFinal:
+            audit.refused(action, "revoked_is_final", mapping=mapping)
+            _refuse("the mapping is revoked, for good; link the account anew")
+        audit.ok(action, mapping=changed)
+        return changed
 
-    try:
-        mapping = run(lambda: _with_store(settings, action))
-    except VersionConflict:
-        click.echo("the mapping changed meanwhile; try again", err=True)
-        sys.exit(1)
-    except RevokedIsFinal:
-        click.echo("the mapping is revoked, for good; link the account anew", err=True)
-        sys.exit(1)
+    mapping = run_audited(lambda: with_store(settings, command, action, work, actor=actor))
     click.echo(json.dumps(_mapping_json(mapping), indent=2))
 
 

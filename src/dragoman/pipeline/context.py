@@ -47,7 +47,9 @@ class RequestContext:
     path_params: dict[str, str] = field(default_factory=dict)
     """Step 3: decoded path parameters of the matched template."""
     mapping: AccountMapping | None = None
-    """Step 4: the caller's account mapping, authorised for the operation."""
+    """Step 4: the caller's account mapping once found (also when it then refuses the
+    request, so the audit record names it); authorised for the operation if the request
+    went on."""
     minted: MintedToken | None = None
     """Step 6: the scoped token for the upstream."""
     upstream_status: int | None = None

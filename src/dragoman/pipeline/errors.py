@@ -6,6 +6,7 @@ and the security headers, and nothing reaches the upstream. The tree::
     Denial
     ├── BadRequest                400  bad_request, path_invalid
     ├── PayloadTooLarge           413  body_too_large
+    ├── UnsupportedMediaType      415  media_type_unsupported
     ├── Unauthenticated           401  unauthenticated
     ├── Forbidden                 403
     │   ├── ScopeDenied                scope_denied
@@ -13,10 +14,15 @@ and the security headers, and nothing reaches the upstream. The tree::
     │   ├── MappingInactive            mapping_inactive
     │   ├── MappingStale               mapping_stale
     │   ├── CustomerMismatch           customer_mismatch
-    │   └── OriginDenied               origin_denied
+    │   ├── OriginDenied               origin_denied
+    │   └── RegistrationForbidden      registration_forbidden
     ├── OperationUnknown          404  operation_unknown
+    ├── Conflict                  409  conflict
+    │   └── LinkExists                 mapping_exists
+    ├── LinkRefused               422  link_refused (reason: customer_missing, customer_deleted,
+    │                                  customer_merged, account_mismatch)
     ├── DependencyUnavailable     503  identity_unavailable, mapping_unavailable,
-    │                                  key_unavailable, audit_unavailable
+    │                                  key_unavailable, audit_unavailable, platform_unavailable
     ├── InternalError             500  internal_error
     ├── UpstreamUnavailable       502  upstream_unavailable
     └── UpstreamTimeout           504  upstream_timeout
@@ -25,6 +31,7 @@ and the security headers, and nothing reaches the upstream. The tree::
 clients may branch on it. ``reason`` is a finer, equally stable detail for operators (for
 example ``token_expired`` under ``unauthenticated``); it is recorded in the audit record and
 shown in the problem's ``detail``. Neither ever carries a token, a secret or card data.
+A denial whose reason clients branch on adds it to the problem body (``extensions``).
 """
 
 from __future__ import annotations
@@ -48,6 +55,10 @@ class Denial(Exception):
         """Extra response headers this denial needs (WWW-Authenticate, Retry-After...)."""
         return {}
 
+    def extensions(self) -> dict[str, str]:
+        """Extra members of the problem body (RFC 9457 extension members)."""
+        return {}
+
 
 class BadRequest(Denial):
     status = 400
@@ -64,6 +75,12 @@ class PayloadTooLarge(Denial):
     status = 413
     code = "body_too_large"
     title = "The request body is larger than allowed."
+
+
+class UnsupportedMediaType(Denial):
+    status = 415
+    code = "media_type_unsupported"
+    title = "The request body must be application/json."
 
 
 class Unauthenticated(Denial):
@@ -114,10 +131,38 @@ class OriginDenied(Forbidden):
     title = "The request comes from an origin that is not allowed."
 
 
+class RegistrationForbidden(Forbidden):
+    code = "registration_forbidden"
+    title = "The caller may not link or unlink its cloud account."
+
+
 class OperationUnknown(Denial):
     status = 404
     code = "operation_unknown"
     title = "No operation in the catalog matches this method and path."
+
+
+class Conflict(Denial):
+    status = 409
+    code = "conflict"
+    title = "The request conflicts with a concurrent change; try again."
+
+
+class LinkExists(Conflict):
+    code = "mapping_exists"
+    title = "The cloud account is already linked to a payment customer; unlink it first."
+
+
+class LinkRefused(Denial):
+    """The platform's records do not support the link; ``reason`` says why (a
+    :class:`dragoman.mapping.platform.Drift` value), and the problem body carries it."""
+
+    status = 422
+    code = "link_refused"
+    title = "The payment platform's records do not support this link; nothing was linked."
+
+    def extensions(self) -> dict[str, str]:
+        return {"reason": self.reason}
 
 
 class DependencyUnavailable(Denial):
@@ -147,6 +192,11 @@ class KeyUnavailable(DependencyUnavailable):
 class AuditUnavailable(DependencyUnavailable):
     code = "audit_unavailable"
     title = "The audit trail cannot be written; nothing was forwarded."
+
+
+class PlatformRecordsUnavailable(DependencyUnavailable):
+    code = "platform_unavailable"
+    title = "The payment platform could not be asked to verify the link; nothing was linked."
 
 
 class InternalError(Denial):

@@ -33,6 +33,7 @@ def problem_response(denial: Denial, *, audit_id: str, headers: Mapping[str, str
         detail=denial.detail,
         audit_id=audit_id,
     )
+    body = {**denial.extensions(), **body}  # extensions never override the standard members
     response = web.Response(
         status=denial.status,
         body=json.dumps(body).encode(),

@@ -1,0 +1,195 @@
+"""The mapping's audit trail (SEMANTICS §4, §8): who read or wrote which mapping, why, and
+what came of it.
+
+One record per access, ``event: "mapping"``, written to the same sink as the request
+records (redacted, appended)::
+
+    time, event, audit_id, action, actor, purpose, request, mapping_id, customer,
+    account_index, mapping_status, version, outcome, code, reason, evidence
+
+- ``action``: read, list, create, link_attempt, suspend, revoke (:class:`MappingAction`).
+- ``actor``: who asked: the verified principal (registration over HTTP) or the operator
+  named by ``--by`` (the CLI; reads without ``--by`` name the operating-system user).
+- ``purpose``: why: ``registration``, ``cli mappings show``...; ``request`` is the audit id
+  of the request record that caused the access (HTTP), so the two records join.
+- ``mapping_id``: the mapping read or written; for a refused link, the live mapping that
+  stood in the way (if any).
+- ``customer`` / ``account_index``: the blind indexes of the customer and the cloud account
+  the action is about (the mapping's, or the ones asked for when nothing was written). A
+  record never holds a plaintext customer id or cloud account.
+- ``outcome``: ``ok``, ``refused`` (a rule said no) or ``failed`` (a dependency was down);
+  ``code`` and ``reason`` are the stable denial code and its finer reason.
+- ``evidence``: the verification reference of a new link (how and when it was verified).
+
+Reads by the request pipeline (step 4, and ``/_dragoman/whoami``) are not recorded here:
+the request's own record is the record of that read. It carries ``mapping_id``, the
+``customer`` blind index, the principal and the decision (and the denial code when the
+mapping refused the request; see :func:`dragoman.audit.record.request_record`), once per
+request, which is exactly what a second per-read record would repeat on the hot path.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from dragoman.audit.record import iso_time
+from dragoman.mapping.entity import AccountMapping
+from dragoman.mapping.rows import RowCodec
+from dragoman.pipeline.errors import Denial, DependencyUnavailable, InternalError
+
+EVENT = "mapping"
+
+
+class MappingAction(StrEnum):
+    READ = "read"
+    LIST = "list"
+    CREATE = "create"
+    LINK_ATTEMPT = "link_attempt"
+    SUSPEND = "suspend"
+    REVOKE = "revoke"
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    REFUSED = "refused"
+    FAILED = "failed"
+
+
+def outcome_of(denial: Denial) -> Outcome:
+    """A dependency that was down (or a bug) failed; anything else was a refusal."""
+    if isinstance(denial, DependencyUnavailable | InternalError):
+        return Outcome.FAILED
+    return Outcome.REFUSED
+
+
+class MappingAuditor:
+    """Builds and writes mapping records. ``write`` is the audit trail's (the proxy's, which
+    marks itself broken on failure) or a sink's (the CLI's, which raises OSError)."""
+
+    def __init__(
+        self,
+        write: Callable[[dict[str, Any]], None],
+        codec: RowCodec,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._write = write
+        self._codec = codec
+        self._clock = clock
+
+    def record(
+        self,
+        action: MappingAction,
+        *,
+        actor: str,
+        purpose: str,
+        mapping: AccountMapping | None = None,
+        customer: str | None = None,
+        account: str | None = None,
+        request: str | None = None,
+        outcome: Outcome = Outcome.OK,
+        code: str | None = None,
+        reason: str | None = None,
+        evidence: str | None = None,
+    ) -> dict[str, Any]:
+        """Write one record and return it. ``customer`` and ``account`` are the plaintext
+        values asked for (when no mapping says them); only their blind indexes are written.
+        """
+        # What was asked for wins over the mapping: a refused link names the customer asked
+        # for, and the mapping that stood in the way links another.
+        customer_index: str | None = None
+        account_index: str | None = None
+        if customer is not None:
+            customer_index = self._codec.customer_index(customer)
+        elif mapping is not None:
+            customer_index = mapping.customer_index
+        if account is not None:
+            account_index = self._codec.account_index(account)
+        elif mapping is not None:
+            account_index = self._codec.account_index(mapping.cloud_account)
+        record: dict[str, Any] = {
+            "time": iso_time(self._clock()),
+            "event": EVENT,
+            "audit_id": str(uuid.uuid4()),
+            "action": action.value,
+            "actor": actor,
+            "purpose": purpose,
+            "request": request,
+            "mapping_id": mapping.id if mapping is not None else None,
+            "customer": customer_index,
+            "account_index": account_index,
+            "mapping_status": mapping.status.value if mapping is not None else None,
+            "version": mapping.version if mapping is not None else None,
+            "outcome": outcome.value,
+            "code": code,
+            "reason": reason,
+            "evidence": evidence,
+        }
+        self._write(record)
+        return record
+
+    def scope(
+        self,
+        *,
+        actor: str,
+        purpose: str,
+        request: str | None = None,
+        customer: str | None = None,
+        account: str | None = None,
+    ) -> AuditScope:
+        """Records of one piece of work: who, why, and what it is about."""
+        return AuditScope(self, actor, purpose, request, customer, account)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditScope:
+    auditor: MappingAuditor
+    actor: str
+    purpose: str
+    request: str | None = None
+    customer: str | None = None
+    account: str | None = None
+
+    def ok(
+        self,
+        action: MappingAction,
+        *,
+        mapping: AccountMapping | None = None,
+        evidence: str | None = None,
+    ) -> dict[str, Any]:
+        return self.auditor.record(action, evidence=evidence, **self._fields(mapping))
+
+    def denied(
+        self, action: MappingAction, denial: Denial, *, mapping: AccountMapping | None = None
+    ) -> dict[str, Any]:
+        return self.refused(
+            action, denial.code, denial.reason, mapping=mapping, outcome=outcome_of(denial)
+        )
+
+    def refused(
+        self,
+        action: MappingAction,
+        code: str,
+        reason: str | None = None,
+        *,
+        mapping: AccountMapping | None = None,
+        outcome: Outcome = Outcome.REFUSED,
+    ) -> dict[str, Any]:
+        return self.auditor.record(
+            action, outcome=outcome, code=code, reason=reason, **self._fields(mapping)
+        )
+
+    def _fields(self, mapping: AccountMapping | None) -> dict[str, Any]:
+        return {
+            "actor": self.actor,
+            "purpose": self.purpose,
+            "request": self.request,
+            "customer": self.customer,
+            "account": self.account,
+            "mapping": mapping,
+        }
