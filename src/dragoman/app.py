@@ -32,7 +32,7 @@ from dragoman.audit.sink import AuditSink, FileSink, StdoutSink
 from dragoman.browser.cors import CorsPolicy
 from dragoman.browser.headers import security_headers
 from dragoman.browser.stage import BrowserChecksStage
-from dragoman.catalog.matcher import RouteMatcher
+from dragoman.catalog.matcher import InvalidPath, RouteMatcher
 from dragoman.catalog.model import Operation, operations_from_settings
 from dragoman.catalog.stage import ResolveOperationStage
 from dragoman.forward import Forwarder
@@ -110,6 +110,7 @@ class Proxy:
     in the catalog): registration and reconciliation use it."""
     stages: tuple[Stage, ...]
     headers: Mapping[str, str]
+    routes: RouteMatcher
     _store_watch: asyncio.Task[None] | None = None
     alerts: AlertSink | None = None
     reconcile: ReconcileScheduler | None = None
@@ -167,7 +168,17 @@ class Proxy:
                 ctx.denial, audit_id=ctx.audit_id, headers=self._base_headers(request, ctx)
             )
         finally:
-            self.audit.write(request_record(ctx, event=event))
+            self.audit.write(request_record(ctx, event=event, route=self._route_of(ctx)))
+
+    def _route_of(self, ctx: RequestContext) -> Operation | None:
+        """The operation a refused request's path names, for its audit record only."""
+        if ctx.operation is not None:
+            return None
+        try:
+            match = self.routes.match(ctx.method, ctx.raw_path)
+        except InvalidPath:
+            return None
+        return match.operation if match is not None else None
 
     def _preflight(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
         approved = self.cors.preflight_headers(request)
@@ -327,10 +338,11 @@ def build_proxy(
         ttl=settings.tokens.ttl,
         clock=clock,
     )
+    routes = RouteMatcher(catalog)
     stages: tuple[Stage, ...] = (
         AuthenticateStage(authenticators),
         BrowserChecksStage(cors),
-        ResolveOperationStage(RouteMatcher(catalog)),
+        ResolveOperationStage(routes),
         MapAccountStage(gate),
         MintTokenStage(minter, settings.upstream.url),
     )
@@ -356,6 +368,7 @@ def build_proxy(
         reconcile=open_scheduler(settings, store, platform, alerts, clock=clock),
         stages=stages,
         headers=headers,
+        routes=routes,
     )
 
 

@@ -71,3 +71,50 @@ async def test_card_numbers_and_tokens_in_requests_never_reach_the_record(
     assert token not in text
     assert "4111111111111111" not in text
     assert "5555555555554444" not in text
+
+
+async def test_an_allowed_request_records_the_customer_only_by_its_blind_index(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    token = stack.issuer.token("alice", "acct-1001", roles=["billing_admin"])
+    async with http.get(stack.urls["proxy"] + PM, headers={"Authorization": f"Bearer {token}"}):
+        pass
+    (record,) = records(stack)
+    assert record["path"] == "/v1/customers/{customer_id}/payment-methods"
+    assert record["customer"] and record["customer"] != "cus_alice"
+    assert "cus_alice" not in (stack.state_dir / "audit.jsonl").read_text("utf-8")
+
+
+async def test_a_request_refused_before_routing_keeps_the_customer_out_of_its_path(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(stack.urls["proxy"] + PM, headers={"Authorization": "Bearer nope"}):
+        pass
+    (record,) = records(stack)
+    assert (record["code"], record["operation"]) == ("unauthenticated", None)
+    assert record["path"] == "/v1/customers/{customer_id}/payment-methods"
+    assert "cus_alice" not in (stack.state_dir / "audit.jsonl").read_text("utf-8")
+
+
+async def test_another_customer_asked_for_is_not_written_in_plaintext(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    token = stack.issuer.token("alice", "acct-1001", roles=["billing_admin"])
+    path = "/v1/customers/cus_bob/payment-methods"
+    async with http.get(stack.urls["proxy"] + path, headers={"Authorization": f"Bearer {token}"}):
+        pass
+    (record,) = records(stack)
+    assert record["code"] == "customer_mismatch"
+    assert "cus_bob" not in (stack.state_dir / "audit.jsonl").read_text("utf-8")
+
+
+async def test_a_path_that_matches_no_operation_is_recorded_as_sent(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    token = stack.issuer.token("alice", "acct-1001", roles=["billing_admin"])
+    async with http.get(
+        stack.urls["proxy"] + "/v1/nothing-here", headers={"Authorization": f"Bearer {token}"}
+    ):
+        pass
+    (record,) = records(stack)
+    assert (record["code"], record["path"]) == ("operation_unknown", "/v1/nothing-here")

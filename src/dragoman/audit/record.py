@@ -6,6 +6,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from dragoman.catalog.model import Operation
 from dragoman.pipeline.context import RequestContext
 
 
@@ -13,8 +14,28 @@ def iso_time(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
 
 
-def request_record(ctx: RequestContext, *, event: str = "request") -> dict[str, Any]:
-    """Every field of a request's record; values are redacted by the sink, not here."""
+def audited_path(raw_path: str, operation: Operation | None) -> str:
+    """The request path as the record keeps it: the customer named in a path of
+    ``operation`` is replaced by its parameter (``/v1/customers/{customer_id}/...``); the
+    record names the customer only as stored, by its blind index (SEMANTICS §8)."""
+    if operation is None or operation.customer_param is None:
+        return raw_path
+    raw = raw_path.split("/")[1:]
+    if len(raw) != len(operation.segments):
+        return operation.template
+    return "/" + "/".join(
+        "{" + seg.text + "}" if seg.is_param and seg.text == operation.customer_param else value
+        for seg, value in zip(operation.segments, raw, strict=True)
+    )
+
+
+def request_record(
+    ctx: RequestContext, *, event: str = "request", route: Operation | None = None
+) -> dict[str, Any]:
+    """Every field of a request's record; values are redacted by the sink, not here.
+
+    ``route`` is the operation the path matches when the request was refused before it was
+    resolved (step 3): only its template is used, to keep the customer out of the path."""
     principal, operation, mapping, minted = ctx.principal, ctx.operation, ctx.mapping, ctx.minted
     denial = ctx.denial
     peer = ctx.request.remote
@@ -28,7 +49,7 @@ def request_record(ctx: RequestContext, *, event: str = "request") -> dict[str, 
         "reason": denial.reason if denial is not None else None,
         "status": denial.status if denial is not None else ctx.upstream_status,
         "method": ctx.method,
-        "path": ctx.raw_path,
+        "path": audited_path(ctx.raw_path, operation or route),
         "operation": operation.id if operation else None,
         "scope": operation.scope if operation else None,
         "principal": principal.subject if principal else None,
