@@ -611,6 +611,57 @@ class MappingSettings(Section):
 HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
+RiskTier = Literal["read", "change", "destroy", "money"]
+"""How much harm an operation can do: read < change < destroy < money (moves money)."""
+RISK_TIERS: tuple[str, ...] = ("read", "change", "destroy", "money")
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+_JSON_POINTER = re.compile(r"^(/([^~/]|~[01])*)+$")
+
+
+def default_tier(method: str) -> RiskTier:
+    """The tier of an operation that names none: reads are ``read``, DELETE is ``destroy``,
+    every other write is ``change`` (``money`` is never guessed)."""
+    if method in ("GET", "HEAD", "OPTIONS"):
+        return "read"
+    if method == "DELETE":
+        return "destroy"
+    return "change"
+
+
+class CustomerBindingSettings(Section):
+    """Where a request names the customer, and what dragoman does about it."""
+
+    location: Literal["path", "query", "body", "header"] = Field(
+        ..., description="Where the customer id appears: path, query, body (JSON) or header."
+    )
+    name: str = Field(
+        ...,
+        min_length=1,
+        description=(
+            "The path parameter, query parameter or header name; for `body`, a JSON pointer"
+            " (RFC 6901) such as `/customer` or `/payment_method/customer`."
+        ),
+    )
+    mode: Literal["enforce", "inject"] = Field(
+        "enforce",
+        description=(
+            "`enforce`: the request must name the mapped customer there (absent or another:"
+            " refused, `customer_mismatch`). `inject`: dragoman writes the mapped customer"
+            " there itself (a different value sent by the caller is still refused)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _fits_location(self) -> CustomerBindingSettings:
+        if self.location == "path" and self.mode == "inject":
+            raise ValueError("a path binding can only be enforced (the path names the customer)")
+        if self.location == "body" and not _JSON_POINTER.match(self.name):
+            raise ValueError("a body binding's name is a JSON pointer such as '/customer'")
+        if self.location == "header" and not _HEADER_NAME.match(self.name):
+            raise ValueError("a header binding's name is an HTTP header name")
+        return self
+
+
 class OperationSettings(Section):
     id: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", description="Operation id.")
     method: HttpMethod = Field(..., description="HTTP method.")
@@ -622,9 +673,24 @@ class OperationSettings(Section):
         pattern=r"^[a-z0-9_.-]+:[a-z0-9_.-]+$",
         description="Scope of the minted token, `resource:action`.",
     )
+    tier: RiskTier | None = Field(
+        None,
+        description=(
+            "Risk tier: read, change, destroy or money. Default: read for GET/HEAD, destroy"
+            " for DELETE, change otherwise. `policy.step_up` names tiers that need a recent"
+            " sign-in."
+        ),
+    )
     customer_param: str | None = Field(
         None,
-        description="Path parameter that names the customer; it must equal the mapped customer.",
+        description=(
+            "Shorthand for one enforced path binding: the path parameter that names the"
+            " customer; it must equal the mapped customer."
+        ),
+    )
+    customer: list[CustomerBindingSettings] = Field(
+        default_factory=list,
+        description="Every place the request names the customer (path, query, body, header).",
     )
 
     @field_validator("path")
@@ -640,11 +706,32 @@ class OperationSettings(Section):
     def _customer_param_in_template(self) -> OperationSettings:
         from dragoman.catalog.template import parse_template
 
-        if self.customer_param is not None:
-            params = {s.name for s in parse_template(self.path) if s.is_param}
-            if self.customer_param not in params:
-                raise ValueError(f"customer_param {self.customer_param!r} is not in the path")
+        params = {s.name for s in parse_template(self.path) if s.is_param}
+        if self.customer_param is not None and self.customer_param not in params:
+            raise ValueError(f"customer_param {self.customer_param!r} is not in the path")
+        for binding in self.customer:
+            if binding.location == "path" and binding.name not in params:
+                raise ValueError(f"customer path binding {binding.name!r} is not in the path")
+        places = [
+            (b.location, b.name.lower() if b.location == "header" else b.name)
+            for b in self.customer
+        ]
+        if len(set(places)) != len(places):
+            raise ValueError("two customer bindings name the same place")
         return self
+
+    @property
+    def effective_tier(self) -> RiskTier:
+        return self.tier if self.tier is not None else default_tier(self.method)
+
+    @property
+    def bindings(self) -> list[CustomerBindingSettings]:
+        """Every binding, ``customer_param`` included (as an enforced path binding)."""
+        found = list(self.customer)
+        named = {b.name for b in found if b.location == "path"}
+        if self.customer_param is not None and self.customer_param not in named:
+            found.insert(0, CustomerBindingSettings(location="path", name=self.customer_param))
+        return found
 
 
 class CatalogSettings(Section):
@@ -662,6 +749,72 @@ class CatalogSettings(Section):
         if len(set(routes)) != len(routes):
             raise ValueError("two operations share one method and path")
         return self
+
+
+class StepUpSettings(Section):
+    """What a recent enough sign-in is, for the operations of one risk tier (RFC 9470)."""
+
+    max_age: Duration | None = Field(
+        None,
+        gt=0,
+        description="The identity token's `auth_time` must be at most this old.",
+    )
+    acr_values: list[str] = Field(
+        default_factory=list,
+        description="The identity token's `acr` must be one of these (empty: not checked).",
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> StepUpSettings:
+        if self.max_age is None and not self.acr_values:
+            raise ValueError("a step-up names max_age, acr_values or both")
+        return self
+
+
+def _default_roles() -> dict[str, list[str]]:
+    return {
+        "viewer": ["tier:read"],
+        "billing_admin": ["tier:read", "tier:change", "tier:destroy"],
+        "owner": ["*"],
+    }
+
+
+def _default_step_up() -> dict[RiskTier, StepUpSettings]:
+    return {"money": StepUpSettings(max_age=300.0)}
+
+
+class PolicySettings(Section):
+    """What each role may ask for, and which risk tiers need a recent sign-in. A mapping
+    grants roles (and principals) operations; a role grant never reaches beyond the role's
+    definition here, and a role not defined here grants nothing."""
+
+    roles: dict[str, list[str]] = Field(
+        default_factory=_default_roles,
+        description=(
+            "Role -> what it may ask for: operation ids, scopes, `resource:*`, `tier:<tier>`"
+            " or `*`. Default: viewer = tier:read; billing_admin = tier:read, tier:change,"
+            " tier:destroy; owner = *."
+        ),
+    )
+    step_up: dict[RiskTier, StepUpSettings] = Field(
+        default_factory=_default_step_up,
+        description=(
+            "Risk tier -> the recent sign-in its operations need (otherwise 401"
+            " insufficient_user_authentication). Default: money needs auth_time within 5m."
+        ),
+    )
+
+    @field_validator("roles")
+    @classmethod
+    def _role_entries(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for role, entries in value.items():
+            if not entries:
+                raise ValueError(f"role {role!r} grants nothing; remove it or name entries")
+            for entry in entries:
+                tier = entry.removeprefix("tier:")
+                if entry.startswith("tier:") and tier not in RISK_TIERS:
+                    raise ValueError(f"role {role!r}: unknown tier {tier!r}")
+        return value
 
 
 class AuditSettings(Section):
@@ -853,6 +1006,10 @@ class Settings(BaseSettings):
     )
     catalog: CatalogSettings = Field(
         default_factory=lambda: CatalogSettings(), description="Operations and their scopes."
+    )
+    policy: PolicySettings = Field(
+        default_factory=lambda: PolicySettings(),
+        description="Roles and the recent sign-in risky operations need.",
     )
     audit: AuditSettings = Field(
         default_factory=lambda: AuditSettings(), description="The audit trail."

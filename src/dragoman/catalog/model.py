@@ -1,11 +1,26 @@
-"""The operation catalog: method + path template -> operation -> scope."""
+"""The operation catalog: method + path template -> operation -> scope, risk tier and the
+places where a request names the customer."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from dragoman.catalog.template import Segment, parse_template
-from dragoman.settings import CatalogSettings
+from dragoman.settings import CatalogSettings, RiskTier
+
+BindingLocation = Literal["path", "query", "body", "header"]
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerBinding:
+    """One place where a request names the customer (SEMANTICS §4: the customer comes from
+    the mapping, never from the caller)."""
+
+    location: BindingLocation
+    name: str
+    """Path or query parameter, header name (lower case), or JSON pointer for the body."""
+    mode: Literal["enforce", "inject"] = "enforce"
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +32,11 @@ class Operation:
     template: str
     scope: str
     customer_param: str | None
+    """The path parameter that names the customer (the path binding), if any."""
     segments: tuple[Segment, ...]
+    tier: RiskTier = "read"
+    bindings: tuple[CustomerBinding, ...] = ()
+    """Every place the request names the customer, the path binding included."""
 
     @property
     def is_write(self) -> bool:
@@ -25,14 +44,27 @@ class Operation:
 
 
 def operations_from_settings(settings: CatalogSettings) -> list[Operation]:
-    return [
-        Operation(
-            id=op.id,
-            method=op.method,
-            template=op.path,
-            scope=op.scope,
-            customer_param=op.customer_param,
-            segments=parse_template(op.path),
+    operations = []
+    for op in settings.operations:
+        bindings = tuple(
+            CustomerBinding(
+                location=b.location,
+                name=b.name.lower() if b.location == "header" else b.name,
+                mode=b.mode,
+            )
+            for b in op.bindings
         )
-        for op in settings.operations
-    ]
+        path_param = next((b.name for b in bindings if b.location == "path"), None)
+        operations.append(
+            Operation(
+                id=op.id,
+                method=op.method,
+                template=op.path,
+                scope=op.scope,
+                customer_param=path_param,
+                segments=parse_template(op.path),
+                tier=op.effective_tier,
+                bindings=bindings,
+            )
+        )
+    return operations
