@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
-from dragoman.catalog.matcher import InvalidPath, RouteMatcher
+from dragoman.catalog.matcher import InvalidPath, RouteMatcher, split_decoding, split_path
 from dragoman.catalog.model import Operation
 from dragoman.catalog.template import parse_template
 
@@ -116,3 +118,35 @@ def test_two_operations_for_one_route_are_refused_at_start() -> None:
 def test_bad_templates_are_refused(template: str) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 (each message is specific)
         parse_template(template)
+
+
+PATHS = [  # "/" is answered before either split (the root operation)
+    "/v1/customers/cus_1/payment-methods",
+    "/v1/customers/cus_1/payment-methods/",
+    "/v1//x",
+    "/v1/./x",
+    "/v1/../x",
+    "/v1/..a/.b",
+    "/v1/a b/c",
+    "/v1/a\tb",
+    "/v1/a\x7fb",
+    "/v1/a\\b",
+    "/v1/a%20b",
+    "/v1/a%2Fb",
+    "/v1/~!$&'()*+,;=:@-_.x",
+    "/v1/caf\u00e9",
+    "/v1/a?b",
+    "/v1/a#b",
+    "//",
+]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_fast_path_splits_exactly_as_full_decoding_does(path: str) -> None:
+    def outcome(split: Callable[[str], list[str]]) -> list[str] | str:
+        try:
+            return split(path)
+        except InvalidPath:
+            return "refused"
+
+    assert outcome(split_path) == outcome(split_decoding)

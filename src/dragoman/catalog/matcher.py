@@ -9,6 +9,7 @@ literal beats a parameter, so exact templates win over parameterised ones.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -34,6 +35,9 @@ class Match:
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 _FORBIDDEN_DECODED = frozenset({"/", "\\", "\x00"})
+# Visible ASCII without '%' and '\\': nothing to decode and nothing to refuse inside a
+# segment, so the per-character checks below can be skipped (most requests look like this).
+_PLAIN = re.compile(r"/[\x21-\x24\x26-\x5b\x5d-\x7e]*")
 
 
 def split_path(raw_path: str) -> list[str]:
@@ -42,6 +46,18 @@ def split_path(raw_path: str) -> list[str]:
         raise InvalidPath("the path must start with '/'")
     if raw_path == "/":
         return []
+    if _PLAIN.fullmatch(raw_path):
+        plain = raw_path[1:].split("/")
+        if "" in plain:
+            raise InvalidPath("empty path segment")
+        if "." in plain or ".." in plain:
+            raise InvalidPath("dot segment or encoded separator in the path")
+        return plain
+    return split_decoding(raw_path)
+
+
+def split_decoding(raw_path: str) -> list[str]:
+    """split_path without its fast path: every segment decoded and checked."""
     segments = []
     for raw in raw_path[1:].split("/"):
         if raw == "":
