@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from sqlalchemy import select, update
 
 from dragoman.demo.runner import DemoStack, demo_settings, write_toml
@@ -35,27 +34,6 @@ from dragoman.state.sql import make_engine
 DRAGOMAN = Path(sys.executable).with_name("dragoman")
 OLD, NEW = new_master_key(), new_master_key()
 PM = "/v1/customers/cus_alice/payment-methods"
-
-
-@pytest.fixture(autouse=True)
-def _empty_postgres_schema(request: pytest.FixtureRequest) -> None:
-    """Every table gone before a PostgreSQL test, whatever later revisions added (the
-    shared reset in tests/conftest.py names the tables it knows)."""
-    if "database_url" not in request.fixturenames:
-        return
-    url: str = request.getfixturevalue("database_url")
-    if url.startswith("postgresql"):
-        asyncio.run(_drop_public_schema(url))
-
-
-async def _drop_public_schema(url: str) -> None:
-    import asyncpg
-
-    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        await connection.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-    finally:
-        await connection.close()
 
 
 def with_keks(keks: dict[str, str], active: str) -> Callable[[dict[str, Any]], None]:

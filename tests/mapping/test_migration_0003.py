@@ -47,27 +47,6 @@ REVOKED = "acct-legacy-0007-zq"
 LEGACY_ID = "00000000-0000-4000-8000-"
 
 
-@pytest.fixture(autouse=True)
-def _empty_postgres_schema(request: pytest.FixtureRequest) -> None:
-    """Every table gone before a PostgreSQL test, whatever later revisions added (the
-    shared reset in tests/conftest.py names the tables it knows)."""
-    if "database_url" not in request.fixturenames:
-        return
-    url: str = request.getfixturevalue("database_url")
-    if url.startswith("postgresql"):
-        asyncio.run(_drop_public_schema(url))
-
-
-async def _drop_public_schema(url: str) -> None:
-    import asyncpg
-
-    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        await connection.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-    finally:
-        await connection.close()
-
-
 def evidence_of(account: str) -> str | None:
     return None if account.endswith("3-zq") else f"ticket://legacy-evidence/{account}"
 
