@@ -7,11 +7,11 @@ dragoman mappings       add | list | show | suspend | revoke | rekey account map
 dragoman keys           list | rotate | retire | new-master-key
 dragoman db             upgrade | current
 dragoman reconcile      compare every mapping with the payment platform's records
-dragoman catalog        list the operations of the catalog
+dragoman catalog        list | import (from OpenAPI) | diff the operation catalog
 dragoman settings-doc   print the settings reference (docs/settings.md)
 """
 
-from dragoman.cli import db, keys, mappings, proxy, reconcile, rekey
+from dragoman.cli import catalog, db, keys, mappings, proxy, reconcile, rekey
 from dragoman.cli.common import main
 
-__all__ = ["db", "keys", "main", "mappings", "proxy", "reconcile", "rekey"]
+__all__ = ["catalog", "db", "keys", "main", "mappings", "proxy", "reconcile", "rekey"]

@@ -1,4 +1,4 @@
-"""The state store's schema, and the operation catalog."""
+"""The state store's schema."""
 
 from __future__ import annotations
 
@@ -60,16 +60,3 @@ def db_current(config: Path | None) -> None:
         return await migrate.current_revision(engine)
 
     click.echo(_on_engine(config, current) or "(empty)")
-
-
-@main.group()
-def catalog() -> None:
-    """The operation catalog."""
-
-
-@catalog.command("list")
-@config_option
-def catalog_list(config: Path | None) -> None:
-    """List operations: id, method, path, scope."""
-    for op in load(config).catalog.operations:
-        click.echo(f"{op.id:<32} {op.method:<6} {op.path:<56} {op.scope}")

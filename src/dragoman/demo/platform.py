@@ -339,7 +339,29 @@ class PaymentPlatform:
         return web.json_response(openapi_document())
 
 
+_REQUEST_BODIES: dict[str, dict[str, Any]] = {
+    "payment_methods.create": {
+        "type": "object",
+        "required": ["card_number", "exp_month", "exp_year"],
+        "properties": {
+            "card_number": {"type": "string"},
+            "exp_month": {"type": "integer"},
+            "exp_year": {"type": "integer"},
+        },
+    },
+    "payment_methods.set_default": {
+        "type": "object",
+        "required": ["payment_method_id"],
+        "properties": {"payment_method_id": {"type": "string"}},
+    },
+    "billing_address.update": {"$ref": "#/components/schemas/BillingAddress"},
+}
+_STATUS = {"POST": "201", "DELETE": "204"}
+
+
 def openapi_document() -> dict[str, Any]:
+    """The platform's OpenAPI 3.1 description, served at ``/openapi.json``: one operation
+    per entry of :data:`OPERATIONS` (its id, tag = the scope's resource, request body)."""
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         params = [
@@ -353,14 +375,29 @@ def openapi_document() -> dict[str, Any]:
             "tags": [op.scope.split(":")[0]],
             "parameters": params,
             "security": [{"dragoman": [op.scope]}],
-            "responses": {"200": {"description": "OK"}},
+            "responses": {_STATUS.get(op.method, "200"): {"description": "OK"}},
         }
+        if op.id in _REQUEST_BODIES:
+            entry["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": _REQUEST_BODIES[op.id]}},
+            }
         paths.setdefault(op.path, {})[op.method.lower()] = entry
     return {
         "openapi": "3.1.0",
         "info": {"title": "Demo payment platform", "version": "1.0.0"},
         "paths": paths,
         "components": {
+            "schemas": {
+                "BillingAddress": {
+                    "type": "object",
+                    "required": ["line1", "country"],
+                    "properties": {
+                        k: {"type": "string"}
+                        for k in ("line1", "line2", "city", "postal_code", "country")
+                    },
+                }
+            },
             "securitySchemes": {
                 "dragoman": {
                     "type": "oauth2",
@@ -372,6 +409,6 @@ def openapi_document() -> dict[str, Any]:
                         }
                     },
                 }
-            }
+            },
         },
     }
