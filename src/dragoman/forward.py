@@ -9,9 +9,12 @@ Header hygiene, both ways:
   security headers are set.
 
 Bodies stream both ways in chunks (no unbounded buffering); a request body over the limit
-stops the request (413). The client session never decompresses, never keeps cookies and
-adds no headers of its own. Connect failures become 502, timeouts 504, both problem+json,
-as long as nothing has been sent to the caller yet; nothing is ever retried here.
+stops the request (413). What a customer binding checked or wrote is forwarded instead of the
+caller's: ``ctx.forward_query``, ``ctx.forward_headers`` and ``ctx.forward_body`` (a body
+the binding stage buffered, within the same limit). The client session never decompresses,
+never keeps cookies and adds no headers of its own. Connect failures become 502, timeouts
+504, both problem+json, as long as nothing has been sent to the caller yet; nothing is ever
+retried here.
 """
 
 from __future__ import annotations
@@ -123,6 +126,11 @@ class Forwarder:
         headers: CIMultiDict[str] = CIMultiDict(
             (name, value) for name, value in incoming.items() if name.lower() not in drop
         )
+        if ctx.forward_body is not None:
+            # A buffered (checked, perhaps rewritten) body: the client sets its length.
+            headers.popall("Content-Length", None)
+        for name, value in ctx.forward_headers.items():
+            headers[name] = value
         assert ctx.minted is not None  # the mint stage ran
         headers["Authorization"] = f"Bearer {ctx.minted.value}"
         headers["X-Request-Id"] = ctx.request_id
@@ -149,9 +157,13 @@ class Forwarder:
     ) -> web.StreamResponse:
         assert self._session is not None, "Forwarder.start() was not awaited"
         request = ctx.request
-        query = request.raw_path.partition("?")[2]
+        query = ctx.forward_query
+        if query is None:
+            query = request.raw_path.partition("?")[2]
         url = URL(self._base + ctx.raw_path + ("?" + query if query else ""), encoded=True)
-        body = self._body(request) if request.body_exists else None
+        body: AsyncIterator[bytes] | bytes | None = ctx.forward_body
+        if body is None and request.body_exists:
+            body = self._body(request)
         try:
             upstream = await self._session.request(
                 ctx.method,

@@ -50,6 +50,15 @@ class RequestContext:
     """Step 4: the caller's account mapping once found (also when it then refuses the
     request, so the audit record names it); authorised for the operation if the request
     went on."""
+    forward_query: str | None = None
+    """Customer binding: the raw query string to forward instead of the caller's (None:
+    forward the caller's as received)."""
+    forward_headers: dict[str, str] = field(default_factory=dict)
+    """Customer binding: headers dragoman writes (inject mode); each replaces every caller
+    header of that name."""
+    forward_body: bytes | None = None
+    """Customer binding: the request body, buffered and checked, forwarded instead of the
+    caller's stream (None: the caller's body streams through unread)."""
     minted: MintedToken | None = None
     """Step 6: the scoped token for the upstream."""
     upstream_status: int | None = None

@@ -1,0 +1,192 @@
+"""Customer bindings as a pipeline stage (after step 4): every place a request names the
+customer must name the mapped one (SEMANTICS §4: the customer comes from the mapping, never
+from the caller), read the way the upstream will read it.
+
+For each binding of the matched operation:
+
+- ``path``: the decoded path parameter (the matcher has already refused encoded
+  separators, dot segments and bad escapes, so the upstream decodes the same segment).
+- ``query``: :mod:`dragoman.catalog.binding_query` (one candidate, exactly spelled).
+- ``header``: one field line, no comma list; any other header whose name differs only by
+  ``_`` for ``-`` (CGI/WSGI servers read them alike) makes it ambiguous.
+- ``body``: the JSON body is buffered (up to ``server.max_body_bytes``), must be
+  ``application/json`` without content coding, strictly parsed
+  (:mod:`dragoman.catalog.binding_json`), and the member at the pointer compared. What is
+  forwarded is exactly the checked bytes, or the re-serialised document after an inject.
+
+``enforce``: the value must be the mapped customer. ``inject``: dragoman writes the mapped
+customer there when the caller left it out, keeps it when equal, and refuses another value.
+Refusals are 403 ``customer_mismatch`` with reason ``customer_absent``, ``customer_other`` or
+``customer_ambiguous``; nothing is forwarded. Values are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from aiohttp import web
+
+from dragoman.catalog.binding_json import (
+    ABSENT,
+    AmbiguousJson,
+    InvalidJson,
+    PointerUnplaceable,
+    parse_strict,
+    place,
+    pointer_tokens,
+    resolve,
+    serialise,
+)
+from dragoman.catalog.binding_query import read_parameter, with_parameter
+from dragoman.catalog.model import CustomerBinding
+from dragoman.pipeline.context import RequestContext
+from dragoman.pipeline.errors import (
+    BadRequest,
+    CustomerMismatch,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+
+_CHUNK = 64 * 1024
+_DETAILS = {
+    "customer_absent": "The request does not name the customer where this operation needs it.",
+    "customer_other": "The request names a customer other than the caller's.",
+    "customer_ambiguous": (
+        "The request names the customer more than once or in a form that may be read"
+        " differently; name it once, plainly."
+    ),
+}
+
+
+def refuse(reason: str) -> CustomerMismatch:
+    return CustomerMismatch(reason, _DETAILS[reason])
+
+
+def _same(value: object, customer: str) -> bool:
+    if not isinstance(value, str):
+        return False
+    return hmac.compare_digest(value.encode(), customer.encode())
+
+
+class CustomerBindingStage:
+    name = "customer_binding"
+
+    def __init__(self, *, max_body_bytes: int) -> None:
+        self._max_body = max_body_bytes
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        assert ctx.operation is not None and ctx.mapping is not None  # earlier stages
+        customer = ctx.mapping.payment_customer
+        for binding in ctx.operation.bindings:
+            if binding.location == "path":
+                if not _same(ctx.path_params[binding.name], customer):
+                    raise refuse("customer_other")
+            elif binding.location == "query":
+                self._query(ctx, binding, customer)
+            elif binding.location == "header":
+                self._header(ctx, binding, customer)
+            else:
+                await self._body(ctx, binding, customer)
+
+    # -- query -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _query(ctx: RequestContext, binding: CustomerBinding, customer: str) -> None:
+        query = ctx.forward_query
+        if query is None:
+            query = ctx.request.raw_path.partition("?")[2]
+        reading = read_parameter(query, binding.name)
+        if reading.ambiguous:
+            raise refuse("customer_ambiguous")
+        if reading.value is None:
+            if binding.mode != "inject":
+                raise refuse("customer_absent")
+            ctx.forward_query = with_parameter(query, binding.name, customer)
+        elif not _same(reading.value, customer):
+            raise refuse("customer_other")
+
+    # -- header ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _header(ctx: RequestContext, binding: CustomerBinding, customer: str) -> None:
+        wanted = binding.name.replace("_", "-")
+        lines = [
+            (name, value)
+            for name, value in ctx.request.headers.items()
+            if name.lower().replace("_", "-") == wanted
+        ]
+        if len(lines) > 1 or any(name.lower() != binding.name for name, _ in lines):
+            raise refuse("customer_ambiguous")
+        if not lines:
+            if binding.mode != "inject":
+                raise refuse("customer_absent")
+            ctx.forward_headers[binding.name] = customer
+            return
+        value = lines[0][1]
+        if "," in value:
+            raise refuse("customer_ambiguous")
+        if not _same(value, customer):
+            raise refuse("customer_other")
+
+    # -- body ------------------------------------------------------------------------------
+
+    async def _body(self, ctx: RequestContext, binding: CustomerBinding, customer: str) -> None:
+        if ctx.forward_body is None:
+            request = ctx.request
+            if request.body_exists:
+                # Before reading: aiohttp would decode a content coding while reading.
+                self._check_media_type(request)
+            ctx.forward_body = await self._read(request) if request.body_exists else b""
+        raw = ctx.forward_body
+        document: Any = self._document(raw) if raw else ABSENT
+        tokens = pointer_tokens(binding.name)
+        found = ABSENT if document is ABSENT else resolve(document, tokens)
+        if found is not ABSENT:
+            if not _same(found, customer):
+                raise refuse("customer_other")
+            return
+        if binding.mode != "inject":
+            raise refuse("customer_absent")
+        try:
+            placed = place({} if document is ABSENT else document, tokens, customer)
+        except PointerUnplaceable:
+            raise BadRequest(
+                "customer_unplaceable",
+                "The body has no object where this operation places the customer.",
+            ) from None
+        ctx.forward_body = serialise(placed)
+        if document is ABSENT:
+            ctx.forward_headers["content-type"] = "application/json"
+
+    async def _read(self, request: web.Request) -> bytes:
+        """The whole body, refused (413) past the limit; the stream is consumed once."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > self._max_body:
+                raise PayloadTooLarge("body_too_large")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @staticmethod
+    def _check_media_type(request: web.Request) -> None:
+        types = request.headers.getall("Content-Type", [])
+        if len(types) != 1 or request.content_type != "application/json":
+            raise UnsupportedMediaType("media_type_unsupported")
+        charset = request.charset
+        if charset is not None and charset.lower() not in ("utf-8", "utf8"):
+            raise UnsupportedMediaType("charset_unsupported")
+        coding = request.headers.getall("Content-Encoding", [])
+        if any(c.strip().lower() != "identity" for c in coding):
+            raise UnsupportedMediaType("content_encoding_unsupported")
+
+    @staticmethod
+    def _document(raw: bytes) -> Any:
+        try:
+            return parse_strict(raw)
+        except AmbiguousJson:
+            raise refuse("customer_ambiguous") from None
+        except InvalidJson:
+            raise BadRequest("body_invalid", "The request body is not valid JSON.") from None
