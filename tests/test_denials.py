@@ -61,6 +61,16 @@ async def unauthenticated(make: MakeStack, http: aiohttp.ClientSession) -> tuple
     return stack, await call(http, stack, "GET", PM, {})
 
 
+async def insufficient_user_authentication(
+    make: MakeStack, http: aiohttp.ClientSession
+) -> tuple[DemoStack, Any]:
+    stack = await make({"policy": {"step_up": {"read": {"max_age": "1m"}}}})
+    claims = stack.issuer.claims("alice", "acct-1001", roles=["billing_admin"])
+    claims["auth_time"] -= 3600
+    headers = {"Authorization": f"Bearer {stack.issuer.sign(claims)}"}
+    return stack, await call(http, stack, "GET", PM, headers)
+
+
 async def scope_denied(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
     stack = await make()
     bob = stack.issuer.token("bob", "acct-2002", roles=["viewer"])
@@ -263,6 +273,7 @@ PROVOKE: dict[str, tuple[int, Callable[[MakeStack, aiohttp.ClientSession], Await
     "path_invalid": (400, path_invalid),
     "body_too_large": (413, body_too_large),
     "unauthenticated": (401, unauthenticated),
+    "insufficient_user_authentication": (401, insufficient_user_authentication),
     "scope_denied": (403, scope_denied),
     "mapping_missing": (403, mapping_missing),
     "mapping_inactive": (403, mapping_inactive),

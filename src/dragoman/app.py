@@ -32,6 +32,7 @@ from dragoman.audit.sink import AuditSink, FileSink, StdoutSink
 from dragoman.browser.cors import CorsPolicy
 from dragoman.browser.headers import security_headers
 from dragoman.browser.stage import BrowserChecksStage
+from dragoman.catalog.binding import CustomerBindingStage
 from dragoman.catalog.matcher import InvalidPath, RouteMatcher
 from dragoman.catalog.model import Operation, operations_from_settings
 from dragoman.catalog.stage import ResolveOperationStage
@@ -52,6 +53,8 @@ from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import AuditUnavailable, Denial, InternalError, OriginDenied
 from dragoman.pipeline.problem import problem_response
 from dragoman.pipeline.stage import Stage
+from dragoman.policy.roles import RolePolicy
+from dragoman.policy.step_up import StepUpStage
 from dragoman.settings import Settings
 from dragoman.state import migrate
 from dragoman.state.sql import StoreUnavailable, make_engine
@@ -104,6 +107,8 @@ class Proxy:
     cors: CorsPolicy
     catalog: list[Operation]
     gate: MappingGate
+    policy: RolePolicy
+    """The role policy (policy.roles): caps every role grant, for requests and whoami."""
     minter: TokenMinter
     platform: PlatformClient | None
     """Reads the upstream's customer records (None without mapping.platform.customer_operation
@@ -241,7 +246,9 @@ class Proxy:
                     "principal": ctx.principal.subject,
                     "cloud_account": ctx.principal.cloud_account,
                     "customer": ctx.mapping.payment_customer,
-                    "operations": ctx.mapping.allowed_operations(ctx.principal, self.catalog),
+                    "operations": ctx.mapping.allowed_operations(
+                        ctx.principal, self.catalog, self.policy
+                    ),
                 }
             )
             response.headers.update(self.cors.response_headers(request))
@@ -331,6 +338,7 @@ def build_proxy(
     headers = security_headers(settings.browser)
     cors = CorsPolicy(settings.browser.allowed_origins, {op.method for op in catalog})
     gate = MappingGate(store, stale_after=settings.mapping.stale_after, clock=clock)
+    policy = RolePolicy.from_settings(settings.policy)
     minter = TokenMinter(
         keys,
         issuer=settings.tokens.issuer,
@@ -343,7 +351,9 @@ def build_proxy(
         AuthenticateStage(authenticators),
         BrowserChecksStage(cors),
         ResolveOperationStage(routes),
-        MapAccountStage(gate),
+        StepUpStage(settings.policy.step_up, clock=clock),
+        MapAccountStage(gate, policy),
+        CustomerBindingStage(max_body_bytes=settings.server.max_body_bytes),
         MintTokenStage(minter, settings.upstream.url),
     )
     platform = open_platform_client(settings, catalog, minter)
@@ -362,6 +372,7 @@ def build_proxy(
         cors=cors,
         catalog=catalog,
         gate=gate,
+        policy=policy,
         minter=minter,
         platform=platform,
         alerts=alerts,
@@ -379,9 +390,13 @@ def proxy_runner(app: web.Application, settings: Settings, **options: Any) -> we
     """The runner of a worker's application, without aiohttp's access log (the audit trail
     records requests, redacted). The header parser lets through twice the longest accepted
     bearer token, so an oversized token is refused by the authenticator (401, audited)
-    rather than by the parser."""
+    rather than by the parser. Request bodies are never decompressed: a content-coded body
+    is forwarded as sent, so its bytes always match the Content-Length the upstream is told
+    (a body inflated on the way would run past it, into a second request)."""
     field = max(8190, 2 * settings.identity.max_token_bytes + 1024)
-    return web.AppRunner(app, access_log=None, max_field_size=field, **options)
+    return web.AppRunner(
+        app, access_log=None, max_field_size=field, auto_decompress=False, **options
+    )
 
 
 def build_app(

@@ -751,6 +751,9 @@ class CatalogSettings(Section):
         return self
 
 
+_ACR_VALUE = re.compile(r'^[^\s"\\]+$')
+
+
 class StepUpSettings(Section):
     """What a recent enough sign-in is, for the operations of one risk tier (RFC 9470)."""
 
@@ -763,6 +766,14 @@ class StepUpSettings(Section):
         default_factory=list,
         description="The identity token's `acr` must be one of these (empty: not checked).",
     )
+
+    @field_validator("acr_values")
+    @classmethod
+    def _acr_tokens(cls, value: list[str]) -> list[str]:
+        for acr in value:
+            if not _ACR_VALUE.match(acr):
+                raise ValueError("an acr value is non-empty, without spaces, quotes or '\\'")
+        return value
 
     @model_validator(mode="after")
     def _something(self) -> StepUpSettings:
@@ -1029,6 +1040,27 @@ class Settings(BaseSettings):
     def _has_an_authenticator(self) -> Settings:
         if not self.identity.oidc:
             raise ValueError("identity: configure at least one authenticator (identity.oidc)")
+        return self
+
+    @model_validator(mode="after")
+    def _policy_fits_grants_and_catalog(self) -> Settings:
+        # Local imports: the policy and the catalog depend on settings, not the other way.
+        from dragoman.catalog.model import operations_from_settings
+        from dragoman.policy.roles import RolePolicy, undefined_roles_message
+
+        policy = RolePolicy.from_settings(self.policy)
+        grants = self.mapping.registration.default_grants
+        undefined = policy.undefined_roles(g.role for g in grants)
+        if undefined:
+            raise ValueError(
+                "mapping.registration.default_grants: " + undefined_roles_message(undefined)
+            )
+        catalog = operations_from_settings(self.catalog)
+        unknown = policy.unknown_entries(catalog) if catalog else []
+        if unknown:
+            raise ValueError(
+                f"policy.roles: entries name nothing in the catalog: {', '.join(unknown)}"
+            )
         return self
 
     @model_validator(mode="after")

@@ -29,13 +29,16 @@ def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is typing.Annotated:
-        return "duration" if args[0] is float else _type_name(args[0])
+        parsers = [getattr(meta, "func", None) for meta in args[1:]]
+        return "duration" if parse_duration in parsers else _type_name(args[0])
     if origin is typing.Literal:
         return " \\| ".join(f"`{a!r}`".replace("'", '"') for a in args)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in args)
     if origin is list:
         return f"list of {_type_name(args[0])}"
+    if origin is dict:
+        return f"table: {_type_name(args[0])} -> {_type_name(args[1])}"
     if annotation is type(None):
         return "none"
     if annotation is SecretStr:
@@ -82,42 +85,89 @@ def _default(field: FieldInfo) -> str:
         return f"`{str(value).lower()}`"
     if isinstance(value, str):
         return f'`"{value}"`'
+    if isinstance(value, dict):
+        return f"`{_toml(value)}`"
     return f"`{value!r}`".replace("'", '"')
+
+
+def _toml(value: Any) -> str:
+    """A default as the operator would write it in TOML (inline tables, durations with a
+    unit, keys left at their defaults omitted)."""
+    if isinstance(value, BaseModel):
+        fields = type(value).model_fields
+        items = {
+            name: _duration_text(v) if _is_duration(fields[name]) and isinstance(v, float) else v
+            for name, v in value.model_dump(exclude_defaults=True).items()
+        }
+        return _toml(items)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value)
+
+
+def _is_duration(field: FieldInfo) -> bool:
+    return _field_type(field).startswith("duration")
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
-    if typing.get_origin(annotation) is list:
-        inner = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (list, dict):
+        inner = typing.get_args(annotation)[-1]
         if isinstance(inner, type) and issubclass(inner, BaseModel):
             return inner
     return None
 
 
-def _section(prefix: str, model: type[BaseModel], array: bool, out: list[str]) -> None:
-    title = f"[[{prefix}]]" if array else f"[{prefix}]"
+def _keys_of(annotation: Any) -> str:
+    """How the keys of a table of tables are written in the section title."""
+    key = typing.get_args(annotation)[0]
+    if typing.get_origin(key) is typing.Literal:
+        return "|".join(str(a) for a in typing.get_args(key))
+    return "name"
+
+
+def _section(
+    prefix: str, model: type[BaseModel], array: bool, out: list[str], keys: str | None = None
+) -> None:
+    title = f"[[{prefix}]]" if array else f"[{prefix}.<{keys}>]" if keys else f"[{prefix}]"
     out.append(f"\n## `{title}`\n")
     if model.__doc__ and model.__doc__.strip() and not model.__doc__.startswith("Base of"):
         out.append(model.__doc__.strip() + "\n")
-    if array:
-        env_name = f"{ENV_PREFIX}{prefix.upper().replace('.', '__')}"
+    env_name = f"{ENV_PREFIX}{prefix.upper().replace('.', '__')}"
+    if keys:
+        out.append(
+            f"A table of tables, one per key ({keys.replace('|', ', ')}); in the environment,"
+            f" `{env_name}` sets the whole table as JSON.\n"
+        )
+    elif array:
         out.append(
             f"A list of tables; in the environment, `{env_name}` sets the whole list as JSON.\n"
         )
+    array = array or keys is not None  # no environment column: set as a whole
+    if array:
         out.append("| key | type | default | meaning |")
         out.append("| --- | --- | --- | --- |")
     else:
         out.append("| key | type | default | environment | meaning |")
         out.append("| --- | --- | --- | --- | --- |")
-    nested: list[tuple[str, type[BaseModel], bool]] = []
+    nested: list[tuple[str, type[BaseModel], bool, str | None]] = []
     for name, field in model.model_fields.items():
         sub = _model_of(field.annotation)
         if sub is not None and typing.get_origin(field.annotation) is list:
-            nested.append((f"{prefix}.{name}", sub, True))
+            nested.append((f"{prefix}.{name}", sub, True, None))
             continue
-        if sub is not None:
-            nested.append((f"{prefix}.{name}", sub, False))  # a table of its own, below
+        if sub is not None and typing.get_origin(field.annotation) is dict:
+            # A table of tables: listed here with its default, its tables' keys below.
+            nested.append((f"{prefix}.{name}", sub, False, _keys_of(field.annotation)))
+        elif sub is not None:
+            nested.append((f"{prefix}.{name}", sub, False, None))  # a table of its own, below
         meaning = (field.description or "").replace("|", "\\|")
         kind = _field_type(field)
         default = _default(field)
@@ -127,8 +177,8 @@ def _section(prefix: str, model: type[BaseModel], array: bool, out: list[str]) -
         if not array:
             cells.append(f"`{ENV_PREFIX}{prefix.upper().replace('.', '__')}__{name.upper()}`")
         out.append("| " + " | ".join([*cells, meaning]) + " |")
-    for args in nested:
-        _section(*args, out)
+    for sub_prefix, sub, sub_array, keys in nested:
+        _section(sub_prefix, sub, sub_array, out, keys)
 
 
 def render() -> str:

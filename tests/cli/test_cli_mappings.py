@@ -357,3 +357,17 @@ def test_add_refuses_grants_that_name_nothing_in_the_catalog(
     assert "payment_method:list" in result.stderr
     assert "payment_methods:*" not in result.stderr
     assert dragoman("mappings", "list", "-c", config).stdout == ""
+
+
+def test_add_refuses_a_grant_to_a_role_the_policy_does_not_define(
+    dragoman: Any, config: Path, database_url: str
+) -> None:
+    result = dragoman(
+        "mappings", "add", "-c", config, "--account", "acct-1001", "--customer", "cus_a",
+        "--by", "ops", "--grant", "role:auditor=*", "--grant", ADMIN_GRANT,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "roles that policy.roles does not define: auditor" in result.stderr
+    assert "billing_admin" not in result.stderr
+    assert "Traceback" not in result.stderr
+    assert dragoman("mappings", "list", "-c", config).stdout == ""

@@ -42,18 +42,24 @@ def _parse_grant(text: str) -> Any:
 
 
 def _check_grants(settings: Settings, grants: list[Any]) -> str | None:
-    """The complaint about grant entries the catalog does not know (None: all known)."""
+    """The complaint about grant entries the catalog does not know and roles policy.roles
+    does not define (None: all known)."""
     from dragoman.catalog.model import operations_from_settings
     from dragoman.mapping.entity import unknown_grant_entries
+    from dragoman.policy.roles import RolePolicy, undefined_roles_message
 
+    complaints = []
     catalog = operations_from_settings(settings.catalog)
     unknown = unknown_grant_entries(grants, catalog)
     if catalog and unknown:
-        return (
+        complaints.append(
             f"--grant names operations that are not in the catalog: {', '.join(unknown)}"
             " (see `dragoman catalog list`)"
         )
-    return None
+    undefined = RolePolicy.from_settings(settings.policy).undefined_roles(g.role for g in grants)
+    if undefined:
+        complaints.append("--grant " + undefined_roles_message(undefined))
+    return "\n".join(complaints) or None
 
 
 def _mapping_json(mapping: Any) -> dict[str, Any]:

@@ -106,7 +106,9 @@ class IssuerVerifier:
         account = claim(payload, config.account_claim)
         if account is not None and (not isinstance(account, str) or not account):
             raise Unauthenticated("account_claim_invalid", "The token's account is malformed.")
+        # Step-up reads these; a value of the wrong type counts as absent (a bool is no time).
         auth_time = payload.get("auth_time")
+        acr = payload.get("acr")
         principal = Principal(
             subject=config.principal_prefix + subject,
             cloud_account=None if account is None else config.account_prefix + account,
@@ -115,7 +117,10 @@ class IssuerVerifier:
             roles=roles_of(claim(payload, config.roles_claim))
             if config.roles_claim
             else frozenset(),
-            auth_time=auth_time if isinstance(auth_time, int) else None,
+            auth_time=auth_time
+            if isinstance(auth_time, int) and not isinstance(auth_time, bool)
+            else None,
+            acr=acr if isinstance(acr, str) and acr else None,
             credential_expires_at=float(payload["exp"]),
         )
         return principal, header.kid

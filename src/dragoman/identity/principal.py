@@ -23,4 +23,8 @@ class Principal:
     """Name of the authenticator (issuer config) that verified it."""
     roles: frozenset[str] = field(default_factory=frozenset)
     auth_time: int | None = None
+    """When the user last signed in (``auth_time``, an integer NumericDate), if the
+    credential says; step-up (:mod:`dragoman.policy.step_up`) reads it."""
+    acr: str | None = None
+    """The authentication context class the sign-in met (``acr``), if the credential says."""
     credential_expires_at: float | None = None

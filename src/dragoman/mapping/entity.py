@@ -1,7 +1,8 @@
 """The account mapping entity (SEMANTICS §4): not a pair, a record with a history.
 
 A mapping links one cloud account to one payment customer and says who may act for it:
-each grant names a principal or a role and the operations it may ask for.
+each grant names a principal or a role and the operations it may ask for. A role grant is
+capped by the role's definition in ``policy.roles`` (:mod:`dragoman.policy.roles`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from dragoman.catalog.model import Operation
 from dragoman.identity.principal import Principal
+from dragoman.policy.roles import RolePolicy
 
 
 class MappingStatus(StrEnum):
@@ -92,9 +94,12 @@ class AccountMapping:
     grants: tuple[Grant, ...]
     updated_by: str = ""
 
-    def allows(self, principal: Principal, operation: Operation) -> bool:
-        """Deny by default: some grant must apply to the principal and cover the operation."""
-        return any(g.applies_to(principal) and g.covers(operation) for g in self.grants)
+    def allows(self, principal: Principal, operation: Operation, policy: RolePolicy) -> bool:
+        """Deny by default: some grant must apply to the principal and cover the operation,
+        and a role grant never reaches beyond the role's definition in ``policy``."""
+        return policy.allows(self, principal, operation)
 
-    def allowed_operations(self, principal: Principal, catalog: list[Operation]) -> list[str]:
-        return [op.id for op in catalog if self.allows(principal, op)]
+    def allowed_operations(
+        self, principal: Principal, catalog: list[Operation], policy: RolePolicy
+    ) -> list[str]:
+        return policy.allowed_operations(self, principal, catalog)

@@ -1,9 +1,9 @@
 """Step 4 as a pipeline stage: the caller's account must map to an active, fresh customer
-link that grants this operation, and a customer named in the request must be that one."""
+link that grants this operation (the customer named in the request is checked next, by
+:mod:`dragoman.catalog.binding`)."""
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -14,7 +14,6 @@ from dragoman.mapping.entity import AccountMapping, MappingStatus
 from dragoman.mapping.store import MappingStore, StoreUnavailable
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import (
-    CustomerMismatch,
     InternalError,
     MappingInactive,
     MappingMissing,
@@ -23,6 +22,7 @@ from dragoman.pipeline.errors import (
     ScopeDenied,
     Unauthenticated,
 )
+from dragoman.policy.roles import RolePolicy
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,9 @@ class MappingGate:
 class MapAccountStage:
     name = "map_account"
 
-    def __init__(self, gate: MappingGate) -> None:
+    def __init__(self, gate: MappingGate, policy: RolePolicy) -> None:
         self._gate = gate
+        self._policy = policy
 
     async def __call__(self, ctx: RequestContext) -> None:
         assert ctx.principal is not None and ctx.operation is not None  # earlier stages
@@ -82,10 +83,5 @@ class MapAccountStage:
         # names the mapping also when the mapping refuses the request.
         ctx.mapping = mapping
         self._gate.check(mapping)
-        if not mapping.allows(ctx.principal, ctx.operation):
+        if not mapping.allows(ctx.principal, ctx.operation, self._policy):
             raise ScopeDenied()
-        param = ctx.operation.customer_param
-        if param is not None:
-            named = ctx.path_params[param].encode()
-            if not hmac.compare_digest(named, mapping.payment_customer.encode()):
-                raise CustomerMismatch()

@@ -8,6 +8,8 @@ and the security headers, and nothing reaches the upstream. The tree::
     ├── PayloadTooLarge           413  body_too_large
     ├── UnsupportedMediaType      415  media_type_unsupported
     ├── Unauthenticated           401  unauthenticated
+    ├── StepUpRequired            401  insufficient_user_authentication (reason:
+    │                                  auth_time_missing, auth_too_old, acr_insufficient)
     ├── Forbidden                 403
     │   ├── ScopeDenied                scope_denied
     │   ├── MappingMissing             mapping_missing
@@ -93,6 +95,46 @@ class Unauthenticated(Denial):
         if self.reason == "credentials_missing":
             return {"WWW-Authenticate": 'Bearer realm="dragoman"'}
         return {"WWW-Authenticate": 'Bearer realm="dragoman", error="invalid_token"'}
+
+
+class StepUpRequired(Denial):
+    """The caller's sign-in is too old or too weak for this operation's risk tier (RFC 9470).
+
+    The challenge names what a new sign-in must satisfy (``max_age`` and/or ``acr_values``,
+    the tier's whole requirement, so one new sign-in satisfies it); ``reason`` says what
+    failed and the problem body carries it.
+    """
+
+    status = 401
+    code = "insufficient_user_authentication"
+    title = "This operation needs a more recent or stronger sign-in."
+
+    def __init__(
+        self,
+        reason: str,
+        detail: str,
+        *,
+        max_age: int | None = None,
+        acr_values: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(reason, detail)
+        self.max_age = max_age
+        self.acr_values = acr_values
+
+    def headers(self) -> dict[str, str]:
+        # RFC 9470 §3; the description is one of this module's fixed sentences (no quotes).
+        params = [
+            'error="insufficient_user_authentication"',
+            f'error_description="{self.detail}"',
+        ]
+        if self.max_age is not None:
+            params.append(f'max_age="{self.max_age}"')
+        if self.acr_values:
+            params.append(f'acr_values="{" ".join(self.acr_values)}"')
+        return {"WWW-Authenticate": "Bearer " + ", ".join(params)}
+
+    def extensions(self) -> dict[str, str]:
+        return {"reason": self.reason}
 
 
 class Forbidden(Denial):
