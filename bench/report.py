@@ -91,6 +91,10 @@ def summarise_audit(path: Path) -> AuditSummary:
         with path.open("rb") as handle:
             for raw in handle:
                 record = json.loads(raw)
+                if record.get("event") == "mapping":
+                    # A mapping read or write (the setup's `mappings add`), not a request.
+                    counts["mapping {action} {outcome}".format(**record)] += 1
+                    continue
                 counts["{event} {decision} code={code} status={status}".format(**record)] += 1
                 if record["decision"] != "allow":
                     not_allowed += 1
