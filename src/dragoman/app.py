@@ -28,7 +28,7 @@ from aiohttp import web
 
 from dragoman.alerts import AlertSink, open_alert_sinks
 from dragoman.audit.record import request_record
-from dragoman.audit.sink import AuditSink, FileSink, StdoutSink
+from dragoman.audit.sink import AuditSink, open_audit_sink
 from dragoman.browser.cors import CorsPolicy
 from dragoman.browser.headers import security_headers
 from dragoman.browser.stage import BrowserChecksStage
@@ -317,12 +317,6 @@ def open_platform_client(
     )
 
 
-def open_audit_sink(settings: Settings) -> AuditSink:
-    if settings.audit.sink == "stdout":
-        return StdoutSink()
-    return FileSink(settings.audit.path)
-
-
 def build_proxy(
     settings: Settings,
     *,
@@ -368,7 +362,7 @@ def build_proxy(
             max_body_bytes=settings.server.max_body_bytes,
             security_headers=headers,
         ),
-        audit=AuditTrail(audit_sink or open_audit_sink(settings)),
+        audit=AuditTrail(audit_sink or open_audit_sink(settings.audit)),
         cors=cors,
         catalog=catalog,
         gate=gate,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dragoman.audit.redact import redact
+from dragoman.settings import AuditSettings
 
 
 class AuditSink(Protocol):
@@ -84,3 +85,10 @@ class StdoutSink:
 
     def close(self) -> None:
         sys.stdout.buffer.flush()
+
+
+def open_audit_sink(settings: AuditSettings) -> AuditSink:
+    """The sink the audit settings name."""
+    if settings.sink == "stdout":
+        return StdoutSink()
+    return FileSink(settings.path)

@@ -53,10 +53,10 @@ def _audit_failed(exc: BaseException) -> NoReturn:
 
 
 def _open_writer(settings: Settings) -> tuple[Callable[[dict[str, Any]], None], Any]:
-    from dragoman.app import open_audit_sink
+    from dragoman.audit.sink import open_audit_sink
 
     try:
-        sink = open_audit_sink(settings)
+        sink = open_audit_sink(settings.audit)
     except OSError as exc:
         _audit_failed(exc)
 

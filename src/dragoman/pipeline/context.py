@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from dragoman.catalog.model import Operation
     from dragoman.identity.principal import Principal
     from dragoman.mapping.entity import AccountMapping
