@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 SOFTHSM_MODULE ?= /usr/lib/softhsm/libsofthsm2.so
 
-.PHONY: all demo test lint typecheck unit bench clean docs softhsm
+.PHONY: all demo test lint typecheck unit bench clean docs softhsm chromium
 
 all: test
 
@@ -52,8 +52,25 @@ softhsm:
 		echo "Install it with: sudo apt-get install softhsm2" >&2; \
 	fi
 
+# The browser tests drive Debian's Chromium with Playwright (which cannot download its own
+# browsers here). Installed like SoftHSM2 above; without it those tests skip locally and
+# fail under CI=true.
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@if [ -x "$(CHROMIUM)" ]; then \
+		exit 0; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium for the browser tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+			|| echo "warning: could not install chromium; the browser tests will skip (fail under CI)" >&2; \
+	else \
+		echo "Chromium is missing ($(CHROMIUM)): the browser tests will skip (fail under CI)." >&2; \
+		echo "Install it with: sudo apt-get install chromium" >&2; \
+	fi
+
 # pytest exits 5 when it collected nothing: that must fail loudly, never pass.
-unit: $(STAMP) softhsm
+unit: $(STAMP) softhsm chromium
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; fi; \
 	exit $$status
