@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -73,8 +74,14 @@ def serve() -> Callable[[web.Application], Any]:
 async def make_stack(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[DemoStack]]]:
     started: list[DemoStack] = []
 
-    async def make(overrides: dict[str, Any] | None = None, *, seed: bool = True) -> DemoStack:
-        stack = DemoStack("127.0.0.1", DemoPorts(0, 0, 0, 0), tmp_path / f"s{len(started)}")
+    async def make(
+        overrides: dict[str, Any] | None = None,
+        *,
+        seed: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> DemoStack:
+        state = tmp_path / f"s{len(started)}"
+        stack = DemoStack("127.0.0.1", DemoPorts(0, 0, 0, 0), state, clock=clock)
         stack.prepare_state(overrides)
         if not seed:
             stack.seed_mappings = _no_seed  # type: ignore[method-assign]

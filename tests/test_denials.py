@@ -200,6 +200,56 @@ async def internal_error(make: MakeStack, http: aiohttp.ClientSession) -> tuple[
     return stack, await call(http, stack, "GET", PM, alice(stack))
 
 
+BROWSER = {"browser": {"csrf": "browser"}}
+
+
+async def csrf_missing(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    stack = await make(BROWSER)
+    headers = {**alice(stack), "Origin": stack.urls["console"]}
+    return stack, await call(http, stack, "POST", PM, headers, json={})
+
+
+async def csrf_invalid(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    stack = await make(BROWSER)
+    proxy, headers = stack.urls["proxy"], alice(stack)
+    async with http.post(proxy + "/_dragoman/session", headers=headers) as response:
+        token = (await response.json())["csrf_token"]
+    sid, randomness, _ = token.split(".")
+    guessed = f"{sid}.{randomness}.{'A' * 43}"
+    pair = {**headers, "Cookie": f"__Host-dragoman-csrf={token}", "X-CSRF-Token": guessed}
+    return stack, await call(http, stack, "POST", PM, pair, json={})
+
+
+async def csrf_token_rotated(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    stack = await make(BROWSER)
+    proxy, headers = stack.urls["proxy"], alice(stack)
+    async with http.post(proxy + "/_dragoman/session", headers=headers) as response:
+        t0 = (await response.json())["csrf_token"]
+    pair = {**headers, "Cookie": f"__Host-dragoman-csrf={t0}", "X-CSRF-Token": t0}
+    for _ in range(2):  # T(0) -> T(1) -> T(2): T(0) is dead at once
+        async with http.post(proxy + "/_dragoman/session/refresh", headers=pair) as response:
+            fresh = (await response.json())["csrf_token"]
+        pair = {**headers, "Cookie": f"__Host-dragoman-csrf={fresh}", "X-CSRF-Token": fresh}
+    pair["X-CSRF-Token"] = t0
+    return stack, await call(http, stack, "POST", PM, pair, json={})
+
+
+async def session_unavailable(
+    make: MakeStack, http: aiohttp.ClientSession
+) -> tuple[DemoStack, Any]:
+    from dragoman.keys.sealing import new_master_key
+
+    browser = {
+        "csrf": "browser",
+        "session_backend": "redis",
+        "session_redis_url": "redis://127.0.0.1:1/0",
+        "csrf_key": new_master_key(),
+        "csrf_key_file": None,
+    }
+    stack = await make({"browser": browser})
+    return stack, await call(http, stack, "POST", "/_dragoman/session", alice(stack))
+
+
 async def upstream_unavailable(
     make: MakeStack, http: aiohttp.ClientSession
 ) -> tuple[DemoStack, Any]:
@@ -280,6 +330,10 @@ PROVOKE: dict[str, tuple[int, Callable[[MakeStack, aiohttp.ClientSession], Await
     "mapping_stale": (403, mapping_stale),
     "customer_mismatch": (403, customer_mismatch),
     "origin_denied": (403, origin_denied),
+    "csrf_missing": (403, csrf_missing),
+    "csrf_invalid": (403, csrf_invalid),
+    "csrf_token_rotated": (403, csrf_token_rotated),
+    "session_unavailable": (503, session_unavailable),
     "operation_unknown": (404, operation_unknown),
     "identity_unavailable": (503, identity_unavailable),
     "mapping_unavailable": (503, mapping_unavailable),

@@ -6,9 +6,11 @@ problem+json answer. Whatever happens, the audit record is written and the secur
 headers are set.
 
 Routes the proxy answers itself (never forwarded):
-``/livez``, ``/readyz``, ``/.well-known/jwks.json``, ``/_dragoman/whoami`` and
+``/livez``, ``/readyz``, ``/.well-known/jwks.json``, ``/_dragoman/whoami``,
 ``/_dragoman/registration`` (POST links the caller's account, DELETE unlinks it;
-:mod:`dragoman.mapping.http`).
+:mod:`dragoman.mapping.http`) and ``/_dragoman/session`` (POST the browser session
+handshake, ``/_dragoman/session/refresh`` rotates its CSRF token, DELETE logs out;
+:mod:`dragoman.browser.session_http`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ from dragoman.alerts import AlertSink, open_alert_sinks
 from dragoman.audit.record import request_record
 from dragoman.audit.sink import AuditSink, open_audit_sink
 from dragoman.browser.cors import CorsPolicy
+from dragoman.browser.csrf import CsrfStage, CsrfTokens, CsrfVerifier, load_csrf_key
 from dragoman.browser.headers import security_headers
+from dragoman.browser.session_http import REFRESH_PATH, SESSION_PATH, SessionEndpoint
+from dragoman.browser.sessions import SessionStore, open_session_store
 from dragoman.browser.stage import BrowserChecksStage
 from dragoman.catalog.binding import CustomerBindingStage
 from dragoman.catalog.matcher import InvalidPath, RouteMatcher
@@ -70,6 +75,8 @@ RESERVED_PATHS = (
     "/.well-known/jwks.json",
     "/_dragoman/whoami",
     REGISTRATION_PATH,
+    SESSION_PATH,
+    REFRESH_PATH,
 )
 
 
@@ -116,6 +123,10 @@ class Proxy:
     stages: tuple[Stage, ...]
     headers: Mapping[str, str]
     routes: RouteMatcher
+    sessions: SessionStore
+    """Browser sessions (browser.session_backend)."""
+    csrf: CsrfVerifier
+    """Checks a request's CSRF pair against the sessions."""
     _store_watch: asyncio.Task[None] | None = None
     alerts: AlertSink | None = None
     reconcile: ReconcileScheduler | None = None
@@ -297,6 +308,7 @@ class Proxy:
         if self.platform is not None:
             await self.platform.close()
         await self.keys.close()
+        await self.sessions.close()
         await self.store.close()
         self.audit.close()
 
@@ -341,9 +353,12 @@ def build_proxy(
         clock=clock,
     )
     routes = RouteMatcher(catalog)
+    sessions = open_session_store(settings.browser)
+    csrf = CsrfVerifier(CsrfTokens(load_csrf_key(settings.browser)), sessions, clock=clock)
     stages: tuple[Stage, ...] = (
         AuthenticateStage(authenticators),
         BrowserChecksStage(cors),
+        CsrfStage(csrf, settings.browser.csrf),
         ResolveOperationStage(routes),
         StepUpStage(settings.policy.step_up, clock=clock),
         MapAccountStage(gate, policy),
@@ -374,6 +389,8 @@ def build_proxy(
         stages=stages,
         headers=headers,
         routes=routes,
+        sessions=sessions,
+        csrf=csrf,
     )
 
 
@@ -408,6 +425,20 @@ def build_app(
     app.router.add_get("/readyz", proxy.readyz, allow_head=False)
     app.router.add_get("/.well-known/jwks.json", proxy.jwks, allow_head=False)
     app.router.add_get("/_dragoman/whoami", proxy.whoami, allow_head=False)
+    sessions = SessionEndpoint(
+        proxy.csrf,
+        lifetime=settings.browser.session_lifetime,
+        grace=settings.browser.csrf_grace,
+        authenticate=proxy.stages[0],
+        cors=proxy.cors,
+        headers=proxy.headers,
+        audit=proxy.audit,
+        context=proxy._context,
+        clock=clock,
+    )
+    app.router.add_post(SESSION_PATH, sessions.handshake)
+    app.router.add_post(REFRESH_PATH, sessions.refresh)
+    app.router.add_delete(SESSION_PATH, sessions.logout)
     if settings.mapping.registration.enabled:
         registration = open_registration(
             settings,

@@ -6,6 +6,7 @@ locally and fail under CI=true."""
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 CHROMIUM = Path(os.environ.get("DRAGOMAN_TEST_CHROMIUM", "/usr/bin/chromium"))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+REDIS_URL = os.environ.get("DRAGOMAN_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture
@@ -31,3 +33,26 @@ async def chromium() -> AsyncIterator[object]:
             yield browser
         finally:
             await browser.close()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The Redis server of the tests (skips locally when down, fails under CI=true)."""
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1):
+            pass
+    except OSError:
+        message = "Redis on 127.0.0.1:6379 is not reachable (connection refused)"
+        if IN_CI:
+            pytest.fail(message + "; CI=true requires it", pytrace=False)
+        pytest.skip(message)
+    return REDIS_URL
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def backend(request: pytest.FixtureRequest) -> tuple[str, str | None]:
+    """Each session test runs with sessions in memory and in Redis."""
+    if request.param == "redis":
+        url: str = request.getfixturevalue("redis_url")
+        return "redis", url
+    return "memory", None

@@ -1,1 +1,1 @@
-"""Step 2: browser protections: Origin checks, CORS, security headers."""
+"""Step 2: browser protections: sessions and CSRF, Origin checks, CORS, security headers."""

@@ -13,6 +13,8 @@ import os
 import signal
 import socket
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +94,8 @@ def demo_settings(
         "store": {"database_url": f"sqlite+aiosqlite:///{state_dir / 'dragoman.db'}"},
         "catalog": {"operations": catalog_settings()},
         "audit": {"sink": "file", "path": str(state_dir / "audit.jsonl")},
-        "browser": {"allowed_origins": [console], "hsts_max_age": 0},
+        # CSRF stays off until the console performs the session handshake (issue 6).
+        "browser": {"allowed_origins": [console], "hsts_max_age": 0, "csrf": "off"},
     }
 
 
@@ -135,8 +138,17 @@ def _is_tables(v: Any) -> bool:
 class DemoStack:
     """The four demo servers, on sockets bound before anything starts."""
 
-    def __init__(self, host: str, ports: DemoPorts, state_dir: Path) -> None:
+    def __init__(
+        self,
+        host: str,
+        ports: DemoPorts,
+        state_dir: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.state_dir = state_dir
+        self.clock = clock
+        """The proxy's clock (tests move it to cross time limits without waiting)."""
         self.sockets = {
             name: _bind(host, getattr(ports, name))
             for name in ("proxy", "platform", "issuer", "console")
@@ -160,19 +172,21 @@ class DemoStack:
 
     def prepare_state(self, overrides: dict[str, Any] | None = None) -> Settings:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        master = self.state_dir / "master.key"
-        if not master.exists():
-            fd = os.open(master, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(new_master_key() + "\n")
+        for name in ("master.key", "csrf.key"):
+            path = self.state_dir / name
+            if not path.exists():
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(new_master_key() + "\n")
         data = demo_settings(state_dir=self.state_dir, **self.urls)
+        data["browser"]["csrf_key_file"] = str(self.state_dir / "csrf.key")
         write_toml(data, self.state_dir / "dragoman.toml")
         self.settings = load_settings(self.state_dir / "dragoman.toml", overrides=overrides)
         return self.settings
 
     async def start(self) -> None:
         settings = self.settings or self.prepare_state()
-        proxy_app = build_app(settings)
+        proxy_app = build_app(settings, clock=self.clock)
         self.proxy = proxy_app[PROXY_KEY]
         apps = {
             "issuer": self.issuer.app(),

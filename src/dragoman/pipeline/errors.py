@@ -17,6 +17,10 @@ and the security headers, and nothing reaches the upstream. The tree::
     │   ├── MappingStale               mapping_stale
     │   ├── CustomerMismatch           customer_mismatch
     │   ├── OriginDenied               origin_denied
+    │   ├── CsrfMissing                csrf_missing (reason: missing_cookie, missing_header)
+    │   ├── CsrfInvalid                csrf_invalid (reason: mismatch, bad_mac, unknown_session,
+    │   │                              other_principal)
+    │   ├── CsrfTokenRotated           csrf_token_rotated
     │   └── RegistrationForbidden      registration_forbidden
     ├── OperationUnknown          404  operation_unknown
     ├── Conflict                  409  conflict
@@ -24,7 +28,8 @@ and the security headers, and nothing reaches the upstream. The tree::
     ├── LinkRefused               422  link_refused (reason: customer_missing, customer_deleted,
     │                                  customer_merged, account_mismatch)
     ├── DependencyUnavailable     503  identity_unavailable, mapping_unavailable,
-    │                                  key_unavailable, audit_unavailable, platform_unavailable
+    │                                  key_unavailable, audit_unavailable, platform_unavailable,
+    │                                  session_unavailable
     ├── InternalError             500  internal_error
     ├── UpstreamUnavailable       502  upstream_unavailable
     └── UpstreamTimeout           504  upstream_timeout
@@ -173,6 +178,36 @@ class OriginDenied(Forbidden):
     title = "The request comes from an origin that is not allowed."
 
 
+class CsrfMissing(Forbidden):
+    """The request lacks its CSRF cookie or its ``X-CSRF-Token`` header; ``reason`` says
+    which, and the problem body carries it."""
+
+    code = "csrf_missing"
+    title = "This request needs the CSRF cookie and the X-CSRF-Token header of its session."
+
+    def extensions(self) -> dict[str, str]:
+        return {"reason": self.reason}
+
+
+class CsrfInvalid(Forbidden):
+    """The request's CSRF pair (cookie + ``X-CSRF-Token``) does not hold; ``reason`` says
+    which check failed, and the problem body carries it."""
+
+    code = "csrf_invalid"
+    title = "A valid CSRF cookie and X-CSRF-Token header of the caller's session are required."
+
+    def extensions(self) -> dict[str, str]:
+        return {"reason": self.reason}
+
+
+class CsrfTokenRotated(Forbidden):
+    """The CSRF token was live but has been rotated past its grace: the client performs one
+    new handshake (SEMANTICS §5)."""
+
+    code = "csrf_token_rotated"
+    title = "The CSRF token has been replaced by a session refresh; perform a new handshake."
+
+
 class RegistrationForbidden(Forbidden):
     code = "registration_forbidden"
     title = "The caller may not link or unlink its cloud account."
@@ -234,6 +269,11 @@ class KeyUnavailable(DependencyUnavailable):
 class AuditUnavailable(DependencyUnavailable):
     code = "audit_unavailable"
     title = "The audit trail cannot be written; nothing was forwarded."
+
+
+class SessionUnavailable(DependencyUnavailable):
+    code = "session_unavailable"
+    title = "The browser session store is unavailable; nothing was forwarded."
 
 
 class PlatformRecordsUnavailable(DependencyUnavailable):

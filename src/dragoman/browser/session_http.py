@@ -1,0 +1,199 @@
+"""``/_dragoman/session``: the browser session handshake, refresh and logout (SEMANTICS §5).
+The proxy answers them itself; nothing is forwarded.
+
+::
+
+    POST   /_dragoman/session          201 {"csrf_token": T, "expires_at": ...} + cookie
+    POST   /_dragoman/session/refresh  200 {"csrf_token": T(n+1), "expires_at": ...} + cookie
+    DELETE /_dragoman/session          204, the cookie expired
+
+Every one authenticates the caller with its bearer credential (step 1) and passes the
+Origin / Sec-Fetch-Site checks (step 2) like any state-changing request; a body, if any,
+must not be text/plain or a form (415). The handshake makes a session bound to the caller;
+refresh and logout need the session's valid CSRF pair (:mod:`dragoman.browser.csrf`),
+whatever ``browser.csrf`` says: they act on the session the pair names. A refresh presenting
+T(n) rotates to T(n+1); presenting T(n-1) within its grace it answers T(n+1) unchanged.
+
+Answers carry ``Cache-Control: no-store``, the security headers, CORS headers for allowed
+origins and ``X-Request-Id``. Each request writes one audit record (``event: "session"``)
+with its decision and code; never a token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from dragoman.audit.record import iso_time, request_record
+from dragoman.browser.cors import CorsPolicy
+from dragoman.browser.csrf import (
+    CsrfVerifier,
+    expired_cookie,
+    random_id,
+    refuse_forgeable_body,
+    session_cookie,
+)
+from dragoman.browser.sessions import Session, SessionStoreUnavailable
+from dragoman.browser.stage import BrowserChecksStage
+from dragoman.mapping.http import AuditWriter
+from dragoman.pipeline.context import RequestContext
+from dragoman.pipeline.errors import (
+    AuditUnavailable,
+    CsrfTokenRotated,
+    Denial,
+    InternalError,
+    SessionUnavailable,
+)
+from dragoman.pipeline.problem import problem_response
+from dragoman.pipeline.stage import Stage
+
+log = logging.getLogger(__name__)
+
+SESSION_PATH = "/_dragoman/session"
+REFRESH_PATH = "/_dragoman/session/refresh"
+EVENT = "session"
+
+
+@dataclass(slots=True)
+class _Answer:
+    status: int
+    body: dict[str, str] | None
+    cookie: str
+
+
+class SessionEndpoint:
+    def __init__(
+        self,
+        verifier: CsrfVerifier,
+        *,
+        lifetime: float,
+        grace: float,
+        authenticate: Stage,
+        cors: CorsPolicy,
+        headers: Mapping[str, str],
+        audit: AuditWriter,
+        context: Callable[[web.Request], RequestContext],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._verifier = verifier
+        self._store = verifier.store
+        self._tokens = verifier.tokens
+        self._lifetime = lifetime
+        self._grace = grace
+        self._authenticate = authenticate
+        self._browser_checks = BrowserChecksStage(cors)
+        self._cors = cors
+        self._headers = headers
+        self._audit = audit
+        self._context = context
+        self._clock = clock
+
+    async def handshake(self, request: web.Request) -> web.StreamResponse:
+        """POST: a new session bound to the caller, and its first token."""
+        return await self._serve(request, "create", self._handshake)
+
+    async def refresh(self, request: web.Request) -> web.StreamResponse:
+        """POST .../refresh: rotate the session's token."""
+        return await self._serve(request, "refresh", self._refresh)
+
+    async def logout(self, request: web.Request) -> web.StreamResponse:
+        """DELETE: end the session and expire the cookie."""
+        return await self._serve(request, "logout", self._logout)
+
+    def _issued(self, session: Session, status: int) -> _Answer:
+        token = self._tokens.token(session.id, session.current)
+        body = {"csrf_token": token, "expires_at": iso_time(session.expires_at)}
+        return _Answer(status, body, session_cookie(token))
+
+    async def _handshake(self, ctx: RequestContext) -> _Answer:
+        principal = ctx.principal
+        assert principal is not None  # set by the authentication stage
+        now = self._clock()
+        session = Session(
+            id=random_id(),
+            subject=principal.subject,
+            issuer=principal.issuer,
+            cloud_account=principal.cloud_account,
+            created_at=now,
+            expires_at=now + self._lifetime,
+            current=random_id(),
+        )
+        await self._store.create(session, now)
+        return self._issued(session, 201)
+
+    async def _refresh(self, ctx: RequestContext) -> _Answer:
+        verified = await self._verifier.verify(ctx.request, ctx.principal)
+        now = self._clock()
+        presented = verified.header.randomness
+        after = await self._store.rotate(
+            verified.session.id, presented, random_id(), now, self._grace
+        )
+        if after is None or not after.is_live(presented, now):
+            raise CsrfTokenRotated("token_rotated")  # a concurrent refresh got there first
+        return self._issued(after, 200)
+
+    async def _logout(self, ctx: RequestContext) -> _Answer:
+        verified = await self._verifier.verify(ctx.request, ctx.principal)
+        await self._store.delete(verified.session.id)
+        return _Answer(204, None, expired_cookie())
+
+    async def _serve(
+        self,
+        request: web.Request,
+        action: str,
+        run: Callable[[RequestContext], Awaitable[_Answer]],
+    ) -> web.StreamResponse:
+        ctx = self._context(request)
+        status: int | None = None
+        try:
+            if self._audit.broken:
+                raise AuditUnavailable()
+            await self._authenticate(ctx)
+            await self._browser_checks(ctx)
+            refuse_forgeable_body(request)
+            try:
+                answer = await run(ctx)
+            except SessionStoreUnavailable as exc:
+                raise SessionUnavailable(str(exc)) from exc
+            status = answer.status
+            if answer.body is None:
+                response = web.Response(status=answer.status)
+            else:
+                response = web.Response(
+                    status=answer.status,
+                    body=json.dumps(answer.body).encode(),
+                    content_type="application/json",
+                )
+            response.headers.update(self._response_headers(request, ctx))
+            response.headers["Cache-Control"] = "no-store"
+            response.headers["Set-Cookie"] = answer.cookie
+            return response
+        except Denial as denial:
+            ctx.denial = denial
+            return problem_response(
+                denial, audit_id=ctx.audit_id, headers=self._response_headers(request, ctx)
+            )
+        except Exception:
+            log.exception("unexpected error in the session endpoint (audit id %s)", ctx.audit_id)
+            ctx.denial = InternalError()
+            return problem_response(
+                ctx.denial, audit_id=ctx.audit_id, headers=self._response_headers(request, ctx)
+            )
+        finally:
+            record = request_record(ctx, event=EVENT)
+            record["action"] = action
+            if ctx.denial is None:
+                record["status"] = status
+            self._audit.write(record)
+
+    def _response_headers(self, request: web.Request, ctx: RequestContext) -> dict[str, str]:
+        return {
+            **self._headers,
+            **self._cors.response_headers(request),
+            "X-Request-Id": ctx.request_id,
+        }

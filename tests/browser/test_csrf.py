@@ -1,0 +1,89 @@
+"""CSRF double-submit (SEMANTICS §5): a valid pair reaches the upstream; every forgery is
+refused with its exact code and reason, and the upstream sees nothing."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from session_support import CARD, PM, MakeStack, bearer, browser_overrides, handshake, with_pair
+
+from dragoman.browser.csrf import CsrfTokens
+from dragoman.keys.sealing import decode_master_key, new_master_key
+
+Backend = tuple[str, str | None]
+FORGERIES = {
+    "no_header": "missing_header",
+    "no_cookie": "missing_cookie",
+    "guessed_header": "bad_mac",
+    "header_from_another_session": "mismatch",
+    "cookie_from_another_session": "mismatch",
+    "token_macd_with_another_key": "bad_mac",
+    "another_principals_session": "other_principal",
+}
+
+
+async def test_a_write_with_cookie_and_header_reaches_the_upstream(
+    make_stack: MakeStack, http: aiohttp.ClientSession, backend: Backend
+) -> None:
+    stack = await make_stack(browser_overrides(*backend))
+    proxy, alice = stack.urls["proxy"], bearer(stack, Origin=stack.urls["console"])
+    t = (await handshake(http, proxy, alice)).token
+    async with http.post(proxy + PM, headers=with_pair(alice, t, t), json=CARD) as r:
+        assert r.status == 201
+    assert len(stack.platform.seen) == 1
+
+
+@pytest.mark.parametrize("forgery", sorted(FORGERIES))
+async def test_a_forged_pair_is_refused_and_the_upstream_sees_nothing(
+    make_stack: MakeStack, http: aiohttp.ClientSession, backend: Backend, forgery: str
+) -> None:
+    stack = await make_stack(browser_overrides(*backend))
+    proxy, alice = stack.urls["proxy"], bearer(stack, Origin=stack.urls["console"])
+    mine = (await handshake(http, proxy, alice)).token
+    other = (await handshake(http, proxy, alice)).token
+    bobs = (await handshake(http, proxy, bearer(stack, "bob", "acct-2002"))).token
+    sid, randomness, _ = mine.split(".")
+    foreign = CsrfTokens(decode_master_key(new_master_key())).token(sid, randomness)
+    cookie, header = {
+        "no_header": (mine, None),
+        "no_cookie": (None, mine),
+        "guessed_header": (mine, f"{sid}.{randomness}.{'A' * 43}"),
+        "header_from_another_session": (mine, other),
+        "cookie_from_another_session": (other, mine),
+        "token_macd_with_another_key": (foreign, foreign),
+        "another_principals_session": (bobs, bobs),
+    }[forgery]
+    async with http.post(proxy + PM, headers=with_pair(alice, cookie, header), json=CARD) as r:
+        assert r.status == 403
+        body = await r.json()
+    code = "csrf_missing" if FORGERIES[forgery].startswith("missing_") else "csrf_invalid"
+    assert (body["code"], body["reason"]) == (code, FORGERIES[forgery])
+    assert stack.platform.seen == []
+
+
+async def test_a_browser_write_without_a_csrf_pair_is_refused_in_browser_mode(
+    make_stack: MakeStack, http: aiohttp.ClientSession
+) -> None:
+    stack = await make_stack(browser_overrides("memory", None))
+    headers = bearer(stack, **{"Sec-Fetch-Site": "same-site"})
+    async with http.post(stack.urls["proxy"] + PM, headers=headers, json=CARD) as r:
+        assert r.status == 403
+    assert stack.platform.seen == []
+
+
+async def test_a_server_write_without_browser_signals_needs_only_its_bearer(
+    make_stack: MakeStack, http: aiohttp.ClientSession
+) -> None:
+    stack = await make_stack(browser_overrides("memory", None))
+    async with http.post(stack.urls["proxy"] + PM, headers=bearer(stack), json=CARD) as r:
+        assert r.status == 201
+
+
+async def test_a_browser_write_with_a_text_plain_body_is_refused_with_415(
+    make_stack: MakeStack, http: aiohttp.ClientSession
+) -> None:
+    stack = await make_stack(browser_overrides("memory", None))
+    headers = bearer(stack, Origin=stack.urls["console"], **{"Content-Type": "text/plain"})
+    async with http.post(stack.urls["proxy"] + PM, headers=headers, data=b"{}") as r:
+        assert r.status == 415
+    assert stack.platform.seen == []
