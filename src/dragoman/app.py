@@ -33,7 +33,7 @@ from dragoman.audit.record import request_record
 from dragoman.audit.sink import AuditSink, open_audit_sink
 from dragoman.browser.cors import CorsPolicy
 from dragoman.browser.csrf import CsrfStage, CsrfTokens, CsrfVerifier, load_csrf_key
-from dragoman.browser.headers import security_headers
+from dragoman.browser.headers import answer_headers, security_headers
 from dragoman.browser.session_http import REFRESH_PATH, SESSION_PATH, SessionEndpoint
 from dragoman.browser.sessions import SessionStore, open_session_store
 from dragoman.browser.stage import BrowserChecksStage
@@ -149,11 +149,7 @@ class Proxy:
         )
 
     def _base_headers(self, request: web.Request, ctx: RequestContext) -> dict[str, str]:
-        return {
-            **self.headers,
-            **self.cors.response_headers(request),
-            "X-Request-Id": ctx.request_id,
-        }
+        return answer_headers(self.headers, self.cors, request, ctx.request_id)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ctx = self._context(request)

@@ -22,7 +22,6 @@ with its decision and code; never a token.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from dragoman.browser.csrf import (
     refuse_forgeable_body,
     session_cookie,
 )
+from dragoman.browser.headers import answer_headers
 from dragoman.browser.sessions import Session, SessionStoreUnavailable
 from dragoman.browser.stage import BrowserChecksStage
 from dragoman.mapping.http import AuditWriter
@@ -45,14 +45,10 @@ from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import (
     AuditUnavailable,
     CsrfTokenRotated,
-    Denial,
-    InternalError,
     SessionUnavailable,
 )
-from dragoman.pipeline.problem import problem_response
+from dragoman.pipeline.problem import refusal
 from dragoman.pipeline.stage import Stage
-
-log = logging.getLogger(__name__)
 
 SESSION_PATH = "/_dragoman/session"
 REFRESH_PATH = "/_dragoman/session/refresh"
@@ -173,17 +169,9 @@ class SessionEndpoint:
             response.headers["Cache-Control"] = "no-store"
             response.headers["Set-Cookie"] = answer.cookie
             return response
-        except Denial as denial:
-            ctx.denial = denial
-            return problem_response(
-                denial, audit_id=ctx.audit_id, headers=self._response_headers(request, ctx)
-            )
-        except Exception:
-            log.exception("unexpected error in the session endpoint (audit id %s)", ctx.audit_id)
-            ctx.denial = InternalError()
-            return problem_response(
-                ctx.denial, audit_id=ctx.audit_id, headers=self._response_headers(request, ctx)
-            )
+        except Exception as error:
+            headers = self._response_headers(request, ctx)
+            return refusal(ctx, error, headers=headers, where="the session endpoint")
         finally:
             record = request_record(ctx, event=EVENT)
             record["action"] = action
@@ -192,8 +180,4 @@ class SessionEndpoint:
             self._audit.write(record)
 
     def _response_headers(self, request: web.Request, ctx: RequestContext) -> dict[str, str]:
-        return {
-            **self._headers,
-            **self._cors.response_headers(request),
-            "X-Request-Id": ctx.request_id,
-        }
+        return answer_headers(self._headers, self._cors, request, ctx.request_id)

@@ -33,6 +33,7 @@ from aiohttp import web
 
 from dragoman.audit.record import request_record
 from dragoman.browser.cors import CorsPolicy
+from dragoman.browser.headers import answer_headers
 from dragoman.browser.stage import BrowserChecksStage
 from dragoman.catalog.model import Operation
 from dragoman.mapping.audit import MappingAuditor
@@ -44,12 +45,10 @@ from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import (
     AuditUnavailable,
     BadRequest,
-    Denial,
-    InternalError,
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from dragoman.pipeline.problem import problem_response
+from dragoman.pipeline.problem import refusal
 from dragoman.pipeline.stage import Stage
 from dragoman.settings import Settings
 
@@ -157,17 +156,9 @@ class RegistrationEndpoint:
             response.headers.update(self._response_headers(request, ctx))
             response.headers["Cache-Control"] = "no-store"
             return response
-        except Denial as denial:
-            ctx.denial = denial
-            return problem_response(
-                denial, audit_id=ctx.audit_id, headers=self._response_headers(request, ctx)
-            )
-        except Exception:
-            log.exception("unexpected error in registration (audit id %s)", ctx.audit_id)
-            ctx.denial = InternalError()
-            return problem_response(
-                ctx.denial, audit_id=ctx.audit_id, headers=self._response_headers(request, ctx)
-            )
+        except Exception as error:
+            headers = self._response_headers(request, ctx)
+            return refusal(ctx, error, headers=headers, where="registration")
         finally:
             record = request_record(ctx, event=EVENT)
             if ctx.denial is None:
@@ -177,11 +168,7 @@ class RegistrationEndpoint:
             self._audit.write(record)
 
     def _response_headers(self, request: web.Request, ctx: RequestContext) -> dict[str, str]:
-        return {
-            **self._headers,
-            **self._cors.response_headers(request),
-            "X-Request-Id": ctx.request_id,
-        }
+        return answer_headers(self._headers, self._cors, request, ctx.request_id)
 
 
 async def _customer_of(request: web.Request) -> str:

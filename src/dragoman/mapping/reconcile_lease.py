@@ -23,6 +23,7 @@ import os
 import secrets
 import socket
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -70,15 +71,16 @@ def runner_lock(
     return LeaseRow(engine, ttl=ttl, timeout=timeout, clock=clock)
 
 
-class RunnerLock:
+class RunnerLock(ABC):
     """``async with lock.hold() as lease``: the run goes on while ``lease.lost`` is unset."""
 
     def __init__(self, *, ttl: float, timeout: float) -> None:
         self.ttl = ttl
         self.timeout = timeout
 
+    @abstractmethod
     def hold(self) -> contextlib.AbstractAsyncContextManager[Lease]:
-        raise NotImplementedError
+        """Take the lock (RunnerBusy if another runner holds it) for the block's duration."""
 
     async def _keep(self, lease: Lease, renew: Callable[[], Awaitable[bool]]) -> None:
         """Renew every ttl/3; set ``lease.lost`` when renewal says no (or keeps failing

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from dragoman.pipeline.errors import Denial
+from dragoman.pipeline.errors import Denial, InternalError
+
+if TYPE_CHECKING:
+    from dragoman.pipeline.context import RequestContext
+
+log = logging.getLogger(__name__)
 
 PROBLEM_TYPE = "application/problem+json"
 
@@ -43,3 +50,17 @@ def problem_response(denial: Denial, *, audit_id: str, headers: Mapping[str, str
     response.headers.update(denial.headers())
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def refusal(
+    ctx: RequestContext, error: Exception, *, headers: Mapping[str, str], where: str
+) -> web.Response:
+    """The problem answer for what stopped a request, recorded on ``ctx`` for its audit
+    record: a denial as it is; anything else is logged with its traceback (call this from
+    the ``except`` block) and answered 500 internal_error."""
+    if isinstance(error, Denial):
+        ctx.denial = error
+    else:
+        log.exception("unexpected error in %s (audit id %s)", where, ctx.audit_id)
+        ctx.denial = InternalError()
+    return problem_response(ctx.denial, audit_id=ctx.audit_id, headers=headers)
