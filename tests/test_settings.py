@@ -197,3 +197,23 @@ def test_key_timeline_settings_must_be_consistent(
     data = valid(tmp_path)
     data["keys"].update(keys)
     assert message in problems_of(write(tmp_path, data))["keys"]
+
+
+def test_a_missing_pages_directory_is_named(tmp_path: Path) -> None:
+    data = valid(tmp_path)
+    data["browser"]["pages_dir"] = str(tmp_path / "nowhere")
+    assert problems_of(write(tmp_path, data)) == {"browser.pages_dir": "directory not found"}
+
+
+@pytest.mark.parametrize(
+    "path", ["/_dragoman/session", "/_dragoman/pages/{name}", "/livez", "/.well-known/jwks.json"]
+)
+def test_an_operation_cannot_take_a_path_the_proxy_answers_itself(
+    tmp_path: Path, path: str
+) -> None:
+    data = valid(tmp_path)
+    data["catalog"]["operations"][0]["path"] = path
+    data["catalog"]["operations"][0].pop("customer", None)
+    problems = problems_of(write(tmp_path, data))
+    assert list(problems) == ["catalog.operations.0.path"]
+    assert "the proxy answers this path itself" in problems["catalog.operations.0.path"]

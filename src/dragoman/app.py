@@ -10,7 +10,9 @@ Routes the proxy answers itself (never forwarded):
 ``/_dragoman/registration`` (POST links the caller's account, DELETE unlinks it;
 :mod:`dragoman.mapping.http`) and ``/_dragoman/session`` (POST the browser session
 handshake, ``/_dragoman/session/refresh`` rotates its CSRF token, DELETE logs out;
-:mod:`dragoman.browser.session_http`).
+:mod:`dragoman.browser.session_http`), ``/_dragoman/client.js`` and
+``/_dragoman/pages/NAME`` (the browser client and ``browser.pages_dir``;
+:mod:`dragoman.browser.pages`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from dragoman.audit.sink import AuditSink, open_audit_sink
 from dragoman.browser.cors import CorsPolicy
 from dragoman.browser.csrf import CsrfStage, CsrfTokens, CsrfVerifier, load_csrf_key
 from dragoman.browser.headers import answer_headers, security_headers
+from dragoman.browser.pages import PageServer
 from dragoman.browser.session_http import REFRESH_PATH, SESSION_PATH, SessionEndpoint
 from dragoman.browser.sessions import SessionStore, open_session_store
 from dragoman.browser.stage import BrowserChecksStage
@@ -69,15 +72,6 @@ from dragoman.tokens.stage import MintTokenStage
 log = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
-RESERVED_PATHS = (
-    "/livez",
-    "/readyz",
-    "/.well-known/jwks.json",
-    "/_dragoman/whoami",
-    REGISTRATION_PATH,
-    SESSION_PATH,
-    REFRESH_PATH,
-)
 
 
 class AuditTrail:
@@ -432,6 +426,7 @@ def build_app(
         context=proxy._context,
         clock=clock,
     )
+    PageServer(settings.browser, proxy.headers).add_routes(app)
     app.router.add_post(SESSION_PATH, sessions.handshake)
     app.router.add_post(REFRESH_PATH, sessions.refresh)
     app.router.add_delete(SESSION_PATH, sessions.logout)
@@ -442,7 +437,7 @@ def build_app(
             platform=proxy.platform,
             audit=proxy.audit,
             catalog=proxy.catalog,
-            authenticate=proxy.stages[0],
+            guards=proxy.stages[:3],
             cors=proxy.cors,
             headers=proxy.headers,
             context=proxy._context,

@@ -662,6 +662,11 @@ class CustomerBindingSettings(Section):
         return self
 
 
+PROXY_OWN_PREFIXES = ("/_dragoman/",)
+PROXY_OWN_PATHS = frozenset({"/livez", "/readyz", "/.well-known/jwks.json"})
+"""Paths the proxy answers itself (health, JWKS, its own endpoints and pages)."""
+
+
 class OperationSettings(Section):
     id: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", description="Operation id.")
     method: HttpMethod = Field(..., description="HTTP method.")
@@ -700,6 +705,8 @@ class OperationSettings(Section):
         from dragoman.catalog.template import parse_template
 
         parse_template(value)
+        if value.startswith(PROXY_OWN_PREFIXES) or value in PROXY_OWN_PATHS:
+            raise ValueError("the proxy answers this path itself; it cannot be an operation")
         return value
 
     @model_validator(mode="after")
@@ -848,6 +855,15 @@ class BrowserSettings(Section):
         default_factory=list,
         description="Origins that may frame pages the proxy serves (CSP frame-ancestors).",
     )
+    pages_dir: Path | None = Field(
+        None,
+        description=(
+            "Directory of pages the proxy serves at /_dragoman/pages/NAME (a widget, say):"
+            " .html, .js, .css, .svg and .png files, read at start. In HTML, {{csp-nonce}}"
+            " becomes the answer's CSP nonce; only scripts carrying it run. Pages may be"
+            " framed by frame_ancestors only."
+        ),
+    )
     hsts_max_age: int = Field(
         31_536_000, ge=0, description="Strict-Transport-Security max-age in seconds."
     )
@@ -895,6 +911,15 @@ class BrowserSettings(Section):
     session_redis_url: str | None = Field(
         None, description="Redis URL of the session store (`redis://` or `rediss://`)."
     )
+    max_sessions: int = Field(
+        100_000,
+        ge=1,
+        description=(
+            "Most live sessions the in-memory store holds; at the cap, expired sessions are"
+            " swept and a new handshake is refused with 503 session_unavailable rather than"
+            " evicting someone's session. Redis sessions expire by TTL."
+        ),
+    )
 
     @field_validator("allowed_origins", "frame_ancestors")
     @classmethod
@@ -915,6 +940,13 @@ class BrowserSettings(Section):
                 decode_master_key(value.get_secret_value())
             except SealingError:
                 raise ValueError("the CSRF key is not 32 bytes of base64url") from None
+        return value
+
+    @field_validator("pages_dir")
+    @classmethod
+    def _pages_dir_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError("directory not found")
         return value
 
     @field_validator("csrf_key_file")

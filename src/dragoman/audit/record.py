@@ -57,6 +57,7 @@ def request_record(
         "cloud_account": principal.cloud_account if principal else None,
         "mapping_id": mapping.id if mapping else None,
         "customer": mapping.customer_index if mapping else None,
+        "session": ctx.session,
         "jti": minted.jti if minted else None,
         "kid": minted.kid if minted else None,
         "upstream_status": ctx.upstream_status,

@@ -84,6 +84,13 @@ def random_id() -> str:
     return _b64(secrets.token_bytes(32))
 
 
+def session_reference(session_id: str) -> str:
+    """What audit records name a session by: a hash of its id, which they must not hold (the
+    id is half of every token of the session)."""
+    digest = hashlib.sha256(session_id.encode("ascii")).hexdigest()
+    return "sha256:" + digest[:32]
+
+
 def load_csrf_key(settings: BrowserSettings) -> bytes:
     """The configured server key; without one (in-memory sessions only) a random key."""
     from dragoman.keys.sealing import decode_master_key
@@ -207,6 +214,20 @@ class CsrfVerifier:
             raise CsrfTokenRotated("token_rotated")
         return Verified(session, header)
 
+    async def cookie_session(self, request: web.Request, principal: Principal) -> Session | None:
+        """The live session this browser's cookie names, when it is the caller's and the
+        cookie's token is live; None otherwise. The handshake joins it (a second tab, a page
+        reloaded) instead of making a session whose cookie would replace the first's."""
+        cookie_value = request.cookies.get(COOKIE_NAME)
+        cookie = self.tokens.parse(cookie_value) if cookie_value else None
+        if cookie is None:
+            return None
+        now = self._clock()
+        session = await self.store.get(cookie.session_id, now)
+        if session is None or not session.owned_by(principal):
+            return None
+        return session if session.is_live(cookie.randomness, now) else None
+
 
 class CsrfStage:
     """Step 2 (after the Origin checks): the CSRF pair of state-changing browser requests."""
@@ -225,4 +246,5 @@ class CsrfStage:
         if browser:
             refuse_forgeable_body(request)
         if self._mode == "required" or (self._mode == "browser" and browser):
-            await self._verifier.verify(request, ctx.principal)
+            verified = await self._verifier.verify(request, ctx.principal)
+            ctx.session = session_reference(verified.session.id)

@@ -4,19 +4,23 @@ The proxy answers them itself; nothing is forwarded.
 ::
 
     POST   /_dragoman/session          201 {"csrf_token": T, "expires_at": ...} + cookie
+                                       (200 when it joins this browser's live session)
     POST   /_dragoman/session/refresh  200 {"csrf_token": T(n+1), "expires_at": ...} + cookie
     DELETE /_dragoman/session          204, the cookie expired
 
 Every one authenticates the caller with its bearer credential (step 1) and passes the
 Origin / Sec-Fetch-Site checks (step 2) like any state-changing request; a body, if any,
 must not be text/plain or a form (415). The handshake makes a session bound to the caller;
-refresh and logout need the session's valid CSRF pair (:mod:`dragoman.browser.csrf`),
+a handshake whose cookie names a live session of the same caller, with a live token, joins
+it and answers its current token (a second tab or a reloaded page shares the cookie, so a
+new session would break the first tab's pair). Refresh and logout need the session's valid
+CSRF pair (:mod:`dragoman.browser.csrf`),
 whatever ``browser.csrf`` says: they act on the session the pair names. A refresh presenting
 T(n) rotates to T(n+1); presenting T(n-1) within its grace it answers T(n+1) unchanged.
 
 Answers carry ``Cache-Control: no-store``, the security headers, CORS headers for allowed
 origins and ``X-Request-Id``. Each request writes one audit record (``event: "session"``)
-with its decision and code; never a token.
+with its decision and code, naming the session by a hash of its id; never a token.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from dragoman.browser.csrf import (
     random_id,
     refuse_forgeable_body,
     session_cookie,
+    session_reference,
 )
 from dragoman.browser.headers import answer_headers
 from dragoman.browser.sessions import Session, SessionStoreUnavailable
@@ -109,6 +114,10 @@ class SessionEndpoint:
     async def _handshake(self, ctx: RequestContext) -> _Answer:
         principal = ctx.principal
         assert principal is not None  # set by the authentication stage
+        joined = await self._verifier.cookie_session(ctx.request, principal)
+        if joined is not None:
+            ctx.session = session_reference(joined.id)
+            return self._issued(joined, 200)
         now = self._clock()
         session = Session(
             id=random_id(),
@@ -120,10 +129,12 @@ class SessionEndpoint:
             current=random_id(),
         )
         await self._store.create(session, now)
+        ctx.session = session_reference(session.id)
         return self._issued(session, 201)
 
     async def _refresh(self, ctx: RequestContext) -> _Answer:
         verified = await self._verifier.verify(ctx.request, ctx.principal)
+        ctx.session = session_reference(verified.session.id)
         now = self._clock()
         presented = verified.header.randomness
         after = await self._store.rotate(
@@ -135,6 +146,7 @@ class SessionEndpoint:
 
     async def _logout(self, ctx: RequestContext) -> _Answer:
         verified = await self._verifier.verify(ctx.request, ctx.principal)
+        ctx.session = session_reference(verified.session.id)
         await self._store.delete(verified.session.id)
         return _Answer(204, None, expired_cookie())
 

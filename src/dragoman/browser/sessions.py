@@ -10,8 +10,8 @@ from their handshake; refreshes do not extend it.
 
 Backends: :class:`MemorySessionStore` (one process, the default) and
 :class:`dragoman.browser.redis_sessions.RedisSessionStore` (shared by instances). A store
-that cannot answer raises :class:`SessionStoreUnavailable`; the caller refuses the request
-(SEMANTICS §6).
+that cannot answer, or an in-memory store at its cap (``browser.max_sessions``), raises
+:class:`SessionStoreUnavailable`; the caller refuses the request (SEMANTICS §6).
 """
 
 from __future__ import annotations
@@ -101,19 +101,39 @@ class SessionStore(Protocol):
 
 
 class MemorySessionStore:
-    """Sessions in this process's memory: lost on restart, invisible to other processes."""
+    """Sessions in this process's memory: lost on restart, invisible to other processes.
+
+    It holds at most ``max_sessions`` (``browser.max_sessions``). A creation at the cap first
+    sweeps the expired sessions; if the store is still full it raises
+    :class:`SessionStoreUnavailable` (the handshake answers 503 ``session_unavailable``):
+    a flood of handshakes must not evict the live sessions of others.
+    """
 
     SWEEP_EVERY = 1024
     """Creations between two sweeps of expired sessions."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_sessions: int = 100_000) -> None:
+        if max_sessions < 1:
+            raise ValueError("max_sessions must be at least 1")
         self._sessions: dict[str, Session] = {}
         self._created = 0
+        self._max = max_sessions
+
+    def __len__(self) -> int:
+        """Sessions held, expired ones not swept yet included."""
+        return len(self._sessions)
+
+    def _sweep(self, now: float) -> None:
+        self._sessions = {k: s for k, s in self._sessions.items() if s.expires_at > now}
 
     async def create(self, session: Session, now: float) -> None:
         self._created += 1
         if self._created % self.SWEEP_EVERY == 0:
-            self._sessions = {k: s for k, s in self._sessions.items() if s.expires_at > now}
+            self._sweep(now)
+        if session.id not in self._sessions and len(self._sessions) >= self._max:
+            self._sweep(now)
+            if len(self._sessions) >= self._max:
+                raise SessionStoreUnavailable("session store full")
         self._sessions[session.id] = session
 
     async def get(self, session_id: str, now: float) -> Session | None:
@@ -148,4 +168,4 @@ def open_session_store(settings: BrowserSettings) -> SessionStore:
         if settings.session_redis_url is None:
             raise ValueError("the redis session backend needs session_redis_url")
         return RedisSessionStore.from_url(settings.session_redis_url)
-    return MemorySessionStore()
+    return MemorySessionStore(max_sessions=settings.max_sessions)

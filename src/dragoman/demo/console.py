@@ -1,7 +1,8 @@
 """The demo console: the host application, on its own origin, with its own sign-in.
 
 It signs users in with the development issuer (server side) and hands the page an access
-token; the page then calls the payment platform only through dragoman.
+token; the page embeds the payment widget, which dragoman serves from its own origin, and
+passes the token to it. The widget calls the payment platform only through dragoman.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ USERS = {
     "bob": {"cloud_account": "acct-2002", "roles": ["viewer"]},
     "mallory": {"cloud_account": "acct-9999", "roles": ["billing_admin"]},
 }
+WIDGET_PATH = "/_dragoman/pages/widget.html"
 _STATIC = resources.files("dragoman.demo") / "static"
 _TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 
@@ -24,8 +26,8 @@ _TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 def console_app(issuer: DevIssuer, proxy_url: str) -> web.Application:
     csp = (
         "default-src 'none'; script-src 'self'; style-src 'self'; "
-        f"connect-src 'self' {proxy_url}; frame-ancestors 'none'; base-uri 'none'; "
-        "form-action 'self'"
+        f"connect-src 'self' {proxy_url}; frame-src {proxy_url}; frame-ancestors 'none'; "
+        "base-uri 'none'; form-action 'self'"
     )
 
     def static(name: str) -> web.Response:
@@ -55,7 +57,8 @@ def console_app(issuer: DevIssuer, proxy_url: str) -> web.Application:
             str(body["user"]), str(user["cloud_account"]), roles=list(user["roles"]), ttl=900
         )
         return web.json_response(
-            {"access_token": token, "proxy": proxy_url}, headers={"Cache-Control": "no-store"}
+            {"access_token": token, "proxy": proxy_url, "widget": proxy_url + WIDGET_PATH},
+            headers={"Cache-Control": "no-store"},
         )
 
     app = web.Application()

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from dragoman.mapping.store import MappingExists
 from dragoman.settings import Settings, load_settings
 from dragoman.tokens.verify import TokenVerifier
 
+WIDGET_DIR = Path(str(resources.files("dragoman.demo") / "widget"))
+"""The payment widget's pages, served by the demo's dragoman at /_dragoman/pages/."""
 TOKEN_ISSUER = "dragoman-demo"  # noqa: S105 (an issuer name)
 AUDIENCE = "payments-demo"
 
@@ -94,8 +97,14 @@ def demo_settings(
         "store": {"database_url": f"sqlite+aiosqlite:///{state_dir / 'dragoman.db'}"},
         "catalog": {"operations": catalog_settings()},
         "audit": {"sink": "file", "path": str(state_dir / "audit.jsonl")},
-        # CSRF stays off until the console performs the session handshake (issue 6).
-        "browser": {"allowed_origins": [console], "hsts_max_age": 0, "csrf": "off"},
+        # The widget is served by dragoman (same origin); the console may call dragoman from
+        # its own pages too. Only the console may frame the widget.
+        "browser": {
+            "allowed_origins": [proxy, console],
+            "frame_ancestors": [console],
+            "pages_dir": str(WIDGET_DIR),
+            "hsts_max_age": 0,
+        },
     }
 
 

@@ -6,13 +6,15 @@ account, over HTTP. The proxy answers it itself; nothing is forwarded.
     POST   /_dragoman/registration  {"customer": "cus_..."}  201 the new, verified link
     DELETE /_dragoman/registration                            200 the revoked link
 
-Both change state, so they pass the pipeline's own gates first: authentication (step 1),
-then the browser checks (step 2: Origin on the allow-list, Sec-Fetch-Site not
-cross-site). A POST body must be ``application/json`` (415 otherwise: a text/plain or form
-body is what a cross-site page may send without a preflight), at most
-:data:`MAX_BODY_BYTES`, and an object naming only ``customer``: the cloud account is the
-caller's own, from its verified credential, and a body that names one is refused (400).
-:class:`dragoman.mapping.registration.Registrar` decides the rest.
+Both change state, so they pass the pipeline's own guards first, the proxy's very stages in
+its order: authentication (step 1), the browser checks (step 2: Origin on the allow-list,
+Sec-Fetch-Site not cross-site), then CSRF (a browser request needs its session's valid
+double-submit pair, as ``browser.csrf`` says; :mod:`dragoman.browser.csrf`). A POST body
+must be ``application/json`` (415 otherwise: a text/plain or form body is what a cross-site
+page may send without a preflight), at most :data:`MAX_BODY_BYTES`, and an object naming
+only ``customer``: the cloud account is the caller's own, from its verified credential, and
+a body that names one is refused (400). :class:`dragoman.mapping.registration.Registrar`
+decides the rest.
 
 Every answer carries the security headers, CORS headers for allowed origins and
 ``X-Request-Id``; a refusal is problem+json with its stable code. Every request writes one
@@ -25,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -34,7 +36,6 @@ from aiohttp import web
 from dragoman.audit.record import request_record
 from dragoman.browser.cors import CorsPolicy
 from dragoman.browser.headers import answer_headers
-from dragoman.browser.stage import BrowserChecksStage
 from dragoman.catalog.model import Operation
 from dragoman.mapping.audit import MappingAuditor
 from dragoman.mapping.entity import AccountMapping
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 REGISTRATION_PATH = "/_dragoman/registration"
 EVENT = "registration"
 MAX_BODY_BYTES = 4096
+GUARDS = ("authenticate", "browser_checks", "csrf")
+"""The names of the pipeline stages registration runs first, in this order."""
 
 
 class AuditWriter(Protocol):
@@ -96,16 +99,18 @@ class RegistrationEndpoint:
         registrar: Registrar,
         *,
         store: MappingStore,
-        authenticate: Stage,
+        guards: Sequence[Stage],
         cors: CorsPolicy,
         headers: Mapping[str, str],
         audit: AuditWriter,
         context: Callable[[web.Request], RequestContext],
     ) -> None:
+        names = tuple(stage.name for stage in guards)
+        if names != GUARDS:
+            raise ValueError(f"registration needs the stages {GUARDS} in order, not {names}")
         self._registrar = registrar
         self._codec = store.codec
-        self._authenticate = authenticate
-        self._browser_checks = BrowserChecksStage(cors)
+        self._guards = tuple(guards)
         self._cors = cors
         self._headers = headers
         self._audit = audit
@@ -145,8 +150,8 @@ class RegistrationEndpoint:
         try:
             if self._audit.broken:
                 raise AuditUnavailable()
-            await self._authenticate(ctx)
-            await self._browser_checks(ctx)
+            for guard in self._guards:
+                await guard(ctx)
             ctx.mapping = await action(exchange)
             response = web.Response(
                 status=exchange.status or 200,
@@ -210,13 +215,14 @@ def open_registration(
     platform: PlatformClient | None,
     audit: AuditWriter,
     catalog: list[Operation],
-    authenticate: Stage,
+    guards: Sequence[Stage],
     cors: CorsPolicy,
     headers: Mapping[str, str],
     context: Callable[[web.Request], RequestContext],
     clock: Callable[[], float] = time.time,
 ) -> RegistrationEndpoint:
-    """The endpoint, wired to the proxy's components (built once, at start)."""
+    """The endpoint, wired to the proxy's components (built once, at start). ``guards`` are
+    the proxy's first stages: authenticate, browser checks, CSRF (see :data:`GUARDS`)."""
     auditor = MappingAuditor(audit.write, store.codec, clock=clock)
     registrar = open_registrar(
         settings, store=store, platform=platform, auditor=auditor, catalog=catalog, clock=clock
@@ -224,7 +230,7 @@ def open_registration(
     return RegistrationEndpoint(
         registrar,
         store=store,
-        authenticate=authenticate,
+        guards=guards,
         cors=cors,
         headers=headers,
         audit=audit,

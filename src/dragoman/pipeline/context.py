@@ -59,6 +59,9 @@ class RequestContext:
     forward_body: bytes | None = None
     """Customer binding: the request body, buffered and checked, forwarded instead of the
     caller's stream (None: the caller's body streams through unread)."""
+    session: str | None = None
+    """Step 2: the browser session whose CSRF pair held, as its audit reference (a hash of
+    its id, never the id: the id is half of every token of the session)."""
     minted: MintedToken | None = None
     """Step 6: the scoped token for the upstream."""
     upstream_status: int | None = None
