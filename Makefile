@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 SOFTHSM_MODULE ?= /usr/lib/softhsm/libsofthsm2.so
 
-.PHONY: all demo test lint typecheck unit bench clean docs softhsm chromium
+.PHONY: all demo test lint typecheck unit bench clean docs screenshots softhsm chromium
 
 all: test
 
@@ -27,14 +27,17 @@ demo: $(STAMP)
 	$(BIN)/dragoman demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/ruff format --check src tests bench tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 docs: $(STAMP)
 	$(BIN)/dragoman settings-doc > docs/settings.md
+
+screenshots: $(STAMP) chromium
+	$(BIN)/python tools/screenshots.py
 
 # The PKCS#11 tests run against SoftHSM2 (Debian's softhsm2). Installed here when missing and
 # running as root; otherwise the way to install it is printed, and those tests skip locally

@@ -16,6 +16,7 @@ import aiohttp
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from dragoman.browser.csrf import COOKIE_NAME
 from dragoman.demo.runner import DemoStack
 from dragoman.tokens.mint import TokenRequest
 
@@ -35,9 +36,17 @@ class Walk:
         self.failures = 0
 
     async def call(
-        self, base: str, method: str, path: str, token: str | None, body: Any = None
+        self,
+        base: str,
+        method: str,
+        path: str,
+        token: str | None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
     ) -> Answer:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = dict(headers or {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         async with self.http.request(method, base + path, headers=headers, json=body) as response:
             text = await response.text()
             return Answer(response.status, json.loads(text) if text else None)
@@ -192,6 +201,8 @@ async def _steps(walk: Walk) -> None:
     )
     walk.failures += refused_reached != 0
 
+    csrf_tokens = await _browser_steps(walk, alice)
+
     print("refused by the payment platform (dragoman's own tokens, replayed elsewhere):")
     assert stack.proxy is not None
     minted = await stack.proxy.minter.mint(
@@ -237,13 +248,75 @@ async def _steps(walk: Walk) -> None:
     )
 
     audit = (stack.state_dir / "audit.jsonl").read_text("utf-8")
-    leaked = [s for s in (alice, forged, minted.value, CARD, CARD.replace(" ", "")) if s in audit]
+    secrets = (alice, forged, minted.value, CARD, CARD.replace(" ", ""), *csrf_tokens)
+    leaked = [s for s in secrets if s in audit]
     records = audit.count("\n")
     print(
         f"  [{'ok  ' if not leaked else 'FAIL'}] audit trail: {records} records,"
-        f" {len(leaked)} token or card number found in it"
+        f" {len(leaked)} token (bearer, scoped or CSRF) or card number found in it"
     )
     walk.failures += bool(leaked)
+
+
+async def _browser_steps(walk: Walk, alice: str) -> list[str]:
+    """What the widget does in a browser (SEMANTICS §5), spelled out in headers; the CSRF
+    tokens it was given (the audit trail must not hold them)."""
+    stack, proxy = walk.stack, walk.stack.urls["proxy"]
+    pm = "/v1/customers/cus_alice/payment-methods"
+    card = {"card_number": CARD, "exp_month": 1, "exp_year": 2031}
+    widget = {"Origin": proxy, "Sec-Fetch-Site": "same-origin"}
+
+    def pair(cookie: str, header: str) -> dict[str, str]:
+        return {**widget, "Cookie": f"{COOKIE_NAME}={cookie}", "X-CSRF-Token": header}
+
+    print("a browser session, as the widget holds it:")
+    opened = await walk.step(
+        "the widget's session handshake",
+        201,
+        None,
+        lambda: walk.call(proxy, "POST", "/_dragoman/session", alice, headers=widget),
+    )
+    token = opened.body.get("csrf_token", "") if isinstance(opened.body, dict) else ""
+    other = await walk.call(proxy, "POST", "/_dragoman/session", alice, headers=widget)
+    other_token = other.body.get("csrf_token", "") if isinstance(other.body, dict) else ""
+    seen_before = len(stack.platform.seen)
+    await walk.step(
+        "a browser write without the CSRF pair",
+        403,
+        "csrf_missing",
+        lambda: walk.call(proxy, "POST", pm, alice, card, headers=widget),
+    )
+    await walk.step(
+        "a browser write with another session's token",
+        403,
+        "csrf_invalid",
+        lambda: walk.call(proxy, "POST", pm, alice, card, headers=pair(token, other_token)),
+    )
+    await walk.step(
+        "a browser write with the session's pair",
+        201,
+        None,
+        lambda: walk.call(proxy, "POST", pm, alice, card, headers=pair(token, token)),
+    )
+    await walk.step(
+        "logout",
+        204,
+        None,
+        lambda: walk.call(proxy, "DELETE", "/_dragoman/session", alice, headers=pair(token, token)),
+    )
+    await walk.step(
+        "the logged-out pair",
+        403,
+        "csrf_invalid",
+        lambda: walk.call(proxy, "POST", pm, alice, card, headers=pair(token, token)),
+    )
+    refused_reached = len(stack.platform.seen) - seen_before - 1
+    print(
+        f"  [{'ok  ' if refused_reached == 0 else 'FAIL'}] refused browser requests that"
+        f" reached the platform: {refused_reached}"
+    )
+    walk.failures += refused_reached != 0
+    return [t for t in (token, other_token) if t]
 
 
 def _summary(walk: Walk) -> int:
