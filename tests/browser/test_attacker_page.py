@@ -146,3 +146,32 @@ async def test_the_console_origin_gets_through_from_the_same_browser(
     )
     assert answer == {"status": 201, "type": "cors"}
     assert len(stack.platform.seen) == 1
+
+
+async def test_the_victims_session_cookie_is_withheld_from_an_attacker_pages_requests(
+    chromium: Any, stack: DemoStack, attacker_origin: str
+) -> None:
+    """The user is signed in to the console, its widget holding a live session, in the very
+    browser that then opens the attacker's page: SameSite=Strict keeps the cookie off the
+    forms the attacker's page posts to dragoman, and Sec-Fetch-Site names them cross-site."""
+    from widget_support import COOKIE, open_console
+
+    context = await chromium.new_context()
+    await open_console(context, stack)
+    assert [c["name"] for c in await context.cookies()] == [COOKIE]
+    seen = len(stack.platform.seen)
+    page = await context.new_page()
+    await page.goto(attacker_origin + "/")
+    sent = []
+    for form in ("plain", "urlencoded"):
+        async with page.expect_request(lambda r: r.url.startswith(stack.urls["proxy"])) as req:
+            await page.evaluate(
+                "([id, action]) => { const f = document.getElementById(id);"
+                " f.action = action; f.submit(); }",
+                [form, stack.urls["proxy"] + PM],
+            )
+        sent.append(await (await req.value).all_headers())
+    for headers in sent:  # a navigation's headers, as the browser sent them
+        assert "cookie" not in headers
+        assert headers["sec-fetch-site"] == "cross-site"
+    assert len(stack.platform.seen) == seen

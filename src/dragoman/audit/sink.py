@@ -39,6 +39,7 @@ OWN_FIELDS = frozenset(
         "upstream_status",
         "stream_error",
         "latency_ms",
+        "session",
         # mapping records (dragoman.mapping.audit)
         "request",
         "account_index",
