@@ -419,7 +419,7 @@ def build_app(
         proxy.csrf,
         lifetime=settings.browser.session_lifetime,
         grace=settings.browser.csrf_grace,
-        authenticate=proxy.stages[0],
+        guards=proxy.stages[:2],
         cors=proxy.cors,
         headers=proxy.headers,
         audit=proxy.audit,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -44,7 +44,6 @@ from dragoman.browser.csrf import (
 )
 from dragoman.browser.headers import answer_headers
 from dragoman.browser.sessions import Session, SessionStoreUnavailable
-from dragoman.browser.stage import BrowserChecksStage
 from dragoman.mapping.http import AuditWriter
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import (
@@ -58,6 +57,9 @@ from dragoman.pipeline.stage import Stage
 SESSION_PATH = "/_dragoman/session"
 REFRESH_PATH = "/_dragoman/session/refresh"
 EVENT = "session"
+GUARDS = ("authenticate", "browser_checks")
+"""The pipeline stages every session request passes first, in this order (the CSRF stage is
+not one: the handshake has no pair yet, and refresh and logout check theirs themselves)."""
 
 
 @dataclass(slots=True)
@@ -74,7 +76,7 @@ class SessionEndpoint:
         *,
         lifetime: float,
         grace: float,
-        authenticate: Stage,
+        guards: Sequence[Stage],
         cors: CorsPolicy,
         headers: Mapping[str, str],
         audit: AuditWriter,
@@ -86,8 +88,10 @@ class SessionEndpoint:
         self._tokens = verifier.tokens
         self._lifetime = lifetime
         self._grace = grace
-        self._authenticate = authenticate
-        self._browser_checks = BrowserChecksStage(cors)
+        names = tuple(stage.name for stage in guards)
+        if names != GUARDS:
+            raise ValueError(f"the session endpoint needs the stages {GUARDS}, not {names}")
+        self._guards = tuple(guards)
         self._cors = cors
         self._headers = headers
         self._audit = audit
@@ -161,8 +165,8 @@ class SessionEndpoint:
         try:
             if self._audit.broken:
                 raise AuditUnavailable()
-            await self._authenticate(ctx)
-            await self._browser_checks(ctx)
+            for guard in self._guards:
+                await guard(ctx)
             refuse_forgeable_body(request)
             try:
                 answer = await run(ctx)
