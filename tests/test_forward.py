@@ -31,6 +31,8 @@ ECHO_OPS = [
     ("cut.get", "GET", "/cut/{customer_id}"),
     ("gzip.get", "GET", "/gzip/{customer_id}"),
     ("pause.post", "POST", "/pause/{customer_id}"),
+    ("echo.put", "PUT", "/echo/{customer_id}"),
+    ("echo.delete", "DELETE", "/echo/{customer_id}"),
 ]
 STREAM_CHUNKS = 80
 CHUNK = b"x" * 65536
@@ -402,3 +404,60 @@ async def test_a_caller_who_leaves_before_the_answer_is_not_audited_as_a_refusal
     assert (record["decision"], record["code"]) == ("allow", None)
     assert record["upstream_status"] == 201
     assert record["stream_error"] == "client_disconnected"
+
+
+class DroppingUpstream:
+    """A raw HTTP/1.1 upstream that answers GETs on a kept-alive connection and, for any
+    other method, reads the request and closes the connection without answering: what an
+    upstream that ran a write and then lost the connection looks like to a client."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                length = 0
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                if length:
+                    await reader.readexactly(length)
+                if not lines[0].startswith("GET "):
+                    self.writes += 1
+                    return
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE"])
+async def test_a_write_the_upstream_dropped_is_not_sent_again_with_the_same_token(
+    make_stack: Callable[..., Awaitable[DemoStack]], http: aiohttp.ClientSession, method: str
+) -> None:
+    """SEMANTICS §6: writes are not retried. aiohttp by itself resends a PUT or DELETE once
+    when a kept-alive connection drops; the upstream would then see the same single-use
+    token twice (a replay) for a write that may already have happened."""
+    upstream = DroppingUpstream()
+    server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        stack = await make_stack(echo_overrides(f"http://127.0.0.1:{port}"))
+        url = f"{stack.urls['proxy']}/echo/{CUSTOMER}"
+        async with http.get(url, headers=auth(stack)) as r:  # pools a kept-alive connection
+            assert r.status == 200
+        body = b"{}" if method == "PUT" else None
+        headers = auth(stack, **({"Content-Type": "application/json"} if body else {}))
+        async with http.request(method, url, headers=headers, data=body) as r:
+            assert r.status == 502
+            assert (await r.json())["code"] == "upstream_unavailable"
+        assert upstream.writes == 1
+    finally:
+        server.close()
+        await server.wait_closed()

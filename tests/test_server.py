@@ -105,6 +105,8 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
         state_dir=tmp_path,
     )
     settings["server"]["workers"] = 2
+    # API callers only (no browser): sessions in memory cannot span two workers.
+    settings["browser"]["csrf"] = "off"
     config = tmp_path / "dragoman.toml"
     write_toml(settings, config)
     add = [DRAGOMAN, "mappings", "add", "--config", str(config), "--account", "acct-1001"]

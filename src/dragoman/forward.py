@@ -13,8 +13,9 @@ stops the request (413). What a customer binding checked or wrote is forwarded i
 caller's: ``ctx.forward_query``, ``ctx.forward_headers`` and ``ctx.forward_body`` (a body
 the binding stage buffered, within the same limit). The client session never decompresses,
 never keeps cookies and adds no headers of its own. Connect failures become 502, timeouts
-504, both problem+json, as long as nothing has been sent to the caller yet; nothing is ever
-retried here.
+504, both problem+json, as long as nothing has been sent to the caller yet. Writes are never
+resent (not even by aiohttp over a dropped kept-alive connection: :func:`_no_write_retry`);
+a read may be, once, when its pooled connection turns out stale.
 """
 
 from __future__ import annotations
@@ -29,6 +30,29 @@ from yarl import URL
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
 from dragoman.settings import UpstreamSettings
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class WriteConnectionLost(aiohttp.ClientConnectionError):
+    """The upstream connection dropped during a write (a 502, never resent)."""
+
+
+async def _no_write_retry(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """aiohttp resends a PUT or DELETE once, with the same headers, when a kept-alive
+    connection drops mid-request (RFC 9112 §9.3.1), and it retries only on those two error
+    types. For a write that would replay its single-use token for a change the upstream may
+    already have made (SEMANTICS §6: writes are not retried), so a write's drop is re-raised
+    as another error; reads keep aiohttp's retry over a stale pooled connection."""
+    try:
+        return await handler(request)
+    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+        if request.method in SAFE_METHODS:
+            raise
+        raise WriteConnectionLost(str(exc)) from exc
+
 
 HOP_BY_HOP = frozenset(
     {
@@ -113,6 +137,7 @@ class Forwarder:
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            middlewares=(_no_write_retry,),
         )
 
     async def close(self) -> None:
