@@ -1,7 +1,9 @@
 """A sample payment platform, the upstream of the demo and of the tests.
 
 It trusts nothing but dragoman's scoped tokens: every operation verifies its token with
-:mod:`dragoman.tokens.verify` for exactly its own scope and the customer in its path. It
+:mod:`dragoman.tokens.verify` for exactly its own scope and the customer in its path, and
+(the demo's verifier has a :class:`~dragoman.tokens.replay.MemoryReplayCache`) a token for a
+write opens one request only: its replay is refused with ``token_replayed``. It
 keeps payment methods (brand and last four digits only; card numbers are never stored)
 and billing addresses in memory, publishes its OpenAPI description at ``/openapi.json``,
 and records every request that reaches it (``seen``), so tests can prove that refused

@@ -32,6 +32,7 @@ from dragoman.logs import configure as configure_logging
 from dragoman.mapping.entity import Grant, MappingStatus
 from dragoman.mapping.store import MappingExists
 from dragoman.settings import Settings, load_settings
+from dragoman.tokens.replay import MemoryReplayCache
 from dragoman.tokens.verify import TokenVerifier
 
 WIDGET_DIR = Path(str(resources.files("dragoman.demo") / "widget"))
@@ -172,6 +173,7 @@ class DemoStack:
                 issuer=TOKEN_ISSUER,
                 audience=AUDIENCE,
                 origin=self.urls["platform"],
+                replay_cache=MemoryReplayCache(),  # write tokens are usable once
             )
         )
         self.platform.seed()

@@ -20,6 +20,11 @@ A service behind dragoman (the payment platform) uses this library to check ever
 request binding ``htm``/``htu``. ``scope`` and ``customer`` are required arguments so a
 handler cannot forget them; pass ``customer=None`` only for operations that touch no customer.
 
+With a ``replay_cache`` (:mod:`dragoman.tokens.replay`), a token is usable once for every
+state-changing method (anything but GET, HEAD, OPTIONS; ``once=`` overrides per call): its
+``jti`` is remembered until the token expires, and a second use is ``token_replayed``. The
+check runs last, after the signature and every claim passed, so junk never fills the cache.
+
 Every refusal raises :class:`TokenRejected` with a stable ``reason``. :class:`TokenMiddleware`
 wraps an ASGI application; :func:`verify_aiohttp` serves aiohttp handlers.
 """
@@ -27,6 +32,7 @@ wraps an ASGI application; :func:`verify_aiohttp` serves aiohttp handlers.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -38,11 +44,16 @@ from aiohttp import web
 
 from dragoman.jose.jwks import HttpKeySetFetcher, JwksCache, JwksUnavailable
 from dragoman.jose.strict import HeaderPolicy, JoseError, check_key_timeline, verify_jws
+from dragoman.tokens.replay import ReplayCache, ReplayCacheFull, ReplayCacheUnavailable, replay_key
 
 MAX_LIFETIME = 900.0
 """SEMANTICS §2: a token lives at most 15 minutes."""
 MIN_JTI_LENGTH = 22
 """SEMANTICS §2: a jti carries >= 122 random bits: at least 22 base64url characters."""
+ONCE_JTI = re.compile(r"[A-Za-z0-9_-]{22,128}")
+"""What a jti must look like to be remembered by the replay cache (dragoman mints 22)."""
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+"""Methods whose tokens are not once-only by default: they change nothing upstream."""
 
 
 class TokenRejected(Exception):
@@ -105,8 +116,10 @@ class TokenVerifier:
         jwks_refetch_interval: float = 10.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        replay_cache: ReplayCache | None = None,
     ) -> None:
         self._issuer = issuer
+        self._replay = replay_cache
         self._audiences = frozenset({audience})
         self._origin = origin_of(origin)
         self._leeway = leeway
@@ -130,14 +143,29 @@ class TokenVerifier:
         return self._session
 
     async def close(self) -> None:
+        """Close the JWKS client and the replay cache (the verifier owns the cache)."""
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._replay is not None:
+            await self._replay.close()
 
     async def verify(
-        self, token: str | None, *, method: str, path: str, scope: str, customer: str | None
+        self,
+        token: str | None,
+        *,
+        method: str,
+        path: str,
+        scope: str,
+        customer: str | None,
+        once: bool | None = None,
     ) -> VerifiedToken:
-        """Verify ``token`` for this request; raise TokenRejected."""
+        """Verify ``token`` for this request; raise TokenRejected.
+
+        ``once``: whether the token must not have been used before (None: for every method
+        but GET, HEAD and OPTIONS when a replay cache is configured). ``once=True`` without
+        a replay cache is refused (503): a missing cache never turns into an allow.
+        """
         if not token:
             raise TokenRejected("token_missing")
         try:
@@ -177,6 +205,10 @@ class TokenVerifier:
             raise TokenRejected("method_mismatch")
         if not _same_url(claims.get("htu"), self._origin, path):
             raise TokenRejected("url_mismatch")
+        if once is None:
+            once = self._replay is not None and method.upper() not in SAFE_METHODS
+        if once:
+            await self._first_use(jti, float(claims["exp"]))
         principal = act["sub"]
         account = claims.get("cloud_account")
         return VerifiedToken(
@@ -189,6 +221,23 @@ class TokenVerifier:
             expires_at=float(claims["exp"]),
             claims=claims,
         )
+
+    async def _first_use(self, jti: str, expires_at: float) -> None:
+        """Refuse a token whose (issuer, jti) was seen before; remember it until it expires."""
+        if self._replay is None:
+            raise TokenRejected("replay_cache_unavailable", status=503)
+        if not ONCE_JTI.fullmatch(jti):
+            raise TokenRejected("claim_invalid")
+        # The entry must outlive every moment the token still verifies: exp plus the leeway.
+        ttl = expires_at + self._leeway - self._clock()
+        try:
+            first = await self._replay.first_use(replay_key(self._issuer, jti), ttl)
+        except ReplayCacheFull:
+            raise TokenRejected("replay_cache_full", status=503) from None
+        except ReplayCacheUnavailable:
+            raise TokenRejected("replay_cache_unavailable", status=503) from None
+        if not first:
+            raise TokenRejected("token_replayed")
 
 
 def bearer_of(authorization: str | None) -> str | None:
@@ -230,7 +279,12 @@ _HTTP_ERRORS: dict[int, type[web.HTTPException]] = {
 
 
 async def verify_aiohttp(
-    verifier: TokenVerifier, request: web.Request, *, scope: str, customer: str | None
+    verifier: TokenVerifier,
+    request: web.Request,
+    *,
+    scope: str,
+    customer: str | None,
+    once: bool | None = None,
 ) -> VerifiedToken:
     """Verify the token of an aiohttp request; raise an HTTP error with a problem body."""
     try:
@@ -240,6 +294,7 @@ async def verify_aiohttp(
             path=request.rel_url.raw_path,
             scope=scope,
             customer=customer,
+            once=once,
         )
     except TokenRejected as exc:
         # ``text=``, not ``body=``: aiohttp deprecates ``body`` on its HTTP exceptions.
@@ -260,10 +315,11 @@ ASGIApp = Callable[
 
 @dataclass(frozen=True, slots=True)
 class Requirement:
-    """What an operation requires of its token."""
+    """What an operation requires of its token (``once``: see :meth:`TokenVerifier.verify`)."""
 
     scope: str
     customer: str | None
+    once: bool | None = None
 
 
 class TokenMiddleware:
@@ -322,6 +378,7 @@ class TokenMiddleware:
                 path=path,
                 scope=need.scope,
                 customer=need.customer,
+                once=need.once,
             )
         except TokenRejected as exc:
             body = problem_body(exc.reason, exc.status)
