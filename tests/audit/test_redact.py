@@ -101,3 +101,26 @@ def test_luhn_valid_runs_inside_identifiers_are_kept(identifier: str) -> None:
 )
 def test_card_numbers_next_to_punctuation_are_redacted(text: str) -> None:
     assert "4111" not in redact_text(text)
+
+
+def test_csrf_tokens_are_redacted_wherever_they_appear() -> None:
+    from dragoman.browser.csrf import CsrfTokens, random_id
+
+    token = CsrfTokens(b"k" * 32).token(random_id(), random_id())
+    for text in (token, f"header {token} again", f"csrf={token}", f"[{token}]"):
+        redacted = redact_text(text)
+        assert token not in redacted
+        assert token.split(".")[1] not in redacted
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "X-CSRF-Token: abcdef",
+        "Cookie: __Host-dragoman-csrf=abcdef",
+        "set-cookie=abcdef",
+        "__Host-dragoman-csrf=abcdef",
+    ],
+)
+def test_csrf_headers_and_cookies_are_redacted(text: str) -> None:
+    assert "abcdef" not in redact_text(text)

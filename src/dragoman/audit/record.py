@@ -8,6 +8,14 @@ from typing import Any
 
 from dragoman.catalog.model import Operation
 from dragoman.pipeline.context import RequestContext
+from dragoman.pipeline.errors import (
+    DependencyUnavailable,
+    InternalError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+_FAILURES = (DependencyUnavailable, InternalError, UpstreamUnavailable, UpstreamTimeout)
 
 
 def iso_time(epoch: float) -> str:
@@ -29,6 +37,14 @@ def audited_path(raw_path: str, operation: Operation | None) -> str:
     )
 
 
+def outcome_of(ctx: RequestContext) -> str:
+    """PCI 10.2.2.4, in the mapping trail's words: ``ok`` (success), ``refused`` (a rule
+    said no) or ``failed`` (a dependency, the upstream or the answer's stream broke)."""
+    if ctx.denial is None:
+        return "failed" if ctx.stream_error else "ok"
+    return "failed" if isinstance(ctx.denial, _FAILURES) else "refused"
+
+
 def request_record(
     ctx: RequestContext, *, event: str = "request", route: Operation | None = None
 ) -> dict[str, Any]:
@@ -39,6 +55,7 @@ def request_record(
     principal, operation, mapping, minted = ctx.principal, ctx.operation, ctx.mapping, ctx.minted
     denial = ctx.denial
     peer = ctx.request.remote
+    path = audited_path(ctx.raw_path, operation or route)
     return {
         "time": iso_time(ctx.received_at),
         "event": event,
@@ -49,7 +66,7 @@ def request_record(
         "reason": denial.reason if denial is not None else None,
         "status": denial.status if denial is not None else ctx.upstream_status,
         "method": ctx.method,
-        "path": audited_path(ctx.raw_path, operation or route),
+        "path": path,
         "operation": operation.id if operation else None,
         "scope": operation.scope if operation else None,
         "principal": principal.subject if principal else None,
@@ -65,4 +82,9 @@ def request_record(
         "latency_ms": round((time.monotonic() - ctx.started) * 1000, 3),
         "client_ip": peer,
         "origin": ctx.request.headers.get("Origin"),
+        # PCI DSS 10.2.2 (dragoman.audit.pci): who, success or failure, from where, on what.
+        "user": principal.subject if principal else None,
+        "outcome": outcome_of(ctx),
+        "source": peer,
+        "resource": f"{ctx.method} {path}",
     }

@@ -1,7 +1,8 @@
 """Redaction applied to everything before it is written to an audit record or a log line.
 
-What goes: JWT-shaped strings, the credential after ``Bearer``/``Basic``, values of
-secret-named parameters (``token=``, ``password=``, ``api_key=``...), and card numbers:
+What goes: JWT-shaped strings, dragoman's CSRF tokens (three 43-character base64url parts),
+the credential after ``Bearer``/``Basic``, values of secret-named parameters and headers
+(``token=``, ``password=``, ``api_key=``, ``x-csrf-token:``, ``cookie:``...), and card numbers:
 runs of 13-19 digits (spaces or dashes allowed between them) that pass the Luhn check and
 are not part of a longer identifier.
 """
@@ -12,10 +13,12 @@ import re
 from typing import Any
 
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
+_CSRF = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{43}")
 _AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
 _SECRET_PARAM = re.compile(
     r"(?i)\b((?:access_|id_|refresh_)?token|secret|client_secret|password|passwd|api[_-]?key"
-    r"|csrf[_-]?token|session|signature|sig|x-amz-signature|x-amz-security-token)"
+    r"|x-csrf-token|csrf[_-]?token|session|cookie|set-cookie|__host-dragoman-csrf|signature|sig"
+    r"|x-amz-signature|x-amz-security-token)"
     r"(\s*[=:]\s*)([^&\s\"',;]+)"
 )
 # Digits glued to letters or digits (directly or by a dash) belong to an identifier, not a
@@ -44,6 +47,7 @@ def _card(match: re.Match[str]) -> str:
 
 def redact_text(text: str) -> str:
     text = _JWT.sub("[token]", text)
+    text = _CSRF.sub("[csrf]", text)
     text = _AUTH_SCHEME.sub(lambda m: f"{m.group(1)} [redacted]", text)
     text = _SECRET_PARAM.sub(lambda m: f"{m.group(1)}{m.group(2)}[redacted]", text)
     return _DIGIT_RUN.sub(_card, text)
@@ -58,3 +62,49 @@ def redact(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [redact(v) for v in value]
     return value
+
+
+# Values dragoman generates itself (ids, times, numbers): never free text, and redacting
+# them would only corrupt them (a UUID can hold a Luhn-valid digit run).
+OWN_FIELDS = frozenset(
+    {
+        "time",
+        "event",
+        "audit_id",
+        "jti",
+        "kid",
+        "mapping_id",
+        "customer",
+        "decision",
+        "code",
+        "reason",
+        "status",
+        "operation",
+        "scope",
+        "authenticator",
+        "upstream_status",
+        "stream_error",
+        "latency_ms",
+        "session",
+        # mapping records (dragoman.mapping.audit)
+        "request",
+        "account_index",
+        "action",
+        "outcome",
+        "mapping_status",
+        "version",
+        # the chain and its checkpoints (dragoman.audit.chain, dragoman.audit.checkpoint)
+        "chain",
+        "seq",
+        "prev",
+        "count",
+        "last_hash",
+        "alg",
+        "signature",
+    }
+)
+
+
+def redact_record(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` as it may be written: every value redacted but dragoman's own fields."""
+    return {k: v if k in OWN_FIELDS else redact(v) for k, v in record.items()}

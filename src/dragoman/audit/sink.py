@@ -1,14 +1,21 @@
-"""Where audit records go. Every record is redacted before it is written."""
+"""Where audit records go. Every record is redacted before it is written.
+
+By default records are hash-chained (:mod:`dragoman.audit.chained`, docs/audit.md); the
+plain sinks here write the same records without chain fields (``audit.chain = false``)."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from dragoman.audit.redact import redact
+from dragoman.audit.chained import ChainedFileSink, ChainedStdoutSink
+from dragoman.audit.checkpoint import CheckpointSigner
+from dragoman.audit.redact import OWN_FIELDS, redact_record
 from dragoman.settings import AuditSettings
 
 
@@ -18,42 +25,12 @@ class AuditSink(Protocol):
     def close(self) -> None: ...
 
 
-# Values dragoman generates itself (ids, times, numbers): never free text, and redacting
-# them would only corrupt them (a UUID can hold a Luhn-valid digit run).
-OWN_FIELDS = frozenset(
-    {
-        "time",
-        "event",
-        "audit_id",
-        "jti",
-        "kid",
-        "mapping_id",
-        "customer",
-        "decision",
-        "code",
-        "reason",
-        "status",
-        "operation",
-        "scope",
-        "authenticator",
-        "upstream_status",
-        "stream_error",
-        "latency_ms",
-        "session",
-        # mapping records (dragoman.mapping.audit)
-        "request",
-        "account_index",
-        "action",
-        "outcome",
-        "mapping_status",
-        "version",
-    }
-)
-
-
 def encode(record: dict[str, Any]) -> bytes:
-    cleaned = {k: v if k in OWN_FIELDS else redact(v) for k, v in record.items()}
-    return json.dumps(cleaned, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    """The unchained line of ``record`` (``audit.chain = false``)."""
+    return (
+        json.dumps(redact_record(record), separators=(",", ":"), ensure_ascii=False).encode()
+        + b"\n"
+    )
 
 
 class FileSink:
@@ -80,6 +57,8 @@ class FileSink:
 
 
 class StdoutSink:
+    """Unchained JSON lines on standard output."""
+
     def write(self, record: dict[str, Any]) -> None:
         sys.stdout.buffer.write(encode(record))
         sys.stdout.buffer.flush()
@@ -88,8 +67,30 @@ class StdoutSink:
         sys.stdout.buffer.flush()
 
 
-def open_audit_sink(settings: AuditSettings) -> AuditSink:
-    """The sink the audit settings name."""
+__all__ = ["OWN_FIELDS", "AuditSink", "FileSink", "StdoutSink", "encode", "open_audit_sink"]
+
+
+def open_audit_sink(
+    settings: AuditSettings, *, clock: Callable[[], float] = time.time
+) -> AuditSink:
+    """The sink the audit settings name: hash-chained unless ``audit.chain`` is false.
+
+    Raises CheckpointKeyError when the checkpoint key cannot be loaded (fail at start)."""
+    if not settings.chain:
+        return StdoutSink() if settings.sink == "stdout" else FileSink(settings.path)
+    signer = (
+        None
+        if settings.checkpoint_key_file is None
+        else CheckpointSigner.from_pem_file(settings.checkpoint_key_file)
+    )
     if settings.sink == "stdout":
-        return StdoutSink()
-    return FileSink(settings.path)
+        return ChainedStdoutSink(
+            checkpoint_every=settings.checkpoint_every, signer=signer, clock=clock
+        )
+    return ChainedFileSink(
+        settings.path,
+        max_bytes=settings.max_bytes,
+        checkpoint_every=settings.checkpoint_every,
+        signer=signer,
+        clock=clock,
+    )

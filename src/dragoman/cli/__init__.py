@@ -9,9 +9,10 @@ dragoman db             upgrade | current
 dragoman reconcile      compare every mapping with the payment platform's records
 dragoman catalog        list | import (from OpenAPI) | diff the operation catalog
 dragoman settings-doc   print the settings reference (docs/settings.md)
+dragoman audit          verify a hash-chained audit log
 """
 
-from dragoman.cli import catalog, db, keys, mappings, proxy, reconcile, rekey
+from dragoman.cli import audit, catalog, db, keys, mappings, proxy, reconcile, rekey
 from dragoman.cli.common import main
 
-__all__ = ["catalog", "db", "keys", "main", "mappings", "proxy", "reconcile", "rekey"]
+__all__ = ["audit", "catalog", "db", "keys", "main", "mappings", "proxy", "reconcile", "rekey"]

@@ -1,0 +1,81 @@
+"""Rotation: the live file is renamed once it reaches audit.max_bytes and the chain goes on
+in the new file; `dragoman audit verify DIR` checks the files in chain order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chain_support import make_key, records, request, sink, verify_cli, write_log
+
+from dragoman.audit.chain import digest
+from dragoman.audit.rotation import log_files, rotated_files
+
+
+def rotated_log(directory: Path, key: Path | None = None) -> Path:
+    live = directory / "audit.jsonl"
+    write_log(live, 40, key, max_bytes=1000)
+    return live
+
+
+def test_the_full_file_is_renamed_and_the_chain_continues_in_the_new_one(tmp_path: Path) -> None:
+    live = rotated_log(tmp_path)
+    files = log_files(tmp_path)
+    assert len(files) > 2 and files[-1] == live
+    last_of_first = files[0].read_bytes().splitlines()[-1]
+    first_of_second = records(files[1])[0]
+    assert first_of_second["prev"] == digest(last_of_first)
+    seqs = [r["seq"] for path in files for r in records(path)]
+    assert seqs == list(range(len(seqs)))
+
+
+def test_rotated_files_are_named_by_time_and_last_seq(tmp_path: Path) -> None:
+    rotated_log(tmp_path)
+    for path in rotated_files(tmp_path / "audit.jsonl"):
+        stem, stamp, seq, suffix = path.name.split(".")
+        assert (stem, suffix) == ("audit", "jsonl")
+        assert stamp.endswith("Z") and len(seq) == 12
+        assert records(path)[-1]["seq"] == int(seq)
+
+
+def test_every_rotated_file_ends_with_a_checkpoint(tmp_path: Path) -> None:
+    key, public = make_key(tmp_path)
+    rotated_log(tmp_path, key)
+    for path in rotated_files(tmp_path / "audit.jsonl"):
+        assert records(path)[-1]["event"] == "checkpoint"
+    assert verify_cli(tmp_path, "--key", public, "--closed").returncode == 0
+
+
+def test_the_directory_verifies(tmp_path: Path) -> None:
+    rotated_log(tmp_path)
+    result = verify_cli(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "40 records, 0 checkpoints, chain intact"
+
+
+def test_a_removed_middle_file_is_found_missing(tmp_path: Path) -> None:
+    rotated_log(tmp_path)
+    middle = rotated_files(tmp_path / "audit.jsonl")[1]
+    first_gone = records(middle)[0]["seq"]
+    middle.unlink()
+    result = verify_cli(tmp_path)
+    assert result.returncode == 1
+    assert f"index {first_gone}: missing" in result.stderr
+
+
+def test_rotated_files_given_in_the_wrong_order_are_found_reordered(tmp_path: Path) -> None:
+    rotated_log(tmp_path)
+    first, second, *rest = log_files(tmp_path)
+    result = verify_cli(second, first, *rest)
+    assert result.returncode == 1
+    assert "index 0: reordered" in result.stderr
+
+
+def test_two_writers_rotating_one_log_keep_one_chain(tmp_path: Path) -> None:
+    live = tmp_path / "audit.jsonl"
+    first, second = sink(live, max_bytes=700), sink(live, max_bytes=700)
+    for n in range(30):
+        (first if n % 2 else second).write(request(n))
+    first.close()
+    second.close()
+    assert len(log_files(tmp_path)) > 2
+    assert verify_cli(tmp_path).returncode == 0

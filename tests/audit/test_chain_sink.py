@@ -1,0 +1,181 @@
+"""The chained file and stdout sinks: every record linked to the one before it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from chain_support import lines, make_key, records, request, sink, verify_cli, write_log
+
+from dragoman.audit.chain import GENESIS, ChainError, canonical
+from dragoman.audit.verify import verify
+
+
+def test_the_first_record_starts_the_chain_at_seq_0_with_the_genesis_hash(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    write_log(log, 1)
+    (first,) = records(log)
+    assert (first["seq"], first["prev"]) == (0, GENESIS)
+    assert len(first["chain"]) == 32
+
+
+def test_each_record_names_the_sha256_of_the_previous_line_and_the_next_seq(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    write_log(log, 5)
+    raw, parsed = lines(log), records(log)
+    for n in range(1, 5):
+        assert parsed[n]["seq"] == n
+        assert parsed[n]["prev"] == hashlib.sha256(raw[n - 1].rstrip(b"\n")).hexdigest()
+        assert parsed[n]["chain"] == parsed[0]["chain"]
+
+
+def test_the_line_written_is_the_canonical_encoding(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    audit = sink(log)
+    audit.write({**request(0), "principal": "zoë"})
+    audit.close()
+    (line,) = lines(log)
+    assert line == canonical(json.loads(line)) + b"\n"
+    assert "zoë".encode() in line
+
+
+def test_records_keep_their_fields_and_gain_the_pci_fields(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    audit = sink(log)
+    audit.write(request(7))
+    audit.write({"time": "t", "event": "mapping", "actor": "os:ops", "mapping_id": "m1"})
+    audit.close()
+    first, mapping = records(log)
+    assert {k: first[k] for k in request(7)} == request(7)
+    assert (first["user"], first["outcome"], first["resource"]) == ("alice", "ok", "/v1/items/7")
+    assert first["source"]
+    assert (mapping["user"], mapping["resource"]) == ("os:ops", "mapping/m1")
+
+
+def test_a_record_cannot_set_its_own_chain_fields(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    audit = sink(log)
+    audit.write({**request(0), "seq": 99, "prev": "f" * 64, "chain": "mine"})
+    audit.close()
+    (record,) = records(log)
+    assert (record["seq"], record["prev"]) == (0, GENESIS)
+
+
+def test_card_numbers_are_redacted_before_the_record_is_hashed(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    audit = sink(log)
+    audit.write({**request(0), "path": "/v1/pay?pan=4111111111111111"})
+    audit.close()
+    assert b"4111111111111111" not in log.read_bytes()
+    assert verify([log]).intact
+
+
+def test_a_reopened_sink_continues_the_chain(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    write_log(log, 2)
+    write_log(log, 2)
+    assert [r["seq"] for r in records(log)] == [0, 1, 2, 3]
+    assert verify([log]).intact
+
+
+def test_two_sinks_on_one_file_interleave_into_one_chain(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    first, second = sink(log), sink(log)
+    for n in range(10):
+        (first if n % 3 else second).write(request(n))
+    first.close()
+    second.close()
+    assert [r["audit_id"] for r in records(log)] == [f"a-{n}" for n in range(10)]
+    assert verify([log]).intact
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from dragoman.audit.chained import ChainedFileSink
+sink = ChainedFileSink(Path(sys.argv[1]))
+for n in range(int(sys.argv[3])):
+    sink.write({"event": "request", "audit_id": f"{sys.argv[2]}-{n}", "decision": "allow"})
+sink.close()
+"""
+
+
+def test_two_processes_appending_to_one_file_make_one_valid_chain(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(log), name, "300"])
+        for name in ("p", "q")
+    ]
+    assert [w.wait() for w in writers] == [0, 0]
+    written = records(log)
+    assert len(written) == 600
+    assert {r["audit_id"] for r in written} == {f"{p}-{n}" for p in "pq" for n in range(300)}
+    assert verify_cli(log).returncode == 0
+
+
+def test_a_torn_last_line_stops_the_sink_rather_than_starting_a_new_chain(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    write_log(log, 2)
+    with log.open("ab") as handle:
+        handle.write(b'{"event":"req')
+    with pytest.raises(ChainError):
+        sink(log)
+
+
+def test_a_checkpoint_follows_every_nth_seq_and_the_close(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    key, _ = make_key(tmp_path)
+    write_log(log, 5, key, checkpoint_every=4)
+    events = [r["event"] for r in records(log)]
+    assert events == ["request"] * 3 + ["checkpoint"] + ["request"] * 2 + ["checkpoint"]
+    checkpoint = records(log)[3]
+    assert (checkpoint["count"], checkpoint["last_hash"]) == (3, checkpoint["prev"])
+    assert checkpoint["alg"] == "ES256" and checkpoint["kid"] and checkpoint["signature"]
+
+
+def test_without_a_key_no_checkpoint_is_written(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    write_log(log, 5, checkpoint_every=2)
+    assert {r["event"] for r in records(log)} == {"request"}
+
+
+STDOUT_WRITER = """
+from dragoman.audit.chained import ChainedStdoutSink
+sink = ChainedStdoutSink()
+for n in range(3):
+    sink.write({"event": "request", "audit_id": str(n)})
+sink.close()
+"""
+
+
+def test_the_stdout_sink_writes_one_chain_per_process(tmp_path: Path) -> None:
+    captured = tmp_path / "stdout.jsonl"
+    with captured.open("wb") as out:
+        for _ in range(2):
+            subprocess.run([sys.executable, "-c", STDOUT_WRITER], stdout=out, check=True)
+    chains = [r["chain"] for r in records(captured)]
+    assert len(set(chains)) == 2
+    assert verify_cli(captured, "--chain", chains[0]).returncode == 0
+    assert verify_cli(captured, "--chain", chains[-1]).returncode == 0
+    assert "spliced" in verify_cli(captured).stderr
+
+
+def test_a_line_torn_by_another_writer_fails_the_next_write(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    audit = sink(log)
+    audit.write(request(0))
+    with log.open("ab") as handle:
+        handle.write(b'{"event":"req')
+    with pytest.raises(ChainError):
+        audit.write(request(1))
+    audit.close()

@@ -1,0 +1,51 @@
+"""Audit shipping settings, and the shipper on SQLite (no PostgreSQL needed)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from chain_support import request, sink, verify_cli
+from postgres_audit_support import file_lines, shipper
+
+from dragoman.settings import AuditSettings
+from dragoman.state import migrate
+from dragoman.state.sql import make_engine
+
+
+def test_shipping_needs_the_chained_file_sink() -> None:
+    with pytest.raises(ValueError, match="needs sink = file and chain"):
+        AuditSettings(sink="stdout", database_url="sqlite+aiosqlite:///audit.db")
+
+
+def test_shipping_to_an_unsupported_driver_is_refused() -> None:
+    with pytest.raises(ValueError, match="must start with"):
+        AuditSettings(database_url="mysql://auditor@db/audit")
+
+
+def test_no_database_url_means_no_shipper() -> None:
+    from dragoman.audit.postgres import open_audit_shipper
+
+    assert open_audit_shipper(AuditSettings()) is None
+
+
+async def test_the_shipper_copies_a_log_into_a_migrated_sqlite_database(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}"
+    engine = make_engine(url)
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+    live = tmp_path / "audit.jsonl"
+    writer = sink(live)
+    for n in range(3):
+        writer.write(request(n))
+    writer.close()
+    async with shipper(live, url) as audit:
+        assert await audit.drain() == 3
+    with sqlite3.connect(tmp_path / "audit.db") as db:
+        lines = [row[0] for row in db.execute("SELECT line FROM audit_records ORDER BY seq")]
+    assert lines == file_lines(live)
+    result = verify_cli("--database", url, live)
+    assert result.returncode == 0, result.stderr
