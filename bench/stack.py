@@ -46,6 +46,9 @@ def _bin(name: str) -> str:
     return found
 
 
+REDIS_URL = os.environ.get("DRAGOMAN_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+
+
 def write_dragoman_settings(state: Path, urls: dict[str, str], workers: int) -> Path:
     """A complete settings file with the demo's embedded defaults, all inside ``state``."""
     master = state / "master.key"
@@ -60,6 +63,17 @@ def write_dragoman_settings(state: Path, urls: dict[str, str], workers: int) -> 
         state_dir=state,
     )
     data["server"]["workers"] = workers
+    # The per-account limits run on every request (their cost is measured) but never refuse:
+    # the load is one caller at a rate far above any real limit.
+    data["limits"] = {
+        "rules": [{"name": "bench", "per": "account", "rate": "1000000/s", "burst": 1_000_000}]
+    }
+    if workers > 1:
+        # State in memory cannot span workers (settings refuse it); wrk is an API caller
+        # (no browser session), and limits and anomaly counts move to the local Redis.
+        data["browser"]["csrf"] = "off"
+        data["limits"] |= {"backend": "redis", "redis_url": REDIS_URL}
+        data["anomaly"] = {"backend": "redis", "redis_url": REDIS_URL}
     path = state / "dragoman.toml"
     write_toml(data, path)
     return path

@@ -319,6 +319,43 @@ async def platform_unavailable(
     return stack, await call(http, stack, "POST", REGISTRATION, carol(stack), json=body)
 
 
+async def rate_limited(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    # The first request uses the only allowance and fails upstream (nothing reaches the
+    # platform); the second is refused by the limit.
+    rule = {"name": "account", "per": "account", "rate": "1/h", "burst": 1}
+    stack = await make({"limits": {"rules": [rule]}, "upstream": {"url": "http://127.0.0.1:1"}})
+    async with http.get(stack.urls["proxy"] + PM, headers=alice(stack)) as first:
+        assert first.status == 502
+    return stack, await call(http, stack, "GET", PM, alice(stack))
+
+
+async def rate_limit_unavailable(
+    make: MakeStack, http: aiohttp.ClientSession
+) -> tuple[DemoStack, Any]:
+    stack = await make({"limits": {"backend": "redis", "redis_url": "redis://127.0.0.1:1/0"}})
+    return stack, await call(http, stack, "GET", PM, alice(stack))
+
+
+async def anomaly_blocked(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    # The first change is counted and fails upstream (nothing reaches the platform); the
+    # second is one more than the threshold and blocks the account.
+    rule = {"kind": "threshold", "threshold": 1, "action": "block"}
+    stack = await make(
+        {"anomaly": {"rules": {"burst": rule}}, "upstream": {"url": "http://127.0.0.1:1"}}
+    )
+    path = "/v1/customers/cus_alice/default-payment-method"
+    async with http.put(stack.urls["proxy"] + path, headers=alice(stack), json={}) as first:
+        assert first.status == 502
+    return stack, await call(http, stack, "PUT", path, alice(stack))
+
+
+async def anomaly_unavailable(
+    make: MakeStack, http: aiohttp.ClientSession
+) -> tuple[DemoStack, Any]:
+    stack = await make({"anomaly": {"backend": "redis", "redis_url": "redis://127.0.0.1:1/0"}})
+    return stack, await call(http, stack, "POST", PM, alice(stack))
+
+
 PROVOKE: dict[str, tuple[int, Callable[[MakeStack, aiohttp.ClientSession], Awaitable[Any]]]] = {
     "path_invalid": (400, path_invalid),
     "body_too_large": (413, body_too_large),
@@ -347,6 +384,10 @@ PROVOKE: dict[str, tuple[int, Callable[[MakeStack, aiohttp.ClientSession], Await
     "mapping_exists": (409, mapping_exists),
     "link_refused": (422, link_refused),
     "platform_unavailable": (503, platform_unavailable),
+    "rate_limited": (429, rate_limited),
+    "rate_limit_unavailable": (503, rate_limit_unavailable),
+    "anomaly_blocked": (403, anomaly_blocked),
+    "anomaly_unavailable": (503, anomaly_unavailable),
 }
 # Registration asks the payment platform (for the customer's record) before it refuses these.
 ASKS_THE_PLATFORM = frozenset({"mapping_exists", "link_refused"})

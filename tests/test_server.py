@@ -105,8 +105,11 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
         state_dir=tmp_path,
     )
     settings["server"]["workers"] = 2
-    # API callers only (no browser): sessions in memory cannot span two workers.
+    # State in memory cannot span two workers: API callers only (no browser sessions), and
+    # no per-account limits or anomaly counts (the Redis backends are tested elsewhere).
     settings["browser"]["csrf"] = "off"
+    settings["limits"] = {"enabled": False}
+    settings["anomaly"] = {"enabled": False}
     config = tmp_path / "dragoman.toml"
     write_toml(settings, config)
     add = [DRAGOMAN, "mappings", "add", "--config", str(config), "--account", "acct-1001"]

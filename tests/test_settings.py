@@ -217,3 +217,21 @@ def test_an_operation_cannot_take_a_path_the_proxy_answers_itself(
     problems = problems_of(write(tmp_path, data))
     assert list(problems) == ["catalog.operations.0.path"]
     assert "the proxy answers this path itself" in problems["catalog.operations.0.path"]
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("limits", "limits.backend"), ("anomaly", "anomaly.backend")],
+)
+def test_state_in_memory_is_refused_with_several_workers(
+    tmp_path: Path, section: str, key: str
+) -> None:
+    data = valid(tmp_path)
+    data["server"]["workers"] = 2
+    data["browser"]["csrf"] = "off"
+    for other in {"limits", "anomaly"} - {section}:
+        data[other] = {"enabled": False}
+    problems = problems_of(write(tmp_path, data))
+    assert len(problems) == 1
+    (message,) = problems.values()
+    assert message.startswith(key + ": ") and "redis" in message

@@ -31,6 +31,8 @@ from typing import Any
 from aiohttp import web
 
 from dragoman.alerts import AlertSink, open_alert_sinks
+from dragoman.anomaly import AnomalyStage, open_anomaly_stage
+from dragoman.audit.postgres import AuditShipper, open_audit_shipper
 from dragoman.audit.record import request_record
 from dragoman.audit.sink import AuditSink, open_audit_sink
 from dragoman.browser.cors import CorsPolicy
@@ -50,6 +52,8 @@ from dragoman.identity.oidc import OidcAuthenticator
 from dragoman.identity.stage import AuthenticateStage
 from dragoman.keys.factory import open_key_ring
 from dragoman.keys.ring import KeyRing
+from dragoman.limits.factory import open_rate_limits
+from dragoman.limits.stage import RateLimitStage
 from dragoman.mapping.factory import open_mapping_store
 from dragoman.mapping.http import REGISTRATION_PATH, open_registration
 from dragoman.mapping.maintenance import seal_plaintext
@@ -84,7 +88,7 @@ class AuditTrail:
     def write(self, record: dict[str, object]) -> None:
         try:
             self._sink.write(record)
-        except OSError:
+        except Exception:  # whatever fails, the request was not recorded: fail closed
             if not self.broken:
                 log.exception("audit sink failed; refusing requests until it recovers")
             self.broken = True
@@ -125,6 +129,13 @@ class Proxy:
     alerts: AlertSink | None = None
     reconcile: ReconcileScheduler | None = None
     """The scheduled reconciliation (None when reconcile.schedule is off)."""
+    rate_limits: RateLimitStage | None = None
+    """The rate-limit stage (limits), closed with the proxy: it may hold a Redis client."""
+    anomaly: AnomalyStage | None = None
+    """The anomaly stage (anomaly), closed with the proxy: it may hold a Redis client and
+    its own alert sinks."""
+    audit_shipper: AuditShipper | None = None
+    """Copies the audit file into the audit database (audit.database_url; None: off)."""
 
     # -- the pipeline ----------------------------------------------------------------------
 
@@ -275,6 +286,8 @@ class Proxy:
             await self.alerts.start()
         if self.reconcile is not None:
             self.reconcile.start()
+        if self.audit_shipper is not None:
+            self.audit_shipper.start()
         if self.settings.mapping.cache_ttl > 0:
             self._store_watch = asyncio.create_task(
                 self.store.watch(self.settings.store.health_interval)
@@ -300,7 +313,14 @@ class Proxy:
         await self.keys.close()
         await self.sessions.close()
         await self.store.close()
+        if self.rate_limits is not None:
+            await self.rate_limits.close()
+        if self.anomaly is not None:
+            await self.anomaly.close()
         self.audit.close()
+        if self.audit_shipper is not None:
+            # After the sink's close: its closing checkpoint is shipped too.
+            await self.audit_shipper.close()
 
 
 def open_platform_client(
@@ -345,6 +365,8 @@ def build_proxy(
     routes = RouteMatcher(catalog)
     sessions = open_session_store(settings.browser)
     csrf = CsrfVerifier(CsrfTokens(load_csrf_key(settings.browser)), sessions, clock=clock)
+    rate_limits = open_rate_limits(settings.limits, clock=clock)
+    alerts = open_alert_sinks(settings.alerts)
     stages: tuple[Stage, ...] = (
         AuthenticateStage(authenticators),
         BrowserChecksStage(cors),
@@ -352,11 +374,12 @@ def build_proxy(
         ResolveOperationStage(routes),
         StepUpStage(settings.policy.step_up, clock=clock),
         MapAccountStage(gate, policy),
+        rate_limits,
         CustomerBindingStage(max_body_bytes=settings.server.max_body_bytes),
+        (anomaly := open_anomaly_stage(settings, catalog, alerts=alerts, clock=clock)),
         MintTokenStage(minter, settings.upstream.url),
     )
     platform = open_platform_client(settings, catalog, minter)
-    alerts = open_alert_sinks(settings.alerts)
     return Proxy(
         settings=settings,
         authenticators=authenticators,
@@ -367,7 +390,8 @@ def build_proxy(
             max_body_bytes=settings.server.max_body_bytes,
             security_headers=headers,
         ),
-        audit=AuditTrail(audit_sink or open_audit_sink(settings.audit)),
+        audit=AuditTrail(audit_sink or open_audit_sink(settings.audit, clock=clock)),
+        audit_shipper=None if audit_sink is not None else open_audit_shipper(settings.audit),
         cors=cors,
         catalog=catalog,
         gate=gate,
@@ -381,6 +405,8 @@ def build_proxy(
         routes=routes,
         sessions=sessions,
         csrf=csrf,
+        rate_limits=rate_limits,
+        anomaly=anomaly,
     )
 
 

@@ -835,9 +835,383 @@ class PolicySettings(Section):
         return value
 
 
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$")
+_RATE_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_rate(value: str) -> tuple[int, int]:
+    """``"600/min"`` -> (600, 60): how many requests per how many seconds."""
+    match = _RATE.match(value)
+    if match is None or int(match.group(1)) < 1:
+        raise ValueError("a rate is a count of at least 1 per unit, like '600/min' or '10/s'")
+    return int(match.group(1)), _RATE_PERIODS[match.group(2)[0]]
+
+
+class RateLimitRuleSettings(Section):
+    """One rate limit (a GCRA: `rate` sustained, `burst` at once) on the verified identity."""
+
+    name: str = Field(
+        ...,
+        pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$",
+        description="Rule name: the 429's reason, the RateLimit header's policy, the Redis key.",
+    )
+    per: Literal["account", "customer"] = Field(
+        ...,
+        description=(
+            "What is counted: `account` the verified cloud account (issuer + subject when the"
+            " credential names none), `customer` the mapped payment customer."
+        ),
+    )
+    tiers: list[RiskTier] | None = Field(
+        None, description="Risk tiers the rule counts (unset: every tier)."
+    )
+    rate: str = Field(..., description="Sustained rate: `COUNT/UNIT`, unit s, min, h or d.")
+    burst: int = Field(..., ge=1, le=1_000_000, description="Requests allowed at once.")
+
+    @field_validator("rate")
+    @classmethod
+    def _rate_parses(cls, value: str) -> str:
+        parse_rate(value)
+        return value
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers_not_empty(cls, value: list[RiskTier] | None) -> list[RiskTier] | None:
+        if value is not None and not value:
+            raise ValueError("list at least one tier, or leave tiers unset for every tier")
+        return value
+
+
+def _default_rate_limits() -> list[RateLimitRuleSettings]:
+    return [
+        RateLimitRuleSettings(name="account", per="account", rate="600/min", burst=60),
+        RateLimitRuleSettings(
+            name="account-writes",
+            per="account",
+            tiers=["change", "destroy"],
+            rate="60/min",
+            burst=10,
+        ),
+        RateLimitRuleSettings(
+            name="customer-money", per="customer", tiers=["money"], rate="10/min", burst=3
+        ),
+    ]
+
+
+class LimitsSettings(Section):
+    """Rate limits keyed on the verified identity, never on an IP or a header the client
+    chooses. A request must pass every rule that counts its tier; a
+    refusal (429 `rate_limited`, with Retry-After) consumes nothing. The default rules:
+    `account` (every tier, 600/min, burst 60) leaves a console or a script room for pages
+    of reads while capping scraping at 10 requests a second; `account-writes` (change and
+    destroy, 60/min, burst 10) is far above a person editing payment methods and far below
+    a script enumerating cards; `customer-money` (money, 10/min, burst 3) bounds what a
+    stolen credential can move per payment customer, whichever account asks."""
+
+    enabled: bool = Field(True, description="Apply the rules (off: no request is limited).")
+    rules: list[RateLimitRuleSettings] = Field(
+        default_factory=_default_rate_limits, description="The rules (defaults above)."
+    )
+    backend: Literal["memory", "redis"] = Field(
+        "memory",
+        description=(
+            "Where the counters live: `memory` (one process: N instances or workers allow N"
+            " times the limits) or `redis` (shared: one decision per request, atomic)."
+        ),
+    )
+    redis_url: str | None = Field(
+        None, description="Redis URL of the shared counters (`redis://` or `rediss://`)."
+    )
+    fallback: Literal["refuse", "local"] = Field(
+        "refuse",
+        description=(
+            "When Redis does not answer, writes are always refused (503"
+            " `rate_limit_unavailable`); reads are refused too (`refuse`) or limited by"
+            " per-instance counters (`local`)."
+        ),
+    )
+    timeout: Duration = Field(
+        0.5, gt=0, le=10, description="How long one Redis decision may take before it fails."
+    )
+    max_keys: int = Field(
+        100_000,
+        ge=1,
+        description=(
+            "Most counters the in-memory limiter holds; idle ones are swept, and when it is"
+            " still full a new subject is refused (503) rather than resetting someone's limit."
+        ),
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+                raise ValueError("must be a redis:// or rediss:// URL")
+        return value
+
+    @field_validator("rules")
+    @classmethod
+    def _names_unique(cls, value: list[RateLimitRuleSettings]) -> list[RateLimitRuleSettings]:
+        names = [rule.name for rule in value]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"rule names must be unique: {', '.join(repeated)}")
+        return value
+
+    @model_validator(mode="after")
+    def _redis_backend_complete(self) -> LimitsSettings:
+        if self.backend == "redis" and self.redis_url is None:
+            raise ValueError("the redis backend needs redis_url")
+        return self
+
+
+AnomalyAction = Literal["alert", "step_up", "block"]
+AnomalyKind = Literal["threshold", "baseline", "card_testing"]
+_RULE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+SENSITIVE_OPERATIONS = [
+    "payment_methods:create",
+    "payment_methods:delete",
+    "payment_methods:set_default",
+    "billing_address:update",
+]
+"""The default sensitive operations, by scope: adding, deleting or choosing a payment
+method and changing the billing address (the demo catalog's scopes)."""
+
+
+class AnomalyRuleSettings(Section):
+    """One anomaly rule: what it counts, when it fires, and what happens then."""
+
+    kind: AnomalyKind = Field(
+        "threshold",
+        description=(
+            "`threshold`: fires when the account's changes in the sliding window exceed"
+            " `threshold` (at threshold + 1, never at threshold). `baseline`: fires when"
+            " they reach `min_count` and exceed `factor` times the EWMA of the account's own"
+            " per-window counts (an account without a completed window has no baseline"
+            " yet). `card_testing`: fires when `pairs` add/delete pairs (an add"
+            " then a delete within `pair_within`) fall in the window."
+        ),
+    )
+    operations: list[str] = Field(
+        default_factory=lambda: list(SENSITIVE_OPERATIONS),
+        min_length=1,
+        description=(
+            "The operations it counts (threshold, baseline): operation ids, scopes,"
+            " `resource:*`, `tier:<tier>` or `*`, as in policy.roles."
+        ),
+    )
+    window: Duration = Field(
+        3600.0, ge=1, le=30 * 86400, description="Length of the sliding window."
+    )
+    threshold: int = Field(
+        20, ge=1, description="threshold: most changes allowed in the window without firing."
+    )
+    factor: float = Field(
+        5.0, gt=1, le=1000, description="baseline: how many times its EWMA a window may reach."
+    )
+    min_count: int = Field(
+        10,
+        ge=1,
+        description=(
+            "baseline: fewest changes in the window that may fire (a new account's first"
+            " few changes never do)."
+        ),
+    )
+    smoothing: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description="baseline: EWMA weight of the newest completed window (0 < alpha <= 1).",
+    )
+    adds: list[str] = Field(
+        default_factory=lambda: ["payment_methods:create"],
+        min_length=1,
+        description="card_testing: the operations that add a payment method.",
+    )
+    deletes: list[str] = Field(
+        default_factory=lambda: ["payment_methods:delete"],
+        min_length=1,
+        description="card_testing: the operations that delete one.",
+    )
+    pair_within: Duration = Field(
+        300.0, gt=0, le=86400, description="card_testing: a delete this soon after an add pairs."
+    )
+    pairs: int = Field(3, ge=1, description="card_testing: pairs in the window that fire.")
+    action: AnomalyAction = Field(
+        "alert",
+        description=(
+            "What firing does (an alert is always sent): `alert` lets the request go on;"
+            " `step_up` refuses it with 401 insufficient_user_authentication unless the"
+            " caller signed in within `step_up_max_age`; `block` refuses it with 403"
+            " anomaly_blocked and blocks the account's sensitive operations for `block_for`."
+        ),
+    )
+    block_for: Duration = Field(
+        900.0, gt=0, le=30 * 86400, description="block: how long the account stays blocked."
+    )
+    step_up_max_age: Duration = Field(
+        300.0, gt=0, le=86400, description="step_up: how recent the caller's sign-in must be."
+    )
+
+    @model_validator(mode="after")
+    def _pairs_fit_window(self) -> AnomalyRuleSettings:
+        if self.kind == "card_testing" and self.pair_within > self.window:
+            raise ValueError("pair_within must not exceed window")
+        return self
+
+
+def _default_anomaly_rules() -> dict[str, AnomalyRuleSettings]:
+    return {
+        "changes_burst": AnomalyRuleSettings(kind="threshold"),
+        "changes_above_baseline": AnomalyRuleSettings(kind="baseline"),
+        "card_testing": AnomalyRuleSettings(kind="card_testing", action="block"),
+    }
+
+
+class AnomalySettings(Section):
+    """Anomaly detection on sensitive operations, per verified cloud account
+    (docs/anomaly.md)."""
+
+    enabled: bool = Field(True, description="Count sensitive operations and apply the rules.")
+    backend: Literal["memory", "redis"] = Field(
+        "memory",
+        description=(
+            "Where the counts and blocks live: `memory` (one process) or `redis` (shared by"
+            " every instance; while Redis is down sensitive operations are refused with 503"
+            " anomaly_unavailable)."
+        ),
+    )
+    redis_url: str | None = Field(
+        None, description="redis:// or rediss:// URL of the redis backend."
+    )
+    rules: dict[str, AnomalyRuleSettings] = Field(
+        default_factory=_default_anomaly_rules,
+        description=(
+            "Rule name -> rule. Default: changes_burst (threshold 20 per 1h, alert),"
+            " changes_above_baseline (5x the EWMA, at least 10 per 1h, alert), card_testing"
+            " (3 add/delete pairs within 5m each in 1h: block for 15m)."
+        ),
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+                raise ValueError("must be a redis:// or rediss:// URL")
+        return value
+
+    @field_validator("rules")
+    @classmethod
+    def _rule_names(cls, value: dict[str, AnomalyRuleSettings]) -> dict[str, AnomalyRuleSettings]:
+        for name in value:
+            if not _RULE_NAME.match(name):
+                raise ValueError(f"rule name {name!r}: lower-case letters, digits, _ and -")
+        return value
+
+    @model_validator(mode="after")
+    def _backend_complete(self) -> AnomalySettings:
+        if self.backend == "redis" and self.redis_url is None:
+            raise ValueError("the redis backend needs redis_url")
+        return self
+
+
 class AuditSettings(Section):
+    """The audit trail (SEMANTICS §8, docs/audit.md)."""
+
     sink: Literal["file", "stdout"] = Field("file", description="Where audit records go.")
     path: Path = Field(Path("var/audit.jsonl"), description="JSON-lines file of the file sink.")
+    chain: bool = Field(
+        True,
+        description=(
+            "Hash-chain the records (chain, seq, prev; `dragoman audit verify` checks them)."
+            " The stdout sink keeps one chain per process."
+        ),
+    )
+    max_bytes: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Rotate the file sink's file once it reaches this size (0: never); the chain"
+            " continues in the new file."
+        ),
+    )
+    checkpoint_every: int = Field(
+        1000,
+        ge=0,
+        description=(
+            "With checkpoint_key_file, a signed checkpoint every this many records (0: only"
+            " on rotation and close)."
+        ),
+    )
+    checkpoint_key_file: Path | None = Field(
+        None,
+        description=(
+            "EC P-256 private key (unencrypted PEM) that signs checkpoints; the verifier"
+            " takes its public key. Unset: no checkpoints. Needs chain."
+        ),
+    )
+    database_url: str | None = Field(
+        None,
+        description=(
+            "Ship every record of the file sink, in seq order, into the append-only"
+            " audit_records table of this database (postgresql+asyncpg://..., connected as a"
+            " role with INSERT and SELECT only; sqlite+aiosqlite:// for one process)."
+            " Unset: no shipping. Needs sink = file and chain; migrate it with `dragoman db"
+            " upgrade`."
+        ),
+    )
+    ship_batch: int = Field(
+        500, ge=1, le=10000, description="Records shipped per database transaction."
+    )
+    ship_interval: Duration = Field(
+        1.0, gt=0, le=3600, description="How often the shipper looks for new records."
+    )
+    ship_drain_timeout: Duration = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description=(
+            "At shutdown, longest wait for the shipper to ship what is left (the next start"
+            " ships the rest)."
+        ),
+    )
+
+    @field_validator("checkpoint_key_file")
+    @classmethod
+    def _checkpoint_key_file_readable(cls, value: Path | None) -> Path | None:
+        from dragoman.audit.checkpoint import CheckpointKeyError, CheckpointSigner
+
+        if value is not None:
+            try:
+                CheckpointSigner.from_pem_file(value)
+            except CheckpointKeyError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _checkpoints_need_the_chain(self) -> AuditSettings:
+        if self.checkpoint_key_file is not None and not self.chain:
+            raise ValueError("checkpoint_key_file needs chain = true")
+        return self
+
+    @field_validator("database_url")
+    @classmethod
+    def _shipping_driver(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(
+            ("sqlite+aiosqlite://", "postgresql+asyncpg://")
+        ):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return value
+
+    @model_validator(mode="after")
+    def _shipping_needs_the_chained_file(self) -> AuditSettings:
+        if self.database_url is not None and (self.sink != "file" or not self.chain):
+            raise ValueError("database_url needs sink = file and chain = true")
+        return self
 
 
 CsrfMode = Literal["off", "browser", "required"]
@@ -1143,6 +1517,14 @@ class Settings(BaseSettings):
         default_factory=lambda: PolicySettings(),
         description="Roles and the recent sign-in risky operations need.",
     )
+    limits: LimitsSettings = Field(
+        default_factory=lambda: LimitsSettings(),
+        description="Rate limits on the verified identity.",
+    )
+    anomaly: AnomalySettings = Field(
+        default_factory=lambda: AnomalySettings(),
+        description="Anomaly detection on sensitive operations.",
+    )
     audit: AuditSettings = Field(
         default_factory=lambda: AuditSettings(), description="The audit trail."
     )
@@ -1200,16 +1582,27 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _sessions_reach_every_worker(self) -> Settings:
+    def _shared_state_reaches_every_worker(self) -> Settings:
+        # State in memory lives in one process: with several workers, sessions would be
+        # unknown to the others, and each worker would allow its own full rate limit and
+        # count its own anomalies (N workers, N times the limit).
+        if self.server.workers == 1:
+            return self
         browser = self.browser
-        if (
-            browser.csrf != "off"
-            and browser.session_backend == "memory"
-            and self.server.workers != 1
-        ):
+        if browser.csrf != "off" and browser.session_backend == "memory":
             raise ValueError(
                 "browser.session_backend: sessions in memory live in one process; with"
                 " several server.workers use the redis backend"
+            )
+        if self.limits.enabled and self.limits.backend == "memory":
+            raise ValueError(
+                "limits.backend: limits in memory are per process; with several"
+                " server.workers use the redis backend (or each worker allows the full limit)"
+            )
+        if self.anomaly.enabled and self.anomaly.backend == "memory":
+            raise ValueError(
+                "anomaly.backend: counts in memory are per process; with several"
+                " server.workers use the redis backend"
             )
         return self
 

@@ -250,6 +250,9 @@ async def test_three_instances_agree_through_forced_rotations(pg_url: str, tmp_p
             )
             settings["store"]["database_url"] = pg_url
             settings["audit"] = {"sink": "stdout"}
+            # One caller drives thousands of requests: this test is about keys, not limits.
+            settings["limits"] = {"enabled": False}
+            settings["anomaly"] = {"enabled": False}
             configs.append(tmp_path / f"proxy{index}.toml")
             write_toml(settings, configs[-1])
         code, _, err = await run_cli(

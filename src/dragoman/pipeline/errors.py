@@ -21,15 +21,19 @@ and the security headers, and nothing reaches the upstream. The tree::
     │   ├── CsrfInvalid                csrf_invalid (reason: mismatch, bad_mac, unknown_session,
     │   │                              other_principal)
     │   ├── CsrfTokenRotated           csrf_token_rotated
+    │   ├── AnomalyBlocked             anomaly_blocked (reason: the rule's name; Retry-After)
     │   └── RegistrationForbidden      registration_forbidden
     ├── OperationUnknown          404  operation_unknown
     ├── Conflict                  409  conflict
     │   └── LinkExists                 mapping_exists
     ├── LinkRefused               422  link_refused (reason: customer_missing, customer_deleted,
     │                                  customer_merged, account_mismatch)
+    ├── RateLimited               429  rate_limited (reason: the rule's name; Retry-After,
+    │                                  RateLimit-Policy, RateLimit)
     ├── DependencyUnavailable     503  identity_unavailable, mapping_unavailable,
     │                                  key_unavailable, audit_unavailable, platform_unavailable,
-    │                                  session_unavailable
+    │                                  session_unavailable, rate_limit_unavailable,
+    │                                  anomaly_unavailable
     ├── InternalError             500  internal_error
     ├── UpstreamUnavailable       502  upstream_unavailable
     └── UpstreamTimeout           504  upstream_timeout
@@ -208,6 +212,22 @@ class CsrfTokenRotated(Forbidden):
     title = "The CSRF token has been replaced by a session refresh; perform a new handshake."
 
 
+class AnomalyBlocked(Forbidden):
+    """An anomaly rule blocked the account's sensitive operations for a while; ``reason``
+    names the rule (recorded in the audit record). ``retry_after`` is in whole seconds,
+    rounded up and at least 1."""
+
+    code = "anomaly_blocked"
+    title = "Sensitive operations of this account are blocked for a while after unusual activity."
+
+    def __init__(self, rule: str, *, retry_after: int) -> None:
+        super().__init__(rule)
+        self.retry_after = max(1, retry_after)
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class RegistrationForbidden(Forbidden):
     code = "registration_forbidden"
     title = "The caller may not link or unlink its cloud account."
@@ -237,6 +257,36 @@ class LinkRefused(Denial):
     status = 422
     code = "link_refused"
     title = "The payment platform's records do not support this link; nothing was linked."
+
+    def extensions(self) -> dict[str, str]:
+        return {"reason": self.reason}
+
+
+class RateLimited(Denial):
+    """A rate limit on the caller's verified identity refused the request (nothing was
+    counted); ``reason`` names the rule and the problem body carries it.
+
+    ``retry_after`` is in whole seconds, rounded up and at least 1; ``policy`` and ``state``
+    are the rule's RateLimit-Policy and RateLimit field values (draft-ietf-httpapi-ratelimit-
+    headers), built by :mod:`dragoman.limits.headers`.
+    """
+
+    status = 429
+    code = "rate_limited"
+    title = "Too many requests for this account; retry after the time in Retry-After."
+
+    def __init__(self, rule: str, *, retry_after: int, policy: str, state: str) -> None:
+        super().__init__(rule)
+        self.retry_after = max(1, retry_after)
+        self.policy = policy
+        self.state = state
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "Retry-After": str(self.retry_after),
+            "RateLimit-Policy": self.policy,
+            "RateLimit": self.state,
+        }
 
     def extensions(self) -> dict[str, str]:
         return {"reason": self.reason}
@@ -274,6 +324,16 @@ class AuditUnavailable(DependencyUnavailable):
 class SessionUnavailable(DependencyUnavailable):
     code = "session_unavailable"
     title = "The browser session store is unavailable; nothing was forwarded."
+
+
+class RateLimitUnavailable(DependencyUnavailable):
+    code = "rate_limit_unavailable"
+    title = "The shared rate-limit store is unavailable; nothing was forwarded."
+
+
+class AnomalyUnavailable(DependencyUnavailable):
+    code = "anomaly_unavailable"
+    title = "The anomaly detection store is unavailable; sensitive operations are refused."
 
 
 class PlatformRecordsUnavailable(DependencyUnavailable):

@@ -1,0 +1,113 @@
+"""RateLimitStage: counts the request against every rule covering its risk tier.
+
+It runs after the account mapping (step 4), so every subject it counts is verified: the
+cloud account of the credential (issuer and subject when the credential names none) and
+the mapped payment customer, never an IP address or a header the client chooses. A
+refusal is 429 ``rate_limited`` naming the rule that lasts longest, with Retry-After and
+the RateLimit headers of that rule (:mod:`dragoman.limits.headers`); nothing is counted
+for a refused request.
+
+Failing closed (SEMANTICS §6): when the shared limiter cannot decide, a write is refused
+(503 ``rate_limit_unavailable``); so is a read, unless a per-instance ``local`` limiter is
+configured, which then limits reads on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from dragoman.catalog.model import Operation
+from dragoman.limits.gcra import whole_seconds
+from dragoman.limits.headers import policy_field, state_field
+from dragoman.limits.rules import Check, Limiter, LimiterUnavailable, Rule, Verdict
+from dragoman.pipeline.context import RequestContext
+from dragoman.pipeline.errors import RateLimited, RateLimitUnavailable
+from dragoman.settings import RISK_TIERS
+
+log = logging.getLogger(__name__)
+
+
+def is_read(operation: Operation) -> bool:
+    """Only a GET/HEAD of the read tier counts as a read for the fallback."""
+    return not operation.is_write and operation.tier == "read"
+
+
+def subject_of(rule: Rule, ctx: RequestContext) -> str:
+    principal = ctx.principal
+    if principal is None:
+        raise RuntimeError("the rate-limit stage runs after authentication")
+    if rule.per == "customer":
+        if ctx.mapping is None:
+            raise RuntimeError("the rate-limit stage runs after the account mapping")
+        return "customer:" + ctx.mapping.payment_customer
+    if principal.cloud_account is not None:
+        return "account:" + principal.cloud_account
+    return f"principal:{principal.issuer} {principal.subject}"
+
+
+class RateLimitStage:
+    name = "rate_limit"
+
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        limiter: Limiter | None,
+        *,
+        local: Limiter | None = None,
+    ) -> None:
+        """``limiter`` decides (None: no rules); ``local`` is the per-instance fallback for
+        reads when ``limiter`` cannot decide (None: reads are refused too)."""
+        self._by_tier = {t: tuple(r for r in rules if r.counts(t)) for t in RISK_TIERS}
+        self._limiter = limiter
+        self._local = local
+        self._down = False
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        if self._limiter is None:
+            return
+        if ctx.operation is None:
+            raise RuntimeError("the rate-limit stage runs after the operation is resolved")
+        rules = self._by_tier.get(ctx.operation.tier, ())
+        if not rules:
+            return
+        checks = [Check(rule, subject_of(rule, ctx)) for rule in rules]
+        try:
+            verdict = await self._limiter.decide(checks)
+        except LimiterUnavailable as exc:
+            verdict = await self._fallback(checks, ctx.operation, exc)
+        else:
+            if self._down:
+                log.warning("rate limiter answers again")
+                self._down = False
+        if not verdict.allowed:
+            raise refusal(checks, verdict)
+
+    async def _fallback(
+        self, checks: Sequence[Check], operation: Operation, error: LimiterUnavailable
+    ) -> Verdict:
+        if not self._down:
+            log.warning("rate limiter cannot decide (%s); failing closed", error)
+            self._down = True
+        if self._local is None or not is_read(operation):
+            raise RateLimitUnavailable()
+        try:
+            return await self._local.decide(checks)
+        except LimiterUnavailable:
+            raise RateLimitUnavailable() from None
+
+    async def close(self) -> None:
+        for limiter in (self._limiter, self._local):
+            if limiter is not None:
+                await limiter.close()
+
+
+def refusal(checks: Sequence[Check], verdict: Verdict) -> RateLimited:
+    index = verdict.binding()
+    rule, decision = checks[index].rule, verdict.decisions[index]
+    return RateLimited(
+        rule.name,
+        retry_after=whole_seconds(decision.retry_after),
+        policy=policy_field(rule),
+        state=state_field(rule, decision),
+    )
