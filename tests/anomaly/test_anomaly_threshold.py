@@ -146,3 +146,23 @@ async def test_step_up_answers_the_step_up_challenge_until_the_caller_signs_in_a
     assert await alice.set_default() == FORWARDED
     applied = [alert_fields(line)["applied"] for line in anomaly_alerts(caplog)]
     assert applied == ["step_up", "step_up_satisfied"]
+
+
+async def test_a_rule_that_keeps_firing_alerts_once_per_window(
+    make_stack: MakeStack,
+    backend: Backend,
+    clock: MovableClock,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every change past K fires the rule again (its action applies each time), but the
+    sinks hear of it once per window: an account hammering the API floods no one."""
+    capture_alerts(caplog)
+    stack = await make_stack(anomaly_overrides(backend, threshold()), clock=clock)
+    alice = Caller(stack, clock, http)
+
+    assert await alice.changes(K + 5) == [FORWARDED] * (K + 5)
+    assert len(anomaly_alerts(caplog)) == 1
+    clock.advance(61)  # the window (60 s) has drained; the rule fires again on K+1 changes
+    assert await alice.changes(K + 1) == [FORWARDED] * (K + 1)
+    assert len(anomaly_alerts(caplog)) == 2

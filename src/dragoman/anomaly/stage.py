@@ -49,6 +49,10 @@ def account_ref(cloud_account: str) -> str:
     return hashlib.sha256(b"dragoman-anomaly\x00" + cloud_account.encode()).hexdigest()[:32]
 
 
+MAX_ALERT_KEYS = 100_000
+"""(rule, outcome, account) keys remembered for alert de-duplication."""
+
+
 class AnomalyStage:
     name = "anomaly"
 
@@ -66,6 +70,9 @@ class AnomalyStage:
         self._alerts_started = False
         self._clock = clock
         self._step_up = StepUpStage({}, clock=clock)
+        self._alerted: dict[tuple[str, str, str], int] = {}
+        """(rule, outcome, account) -> when its last alert went out (ms)."""
+        self._longest_window_ms = max((r.window_ms for r in rules.rules), default=0)
 
     async def __call__(self, ctx: RequestContext) -> None:
         assert ctx.principal is not None and ctx.operation is not None  # earlier stages
@@ -100,6 +107,8 @@ class AnomalyStage:
                 failure = self._step_up_failure(ctx.principal, hit)
                 applied = "step_up_satisfied" if failure is None else "step_up"
                 step_up = step_up or failure
+            if not self._first_in_window(hit, applied, ref, now_ms):
+                continue
             self._alerts.emit(
                 anomaly_alert(
                     hit,
@@ -113,6 +122,25 @@ class AnomalyStage:
             left = math.ceil((verdict.blocked_until_ms - now_ms) / 1000)
             return AnomalyBlocked(verdict.blocked_by, retry_after=left)
         return step_up
+
+    def _first_in_window(self, hit: Hit, applied: Applied, ref: str, now_ms: int) -> bool:
+        """Whether this firing is the first of its rule, with this outcome, for the account
+        within the rule's window. A rule keeps firing on every later change until its
+        window drains; its action applies each time, but one alert per window says it all
+        (an account hammering the API must not flood the sinks, nor spend the proxy's time
+        logging)."""
+        key = (hit.rule.name, applied, ref)
+        last = self._alerted.get(key)
+        if last is not None and now_ms - last < hit.rule.window_ms:
+            return False
+        if len(self._alerted) >= MAX_ALERT_KEYS:
+            self._alerted = {
+                k: t for k, t in self._alerted.items() if now_ms - t < self._longest_window_ms
+            }
+            if len(self._alerted) >= MAX_ALERT_KEYS:
+                self._alerted.clear()  # alert again rather than grow without bound
+        self._alerted[key] = now_ms
+        return True
 
     def _step_up_failure(self, principal: Principal, hit: Hit) -> StepUpRequired | None:
         try:
