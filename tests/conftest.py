@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -49,6 +50,15 @@ def _port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The Redis server of the tests (skips locally when down, fails under CI=true)."""
+    parts = urlsplit(REDIS_URL)
+    if not _port_open(parts.hostname or "127.0.0.1", parts.port or 6379):
+        service_missing(f"Redis at {parts.hostname}:{parts.port or 6379}", "connection refused")
+    return REDIS_URL
 
 
 @asynccontextmanager

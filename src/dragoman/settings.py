@@ -90,6 +90,15 @@ def check_http_url(value: str, *, require_tls: bool, allow_path: bool = True) ->
     return value
 
 
+def check_redis_url(value: str | None) -> str | None:
+    """A Redis URL (``redis://`` or ``rediss://`` with a host), or None."""
+    if value is not None:
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError("must be a redis:// or rediss:// URL")
+    return value
+
+
 class Section(BaseModel):
     """Base of every settings table: unknown keys are errors, values are immutable."""
 
@@ -945,11 +954,7 @@ class LimitsSettings(Section):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
-        if value is not None:
-            parts = urlsplit(value)
-            if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-                raise ValueError("must be a redis:// or rediss:// URL")
-        return value
+        return check_redis_url(value)
 
     @field_validator("rules")
     @classmethod
@@ -1098,11 +1103,7 @@ class AnomalySettings(Section):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
-        if value is not None:
-            parts = urlsplit(value)
-            if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-                raise ValueError("must be a redis:// or rediss:// URL")
-        return value
+        return check_redis_url(value)
 
     @field_validator("rules")
     @classmethod
@@ -1333,11 +1334,7 @@ class BrowserSettings(Section):
     @field_validator("session_redis_url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
-        if value is not None:
-            parts = urlsplit(value)
-            if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-                raise ValueError("must be a redis:// or rediss:// URL")
-        return value
+        return check_redis_url(value)
 
     @model_validator(mode="after")
     def _session_backend_complete(self) -> BrowserSettings:

@@ -6,7 +6,6 @@ locally and fail under CI=true."""
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import pytest
 
 CHROMIUM = Path(os.environ.get("DRAGOMAN_TEST_CHROMIUM", "/usr/bin/chromium"))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-REDIS_URL = os.environ.get("DRAGOMAN_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture
@@ -33,20 +31,6 @@ async def chromium() -> AsyncIterator[object]:
             yield browser
         finally:
             await browser.close()
-
-
-@pytest.fixture
-def redis_url() -> str:
-    """The Redis server of the tests (skips locally when down, fails under CI=true)."""
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=1):
-            pass
-    except OSError:
-        message = "Redis on 127.0.0.1:6379 is not reachable (connection refused)"
-        if IN_CI:
-            pytest.fail(message + "; CI=true requires it", pytrace=False)
-        pytest.skip(message)
-    return REDIS_URL
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])

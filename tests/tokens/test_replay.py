@@ -8,7 +8,6 @@ when it is down and fail under CI=true). Time moves by an injected clock, never 
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -37,8 +36,6 @@ from dragoman.tokens.verify import TokenRejected, TokenVerifier, VerifiedToken, 
 
 from .support import PM, Tokens
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-REDIS_URL = os.environ.get("DRAGOMAN_TEST_REDIS", "redis://127.0.0.1:6379/0")
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 """n, the order of the P-256 group: (r, n - s) is the twin of the ES256 signature (r, s)."""
 CREATE = "payment_methods:create"
@@ -56,20 +53,6 @@ class Clock:
 
 
 # -- fixtures ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def redis_url() -> str:
-    """The Redis server of the tests (skips locally when down, fails under CI=true)."""
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=1):
-            pass
-    except OSError:
-        message = "Redis on 127.0.0.1:6379 is not reachable (connection refused)"
-        if IN_CI:
-            pytest.fail(message + "; CI=true requires it", pytrace=False)
-        pytest.skip(message)
-    return REDIS_URL
 
 
 @pytest.fixture
