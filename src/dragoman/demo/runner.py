@@ -260,8 +260,8 @@ def _instructions(urls: dict[str, str], state_dir: Path) -> str:
     return f"""
 dragoman demo is running (Ctrl-C stops it).
 
-  console page        {urls["console"]}/      sign in as alice, bob or mallory; its billing
-                                               widget is served by dragoman, in an iframe
+  console page        {urls["console"]}/      sign in as alice, bob or mallory; the billing
+                                                  widget in it is served by dragoman
   dragoman            {urls["proxy"]}          JWKS at /.well-known/jwks.json
   payment platform    {urls["platform"]}          OpenAPI at /openapi.json
   identity issuer     {urls["issuer"]}          {DEV_WARNING}

@@ -1,0 +1,80 @@
+"""Shared settings building blocks: the env prefix, durations, URL checks, Section."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict
+
+ENV_PREFIX = "DRAGOMAN_"
+CONFIG_ENV = "DRAGOMAN_CONFIG"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object) -> object:
+    """Turn ``"90s"``, ``"5m"``, ``"36h"`` or a number into seconds (float)."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '90s', '5m', '36h'")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError(
+                "a duration is a number of seconds or a string like '90s', '5m', '36h'"
+            )
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+
+
+def is_loopback_host(host: str) -> bool:
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_http_url(value: str, *, require_tls: bool, allow_path: bool = True) -> str:
+    """An absolute http(s) URL without query, fragment or credentials.
+
+    With ``require_tls`` plain http is accepted only for loopback hosts (tests and the demo).
+    """
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    if parts.query or parts.fragment:
+        raise ValueError("must not carry a query or a fragment")
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials")
+    if not allow_path and parts.path not in ("", "/"):
+        raise ValueError("must not carry a path")
+    if require_tls and parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ValueError("must use https (plain http is accepted for loopback hosts only)")
+    return value
+
+
+def check_redis_url(value: str | None) -> str | None:
+    """A Redis URL (``redis://`` or ``rediss://`` with a host), or None."""
+    if value is not None:
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError("must be a redis:// or rediss:// URL")
+    return value
+
+
+class Section(BaseModel):
+    """Base of every settings table: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)

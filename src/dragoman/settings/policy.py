@@ -1,0 +1,86 @@
+"""Policy settings: roles and step-up per risk tier."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import Field, field_validator, model_validator
+
+from dragoman.settings.base import Duration, Section
+from dragoman.settings.catalog import RISK_TIERS, RiskTier
+
+_ACR_VALUE = re.compile(r'^[^\s"\\]+$')
+
+
+class StepUpSettings(Section):
+    """What a recent enough sign-in is, for the operations of one risk tier (RFC 9470)."""
+
+    max_age: Duration | None = Field(
+        None,
+        gt=0,
+        description="The identity token's `auth_time` must be at most this old.",
+    )
+    acr_values: list[str] = Field(
+        default_factory=list,
+        description="The identity token's `acr` must be one of these (empty: not checked).",
+    )
+
+    @field_validator("acr_values")
+    @classmethod
+    def _acr_tokens(cls, value: list[str]) -> list[str]:
+        for acr in value:
+            if not _ACR_VALUE.match(acr):
+                raise ValueError("an acr value is non-empty, without spaces, quotes or '\\'")
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> StepUpSettings:
+        if self.max_age is None and not self.acr_values:
+            raise ValueError("a step-up names max_age, acr_values or both")
+        return self
+
+
+def _default_roles() -> dict[str, list[str]]:
+    return {
+        "viewer": ["tier:read"],
+        "billing_admin": ["tier:read", "tier:change", "tier:destroy"],
+        "owner": ["*"],
+    }
+
+
+def _default_step_up() -> dict[RiskTier, StepUpSettings]:
+    return {"money": StepUpSettings(max_age=300.0)}
+
+
+class PolicySettings(Section):
+    """What each role may ask for, and which risk tiers need a recent sign-in. A mapping
+    grants roles (and principals) operations; a role grant never reaches beyond the role's
+    definition here, and a role not defined here grants nothing."""
+
+    roles: dict[str, list[str]] = Field(
+        default_factory=_default_roles,
+        description=(
+            "Role -> what it may ask for: operation ids, scopes, `resource:*`, `tier:<tier>`"
+            " or `*`. Default: viewer = tier:read; billing_admin = tier:read, tier:change,"
+            " tier:destroy; owner = *."
+        ),
+    )
+    step_up: dict[RiskTier, StepUpSettings] = Field(
+        default_factory=_default_step_up,
+        description=(
+            "Risk tier -> the recent sign-in its operations need (otherwise 401"
+            " insufficient_user_authentication). Default: money needs auth_time within 5m."
+        ),
+    )
+
+    @field_validator("roles")
+    @classmethod
+    def _role_entries(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for role, entries in value.items():
+            if not entries:
+                raise ValueError(f"role {role!r} grants nothing; remove it or name entries")
+            for entry in entries:
+                tier = entry.removeprefix("tier:")
+                if entry.startswith("tier:") and tier not in RISK_TIERS:
+                    raise ValueError(f"role {role!r}: unknown tier {tier!r}")
+        return value

@@ -1,0 +1,92 @@
+"""Listener, upstream, token and store settings."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from dragoman.settings.base import Duration, Section, check_http_url
+
+
+class ServerSettings(Section):
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on (0: any free).")
+    workers: int = Field(
+        1,
+        ge=0,
+        le=256,
+        description="Worker processes sharing the port with SO_REUSEPORT; 0 means one per core.",
+    )
+    max_body_bytes: int = Field(
+        1_048_576,
+        ge=0,
+        le=1_073_741_824,
+        description="Largest request body forwarded upstream; larger bodies get 413.",
+    )
+    shutdown_timeout: Duration = Field(
+        10.0, gt=0, le=600, description="How long in-flight requests may run on shutdown."
+    )
+    trust_request_id: bool = Field(
+        True,
+        description=(
+            "Keep a client-sent X-Request-Id when it is 8-64 characters of [A-Za-z0-9._-];"
+            " otherwise (or when false) a fresh one is generated."
+        ),
+    )
+
+
+class UpstreamSettings(Section):
+    url: str = Field(..., description="Base URL of the upstream; request paths are appended.")
+    audience: str = Field(..., min_length=1, description="`aud` of the tokens minted for it.")
+    connect_timeout: Duration = Field(3.0, gt=0, le=60, description="Connect timeout (then 502).")
+    read_timeout: Duration = Field(
+        30.0, gt=0, le=600, description="Timeout waiting for upstream data (then 504)."
+    )
+    pool_size: int = Field(100, ge=1, le=10_000, description="Pooled connections per worker.")
+    strip_set_cookie: bool = Field(
+        True, description="Drop Set-Cookie from upstream answers (the proxy's origin is not its)."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return check_http_url(value, require_tls=False).rstrip("/")
+
+
+class TokenSettings(Section):
+    issuer: str = Field("dragoman", min_length=1, description="`iss` of minted tokens.")
+    ttl: Duration = Field(
+        300.0, ge=10, le=900, description="Lifetime of a minted token (at most 15 minutes)."
+    )
+    algorithm: Literal["ES256"] = Field("ES256", description="Signing algorithm.")
+
+
+class StoreSettings(Section):
+    """The shared state store: account mappings and the signing key set."""
+
+    database_url: str = Field(
+        "sqlite+aiosqlite:///var/dragoman.db",
+        description="SQLAlchemy URL: sqlite+aiosqlite:///FILE or postgresql+asyncpg://...",
+    )
+    auto_migrate: bool = Field(True, description="Apply database migrations at start.")
+    pool_size: int = Field(5, ge=1, le=200, description="Database connections per worker.")
+    query_timeout: Duration = Field(
+        2.0, gt=0, le=60, description="Longest wait for a query (then 503)."
+    )
+    health_interval: Duration = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description=(
+            "How often each worker pings the database; once a ping (or any query) fails,"
+            " cached mappings are refused (503) until it answers again."
+        ),
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_driver(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return value
