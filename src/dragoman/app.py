@@ -365,7 +365,7 @@ def build_proxy(
     routes = RouteMatcher(catalog)
     sessions = open_session_store(settings.browser)
     csrf = CsrfVerifier(CsrfTokens(load_csrf_key(settings.browser)), sessions, clock=clock)
-    rate_limits = open_rate_limits(settings.limits, clock=clock)
+    rate_limits = open_rate_limits(settings.limits, key=store.codec.account_index, clock=clock)
     alerts = open_alert_sinks(settings.alerts)
     stages: tuple[Stage, ...] = (
         AuthenticateStage(authenticators),
@@ -376,7 +376,11 @@ def build_proxy(
         MapAccountStage(gate, policy),
         rate_limits,
         CustomerBindingStage(max_body_bytes=settings.server.max_body_bytes),
-        (anomaly := open_anomaly_stage(settings, catalog, alerts=alerts, clock=clock)),
+        (
+            anomaly := open_anomaly_stage(
+                settings, catalog, alerts=alerts, account_key=store.codec.account_index, clock=clock
+            )
+        ),
         MintTokenStage(minter, settings.upstream.url),
     )
     platform = open_platform_client(settings, catalog, minter)

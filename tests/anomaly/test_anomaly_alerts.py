@@ -63,7 +63,12 @@ async def test_alerts_reach_a_webhook_sink_without_token_card_or_ids(
 
     delivered = [json.loads(body) for body in bodies]
     assert sorted(a["fields"]["rule"] for a in delivered) == ["burst", "pairs"]
-    assert {a["fields"]["account_ref"] for a in delivered} == {account_ref("acct-1001")}
+    # Named by the mapping store's keyed blind index: the account_index of its mapping
+    # audit records, and no plain hash anyone could reverse by trying every account id.
+    assert stack.proxy is not None
+    index = stack.proxy.store.codec.account_index("acct-1001")
+    assert {a["fields"]["account_ref"] for a in delivered} == {index}
+    assert index != account_ref("acct-1001")
     everything = b"".join(bodies).decode() + "".join(anomaly_alerts(caplog))
     for secret in (token, alice.last_token, CARD["card_number"], "acct-1001", "cus_alice"):
         assert secret not in everything

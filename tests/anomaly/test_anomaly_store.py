@@ -20,6 +20,7 @@ from anomaly_support import (
 from dragoman.anomaly.rules import RuleBook
 from dragoman.catalog.model import operations_from_settings
 from dragoman.demo.runner import demo_settings
+from dragoman.keys.sealing import new_master_key
 from dragoman.settings import SettingsError, load_settings
 
 BURST = {"burst": {"kind": "threshold", "threshold": 3, "window": "1m", "action": "block"}}
@@ -35,8 +36,12 @@ async def test_two_instances_sharing_redis_count_one_account_once(
     http: aiohttp.ClientSession,
 ) -> None:
     backend = redis_backend
-    first = Caller(await make_stack(anomaly_overrides(backend, BURST), clock=clock), clock, http)
-    second = Caller(await make_stack(anomaly_overrides(backend, BURST), clock=clock), clock, http)
+    # Instances of one deployment share the mapping store's index key (here set, since each
+    # test stack has a master key of its own): counts are keyed on it.
+    shared = {"mapping": {"encryption": {"index_key": new_master_key()}}}
+    overrides = anomaly_overrides(backend, BURST, **shared)
+    first = Caller(await make_stack(overrides, clock=clock), clock, http)
+    second = Caller(await make_stack(overrides, clock=clock), clock, http)
 
     outcomes = [await (first, second)[n % 2].set_default() for n in range(4)]
     assert outcomes == [FORWARDED] * 3 + ["anomaly_blocked"]

@@ -28,6 +28,7 @@ def open_anomaly_stage(
     catalog: Sequence[Operation],
     *,
     alerts: AlertSink | None = None,
+    account_key: Callable[[str], str] = account_ref,
     clock: Callable[[], float] = time.time,
 ) -> AnomalyStage:
     """The stage from settings; with ``anomaly.enabled`` off it has no rules (every
@@ -41,4 +42,4 @@ def open_anomaly_stage(
     else:
         state = MemoryState(rules.rules)
     sinks = open_anomaly_sinks(settings.alerts, shared=alerts)
-    return AnomalyStage(rules, state, sinks, clock=clock)
+    return AnomalyStage(rules, state, sinks, account_key=account_key, clock=clock)

@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 
 
 def account_ref(cloud_account: str) -> str:
-    """The opaque key of an account's counts, and how alerts name it."""
+    """An unkeyed opaque key of an account, for a stage built without the proxy's keyed
+    index (tests); a plain hash of a low-entropy id can be reversed by trying them all."""
     return hashlib.sha256(b"dragoman-anomaly\x00" + cloud_account.encode()).hexdigest()[:32]
 
 
@@ -62,8 +63,14 @@ class AnomalyStage:
         state: AnomalyState,
         alerts: AlertSink,
         *,
+        account_key: Callable[[str], str] = account_ref,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``account_key`` turns a cloud account into the opaque key of its counts and the
+        ``account_ref`` of its alerts; the proxy passes the mapping store's keyed blind
+        index, so neither Redis nor an alert reveals the account, and an alert's reference
+        matches the ``account_index`` of the account's mapping audit records."""
+        self._account_key = account_key
         self._rules = rules
         self._state = state
         self._alerts = alerts
@@ -82,7 +89,7 @@ class AnomalyStage:
         account = ctx.mapping.cloud_account if ctx.mapping is not None else None
         if account is None or account != ctx.principal.cloud_account:
             raise AnomalyUnavailable("account_unknown")  # not reached after the mapping
-        ref = account_ref(account)
+        ref = self._account_key(account)
         now_ms = math.floor(self._clock() * 1000)
         try:
             verdict = await self._state.observe(ref, now_ms, feeds, uuid.uuid4().hex)

@@ -7,20 +7,26 @@ from collections.abc import Callable
 
 from dragoman.limits.memory import MemoryLimiter
 from dragoman.limits.rules import Limiter, rules_from_settings
-from dragoman.limits.stage import RateLimitStage
+from dragoman.limits.stage import RateLimitStage, plain_key
 from dragoman.settings import LimitsSettings
 
 
 def open_rate_limits(
-    settings: LimitsSettings, *, clock: Callable[[], float] = time.time
+    settings: LimitsSettings,
+    *,
+    key: Callable[[str], str] = plain_key,
+    clock: Callable[[], float] = time.time,
 ) -> RateLimitStage:
     """``clock`` drives the in-memory counters (the proxy's clock, which tests move); the
-    Redis counters run on the Redis server's clock."""
+    Redis counters run on the Redis server's clock. ``key`` hides the counted accounts
+    (:func:`dragoman.limits.stage.subject_of`)."""
     rules = rules_from_settings(settings)
     if not rules:
-        return RateLimitStage((), None)
+        return RateLimitStage((), None, key=key)
     if settings.backend == "memory":
-        return RateLimitStage(rules, MemoryLimiter(max_keys=settings.max_keys, clock=clock))
+        return RateLimitStage(
+            rules, MemoryLimiter(max_keys=settings.max_keys, clock=clock), key=key
+        )
     from dragoman.limits.redis_limiter import RedisLimiter
 
     if settings.redis_url is None:
@@ -31,4 +37,4 @@ def open_rate_limits(
         if settings.fallback == "local"
         else None
     )
-    return RateLimitStage(rules, shared, local=local)
+    return RateLimitStage(rules, shared, local=local, key=key)

@@ -15,7 +15,7 @@ configured, which then limits reads on its own.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from dragoman.catalog.model import Operation
 from dragoman.limits.gcra import whole_seconds
@@ -33,17 +33,25 @@ def is_read(operation: Operation) -> bool:
     return not operation.is_write and operation.tier == "read"
 
 
-def subject_of(rule: Rule, ctx: RequestContext) -> str:
+def plain_key(value: str) -> str:
+    """Subjects as they are (a stage without the proxy's keyed index: tests)."""
+    return value
+
+
+def subject_of(rule: Rule, ctx: RequestContext, key: Callable[[str], str] = plain_key) -> str:
+    """The counted subject, through ``key``: the proxy passes the mapping store's keyed
+    blind index, so a limiter's keys never reveal an account or a customer (their ids have
+    too little entropy for a plain hash to hide them)."""
     principal = ctx.principal
     if principal is None:
         raise RuntimeError("the rate-limit stage runs after authentication")
     if rule.per == "customer":
         if ctx.mapping is None:
             raise RuntimeError("the rate-limit stage runs after the account mapping")
-        return "customer:" + ctx.mapping.payment_customer
+        return "customer:" + ctx.mapping.customer_index
     if principal.cloud_account is not None:
-        return "account:" + principal.cloud_account
-    return f"principal:{principal.issuer} {principal.subject}"
+        return "account:" + key(principal.cloud_account)
+    return "principal:" + key(f"{principal.issuer} {principal.subject}")
 
 
 class RateLimitStage:
@@ -55,9 +63,11 @@ class RateLimitStage:
         limiter: Limiter | None,
         *,
         local: Limiter | None = None,
+        key: Callable[[str], str] = plain_key,
     ) -> None:
         """``limiter`` decides (None: no rules); ``local`` is the per-instance fallback for
         reads when ``limiter`` cannot decide (None: reads are refused too)."""
+        self._key = key
         self._by_tier = {t: tuple(r for r in rules if r.counts(t)) for t in RISK_TIERS}
         self._limiter = limiter
         self._local = local
@@ -71,7 +81,7 @@ class RateLimitStage:
         rules = self._by_tier.get(ctx.operation.tier, ())
         if not rules:
             return
-        checks = [Check(rule, subject_of(rule, ctx)) for rule in rules]
+        checks = [Check(rule, subject_of(rule, ctx, self._key)) for rule in rules]
         try:
             verdict = await self._limiter.decide(checks)
         except LimiterUnavailable as exc:
