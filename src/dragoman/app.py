@@ -454,6 +454,7 @@ def build_app(
         headers=proxy.headers,
         audit=proxy.audit,
         context=proxy._context,
+        limit=proxy.rate_limits.check_account if proxy.rate_limits else None,
         clock=clock,
     )
     PageServer(settings.browser, proxy.headers).add_routes(app)
@@ -471,6 +472,7 @@ def build_app(
             cors=proxy.cors,
             headers=proxy.headers,
             context=proxy._context,
+            limit=proxy.rate_limits.check_account if proxy.rate_limits else None,
             clock=clock,
         )
         app.router.add_post(REGISTRATION_PATH, registration.create)

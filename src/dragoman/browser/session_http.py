@@ -81,8 +81,12 @@ class SessionEndpoint:
         headers: Mapping[str, str],
         audit: AuditWriter,
         context: Callable[[web.Request], RequestContext],
+        limit: Callable[[RequestContext], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``limit`` counts a handshake against the caller's per-account rate limits (one
+        account must not fill the session store)."""
+        self._limit = limit
         self._verifier = verifier
         self._store = verifier.store
         self._tokens = verifier.tokens
@@ -118,6 +122,8 @@ class SessionEndpoint:
     async def _handshake(self, ctx: RequestContext) -> _Answer:
         principal = ctx.principal
         assert principal is not None  # set by the authentication stage
+        if self._limit is not None:
+            await self._limit(ctx)
         joined = await self._verifier.cookie_session(ctx.request, principal)
         if joined is not None:
             ctx.session = session_reference(joined.id)

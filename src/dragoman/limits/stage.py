@@ -23,7 +23,7 @@ from dragoman.limits.headers import policy_field, state_field
 from dragoman.limits.rules import Check, Limiter, LimiterUnavailable, Rule, Verdict
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import RateLimited, RateLimitUnavailable
-from dragoman.settings import RISK_TIERS
+from dragoman.settings import RISK_TIERS, RiskTier
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,25 @@ class RateLimitStage:
         if not rules:
             return
         checks = [Check(rule, subject_of(rule, ctx, self._key)) for rule in rules]
+        await self._decide(checks, read=is_read(ctx.operation))
+
+    async def check_account(self, ctx: RequestContext, tier: RiskTier = "change") -> None:
+        """For the proxy's own state-changing endpoints (the session handshake, registration),
+        which have no catalog operation and no mapping: the per-account rules of ``tier``.
+        One account cannot flood the session store or the platform's customer reads."""
+        if self._limiter is None:
+            return
+        rules = [rule for rule in self._by_tier.get(tier, ()) if rule.per == "account"]
+        if rules:
+            checks = [Check(rule, subject_of(rule, ctx, self._key)) for rule in rules]
+            await self._decide(checks, read=False)
+
+    async def _decide(self, checks: Sequence[Check], *, read: bool) -> None:
+        assert self._limiter is not None
         try:
             verdict = await self._limiter.decide(checks)
         except LimiterUnavailable as exc:
-            verdict = await self._fallback(checks, ctx.operation, exc)
+            verdict = await self._fallback(checks, read, exc)
         else:
             if self._down:
                 log.warning("rate limiter answers again")
@@ -94,12 +109,12 @@ class RateLimitStage:
             raise refusal(checks, verdict)
 
     async def _fallback(
-        self, checks: Sequence[Check], operation: Operation, error: LimiterUnavailable
+        self, checks: Sequence[Check], read: bool, error: LimiterUnavailable
     ) -> Verdict:
         if not self._down:
             log.warning("rate limiter cannot decide (%s); failing closed", error)
             self._down = True
-        if self._local is None or not is_read(operation):
+        if self._local is None or not read:
             raise RateLimitUnavailable()
         try:
             return await self._local.decide(checks)

@@ -104,7 +104,11 @@ class RegistrationEndpoint:
         headers: Mapping[str, str],
         audit: AuditWriter,
         context: Callable[[web.Request], RequestContext],
+        limit: Callable[[RequestContext], Awaitable[None]] | None = None,
     ) -> None:
+        """``limit`` counts each request against the caller's per-account rate limits (one
+        account must not hammer the platform's customer reads)."""
+        self._limit = limit
         names = tuple(stage.name for stage in guards)
         if names != GUARDS:
             raise ValueError(f"registration needs the stages {GUARDS} in order, not {names}")
@@ -152,6 +156,8 @@ class RegistrationEndpoint:
                 raise AuditUnavailable()
             for guard in self._guards:
                 await guard(ctx)
+            if self._limit is not None:
+                await self._limit(ctx)
             ctx.mapping = await action(exchange)
             response = web.Response(
                 status=exchange.status or 200,
@@ -219,6 +225,7 @@ def open_registration(
     cors: CorsPolicy,
     headers: Mapping[str, str],
     context: Callable[[web.Request], RequestContext],
+    limit: Callable[[RequestContext], Awaitable[None]] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> RegistrationEndpoint:
     """The endpoint, wired to the proxy's components (built once, at start). ``guards`` are
@@ -235,4 +242,5 @@ def open_registration(
         headers=headers,
         audit=audit,
         context=context,
+        limit=limit,
     )
