@@ -1,9 +1,10 @@
 """Anomaly alerts: what one firing rule tells the operator, and the Prometheus counter.
 
 An alert names the rule, its kind and action, what was applied, the operation, the counts
-and the window; the account only as ``account_ref`` (a hash of the verified cloud account,
-the same key the counts live under) and the mapping's id, which dragoman made. Never a
-token, a credential, a customer id, or anything from the request body, so never card data.
+and the window; the account only as ``account_ref`` (the keyed blind index of the verified
+cloud account, the same key the counts live under) and the mapping's id, which dragoman
+made. Never a token, a credential, a customer id, or anything from the request body, so
+never card data.
 
 The alerts go through :func:`dragoman.alerts.open_alert_sinks` (the log sink always, the
 configured webhooks) plus :class:`PrometheusSink`, which counts

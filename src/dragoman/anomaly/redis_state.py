@@ -4,8 +4,8 @@ One decision is one round trip: a Lua script (atomic on the server) checks the a
 block, counts the request into every rule it feeds, evaluates the rules exactly as
 :class:`dragoman.anomaly.state.MemoryState` does, and starts a block when a ``block`` rule
 fires. Keys share the hash tag of the account (``dragoman:anomaly:{<account>}:...``), so
-one script touches one cluster slot; ``<account>`` is the opaque key the stage passes (a
-hash of the verified cloud account, never the account id). Every key expires by itself.
+one script touches one cluster slot; ``<account>`` is the opaque key the stage passes (the
+keyed blind index of the verified cloud account, never the account id). Every key expires by itself.
 
 Times are the proxy's clock, passed in (integer milliseconds), never Redis's TIME: the
 windows move with the same clock as everything else, and tests move it.

@@ -10,8 +10,9 @@ Every request that reaches it is counted, including one a rule refuses for a ste
 only a request refused by an active block is not counted (it does nothing, and a blocked
 account must not learn a baseline from its own refused attempts).
 
-Counts are keyed on a hash of the verified cloud account (the mapping's account, equal to
-the principal's), never on an address or a header the client chooses. Operations no rule
+Counts are keyed on the verified cloud account (the mapping's account, equal to the
+principal's) through the mapping store's keyed blind index, never on an address or a
+header the client chooses. Operations no rule
 names pass untouched, and never touch the store. With the store unavailable, sensitive
 operations are refused (503 ``anomaly_unavailable``): nothing is allowed uncounted.
 

@@ -6,7 +6,8 @@ request. Only when every rule allows does it store the new TATs, each with a PEX
 the time after which the key is idle (an expired key and an idle one decide the same);
 a refusal stores nothing. The script reads the server's ``TIME``, not the caller's clock,
 so instances with skewed clocks agree on one timeline. Keys are
-``dragoman:rl:<rule>:<sha256 of the subject>``: no account or customer id in Redis.
+``dragoman:rl:<rule>:<sha256 of the subject>``, and the subject names its account or
+customer by the mapping store's keyed blind index: no id in Redis, and none to recover.
 
 Redis unreachable, slow past ``timeout``, or answering an error: LimiterUnavailable (the
 stage then fails closed). Commands are not retried: a retried script may already have
