@@ -40,11 +40,17 @@ def _as_denials() -> Iterator[None]:
 
 
 def claim(payload: Mapping[str, Any], path: str) -> Any:
-    """A claim by exact name, or else by dotted path into nested objects."""
+    """A claim by exact name, or else by path into nested objects: a JSON pointer (RFC 6901)
+    when ``path`` starts with ``/`` (for names with dots: ``/kubernetes.io/namespace``),
+    a dotted path otherwise. Only objects are walked, never arrays."""
     if path in payload:
         return payload[path]
+    if path.startswith("/"):
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+    else:
+        parts = path.split(".")
     value: Any = payload
-    for part in path.split("."):
+    for part in parts:
         if not isinstance(value, Mapping) or part not in value:
             return None
         value = value[part]

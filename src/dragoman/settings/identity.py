@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -19,6 +19,16 @@ class OidcIssuerSettings(Section):
         ...,
         pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
         description="Short name of this issuer, used in audit records and metrics.",
+    )
+    profile: Literal["google", "entra", "kubernetes", "github-actions"] | None = Field(
+        None,
+        description=(
+            "Provider preset filling in the issuer (where fixed), algorithms, accepted types"
+            " and claim names left unset here; see docs/identity.md."
+        ),
+    )
+    tenant: str | None = Field(
+        None, description="Entra tenant ID (a GUID) for profile `entra`; it names the issuer."
     )
     issuer: str = Field(
         ..., description="Exact `iss` value; discovery is fetched from it. https unless loopback."
@@ -46,10 +56,17 @@ class OidcIssuerSettings(Section):
         False, description="Accept tokens without a `typ` header (for issuers that omit it)."
     )
     principal_claim: str = Field(
-        "sub", min_length=1, description="Claim naming the principal (dotted path for nesting)."
+        "sub",
+        min_length=1,
+        description=(
+            "Claim naming the principal: exact name, dotted path, or a JSON pointer"
+            " (`/kubernetes.io/namespace`) for nested names containing dots."
+        ),
     )
     account_claim: str = Field(
-        "cloud_account", min_length=1, description="Claim naming the cloud account."
+        "cloud_account",
+        min_length=1,
+        description="Claim naming the cloud account (same forms as `principal_claim`).",
     )
     roles_claim: str | None = Field(
         "roles", description="Claim holding the principal's roles (list or space-separated)."
@@ -85,6 +102,15 @@ class OidcIssuerSettings(Section):
     http_timeout: Duration = Field(
         5.0, gt=0, le=60, description="Timeout of discovery and JWKS requests."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        from dragoman.identity.profiles import apply_profile
+
+        return apply_profile(data)
 
     @field_validator("issuer")
     @classmethod
