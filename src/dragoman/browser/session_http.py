@@ -52,7 +52,7 @@ from dragoman.pipeline.errors import (
     SessionUnavailable,
 )
 from dragoman.pipeline.problem import refusal
-from dragoman.pipeline.stage import Stage
+from dragoman.pipeline.stage import Stage, guard_stages
 
 SESSION_PATH = "/_dragoman/session"
 REFRESH_PATH = "/_dragoman/session/refresh"
@@ -92,10 +92,7 @@ class SessionEndpoint:
         self._tokens = verifier.tokens
         self._lifetime = lifetime
         self._grace = grace
-        names = tuple(stage.name for stage in guards)
-        if names != GUARDS:
-            raise ValueError(f"the session endpoint needs the stages {GUARDS}, not {names}")
-        self._guards = tuple(guards)
+        self._guards = guard_stages(guards, GUARDS, "the session endpoint")
         self._cors = cors
         self._headers = headers
         self._audit = audit

@@ -50,7 +50,7 @@ from dragoman.pipeline.errors import (
     UnsupportedMediaType,
 )
 from dragoman.pipeline.problem import refusal
-from dragoman.pipeline.stage import Stage
+from dragoman.pipeline.stage import Stage, guard_stages
 from dragoman.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -109,12 +109,9 @@ class RegistrationEndpoint:
         """``limit`` counts each request against the caller's per-account rate limits (one
         account must not hammer the platform's customer reads)."""
         self._limit = limit
-        names = tuple(stage.name for stage in guards)
-        if names != GUARDS:
-            raise ValueError(f"registration needs the stages {GUARDS} in order, not {names}")
         self._registrar = registrar
         self._codec = store.codec
-        self._guards = tuple(guards)
+        self._guards = guard_stages(guards, GUARDS, "registration")
         self._cors = cors
         self._headers = headers
         self._audit = audit
