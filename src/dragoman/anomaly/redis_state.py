@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from dragoman.anomaly.rules import Feed
 from dragoman.anomaly.state import BASELINE_MEMORY, Hit, StateUnavailable, Verdict
+from dragoman.state.redis import open_redis
 
 KEY_PREFIX = "dragoman:anomaly:"
 TIMEOUT = 2.0
@@ -126,13 +127,7 @@ class RedisState:
 
     @classmethod
     def from_url(cls, url: str) -> RedisState:
-        client = redis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=TIMEOUT,
-            socket_connect_timeout=TIMEOUT,
-        )
-        return cls(client)
+        return cls(open_redis(url, timeout=TIMEOUT, decode_responses=True))
 
     async def observe(
         self, account: str, now_ms: int, feeds: Sequence[Feed], nonce: str

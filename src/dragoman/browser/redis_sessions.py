@@ -14,6 +14,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from dragoman.browser.sessions import Session, SessionStoreUnavailable
+from dragoman.state.redis import open_redis
 
 KEY_PREFIX = "dragoman:session:"
 TIMEOUT = 2.0
@@ -71,13 +72,7 @@ class RedisSessionStore:
 
     @classmethod
     def from_url(cls, url: str) -> RedisSessionStore:
-        client = redis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=TIMEOUT,
-            socket_connect_timeout=TIMEOUT,
-        )
-        return cls(client)
+        return cls(open_redis(url, timeout=TIMEOUT, decode_responses=True))
 
     async def create(self, session: Session, now: float) -> None:
         ttl_ms = max(1, int((session.expires_at - now) * 1000))

@@ -22,12 +22,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from dragoman.limits.gcra import MICROSECONDS, Decision
 from dragoman.limits.rules import Check, LimiterUnavailable, Verdict
+from dragoman.state.redis import open_redis
 
 KEY_PREFIX = "dragoman:rl:"
 
@@ -95,13 +94,7 @@ class RedisLimiter:
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 0.5) -> RedisLimiter:
-        client = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
-        return cls(client, timeout=timeout)
+        return cls(open_redis(url, timeout=timeout), timeout=timeout)
 
     async def decide(self, checks: Sequence[Check]) -> Verdict:
         now = "" if self._clock is None else str(int(self._clock() * MICROSECONDS))

@@ -27,6 +27,8 @@ from typing import Protocol
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from dragoman.state.redis import open_redis
+
 KEY_PREFIX = "dragoman:jti:"
 TIMEOUT = 2.0
 """Seconds a Redis connection or command may take before the cache counts as unavailable."""
@@ -116,8 +118,7 @@ class RedisReplayCache:
     @classmethod
     def from_url(cls, url: str) -> RedisReplayCache:
         """A cache with its own client (closed by :meth:`close`)."""
-        client = redis.Redis.from_url(url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
-        return cls(client, owned=True)
+        return cls(open_redis(url, timeout=TIMEOUT), owned=True)
 
     async def first_use(self, key: str, ttl: float) -> bool:
         ttl_ms = max(1, math.ceil(ttl * 1000))  # rounded up: never shorter than the token

@@ -1,0 +1,25 @@
+"""Redis clients for the shared state (rate limits, anomaly windows, sessions, replay cache).
+
+redis-py retries a command on a dropped connection by default. Every command dragoman sends
+either counts something (the rate-limit and anomaly scripts) or claims something (a replay
+cache's SET NX, a session's creation), and a retry after the server already ran the command
+once would count twice or refuse a first use as a replay. So retries are off: a failed
+command fails the request that needed it (fail closed, SEMANTICS §6), and the next request
+gets a fresh connection.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+
+def open_redis(url: str, *, timeout: float, decode_responses: bool = False) -> redis.Redis:
+    return redis.Redis.from_url(
+        url,
+        decode_responses=decode_responses,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
