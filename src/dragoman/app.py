@@ -48,7 +48,7 @@ from dragoman.catalog.model import Operation, operations_from_settings
 from dragoman.catalog.stage import ResolveOperationStage
 from dragoman.forward import Forwarder
 from dragoman.identity.base import Authenticator
-from dragoman.identity.oidc import OidcAuthenticator
+from dragoman.identity.factory import build_authenticators
 from dragoman.identity.stage import AuthenticateStage
 from dragoman.keys.factory import open_key_ring
 from dragoman.keys.ring import KeyRing
@@ -346,7 +346,7 @@ def build_proxy(
     audit_sink: AuditSink | None = None,
 ) -> Proxy:
     """Every component and the stage chain, from settings."""
-    authenticators: list[Authenticator] = [OidcAuthenticator(settings.identity, clock=clock)]
+    authenticators = build_authenticators(settings.identity, clock=clock)
     catalog = operations_from_settings(settings.catalog)
     engine = make_engine(settings.store.database_url, pool_size=settings.store.pool_size)
     store = open_mapping_store(settings, engine)

@@ -28,6 +28,7 @@ from dragoman.logs import configure as configure_logging
 from dragoman.mapping.maintenance import upgrade_store
 from dragoman.settings import Settings
 from dragoman.state.sql import StoreUnavailable, make_engine
+from dragoman.tls import server_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ async def serve_worker(
     app = build_app(settings, migrate_store=False)
     runner = proxy_runner(app, settings, shutdown_timeout=settings.server.shutdown_timeout)
     await runner.setup()
+    tls = settings.server.tls
     site = web.TCPSite(
         runner,
         settings.server.host,
@@ -85,6 +87,7 @@ async def serve_worker(
         reuse_port=True,
         backlog=2048,
         shutdown_timeout=settings.server.shutdown_timeout,
+        ssl_context=None if tls is None else server_ssl_context(tls),
     )
     await site.start()
     if announce:
@@ -133,7 +136,8 @@ def run(settings: Settings, *, log_level: str = "INFO") -> int:
         log.error("server.port 0 (any free port) works with one worker only")
         return 2
     print(
-        f"dragoman listening on http://{settings.server.host}:{settings.server.port}"
+        f"dragoman listening on {'https' if settings.server.tls else 'http'}://"
+        f"{settings.server.host}:{settings.server.port}"
         f" ({count} worker{'s' if count > 1 else ''})",
         flush=True,
     )

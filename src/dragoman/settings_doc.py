@@ -118,6 +118,10 @@ def _is_duration(field: FieldInfo) -> bool:
 def _model_of(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        # An optional table (`tls: TlsSettings | None`): its keys are documented below it.
+        models = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _model_of(models[0]) if len(models) == 1 else None
     if typing.get_origin(annotation) in (list, dict):
         inner = typing.get_args(annotation)[-1]
         if isinstance(inner, type) and issubclass(inner, BaseModel):

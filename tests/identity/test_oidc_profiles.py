@@ -58,9 +58,9 @@ def google_token(issuer: DevIssuer) -> str:
     return issuer.sign(claims, headers={"typ": "JWT"})
 
 
-def github_token(issuer: DevIssuer) -> str:
+def github_token(issuer: DevIssuer, sub: str = "repo:octo/app:ref:refs/heads/main") -> str:
     claims = issuer.claims(
-        "repo:octo/app:ref:refs/heads/main",
+        sub,
         None,
         repository="octo/app",
         repository_id="74",
@@ -131,13 +131,24 @@ async def test_kubernetes_token_without_typ_maps_sub_and_nested_namespace(
     )
 
 
+@pytest.mark.parametrize(
+    "sub",
+    [
+        "repo:octo/app:ref:refs/heads/main",
+        # GitHub's immutable subject format (default for repositories created after 2026-07-15).
+        "repo:octo@65/app@74:ref:refs/heads/main",
+    ],
+)
 async def test_github_actions_token_maps_sub_and_owner_id(
-    make_stack: MakeStack, serve_issuer: ServeIssuer, client_for: Callable[[DemoStack], ProxyClient]
+    make_stack: MakeStack,
+    serve_issuer: ServeIssuer,
+    client_for: Callable[[DemoStack], ProxyClient],
+    sub: str,
 ) -> None:
     issuer = await serve_issuer()
     table = {"profile": "github-actions", "issuer": issuer.issuer}
-    body = await seen_as(make_stack, client_for, issuer, table, github_token(issuer))
-    assert (body["principal"], body["cloud_account"]) == ("repo:octo/app:ref:refs/heads/main", "65")
+    body = await seen_as(make_stack, client_for, issuer, table, github_token(issuer, sub))
+    assert (body["principal"], body["cloud_account"]) == (sub, "65")
 
 
 async def test_explicit_claim_overrides_the_profile(

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
+import ssl
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,7 +33,8 @@ from dragoman.keys.sealing import new_master_key
 from dragoman.logs import configure as configure_logging
 from dragoman.mapping.entity import Grant, MappingStatus
 from dragoman.mapping.store import MappingExists
-from dragoman.settings import Settings, load_settings
+from dragoman.settings import Settings, TlsSettings, load_settings
+from dragoman.tls import server_ssl_context
 from dragoman.tokens.replay import MemoryReplayCache
 from dragoman.tokens.verify import TokenVerifier
 
@@ -122,19 +125,22 @@ def write_toml(data: dict[str, Any], path: Path) -> None:
             return "[" + ", ".join(value(x) for x in v) + "]"
         return json.dumps(v)
 
+    def key(k: str) -> str:
+        return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
+
     lines: list[str] = ["# Written by `dragoman demo`; every key is explained in docs/settings.md"]
 
     def table(prefix: str, items: dict[str, Any]) -> None:
         scalars = {k: v for k, v in items.items() if not isinstance(v, dict) and not _is_tables(v)}
         lines.append(f"\n[{prefix}]")
-        lines.extend(f"{k} = {value(v)}" for k, v in scalars.items())
+        lines.extend(f"{key(k)} = {value(v)}" for k, v in scalars.items())
         for k, v in items.items():
             if isinstance(v, dict):
-                table(f"{prefix}.{k}", v)
+                table(f"{prefix}.{key(k)}", v)
             elif _is_tables(v):
                 for entry in v:
-                    lines.append(f"\n[[{prefix}.{k}]]")
-                    lines.extend(f"{ek} = {value(ev)}" for ek, ev in entry.items())
+                    lines.append(f"\n[[{prefix}.{key(k)}]]")
+                    lines.extend(f"{key(ek)} = {value(ev)}" for ek, ev in entry.items())
 
     for name, section in data.items():
         table(name, section)
@@ -167,19 +173,29 @@ class DemoStack:
             name: f"http://{host}:{sock.getsockname()[1]}" for name, sock in self.sockets.items()
         }
         self.issuer = DevIssuer(issuer=self.urls["issuer"])
-        self.platform = PaymentPlatform(
-            TokenVerifier(
-                jwks_url=self.urls["proxy"] + "/.well-known/jwks.json",
-                issuer=TOKEN_ISSUER,
-                audience=AUDIENCE,
-                origin=self.urls["platform"],
-                replay_cache=MemoryReplayCache(),  # write tokens are usable once
-            )
-        )
+        self.platform = PaymentPlatform(self._platform_verifier())
         self.platform.seed()
         self.runners: list[web.AppRunner] = []
         self.settings: Settings | None = None
         self.proxy: Proxy | None = None
+
+    def _platform_verifier(self, ssl_context: ssl.SSLContext | None = None) -> TokenVerifier:
+        return TokenVerifier(
+            jwks_url=self.urls["proxy"] + "/.well-known/jwks.json",
+            issuer=TOKEN_ISSUER,
+            audience=AUDIENCE,
+            origin=self.urls["platform"],
+            replay_cache=MemoryReplayCache(),  # write tokens are usable once
+            ssl_context=ssl_context,
+        )
+
+    def _serve_proxy_over_tls(self, tls: TlsSettings) -> None:
+        """The proxy terminates TLS: its URL is https, and the platform fetches the proxy's
+        JWKS over https, trusting the proxy's own certificate (pinned) for it."""
+        self.urls["proxy"] = "https://" + self.urls["proxy"].removeprefix("http://")
+        pinned = ssl.create_default_context(cafile=tls.cert_file)
+        pinned.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        self.platform.verifier = self._platform_verifier(pinned)
 
     def prepare_state(self, overrides: dict[str, Any] | None = None) -> Settings:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -189,11 +205,18 @@ class DemoStack:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "w") as handle:
                     handle.write(new_master_key() + "\n")
+        self.settings = self._write_and_load(overrides)
+        tls = self.settings.server.tls
+        if tls is not None and self.urls["proxy"].startswith("http://"):
+            self._serve_proxy_over_tls(tls)
+            self.settings = self._write_and_load(overrides)  # the origins are https now
+        return self.settings
+
+    def _write_and_load(self, overrides: dict[str, Any] | None) -> Settings:
         data = demo_settings(state_dir=self.state_dir, **self.urls)
         data["browser"]["csrf_key_file"] = str(self.state_dir / "csrf.key")
         write_toml(data, self.state_dir / "dragoman.toml")
-        self.settings = load_settings(self.state_dir / "dragoman.toml", overrides=overrides)
-        return self.settings
+        return load_settings(self.state_dir / "dragoman.toml", overrides=overrides)
 
     async def start(self) -> None:
         settings = self.settings or self.prepare_state()
@@ -211,7 +234,9 @@ class DemoStack:
             else:
                 runner = web.AppRunner(app, access_log=None)
             await runner.setup()
-            await web.SockSite(runner, self.sockets[name]).start()
+            tls = settings.server.tls if name == "proxy" else None
+            context = None if tls is None else server_ssl_context(tls)
+            await web.SockSite(runner, self.sockets[name], ssl_context=context).start()
             self.runners.append(runner)
         await self.seed_mappings()
 

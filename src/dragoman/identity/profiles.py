@@ -12,9 +12,12 @@ Each entry follows the provider's published token format:
   (``accessTokenAcceptedVersion: 2``); ``iss`` names the tenant, so ``tenant`` is needed.
 - ``kubernetes``: projected service-account tokens; they carry no ``typ`` header and the
   namespace sits in the nested ``kubernetes.io`` object. The issuer is the cluster's own.
-- ``github-actions``: GitHub Actions OIDC tokens; ``sub`` is ``repo:OWNER/REPO:...`` and the
-  account is the numeric ``repository_owner_id`` (an owner's name can be renamed and taken
-  over by someone else, its id cannot).
+- ``github-actions``: GitHub Actions OIDC tokens; ``sub`` is by default ``repo:OWNER/REPO:...``,
+  or ``repo:OWNER@OWNER_ID/REPO@REPO_ID:...`` for repositories on GitHub's immutable subject
+  format (the default for repositories created after 2026-07-15), and an organization or
+  repository can customize it. The account is the numeric ``repository_owner_id`` (an
+  owner's name can be renamed and taken over by someone else, its id cannot). The issuer
+  differs for an enterprise with a custom issuer, GHE.com and GHES: set ``issuer`` then.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from dragoman.settings.anomaly import (
     AnomalySettings,
 )
 from dragoman.settings.audit import AuditSettings
+from dragoman.settings.aws_sts import AwsPartition, AwsStsSettings
 from dragoman.settings.base import (
     CONFIG_ENV,
     ENV_PREFIX,
@@ -56,9 +57,16 @@ from dragoman.settings.model import (
     load_settings,
     read_settings_file,
 )
+from dragoman.settings.mtls import MtlsSettings
 from dragoman.settings.policy import PolicySettings, StepUpSettings
 from dragoman.settings.reconcile import DriftAction, ReconcileSettings
-from dragoman.settings.server import ServerSettings, StoreSettings, TokenSettings, UpstreamSettings
+from dragoman.settings.server import (
+    ServerSettings,
+    StoreSettings,
+    TlsSettings,
+    TokenSettings,
+    UpstreamSettings,
+)
 
 __all__ = [
     "CONFIG_ENV",
@@ -75,6 +83,8 @@ __all__ = [
     "AnomalySettings",
     "AuditSettings",
     "AwsKmsSettings",
+    "AwsPartition",
+    "AwsStsSettings",
     "BrowserSettings",
     "CatalogSettings",
     "CsrfMode",
@@ -88,6 +98,7 @@ __all__ = [
     "LimitsSettings",
     "MappingEncryptionSettings",
     "MappingSettings",
+    "MtlsSettings",
     "OidcIssuerSettings",
     "OperationSettings",
     "Pkcs11Settings",
@@ -105,6 +116,7 @@ __all__ = [
     "SettingsError",
     "StepUpSettings",
     "StoreSettings",
+    "TlsSettings",
     "TokenAlgorithm",
     "TokenSettings",
     "UpstreamSettings",

@@ -7,7 +7,9 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from dragoman.jose.strict import normalise_typ
+from dragoman.settings.aws_sts import AwsStsSettings
 from dragoman.settings.base import Duration, Section, check_http_url
+from dragoman.settings.mtls import MtlsSettings
 
 TokenAlgorithm = Literal[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
@@ -131,6 +133,16 @@ class OidcIssuerSettings(Section):
 class IdentitySettings(Section):
     oidc: list[OidcIssuerSettings] = Field(
         default_factory=list, description="OIDC issuers whose tokens authenticate callers."
+    )
+    aws_sts: AwsStsSettings | None = Field(
+        None, description="AWS principals by presigned STS GetCallerIdentity requests."
+    )
+    mtls: MtlsSettings | None = Field(
+        None,
+        description=(
+            "Service callers by the TLS client certificate of dragoman's own handshake"
+            " (SPIFFE IDs or subjects); needs `server.tls.client_ca_file`."
+        ),
     )
     max_token_bytes: int = Field(
         16_384, ge=512, le=65_536, description="Longest bearer token looked at; longer: 401."

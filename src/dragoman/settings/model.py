@@ -82,8 +82,23 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _has_an_authenticator(self) -> Settings:
-        if not self.identity.oidc:
-            raise ValueError("identity: configure at least one authenticator (identity.oidc)")
+        identity = self.identity
+        if not (identity.oidc or identity.aws_sts or identity.mtls):
+            raise ValueError(
+                "identity: configure at least one authenticator"
+                " (identity.oidc, identity.aws_sts, identity.mtls)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _mtls_has_a_handshake(self) -> Settings:
+        # The certificate is read from dragoman's own TLS handshake, never from a header.
+        tls = self.server.tls
+        if self.identity.mtls is not None and (tls is None or tls.client_ca_file is None):
+            raise ValueError(
+                "identity.mtls: needs server.tls with client_ca_file (client certificates are"
+                " read from dragoman's own TLS handshake only)"
+            )
         return self
 
     @model_validator(mode="after")

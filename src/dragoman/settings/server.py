@@ -2,11 +2,53 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from dragoman.settings.base import Duration, Section, check_http_url
+
+
+def _readable_file(value: Path | None) -> Path | None:
+    if value is not None and not value.is_file():
+        raise ValueError("file not found")
+    return value
+
+
+class TlsSettings(Section):
+    """dragoman terminates TLS itself (TLS 1.2 at least), and may ask for client certificates."""
+
+    cert_file: Path = Field(
+        ..., description="PEM certificate chain of the listener (leaf first, then intermediates)."
+    )
+    key_file: Path = Field(..., description="PEM private key of `cert_file`.")
+    client_ca_file: Path | None = Field(
+        None,
+        description=(
+            "PEM bundle of the CAs whose client certificates are accepted; when set the server"
+            " asks every caller for a certificate (needed by `identity.mtls`). A certificate"
+            " that does not verify against it, or is expired, fails the handshake."
+        ),
+    )
+    client_auth: Literal["optional", "required"] = Field(
+        "optional",
+        description=(
+            "With `client_ca_file`: `optional` lets callers without a certificate connect (they"
+            " use bearer tokens); `required` refuses them in the handshake."
+        ),
+    )
+
+    @field_validator("cert_file", "key_file", "client_ca_file")
+    @classmethod
+    def _files_exist(cls, value: Path | None) -> Path | None:
+        return _readable_file(value)
+
+    @model_validator(mode="after")
+    def _required_needs_a_bundle(self) -> TlsSettings:
+        if self.client_auth == "required" and self.client_ca_file is None:
+            raise ValueError("client_auth `required` needs client_ca_file")
+        return self
 
 
 class ServerSettings(Section):
@@ -33,6 +75,9 @@ class ServerSettings(Section):
             "Keep a client-sent X-Request-Id when it is 8-64 characters of [A-Za-z0-9._-];"
             " otherwise (or when false) a fresh one is generated."
         ),
+    )
+    tls: TlsSettings | None = Field(
+        None, description="Terminate TLS in dragoman; unset: plain http (TLS ends in front)."
     )
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -117,8 +118,10 @@ class TokenVerifier:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         replay_cache: ReplayCache | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._issuer = issuer
+        self._ssl = ssl_context
         self._replay = replay_cache
         self._audiences = frozenset({audience})
         self._origin = origin_of(origin)
@@ -139,7 +142,8 @@ class TokenVerifier:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            connector = None if self._ssl is None else aiohttp.TCPConnector(ssl=self._ssl)
+            self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
     async def close(self) -> None:

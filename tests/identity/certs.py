@@ -1,0 +1,146 @@
+"""Certificates made at test time with `cryptography`: a CA per trust domain, SPIFFE
+X.509-SVIDs and other client certificates, a server certificate for 127.0.0.1.
+
+Everything is written as PEM under a directory the test owns (``tmp_path``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+HOUR = datetime.timedelta(hours=1)
+
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def name(common_name: str, *more: tuple[x509.ObjectIdentifier, str]) -> x509.Name:
+    """A subject; ``more`` attributes come first (most general), the CN last."""
+    attributes = [x509.NameAttribute(oid, value) for oid, value in more]
+    return x509.Name([*attributes, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _usage(*, leaf: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=not leaf,
+        crl_sign=not leaf,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+    def write(self, directory: Path, stem: str) -> tuple[Path, Path]:
+        """``stem.pem`` and ``stem.key`` in ``directory``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
+        cert_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(
+            self.key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        return cert_path, key_path
+
+
+class Authority:
+    """A self-signed CA; for SPIFFE, its certificate names the trust domain (no path)."""
+
+    def __init__(self, common_name: str, *, trust_domain: str | None = None) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.subject = name(common_name, (NameOID.ORGANIZATION_NAME, "dragoman tests"))
+        uris = [f"spiffe://{trust_domain}"] if trust_domain else []
+        self.cert = self._build(
+            self.subject,
+            self.key,
+            uris=uris,
+            ca=True,
+            not_before=now() - HOUR,
+            not_after=now() + 24 * HOUR,
+        )
+
+    def _build(
+        self,
+        subject: x509.Name,
+        key: ec.EllipticCurvePrivateKey,
+        *,
+        uris: Sequence[str] = (),
+        ips: Sequence[str] = (),
+        ca: bool,
+        not_before: datetime.datetime,
+        not_after: datetime.datetime,
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .add_extension(_usage(leaf=not ca), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+                ),
+                critical=False,
+            )
+        )
+        names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
+        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+        if names:
+            # X.509-SVID §3.1: without a subject, the SAN extension is critical.
+            critical = len(subject) == 0
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=critical)
+        return builder.sign(self.key, hashes.SHA256())
+
+    def issue(
+        self,
+        *uris: str,
+        subject: x509.Name | None = None,
+        ips: Sequence[str] = (),
+        ca: bool = False,
+        not_before: datetime.datetime | None = None,
+        not_after: datetime.datetime | None = None,
+    ) -> Issued:
+        """A certificate signed by this CA: a leaf unless ``ca``; valid for an hour around
+        now unless told otherwise."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = self._build(
+            subject if subject is not None else x509.Name([]),
+            key,
+            uris=uris,
+            ips=ips,
+            ca=ca,
+            not_before=not_before or now() - HOUR,
+            not_after=not_after or now() + HOUR,
+        )
+        return Issued(cert, key)
+
+    def write(self, directory: Path, stem: str) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{stem}.pem"
+        path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        return path
