@@ -81,6 +81,9 @@ class KeyRing:
             try:
                 await self.provider.mark_current(current.ref)
             except KeyUnavailableError as exc:
+                # Not marked: the next refresh tries again (a provider that was down when
+                # the key took over must not keep naming the previous key for good).
+                self._marked_current = None
                 log.warning("provider could not mark key %s current: %s", current.kid, exc)
 
     def _fresh(self) -> bool:
