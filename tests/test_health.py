@@ -1,12 +1,25 @@
-"""/livez and /readyz: ready only when the mapping store and a signing key are usable."""
+"""/livez and /readyz: live while the process works; ready only when the mapping store, a
+current signing key, the audit sink and shipper, and the shared-state backends in use (browser
+sessions, rate limits, anomaly state) answer. A 503 names the failing checks, nothing else."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import socket
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+import sqlalchemy as sa
 
+from dragoman.audit.postgres_schema import audit_records
 from dragoman.demo.runner import DemoStack
+from dragoman.state import migrate
+from dragoman.state.sql import make_engine
 
 
 async def test_livez_answers_while_the_process_works(
@@ -38,3 +51,184 @@ async def test_readyz_is_unavailable_without_the_mapping_store(
         assert (await response.json())["failing"] == ["state_store", "signing_key"]
     async with http.get(stack.urls["proxy"] + "/livez") as response:
         assert response.status == 200
+
+
+# -- the shared-state backends, the audit shipper ------------------------------------------
+
+CLOSED_REDIS = "redis://127.0.0.1:1/0"
+"""A Redis URL nothing listens on."""
+
+
+class Relay:
+    """A TCP relay to the test Redis on a port of its own, which the test opens and closes:
+    a Redis that is unreachable, then answers, at one unchanging URL."""
+
+    def __init__(self, target: str) -> None:
+        parts = urlsplit(target)
+        self._target = (parts.hostname or "127.0.0.1", parts.port or 6379)
+        self._db = parts.path
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}{self._db}"
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(
+            self._relay, "127.0.0.1", self.port, reuse_address=True
+        )
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._target)
+        self._writers |= {writer, up_writer}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while chunk := await source.read(65536):
+                    sink.write(chunk)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for writer in self._writers:
+                writer.close()
+            await self._server.wait_closed()
+            self._server = None
+
+
+async def readyz(http: aiohttp.ClientSession, stack: DemoStack) -> tuple[int, Any]:
+    async with http.get(stack.urls["proxy"] + "/readyz") as response:
+        return response.status, await response.json()
+
+
+async def test_readyz_names_rate_limits_while_their_redis_is_unreachable_and_recovers(
+    make_stack: Callable[..., Awaitable[DemoStack]],
+    http: aiohttp.ClientSession,
+    redis_url: str,
+) -> None:
+    relay = Relay(redis_url)
+    stack = await make_stack({"limits": {"backend": "redis", "redis_url": relay.url}})
+    try:
+        assert await readyz(http, stack) == (
+            503,
+            {"status": "unavailable", "failing": ["rate_limits"]},
+        )
+        await relay.open()
+        assert await readyz(http, stack) == (200, {"status": "ready"})
+    finally:
+        await relay.close()
+
+
+async def test_readyz_names_browser_sessions_while_their_redis_is_unreachable(
+    make_stack: Callable[..., Awaitable[DemoStack]], http: aiohttp.ClientSession
+) -> None:
+    stack = await make_stack(
+        {"browser": {"session_backend": "redis", "session_redis_url": CLOSED_REDIS}}
+    )
+    assert await readyz(http, stack) == (
+        503,
+        {"status": "unavailable", "failing": ["browser_sessions"]},
+    )
+
+
+async def test_readyz_names_anomaly_state_while_its_redis_is_unreachable(
+    make_stack: Callable[..., Awaitable[DemoStack]], http: aiohttp.ClientSession
+) -> None:
+    stack = await make_stack({"anomaly": {"backend": "redis", "redis_url": CLOSED_REDIS}})
+    assert await readyz(http, stack) == (
+        503,
+        {"status": "unavailable", "failing": ["anomaly_state"]},
+    )
+
+
+async def test_readyz_is_ready_with_every_redis_backend_answering(
+    make_stack: Callable[..., Awaitable[DemoStack]],
+    http: aiohttp.ClientSession,
+    redis_url: str,
+) -> None:
+    stack = await make_stack(
+        {
+            "limits": {"backend": "redis", "redis_url": redis_url},
+            "browser": {"session_backend": "redis", "session_redis_url": redis_url},
+            "anomaly": {"backend": "redis", "redis_url": redis_url},
+        }
+    )
+    assert await readyz(http, stack) == (200, {"status": "ready"})
+
+
+async def test_readyz_answer_names_no_url_host_or_credential(
+    make_stack: Callable[..., Awaitable[DemoStack]], http: aiohttp.ClientSession
+) -> None:
+    secret_url = "redis://dragoman:s3cret-pass@127.0.0.1:1/0"
+    stack = await make_stack(
+        {
+            "limits": {"backend": "redis", "redis_url": secret_url},
+            "browser": {"session_backend": "redis", "session_redis_url": secret_url},
+            "anomaly": {"backend": "redis", "redis_url": secret_url},
+        }
+    )
+    async with http.get(stack.urls["proxy"] + "/readyz") as response:
+        assert response.status == 503
+        text = await response.text()
+    assert json.loads(text) == {
+        "status": "unavailable",
+        "failing": ["browser_sessions", "rate_limits", "anomaly_state"],
+    }
+    for leak in ("s3cret", "dragoman:", "127.0.0.1", "redis"):
+        assert leak not in text
+    async with http.get(stack.urls["proxy"] + "/livez") as response:
+        assert response.status == 200  # the process works; only its dependencies do not
+
+
+async def shipped(url: str, at_least: int = 1) -> int:
+    """Rows in the audit table, once there are ``at_least`` (polled, bounded)."""
+    engine = make_engine(url)
+    try:
+        for _ in range(200):
+            async with engine.connect() as conn:
+                count = int(
+                    (
+                        await conn.execute(sa.select(sa.func.count()).select_from(audit_records))
+                    ).scalar_one()
+                )
+            if count >= at_least:
+                return count
+            await asyncio.sleep(0.05)
+        return count
+    finally:
+        await engine.dispose()
+
+
+async def test_readyz_names_the_audit_shipper_once_shipping_stopped(
+    make_stack: Callable[..., Awaitable[DemoStack]],
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    audit_db = f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}"
+    engine = make_engine(audit_db)
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+    stack = await make_stack({"audit": {"database_url": audit_db, "ship_interval": 0.05}})
+    async with http.get(stack.urls["proxy"] + "/v1/customers/cus_alice") as response:
+        assert response.status == 401  # one chained record in the file
+    assert await shipped(audit_db) == 1
+    assert await readyz(http, stack) == (200, {"status": "ready"})
+    with (stack.state_dir / "audit.jsonl").open("a") as live:
+        live.write('{"event": "forged", "no": "chain fields"}\n')  # shipping must stop here
+    answer: tuple[int, Any] = (0, None)
+    for _ in range(200):  # bounded: the shipper looks every 50 ms
+        answer = await readyz(http, stack)
+        if answer[0] == 503:
+            break
+        await asyncio.sleep(0.05)
+    assert answer == (503, {"status": "unavailable", "failing": ["audit_shipper"]})

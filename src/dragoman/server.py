@@ -4,6 +4,12 @@ The parent prepares what must happen once (migrations, the key file), then start
 workers, restarts any that die, and passes SIGTERM/SIGINT on for a graceful stop: each
 worker stops accepting, lets in-flight requests finish within ``server.shutdown_timeout``,
 and flushes its audit sink.
+
+Metrics (``[metrics]``, docs/metrics.md) are served on their own listener by every worker.
+With several workers the supervisor makes a fresh directory for prometheus_client's
+multiprocess mode and names it in ``PROMETHEUS_MULTIPROC_DIR`` before it starts them; any
+worker answers a scrape with the sum over all of them, and the directory is removed when
+the supervisor stops.
 """
 
 from __future__ import annotations
@@ -12,20 +18,24 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
 import uvloop
 from aiohttp import web
+from prometheus_client.multiprocess import mark_process_dead
 
-from dragoman.app import build_app, proxy_runner
+from dragoman.app import PROXY_KEY, build_app, proxy_runner
 from dragoman.keys.factory import KeyConfigError, open_key_ring
 from dragoman.keys.provider import KeyUnavailableError
 from dragoman.logs import configure as configure_logging
 from dragoman.mapping.maintenance import upgrade_store
+from dragoman.observability import MULTIPROC_ENV, MetricsListener, exposition
 from dragoman.settings import Settings
 from dragoman.state.sql import StoreUnavailable, make_engine
 from dragoman.tls import server_ssl_context
@@ -69,8 +79,14 @@ async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
 
 
 async def serve_worker(
-    settings: Settings, *, announce: bool = True, parent: int | None = None
+    settings: Settings,
+    *,
+    announce: bool = True,
+    parent: int | None = None,
+    metrics_dir: str | None = None,
 ) -> None:
+    """Serve one worker until SIGTERM/SIGINT. ``metrics_dir``: the multiprocess metrics
+    directory its supervisor made (None: this process is the only worker)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -90,13 +106,25 @@ async def serve_worker(
         ssl_context=None if tls is None else server_ssl_context(tls),
     )
     await site.start()
+    metrics: MetricsListener | None = None
+    if settings.metrics.enabled:
+        metrics = MetricsListener(
+            settings.metrics,
+            exposition(app[PROXY_KEY].keys, metrics_dir),
+            shared=metrics_dir is not None,
+        )
+        metrics_url = await metrics.start()
     if announce:
         log.info("worker %d serving on %s", os.getpid(), site.name)
+        if metrics is not None:
+            log.info("worker %d serving metrics on %s/metrics", os.getpid(), metrics_url)
     await stop.wait()
     log.info("worker %d stopping", os.getpid())
     if watchdog is not None:
         watchdog.cancel()
     await runner.cleanup()
+    if metrics is not None:
+        await metrics.close()
     await _finish_stragglers()
 
 
@@ -115,9 +143,9 @@ async def _finish_stragglers(grace: float = 5.0) -> None:
         os._exit(1)
 
 
-def _worker_main(settings: Settings, log_level: str, parent: int) -> None:
+def _worker_main(settings: Settings, log_level: str, parent: int, metrics_dir: str) -> None:
     configure_logging(log_level)
-    uvloop.run(serve_worker(settings, parent=parent))
+    uvloop.run(serve_worker(settings, parent=parent, metrics_dir=metrics_dir))
 
 
 def run(settings: Settings, *, log_level: str = "INFO") -> int:
@@ -135,6 +163,9 @@ def run(settings: Settings, *, log_level: str = "INFO") -> int:
     if count > 1 and settings.server.port == 0:
         log.error("server.port 0 (any free port) works with one worker only")
         return 2
+    if count > 1 and settings.metrics.enabled and settings.metrics.port == 0:
+        log.error("metrics.port 0 (any free port) works with one worker only")
+        return 2
     print(
         f"dragoman listening on {'https' if settings.server.tls else 'http'}://"
         f"{settings.server.host}:{settings.server.port}"
@@ -148,12 +179,24 @@ def run(settings: Settings, *, log_level: str = "INFO") -> int:
 
 
 def _supervise(settings: Settings, count: int, log_level: str) -> int:
+    # A fresh directory each run: files left by an earlier run would add its counts.
+    metrics_dir = tempfile.mkdtemp(prefix="dragoman-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir  # spawned workers inherit it at their start
+    try:
+        return _supervise_workers(settings, count, log_level, metrics_dir)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _supervise_workers(settings: Settings, count: int, log_level: str, metrics_dir: str) -> int:
     context = multiprocessing.get_context("spawn")
     stopping = False
 
     def start() -> BaseProcess:
         process = context.Process(
-            target=_worker_main, args=(settings, log_level, os.getpid()), name="dragoman-worker"
+            target=_worker_main,
+            args=(settings, log_level, os.getpid(), metrics_dir),
+            name="dragoman-worker",
         )
         process.start()
         return process
@@ -173,6 +216,8 @@ def _supervise(settings: Settings, count: int, log_level: str) -> int:
         for index, process in enumerate(workers):
             if not process.is_alive() and not stopping:
                 log.warning("worker %s exited with %s; restarting", process.pid, process.exitcode)
+                if process.pid is not None:
+                    mark_process_dead(process.pid, metrics_dir)  # type: ignore[no-untyped-call]
                 workers[index] = start()
     deadline = time.monotonic() + settings.server.shutdown_timeout + 5
     for process in workers:

@@ -13,6 +13,7 @@ windows move with the same clock as everything else, and tests move it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -157,6 +158,13 @@ class RedisState:
         except (RedisError, OSError) as exc:
             raise StateUnavailable(type(exc).__name__) from None
         return _verdict(answer, feeds)
+
+    async def ping(self) -> None:
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                await self._client.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StateUnavailable(type(exc).__name__) from None
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -163,6 +163,10 @@ class AnomalyStage:
             self._alerts_started = True
             await self._alerts.start()
 
+    async def ping(self) -> None:
+        """Raise StateUnavailable while the shared anomaly state cannot answer (/readyz)."""
+        await self._state.ping()
+
     async def close(self) -> None:
         if self._alerts_started:
             await self._alerts.close()

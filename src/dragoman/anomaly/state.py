@@ -71,6 +71,11 @@ class AnomalyState(Protocol):
         ``nonce`` is unique per request. Raises :class:`StateUnavailable`."""
         ...
 
+    async def ping(self) -> None:
+        """Return when the state answers (for /readyz); raise StateUnavailable when it
+        does not."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -191,6 +196,9 @@ class MemoryState:
                 del self._baselines[key]
         for account in [a for a, (until, _) in self._blocks.items() if until <= now_ms]:
             del self._blocks[account]
+
+    async def ping(self) -> None:
+        return None  # in this process: always there
 
     async def close(self) -> None:
         return None

@@ -160,6 +160,14 @@ class AuditShipper:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def failing(self) -> bool:
+        """Shipping stopped for good (a broken chain in the file: an operator must look), or
+        its loop ended while the shipper is open. A database that is away only pauses it:
+        the file keeps every record and shipping resumes, so that is not a failure."""
+        task = self._task
+        return self.stopped is not None or (task is not None and task.done() and not self._closing)
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:

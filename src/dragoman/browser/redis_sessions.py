@@ -8,6 +8,7 @@ DEL. Times are the proxy's clock, passed in, so the grace is measured like every
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 import redis.asyncio as redis
@@ -115,6 +116,13 @@ class RedisSessionStore:
         try:
             await self._client.delete(KEY_PREFIX + session_id)
         except RedisError as exc:
+            raise SessionStoreUnavailable(type(exc).__name__) from exc
+
+    async def ping(self) -> None:
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                await self._client.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
             raise SessionStoreUnavailable(type(exc).__name__) from exc
 
     async def close(self) -> None:

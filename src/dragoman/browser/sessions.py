@@ -97,6 +97,11 @@ class SessionStore(Protocol):
         """End the session (logout); deleting a missing session is not an error."""
         ...
 
+    async def ping(self) -> None:
+        """Return when the backend answers (for /readyz); raise SessionStoreUnavailable
+        when it does not."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -155,6 +160,9 @@ class MemorySessionStore:
 
     async def delete(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)
+
+    async def ping(self) -> None:
+        return None  # in this process: always there
 
     async def close(self) -> None:
         self._sessions.clear()

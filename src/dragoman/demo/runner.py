@@ -2,8 +2,9 @@
 
 Four servers on loopback: the development identity issuer, the sample payment platform,
 the console page, and dragoman in front of the platform (SQLite mapping store, a local
-encrypted key file, a JSON-lines audit file). ``--check`` runs a scripted walk-through on
-free ports in a temporary directory and exits non-zero if any step misbehaves.
+encrypted key file, a JSON-lines audit file), with dragoman's metrics on a fifth port.
+``--check`` runs a scripted walk-through on free ports in a temporary directory and exits
+non-zero if any step misbehaves.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from dragoman.keys.sealing import new_master_key
 from dragoman.logs import configure as configure_logging
 from dragoman.mapping.entity import Grant, MappingStatus
 from dragoman.mapping.store import MappingExists
+from dragoman.observability import exposition
+from dragoman.observability.endpoint import metrics_app
 from dragoman.settings import Settings, TlsSettings, load_settings
 from dragoman.tls import server_ssl_context
 from dragoman.tokens.replay import MemoryReplayCache
@@ -65,6 +68,7 @@ class DemoPorts:
     platform: int
     issuer: int
     console: int
+    metrics: int = 0
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -101,6 +105,9 @@ def demo_settings(
         "store": {"database_url": f"sqlite+aiosqlite:///{state_dir / 'dragoman.db'}"},
         "catalog": {"operations": catalog_settings()},
         "audit": {"sink": "file", "path": str(state_dir / "audit.jsonl")},
+        # Off here: settings written by this function alone (tests that run `dragoman serve`)
+        # take no fixed port. DemoStack turns them on, on a port it has bound.
+        "metrics": {"enabled": False},
         # The widget is served by dragoman (same origin); the console may call dragoman from
         # its own pages too. Only the console may frame the widget.
         "browser": {
@@ -172,6 +179,9 @@ class DemoStack:
         self.urls = {
             name: f"http://{host}:{sock.getsockname()[1]}" for name, sock in self.sockets.items()
         }
+        self.metrics_socket = _bind(host, ports.metrics)
+        self.metrics_url = f"http://{host}:{self.metrics_socket.getsockname()[1]}"
+        """Base URL of the proxy's metrics listener (GET /metrics; ``[metrics]``)."""
         self.issuer = DevIssuer(issuer=self.urls["issuer"])
         self.platform = PaymentPlatform(self._platform_verifier())
         self.platform.seed()
@@ -215,6 +225,8 @@ class DemoStack:
     def _write_and_load(self, overrides: dict[str, Any] | None) -> Settings:
         data = demo_settings(state_dir=self.state_dir, **self.urls)
         data["browser"]["csrf_key_file"] = str(self.state_dir / "csrf.key")
+        host, port = self.metrics_socket.getsockname()[:2]
+        data["metrics"] = {"enabled": True, "host": host, "port": port}
         write_toml(data, self.state_dir / "dragoman.toml")
         return load_settings(self.state_dir / "dragoman.toml", overrides=overrides)
 
@@ -238,6 +250,13 @@ class DemoStack:
             context = None if tls is None else server_ssl_context(tls)
             await web.SockSite(runner, self.sockets[name], ssl_context=context).start()
             self.runners.append(runner)
+        if settings.metrics.enabled:
+            runner = web.AppRunner(metrics_app(exposition(self.proxy.keys)), access_log=None)
+            await runner.setup()
+            await web.SockSite(runner, self.metrics_socket).start()
+            self.runners.append(runner)
+        else:
+            self.metrics_socket.close()  # refused, rather than accepted and never answered
         await self.seed_mappings()
 
     async def seed_mappings(self) -> None:
@@ -272,11 +291,11 @@ class DemoStack:
         for runner in reversed(self.runners):
             await runner.cleanup()
         self.runners.clear()
-        for sock in self.sockets.values():
+        for sock in (*self.sockets.values(), self.metrics_socket):
             sock.close()
 
 
-def _instructions(urls: dict[str, str], state_dir: Path) -> str:
+def _instructions(urls: dict[str, str], state_dir: Path, metrics_url: str) -> str:
     token_cmd = (
         f"TOKEN=$(curl -s -X POST {urls['issuer']}/token -H 'Content-Type: application/json'"
         ' -d \'{"sub":"alice","cloud_account":"acct-1001","roles":["billing_admin"]}\''
@@ -288,6 +307,7 @@ dragoman demo is running (Ctrl-C stops it).
   console page        {urls["console"]}/      sign in as alice, bob or mallory; the billing
                                                   widget in it is served by dragoman
   dragoman            {urls["proxy"]}          JWKS at /.well-known/jwks.json
+  metrics             {metrics_url}/metrics  Prometheus text format (docs/metrics.md)
   payment platform    {urls["platform"]}          OpenAPI at /openapi.json
   identity issuer     {urls["issuer"]}          {DEV_WARNING}
 
@@ -313,7 +333,7 @@ async def _run_forever(stack: DemoStack) -> None:
         loop.add_signal_handler(signum, stop.set)
     try:
         await stack.start()
-        print(_instructions(stack.urls, stack.state_dir), flush=True)
+        print(_instructions(stack.urls, stack.state_dir, stack.metrics_url), flush=True)
         await stop.wait()
     finally:
         await stack.stop()

@@ -13,11 +13,15 @@ from dragoman.settings import IdentitySettings
 
 
 def build_authenticators(
-    settings: IdentitySettings, *, clock: Callable[[], float] = time.time
+    settings: IdentitySettings,
+    *,
+    clock: Callable[[], float] = time.time,
+    jwks_fetched: Callable[[str, str], None] | None = None,
 ) -> list[Authenticator]:
     """Bearer credentials first (each kind recognises its own), the TLS client certificate
     last: a request that carries an Authorization header is never authenticated by its
-    connection instead, so a credential nobody recognises is refused, not ignored."""
+    connection instead, so a credential nobody recognises is refused, not ignored.
+    ``jwks_fetched(issuer name, outcome)`` counts the OIDC key set fetches."""
     authenticators: list[Authenticator] = []
     if settings.aws_sts is not None:
         authenticators.append(
@@ -26,7 +30,7 @@ def build_authenticators(
             )
         )
     if settings.oidc:
-        authenticators.append(OidcAuthenticator(settings, clock=clock))
+        authenticators.append(OidcAuthenticator(settings, clock=clock, jwks_fetched=jwks_fetched))
     # mtls: the TLS client certificate (identity/mtls.py)
     if settings.mtls is not None:
         authenticators.append(MtlsAuthenticator(settings.mtls, clock=clock))

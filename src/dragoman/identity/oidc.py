@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -143,7 +144,9 @@ class OidcAuthenticator:
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        jwks_fetched: Callable[[str, str], None] | None = None,
     ) -> None:
+        """``jwks_fetched(issuer name, outcome)`` counts the key set fetches."""
         self._session: aiohttp.ClientSession | None = None
         self.issuers: dict[str, IssuerVerifier] = {}
         for config in settings.oidc:
@@ -161,6 +164,7 @@ class OidcAuthenticator:
                 max_stale=config.jwks_max_stale,
                 refetch_interval=config.jwks_refetch_interval,
                 clock=monotonic,
+                on_fetch=None if jwks_fetched is None else partial(jwks_fetched, config.name),
             )
             self.issuers[config.issuer] = IssuerVerifier(
                 config, cache, max_token_bytes=settings.max_token_bytes, clock=clock

@@ -132,8 +132,12 @@ class JwksCache:
         max_stale: float,
         refetch_interval: float,
         clock: Callable[[], float] = time.monotonic,
+        on_fetch: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_fetch`` is told the outcome of every fetch attempt (``ok`` or ``error``),
+        for the refresh metric."""
         self._fetcher = fetcher
+        self._on_fetch = on_fetch
         self._name = name
         self._ttl = ttl
         self._max_stale = max_stale
@@ -181,6 +185,7 @@ class JwksCache:
             except Exception as exc:  # any failure: keep serving cached keys within max_stale
                 log.warning("jwks fetch for %s failed: %s", self._name, exc)
                 self._attempts_done += 1
+                self._fetched("error")
                 return
             keys: dict[str, TrustedKey] = {}
             for jwk in jwks:
@@ -198,3 +203,8 @@ class JwksCache:
             self._keys = keys
             self._fetched_at = self._clock()
             self._attempts_done += 1
+            self._fetched("ok")
+
+    def _fetched(self, outcome: str) -> None:
+        if self._on_fetch is not None:
+            self._on_fetch(outcome)

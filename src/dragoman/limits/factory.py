@@ -16,16 +16,21 @@ def open_rate_limits(
     *,
     key: Callable[[str], str] = plain_key,
     clock: Callable[[], float] = time.time,
+    observe: Callable[[str, str], None] | None = None,
 ) -> RateLimitStage:
     """``clock`` drives the in-memory counters (the proxy's clock, which tests move); the
     Redis counters run on the Redis server's clock. ``key`` hides the counted accounts
-    (:func:`dragoman.limits.stage.subject_of`)."""
+    (:func:`dragoman.limits.stage.subject_of`). ``observe(rule, outcome)`` counts the
+    decisions (:class:`~dragoman.limits.stage.RateLimitStage`)."""
     rules = rules_from_settings(settings)
     if not rules:
-        return RateLimitStage((), None, key=key)
+        return RateLimitStage((), None, key=key, observe=observe)
     if settings.backend == "memory":
         return RateLimitStage(
-            rules, MemoryLimiter(max_keys=settings.max_keys, clock=clock), key=key
+            rules,
+            MemoryLimiter(max_keys=settings.max_keys, clock=clock),
+            key=key,
+            observe=observe,
         )
     from dragoman.limits.redis_limiter import RedisLimiter
 
@@ -37,4 +42,4 @@ def open_rate_limits(
         if settings.fallback == "local"
         else None
     )
-    return RateLimitStage(rules, shared, local=local, key=key)
+    return RateLimitStage(rules, shared, local=local, key=key, observe=observe)

@@ -39,6 +39,9 @@ class MemoryLimiter:
     def __len__(self) -> int:
         return len(self._tats)
 
+    async def ping(self) -> None:
+        return None  # in this process: always there
+
     async def decide(self, checks: Sequence[Check]) -> Verdict:
         # No await between reading and writing: atomic within the event loop.
         now = self._now()

@@ -122,5 +122,12 @@ class RedisLimiter:
             )
         )
 
+    async def ping(self) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._client.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise LimiterUnavailable(type(exc).__name__) from exc
+
     async def close(self) -> None:
         await self._client.aclose()

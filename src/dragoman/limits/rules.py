@@ -95,4 +95,9 @@ class Limiter(Protocol):
         Raises LimiterUnavailable when no decision can be made."""
         ...
 
+    async def ping(self) -> None:
+        """Return when the limiter could decide now (for /readyz); raise
+        LimiterUnavailable when it could not."""
+        ...
+
     async def close(self) -> None: ...

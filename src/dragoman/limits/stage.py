@@ -64,10 +64,14 @@ class RateLimitStage:
         *,
         local: Limiter | None = None,
         key: Callable[[str], str] = plain_key,
+        observe: Callable[[str, str], None] | None = None,
     ) -> None:
         """``limiter`` decides (None: no rules); ``local`` is the per-instance fallback for
-        reads when ``limiter`` cannot decide (None: reads are refused too)."""
+        reads when ``limiter`` cannot decide (None: reads are refused too). ``observe(rule,
+        outcome)`` counts each rule's decision: ``allowed``, ``limited``, or ``unavailable``
+        when the shared limiter could not decide (a fallback decision is counted too)."""
         self._key = key
+        self._observe = observe
         self._by_tier = {t: tuple(r for r in rules if r.counts(t)) for t in RISK_TIERS}
         self._limiter = limiter
         self._local = local
@@ -100,13 +104,31 @@ class RateLimitStage:
         try:
             verdict = await self._limiter.decide(checks)
         except LimiterUnavailable as exc:
+            self._count(checks, None)
             verdict = await self._fallback(checks, read, exc)
         else:
             if self._down:
                 log.warning("rate limiter answers again")
                 self._down = False
+        self._count(checks, verdict)
         if not verdict.allowed:
             raise refusal(checks, verdict)
+
+    def _count(self, checks: Sequence[Check], verdict: Verdict | None) -> None:
+        observe = self._observe
+        if observe is None:
+            return
+        if verdict is None:
+            for check in checks:
+                observe(check.rule.name, "unavailable")
+            return
+        for check, decision in zip(checks, verdict.decisions, strict=True):
+            observe(check.rule.name, "allowed" if decision.allowed else "limited")
+
+    async def ping(self) -> None:
+        """Raise LimiterUnavailable while the shared limiter cannot answer (/readyz)."""
+        if self._limiter is not None:
+            await self._limiter.ping()
 
     async def _fallback(
         self, checks: Sequence[Check], read: bool, error: LimiterUnavailable

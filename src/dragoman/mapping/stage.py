@@ -31,11 +31,19 @@ class MappingGate:
     """Finds the caller's mapping and checks that it may be used at all."""
 
     def __init__(
-        self, store: MappingStore, *, stale_after: float, clock: Callable[[], float] = time.time
+        self,
+        store: MappingStore,
+        *,
+        stale_after: float,
+        clock: Callable[[], float] = time.time,
+        observe_age: Callable[[float], None] | None = None,
     ) -> None:
+        """``observe_age`` is told the age of every mapping a request uses (seconds since
+        its last validation), for the staleness metric."""
         self._store = store
         self._stale_after = stale_after
         self._clock = clock
+        self._observe_age = observe_age
 
     async def usable_mapping(self, principal: Principal) -> AccountMapping:
         mapping = await self.find(principal)
@@ -65,6 +73,8 @@ class MappingGate:
         if mapping.status in (MappingStatus.SUSPENDED, MappingStatus.REVOKED):
             raise MappingInactive(f"mapping_{mapping.status.value}")
         age = self._clock() - mapping.last_validated_at.timestamp()
+        if self._observe_age is not None:
+            self._observe_age(max(0.0, age))
         if mapping.status is MappingStatus.STALE or age > self._stale_after:
             raise MappingStale()
 

@@ -50,6 +50,7 @@ from dragoman.settings.mapping import (
     PlatformRecordSettings,
     RegistrationSettings,
 )
+from dragoman.settings.metrics import MetricsSettings
 from dragoman.settings.model import (
     Problem,
     Settings,
@@ -98,6 +99,7 @@ __all__ = [
     "LimitsSettings",
     "MappingEncryptionSettings",
     "MappingSettings",
+    "MetricsSettings",
     "MtlsSettings",
     "OidcIssuerSettings",
     "OperationSettings",

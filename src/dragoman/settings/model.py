@@ -22,6 +22,7 @@ from dragoman.settings.identity import IdentitySettings
 from dragoman.settings.keys import KeySettings
 from dragoman.settings.limits import LimitsSettings
 from dragoman.settings.mapping import MappingSettings
+from dragoman.settings.metrics import MetricsSettings
 from dragoman.settings.policy import PolicySettings
 from dragoman.settings.reconcile import ReconcileSettings
 from dragoman.settings.server import ServerSettings, StoreSettings, TokenSettings, UpstreamSettings
@@ -78,6 +79,10 @@ class Settings(BaseSettings):
     )
     alerts: AlertSettings = Field(
         default_factory=lambda: AlertSettings(), description="Where alerts go."
+    )
+    metrics: MetricsSettings = Field(
+        default_factory=lambda: MetricsSettings(),
+        description="The Prometheus metrics endpoint (its own listener).",
     )
 
     @model_validator(mode="after")
