@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 SOFTHSM_MODULE ?= /usr/lib/softhsm/libsofthsm2.so
 
-.PHONY: all demo test lint typecheck unit bench clean docs screenshots softhsm chromium
+.PHONY: all demo test lint typecheck unit bench clean docs screenshots softhsm chromium haproxy
 
 all: test
 
@@ -72,8 +72,25 @@ chromium:
 		echo "Install it with: sudo apt-get install chromium" >&2; \
 	fi
 
+# tests/deploy checks the HAProxy example (deploy/haproxy/haproxy.cfg) with Debian's haproxy
+# (`haproxy -c`). Installed like SoftHSM2 above; without it that test skips locally and fails
+# under CI=true.
+HAPROXY ?= /usr/sbin/haproxy
+haproxy:
+	@if [ -x "$(HAPROXY)" ]; then \
+		exit 0; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing haproxy for the deployment tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy \
+			|| echo "warning: could not install haproxy; the HAProxy test will skip (fail under CI)" >&2; \
+	else \
+		echo "HAProxy is missing ($(HAPROXY)): the HAProxy test will skip (fail under CI)." >&2; \
+		echo "Install it with: sudo apt-get install haproxy" >&2; \
+	fi
+
 # pytest exits 5 when it collected nothing: that must fail loudly, never pass.
-unit: $(STAMP) softhsm chromium
+unit: $(STAMP) softhsm chromium haproxy
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; fi; \
 	exit $$status
