@@ -25,7 +25,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -35,6 +35,7 @@ from dragoman.anomaly import AnomalyStage, open_anomaly_stage
 from dragoman.audit.postgres import AuditShipper, open_audit_shipper
 from dragoman.audit.record import request_record
 from dragoman.audit.sink import AuditSink, open_audit_sink
+from dragoman.audit.write_ahead import WriteAheadStage
 from dragoman.browser.cors import CorsPolicy
 from dragoman.browser.csrf import CsrfStage, CsrfTokens, CsrfVerifier, load_csrf_key
 from dragoman.browser.headers import answer_headers, security_headers
@@ -61,6 +62,15 @@ from dragoman.mapping.platform import PlatformClient
 from dragoman.mapping.reconcile_schedule import ReconcileScheduler, open_scheduler
 from dragoman.mapping.stage import MapAccountStage, MappingGate
 from dragoman.mapping.store import MappingStore
+from dragoman.observability import (
+    Check,
+    ProxyMetrics,
+    Readiness,
+    RequestMeter,
+    ping_probe,
+    shared_metrics,
+    sync_probe,
+)
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import AuditUnavailable, Denial, InternalError, OriginDenied
 from dragoman.pipeline.problem import problem_response
@@ -69,7 +79,7 @@ from dragoman.policy.roles import RolePolicy
 from dragoman.policy.step_up import StepUpStage
 from dragoman.settings import Settings
 from dragoman.state import migrate
-from dragoman.state.sql import StoreUnavailable, make_engine
+from dragoman.state.sql import make_engine
 from dragoman.tokens.mint import TokenMinter
 from dragoman.tokens.stage import MintTokenStage
 
@@ -79,10 +89,14 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 
 class AuditTrail:
-    """Writes records; while the sink fails, new requests are refused (fail closed)."""
+    """Writes records; while the sink fails, new requests are refused (fail closed).
 
-    def __init__(self, sink: AuditSink) -> None:
+    Every answered request passes here exactly once (its request record), so this is where
+    the request metrics are counted (:class:`~dragoman.observability.RequestMeter`)."""
+
+    def __init__(self, sink: AuditSink, meter: RequestMeter | None = None) -> None:
         self._sink = sink
+        self._meter = meter
         self.broken = False
 
     def write(self, record: dict[str, object]) -> None:
@@ -94,6 +108,10 @@ class AuditTrail:
             self.broken = True
         else:
             self.broken = False
+        meter = self._meter
+        if meter is not None:
+            meter.written(not self.broken)
+            meter.request(record)
 
     def close(self) -> None:
         self._sink.close()
@@ -136,6 +154,32 @@ class Proxy:
     its own alert sinks."""
     audit_shipper: AuditShipper | None = None
     """Copies the audit file into the audit database (audit.database_url; None: off)."""
+    metrics: ProxyMetrics | None = None
+    """The metric families the components feed (served by :mod:`dragoman.observability`)."""
+    readiness: Readiness = field(init=False)
+    """The named checks of /readyz, built once from the components."""
+
+    def __post_init__(self) -> None:
+        self.readiness = Readiness(self._readiness_checks())
+
+    def _readiness_checks(self) -> list[Check]:
+        """In the order /readyz lists failures. Backends kept in this process (memory)
+        always answer; a Redis backend is pinged; nothing here names a URL or a host."""
+        audit = self.audit
+        checks = [
+            Check("state_store", ping_probe(self.store.ping)),
+            Check("signing_key", sync_probe(self.keys.ready)),
+            Check("audit_sink", sync_probe(lambda: not audit.broken)),
+        ]
+        shipper = self.audit_shipper
+        if shipper is not None:
+            checks.append(Check("audit_shipper", sync_probe(lambda: not shipper.failing)))
+        checks.append(Check("browser_sessions", ping_probe(self.sessions.ping)))
+        if self.rate_limits is not None:
+            checks.append(Check("rate_limits", ping_probe(self.rate_limits.ping)))
+        if self.anomaly is not None:
+            checks.append(Check("anomaly_state", ping_probe(self.anomaly.ping)))
+        return checks
 
     # -- the pipeline ----------------------------------------------------------------------
 
@@ -168,7 +212,13 @@ class Proxy:
             self.forwarder.check_declared_length(request)
             for stage in self.stages:
                 await stage(ctx)
-            return await self.forwarder.forward(ctx, self.cors.response_headers(request))
+            # The record is written before the caller can hold the whole answer, so an
+            # answer a caller received always has its record, whatever happens next.
+            return await self.forwarder.forward(
+                ctx,
+                self.cors.response_headers(request),
+                before_complete=lambda: self._record(ctx, event),
+            )
         except Denial as denial:
             ctx.denial = denial
             # A refused preflight must not look approved: no CORS headers on it.
@@ -185,7 +235,12 @@ class Proxy:
                 ctx.denial, audit_id=ctx.audit_id, headers=self._base_headers(request, ctx)
             )
         finally:
-            self.audit.write(request_record(ctx, event=event, route=self._route_of(ctx)))
+            if not ctx.recorded:
+                self._record(ctx, event)
+
+    def _record(self, ctx: RequestContext, event: str) -> None:
+        ctx.recorded = True
+        self.audit.write(request_record(ctx, event=event, route=self._route_of(ctx)))
 
     def _route_of(self, ctx: RequestContext) -> Operation | None:
         """The operation a refused request's path names, for its audit record only."""
@@ -220,15 +275,9 @@ class Proxy:
         return self._json({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
-        problems = []
-        try:
-            await self.store.ping()
-        except StoreUnavailable:
-            problems.append("state_store")
-        if not self.keys.ready():
-            problems.append("signing_key")
-        if self.audit.broken:
-            problems.append("audit_sink")
+        """200 when every dependency answers and a signing key is current; else 503 with
+        the names of the failing checks (:meth:`_readiness_checks`), nothing more."""
+        problems = await self.readiness.failing()
         if problems:
             return self._json({"status": "unavailable", "failing": problems}, status=503)
         return self._json({"status": "ready"})
@@ -346,14 +395,22 @@ def build_proxy(
     audit_sink: AuditSink | None = None,
 ) -> Proxy:
     """Every component and the stage chain, from settings."""
-    authenticators = build_authenticators(settings.identity, clock=clock)
+    metrics = shared_metrics()
+    authenticators = build_authenticators(
+        settings.identity, clock=clock, jwks_fetched=metrics.jwks_meter()
+    )
     catalog = operations_from_settings(settings.catalog)
     engine = make_engine(settings.store.database_url, pool_size=settings.store.pool_size)
     store = open_mapping_store(settings, engine)
     keys = open_key_ring(settings.keys, settings.store, engine, clock=clock)
     headers = security_headers(settings.browser)
     cors = CorsPolicy(settings.browser.allowed_origins, {op.method for op in catalog})
-    gate = MappingGate(store, stale_after=settings.mapping.stale_after, clock=clock)
+    gate = MappingGate(
+        store,
+        stale_after=settings.mapping.stale_after,
+        clock=clock,
+        observe_age=metrics.observe_mapping_age(),
+    )
     policy = RolePolicy.from_settings(settings.policy)
     minter = TokenMinter(
         keys,
@@ -365,8 +422,17 @@ def build_proxy(
     routes = RouteMatcher(catalog)
     sessions = open_session_store(settings.browser)
     csrf = CsrfVerifier(CsrfTokens(load_csrf_key(settings.browser)), sessions, clock=clock)
-    rate_limits = open_rate_limits(settings.limits, key=store.codec.account_index, clock=clock)
+    rate_limits = open_rate_limits(
+        settings.limits,
+        key=store.codec.account_index,
+        clock=clock,
+        observe=metrics.rate_limit_meter(),
+    )
     alerts = open_alert_sinks(settings.alerts)
+    audit = AuditTrail(
+        audit_sink or open_audit_sink(settings.audit, clock=clock),
+        metrics.request_meter(settings.audit.sink if audit_sink is None else "custom"),
+    )
     stages: tuple[Stage, ...] = (
         AuthenticateStage(authenticators),
         BrowserChecksStage(cors),
@@ -382,6 +448,7 @@ def build_proxy(
             )
         ),
         MintTokenStage(minter, settings.upstream.url),
+        WriteAheadStage(audit),
     )
     platform = open_platform_client(settings, catalog, minter)
     return Proxy(
@@ -394,7 +461,7 @@ def build_proxy(
             max_body_bytes=settings.server.max_body_bytes,
             security_headers=headers,
         ),
-        audit=AuditTrail(audit_sink or open_audit_sink(settings.audit, clock=clock)),
+        audit=audit,
         audit_shipper=None if audit_sink is not None else open_audit_shipper(settings.audit),
         cors=cors,
         catalog=catalog,
@@ -411,6 +478,7 @@ def build_proxy(
         csrf=csrf,
         rate_limits=rate_limits,
         anomaly=anomaly,
+        metrics=metrics,
     )
 
 

@@ -20,7 +20,7 @@ a read may be, once, when its pooled connection turns out stale.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -178,8 +178,14 @@ class Forwarder:
             raise PayloadTooLarge("body_too_large")
 
     async def forward(
-        self, ctx: RequestContext, response_headers: Mapping[str, str]
+        self,
+        ctx: RequestContext,
+        response_headers: Mapping[str, str],
+        before_complete: Callable[[], None] | None = None,
     ) -> web.StreamResponse:
+        """Forward and stream the answer back. ``before_complete`` runs once the upstream's
+        answer has been read to its end and before its last bytes go to the caller: a
+        caller never holds a complete answer whose audit record is not written."""
         assert self._session is not None, "Forwarder.start() was not awaited"
         request = ctx.request
         query = ctx.forward_query
@@ -233,26 +239,33 @@ class Forwarder:
                 raise UpstreamTimeout("upstream_timeout") from None
             except aiohttp.ClientError as exc:
                 raise UpstreamUnavailable(type(exc).__name__) from None
+            if not first and before_complete is not None:
+                before_complete()  # an empty body: the status line is the whole answer
             try:
                 await response.prepare(request)
             except ConnectionResetError:
                 ctx.stream_error = "client_disconnected"
                 return response
             # From here the caller has our status line: an upstream failure can only cut
-            # the response short, which the caller sees as a truncated body.
+            # the response short, which the caller sees as a truncated body. One chunk is
+            # held back until the next is read, so ``before_complete`` runs before the
+            # caller can have the whole answer.
             chunk = first
             while chunk:
+                try:
+                    following = await upstream.content.readany()
+                except (aiohttp.ClientError, TimeoutError):
+                    ctx.stream_error = "upstream_aborted"
+                    _abort(request)
+                    return response
+                if not following and before_complete is not None:
+                    before_complete()
                 try:
                     await response.write(chunk)
                 except ConnectionResetError:
                     ctx.stream_error = "client_disconnected"
                     return response
-                try:
-                    chunk = await upstream.content.readany()
-                except (aiohttp.ClientError, TimeoutError):
-                    ctx.stream_error = "upstream_aborted"
-                    _abort(request)
-                    return response
+                chunk = following
             await response.write_eof()
             return response
         finally:

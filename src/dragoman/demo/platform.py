@@ -6,8 +6,9 @@ It trusts nothing but dragoman's scoped tokens: every operation verifies its tok
 write opens one request only: its replay is refused with ``token_replayed``. It
 keeps payment methods (brand and last four digits only; card numbers are never stored)
 and billing addresses in memory, publishes its OpenAPI description at ``/openapi.json``,
-and records every request that reaches it (``seen``), so tests can prove that refused
-requests never arrived.
+records every request that reaches it (``seen``), so tests can prove that refused
+requests never arrived, and runs a write carrying an ``Idempotency-Key`` once however often
+it is retried (:mod:`dragoman.demo.idempotency`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from dragoman.audit.redact import luhn_valid
+from dragoman.demo.idempotency import IdempotencyKeys
 from dragoman.tokens.verify import TokenVerifier, VerifiedToken, verify_aiohttp
 
 
@@ -175,6 +177,7 @@ class PaymentPlatform:
         self.verifier = verifier
         self.customers: dict[str, Customer] = {}
         self.seen: list[Seen] = []
+        self.idempotency = IdempotencyKeys()
 
     def add_customer(self, customer_id: str, cloud_account: str) -> Customer:
         customer = Customer(customer_id, cloud_account)
@@ -240,7 +243,11 @@ class PaymentPlatform:
             customer = self.customers.get(customer_id)
             if customer is None:
                 raise _problem(404, "customer_not_found", "No such customer.")
-            return await handler(request, customer, token)
+            if op.method == "GET":
+                return await handler(request, customer, token)
+            return await self.idempotency.run(
+                request, customer_id, lambda: handler(request, customer, token)
+            )
 
         return guarded
 

@@ -68,5 +68,8 @@ class RequestContext:
     """Step 7: status the upstream answered (None when nothing was forwarded)."""
     stream_error: str | None = None
     """Set when the answer was cut short after its status line was sent."""
+    recorded: bool = False
+    """Step 8 is done: the request's record was written (before the answer's last bytes,
+    when it was forwarded)."""
     denial: Denial | None = None
     """Why the request was refused, when it was."""
