@@ -578,3 +578,17 @@ def test_a_missing_boto3_is_named_at_construction(monkeypatch: pytest.MonkeyPatc
 def test_bad_settings_are_refused(settings: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="aws-kms"):
         AwsKmsProvider(region=REGION, **settings)
+
+
+def test_kms_timeout_and_attempts_come_from_settings() -> None:
+    from dragoman.keys.factory import open_provider
+    from dragoman.settings import KeySettings
+
+    settings = KeySettings(
+        provider="aws-kms",
+        aws_kms={"region": REGION, "timeout": "750ms", "attempts": 1},  # type: ignore[arg-type]
+    )
+    with kms_environment():
+        provider = open_provider(settings, engine=None, query_timeout=1.0)  # type: ignore[arg-type]
+    assert isinstance(provider, AwsKmsProvider)
+    assert (provider._timeout, provider._max_attempts) == (0.75, 1)

@@ -54,6 +54,8 @@ def open_provider(settings: KeySettings, engine: AsyncEngine, query_timeout: flo
                 region=settings.aws_kms.region,
                 endpoint_url=settings.aws_kms.endpoint_url,
                 alias=settings.aws_kms.alias,
+                timeout=settings.aws_kms.timeout,
+                max_attempts=settings.aws_kms.attempts,
             )
         except RuntimeError as exc:  # boto3 is not installed
             raise KeyConfigError(f"keys.provider: {exc}") from None

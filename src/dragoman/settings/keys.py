@@ -37,6 +37,19 @@ class AwsKmsSettings(Section):
         ),
     )
 
+    timeout: Duration = Field(
+        2.0,
+        gt=0,
+        le=30,
+        description=(
+            "Connect and read timeout of one KMS call. A signature is on the request's path:"
+            " keep timeout x attempts well under what a caller waits."
+        ),
+    )
+    attempts: int = Field(
+        2, ge=1, le=5, description="Tries of one KMS call (throttling, 5xx, dropped connection)."
+    )
+
     @field_validator("alias")
     @classmethod
     def _not_reserved(cls, value: str) -> str:
