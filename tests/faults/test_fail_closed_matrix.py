@@ -434,7 +434,7 @@ async def test_key_provider_down_refuses_reads_and_writes(make_faulty: MakeFault
 @pytest.mark.slow
 async def test_key_provider_hung_refuses_reads_and_writes(make_faulty: MakeFaulty) -> None:
     """A hung KMS: each signing call waits for the provider's own timeouts and retries
-    (aws-kms: 5 s per attempt, 3 attempts; not settings yet), then the request is refused."""
+    (`keys.aws_kms.timeout` x `attempts`, 2 s x 2 by default), then the request is refused."""
     f = await make_faulty()
     await warm(f)
     forwarded = len(f.seen)
