@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 SOFTHSM_MODULE ?= /usr/lib/softhsm/libsofthsm2.so
 
-.PHONY: all demo test lint typecheck unit bench clean docs screenshots softhsm chromium haproxy
+.PHONY: all demo test lint typecheck unit bench clean docs screenshots softhsm chromium haproxy nginx wrk
 
 all: test
 
@@ -97,8 +97,41 @@ unit: $(STAMP) softhsm chromium haproxy
 
 test: lint typecheck unit
 
-bench: $(STAMP)
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+# The benchmark (bench/README.md) loads with Debian's wrk and compares with Debian's nginx
+# (a plain reverse proxy, and auth_request in front of a sidecar). Installed like SoftHSM2
+# above; without wrk the benchmark cannot run, without nginx its nginx rows are skipped.
+# Neither is needed by `make test`.
+WRK ?= /usr/bin/wrk
+wrk:
+	@if [ -x "$(WRK)" ]; then \
+		exit 0; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing wrk for the benchmark"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk \
+			|| echo "warning: could not install wrk; make bench cannot run" >&2; \
+	else \
+		echo "wrk is missing ($(WRK)): make bench cannot run." >&2; \
+		echo "Install it with: sudo apt-get install wrk" >&2; \
+	fi
+
+NGINX ?= /usr/sbin/nginx
+nginx:
+	@if [ -x "$(NGINX)" ]; then \
+		exit 0; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing nginx for the benchmark's reference rows"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx \
+			|| echo "warning: could not install nginx; the benchmark skips its nginx rows" >&2; \
+	else \
+		echo "nginx is missing ($(NGINX)): the benchmark skips its nginx rows." >&2; \
+		echo "Install it with: sudo apt-get install nginx" >&2; \
+	fi
+
+# About 3 minutes (BENCH_ARGS=--quick: about 80 s); loopback only; bench/README.md.
+bench: $(STAMP) wrk nginx
+	DRAGOMAN_BENCH_NGINX=$(NGINX) $(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,18 +1,28 @@
-"""Runs wrk and parses its report (wrk 4.1 with ``--latency``).
+"""Runs wrk and parses its report (wrk 4.1 with ``--latency`` and ``mix.lua``).
 
 wrk counts a response as an error ("Non-2xx or 3xx responses") when its status is 400 or
 more, and reports connect/read/write/timeout "Socket errors"; either makes a run unusable.
+``mix.lua`` adds one ``BENCH {...}`` line with the percentiles p50 ... p99.9 in
+microseconds (wrk's own ``--latency`` block stops at p99).
+
+wrk's own CPU time (user + system, from ``getrusage(RUSAGE_CHILDREN)`` around the run:
+wrk is the only child reaped meanwhile) is kept with the result: ``wrk_cpu`` is the share
+of one core it used over the run. wrk with ``-t1`` near 1.00 would be the bottleneck.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import resource
 import subprocess
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 WRK = "wrk"
+MIX_SCRIPT = Path(__file__).resolve().parent / "mix.lua"
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 _PERCENTILE = re.compile(r"^\s*(50|75|90|99)%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.MULTILINE)
 _RPS = re.compile(r"^Requests/sec:\s+([\d.]+)\s*$", re.MULTILINE)
@@ -21,6 +31,7 @@ _NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
 _SOCKET = re.compile(
     r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", re.MULTILINE
 )
+_BENCH = re.compile(r"^BENCH (\{.*\})\s*$", re.MULTILINE)
 
 
 class WrkError(Exception):
@@ -37,6 +48,7 @@ class LoadSpec:
     duration_s: float
     headers: tuple[str, ...] = ()
     script: Path | None = None
+    script_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +56,12 @@ class WrkResult:
     requests_per_s: float
     requests: int
     latency_ms: dict[str, float]
-    """Percentile ("50", "75", "90", "99") -> milliseconds."""
+    """Percentile ("50", "75", "90", "99", and "99.9" with mix.lua) -> milliseconds."""
     non_2xx_3xx: int = 0
     socket_errors: dict[str, int] = field(default_factory=dict)
     """Only the non-zero counters: connect, read, write, timeout."""
+    wrk_cpu: float | None = None
+    """wrk's CPU time over the wall time of the run (1.0 = one core busy)."""
 
     @property
     def clean(self) -> bool:
@@ -80,24 +94,33 @@ def command(spec: LoadSpec) -> list[str]:
         argv += ["-H", header]
     if spec.script is not None:
         argv += ["-s", str(spec.script)]
-    return [*argv, spec.url]
+    argv.append(spec.url)
+    if spec.script_args:
+        argv += ["--", *spec.script_args]
+    return argv
 
 
 def run(spec: LoadSpec) -> tuple[WrkResult, str]:
     """Run wrk once; the parsed result and wrk's own output."""
     argv = command(spec)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
     try:
         done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=spec.duration_s + 30, check=False
+            argv, capture_output=True, text=True, timeout=spec.duration_s + 60, check=False
         )
     except FileNotFoundError:
         raise WrkError("wrk is not installed (Debian: apt-get install wrk)") from None
     except subprocess.TimeoutExpired:
-        raise WrkError(f"wrk did not finish: {' '.join(argv[:-1])} ...") from None
+        raise WrkError(f"wrk did not finish: {' '.join(argv[:6])} ...") from None
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     output = done.stdout + done.stderr
     if done.returncode != 0:
         raise WrkError(f"wrk exited with {done.returncode}:\n{output}")
-    return parse(output), output
+    result = parse(output)
+    return WrkResult(**{**asdict(result), "wrk_cpu": cpu / wall if wall > 0 else None}), output
 
 
 def _ms(value: str, unit: str) -> float:
@@ -110,6 +133,16 @@ def parse(text: str) -> WrkResult:
     percentiles = {p: _ms(v, u) for p, v, u in _PERCENTILE.findall(text)}
     if rps is None or total is None or set(percentiles) != {"50", "75", "90", "99"}:
         raise WrkError(f"cannot read wrk's report:\n{text}")
+    bench = _BENCH.search(text)
+    if bench is not None:
+        extra = json.loads(bench.group(1))
+        percentiles |= {
+            "50": extra["p50"] / 1000,
+            "75": extra["p75"] / 1000,
+            "90": extra["p90"] / 1000,
+            "99": extra["p99"] / 1000,
+            "99.9": extra["p999"] / 1000,
+        }
     non_2xx = _NON_2XX.search(text)
     sockets = _SOCKET.search(text)
     socket_errors: dict[str, int] = {}

@@ -13,10 +13,7 @@ no automatic headers), so "dragoman vs pass-through" isolates the cost of the pi
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import signal
 import sys
-from types import FrameType
 
 import aiohttp
 from aiohttp import web
@@ -24,7 +21,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from dragoman.forward import HOP_BY_HOP
-from serving import serve_forever
+from serving import run_workers, serve_forever
 
 DROP_REQUEST = HOP_BY_HOP | {"host"}
 CHUNK = 64 * 1024
@@ -84,27 +81,6 @@ def worker(host: str, port: int, upstream: str) -> None:
     serve_forever(make_app(upstream), host, port)
 
 
-def supervise(host: str, port: int, upstream: str, workers: int) -> None:
-    """Start ``workers`` processes on the shared port; pass SIGTERM/SIGINT on to them."""
-    context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=worker, args=(host, port, upstream), name="passthrough-worker")
-        for _ in range(workers)
-    ]
-    for process in processes:
-        process.start()
-
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for process in processes:
-        process.join()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -114,10 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.workers < 1:
         sys.exit("--workers must be at least 1")
-    if args.workers == 1:
-        worker(args.host, args.port, args.upstream)
-    else:
-        supervise(args.host, args.port, args.upstream, args.workers)
+    run_workers(worker, (args.host, args.port, args.upstream), args.workers)
 
 
 if __name__ == "__main__":

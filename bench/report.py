@@ -1,4 +1,4 @@
-"""The results: the printed table, the audit summary, and bench/results/latest.json."""
+"""The results: the printed tables, the goals, the audit summary, bench/results/latest.json."""
 
 from __future__ import annotations
 
@@ -11,56 +11,165 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from scenario import Scenario
+from scenario import Row, SteadyRow
+from stack import (
+    DRAGOMAN_MEMORY,
+    DRAGOMAN_PG_REDIS,
+    NGINX,
+    NGINX_AUTH,
+    PASSTHROUGH,
+    REFERENCES,
+    UPSTREAM,
+)
 
-UPSTREAM, PASSTHROUGH, DRAGOMAN = "upstream direct", "pass-through", "dragoman"
+RATIO_HEADS = {
+    UPSTREAM: "x upstream",
+    NGINX: "x nginx",
+    PASSTHROUGH: "x pass",
+    NGINX_AUTH: "x auth_req",
+}
 
 
-def _find(scenarios: list[Scenario], like: Scenario, target: str) -> Scenario | None:
-    return next(
-        (s for s in scenarios if s.operation == like.operation and s.target == target), None
-    )
+def _find(rows: list[Row], label: str, workers: int) -> Row | None:
+    for row in rows:
+        if row.target.label == label and (label == UPSTREAM or row.target.workers == workers):
+            return row
+    return None
 
 
-def ratio(scenarios: list[Scenario], scenario: Scenario, target: str) -> float | None:
-    """req/s of ``scenario`` over req/s of ``target`` for the same operation."""
-    baseline = _find(scenarios, scenario, target)
-    if not (scenario.ok and baseline is not None and baseline.ok):
+def ratio(rows: list[Row], row: Row, reference: str) -> float | None:
+    """req/s of ``row`` over req/s of ``reference`` with the same worker count (the upstream
+    has one process whatever the count)."""
+    base = _find(rows, reference, row.target.workers)
+    if base is None or not (row.ok and base.ok):
         return None
-    assert scenario.result is not None and baseline.result is not None
-    return scenario.result.requests_per_s / baseline.result.requests_per_s
+    assert row.result is not None and base.result is not None
+    return row.result.requests_per_s / base.result.requests_per_s
 
 
-def table(scenarios: list[Scenario]) -> str:
-    header = ("operation", "target", "req/s", "p50", "p99", "vs upstream", "vs pass-through")
-    rows = [header]
-    for s in scenarios:
-        if s.ok and s.result is not None:
-            r = s.result
-            cells = (f"{r.requests_per_s:,.0f}", _ms(r.latency_ms["50"]), _ms(r.latency_ms["99"]))
-        else:
-            cells = ("FAILED", "-", "-")
-        ratios = (_ratio(ratio(scenarios, s, UPSTREAM)), _ratio(ratio(scenarios, s, PASSTHROUGH)))
-        rows.append((s.operation.label, s.target, *cells, *ratios))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+def _fmt_table(header: tuple[str, ...], rows: list[tuple[str, ...]], left: int) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(row: tuple[str, ...]) -> str:
         cells = zip(row, widths, strict=True)
-        return " | ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(cells))
+        return " | ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(cells))
 
-    rule = "-+-".join("-" * w for w in widths)
-    return "\n".join([line(rows[0]), rule, *(line(r) for r in rows[1:])])
-
-
-def _ms(value: float) -> str:
-    return f"{value:.2f} ms"
+    return "\n".join([line(header), "-+-".join("-" * w for w in widths), *map(line, rows)])
 
 
-def _ratio(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}x"
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
-# -- dragoman's audit file -------------------------------------------------------------------
+def _x(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def table(rows: list[Row]) -> str:
+    header = (
+        "target",
+        "w",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "CPU µs/req",
+        "peak MB",
+        "wrk CPU",
+        *RATIO_HEADS.values(),
+    )
+    lines = []
+    for row in rows:
+        if row.ok and row.result is not None:
+            r = row.result
+            cells: tuple[str, ...] = (
+                f"{r.requests_per_s:,.0f}",
+                _ms(r.latency_ms["50"]),
+                _ms(r.latency_ms["99"]),
+                _ms(r.latency_ms.get("99.9")),
+                "-" if row.cpu_us is None else f"{row.cpu_us:,.0f}",
+                "-" if row.peak_mb is None else f"{row.peak_mb:,.0f}",
+                "-" if r.wrk_cpu is None else f"{r.wrk_cpu:.0%}",
+            )
+        else:
+            cells = ("FAILED", "-", "-", "-", "-", "-", "-")
+        ratios = tuple(
+            "1.00" if row.target.label == ref else _x(ratio(rows, row, ref)) for ref in RATIO_HEADS
+        )
+        lines.append((row.target.label, str(row.target.workers), *cells, *ratios))
+    return _fmt_table(header, lines, left=1)
+
+
+def steady_table(rows: list[SteadyRow]) -> str:
+    header = (
+        "target",
+        "w",
+        "rate",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "service p99",
+        "lateness p99",
+        "CPU µs/req",
+    )
+    lines = []
+    for row in rows:
+        if row.data:
+            lat, svc, late = row.data["latency_ms"], row.data["service_ms"], row.data["lateness_ms"]
+            cells: tuple[str, ...] = (
+                f"{row.data['achieved_rate']:,.0f}/s" + ("" if row.ok else " FAILED"),
+                *(_ms(lat[k]) for k in ("50", "90", "99", "99.9", "max")),
+                _ms(svc["99"]),
+                _ms(late["99"]),
+                "-" if row.cpu_us is None else f"{row.cpu_us:,.0f}",
+            )
+        else:
+            cells = ("FAILED", *("-" * 1 for _ in range(8)))
+        lines.append((row.target.label, str(row.target.workers), *cells))
+    return _fmt_table(header, lines, left=1)
+
+
+def goals(rows: list[Row], steady_rows: list[SteadyRow]) -> list[str]:
+    """The issue's goals against this run's figures (reported, never asserted)."""
+    out = []
+    memory = _find(rows, DRAGOMAN_MEMORY, 1)
+    if memory is not None:
+        for ref, goal in ((PASSTHROUGH, 0.60), (NGINX, 0.15)):
+            value = ratio(rows, memory, ref)
+            if value is not None:
+                verdict = "met" if value >= goal else "NOT met"
+                out.append(
+                    f"dragoman (memory) x1 / {ref} x1 = {value:.2f} (goal >= {goal}): {verdict}"
+                )
+        if memory.cpu_us is not None:
+            verdict = "met" if memory.cpu_us <= 150 else "NOT met"
+            out.append(
+                f"dragoman (memory) x1 CPU per request = {memory.cpu_us:.0f} µs"
+                f" (goal <= 150): {verdict}"
+            )
+    for row in steady_rows:
+        if row.target.label == DRAGOMAN_MEMORY and row.data:
+            p99 = row.data["latency_ms"]["99"]
+            verdict = "met" if p99 <= 1.5 else "NOT met"
+            out.append(
+                f"dragoman (memory) x1 at {row.rate:g}/s Poisson arrivals: p99 {p99:.2f} ms"
+                f" from the scheduled send (goal <= 1.5 ms): {verdict}"
+            )
+    for row in rows:
+        if row.target.label == DRAGOMAN_PG_REDIS:
+            value = ratio(rows, row, PASSTHROUGH)
+            if value is not None:
+                verdict = "met" if value >= 0.45 else "NOT met"
+                out.append(
+                    f"dragoman (PostgreSQL + Redis) x{row.target.workers} / pass-through"
+                    f" x{row.target.workers} = {value:.2f} (goal >= 0.45): {verdict}"
+                )
+    return out
+
+
+# -- dragoman's audit files ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +201,10 @@ def summarise_audit(path: Path) -> AuditSummary:
             for raw in handle:
                 record = json.loads(raw)
                 if record.get("event") == "mapping":
-                    # A mapping read or write (the setup's `mappings add`), not a request.
                     counts["mapping {action} {outcome}".format(**record)] += 1
+                    continue
+                if "decision" not in record:  # checkpoints and other non-request records
+                    counts[f"{record.get('event', '?')}"] += 1
                     continue
                 counts["{event} {decision} code={code} status={status}".format(**record)] += 1
                 if record["decision"] != "allow":
@@ -104,35 +215,32 @@ def summarise_audit(path: Path) -> AuditSummary:
     return AuditSummary(sum(counts.values()), dict(counts.most_common()), not_allowed, examples)
 
 
-def audit_verdict(audit: AuditSummary, scenarios: list[Scenario], connections: int) -> bool:
+def audit_verdict(name: str, audit: AuditSummary, wrk_runs: int, connections: int) -> bool:
     """Print the audit outcomes when any request was not allowed; False if that is a failure.
 
     wrk ends a run by closing its connections with requests still in flight; dragoman audits
     those as refused or failed although wrk never saw the answers. At most ``connections``
-    such records per wrk run are expected; more means dragoman refused or failed requests
-    that wrk counted (or would have) as answered.
+    such records per wrk run are expected; more means dragoman refused or failed requests.
     """
     if audit.not_allowed == 0:
         return True
-    runs = sum(s.wrk_runs for s in scenarios if s.target == DRAGOMAN)
-    bound = connections * runs
-    print(f"\ndragoman audit: {audit.records} records, {audit.not_allowed} not 'allow':")
+    bound = connections * wrk_runs
+    print(f"\n{name} audit: {audit.records} records, {audit.not_allowed} not 'allow':")
     for key, count in audit.by_outcome.items():
         print(f"  {count:>9}  {key}")
     for example in audit.examples:
         print(f"  e.g. {json.dumps(example)}")
     if audit.not_allowed <= bound:
         print(
-            f"  (at most {connections} in-flight requests per wrk run x {runs} runs = {bound}"
-            " are cut off when wrk closes its connections: these records are those; see"
-            " bench/README.md, 'Audit records at the end of a run')"
+            f"  (at most {connections} in-flight requests per wrk run x {wrk_runs} runs ="
+            f" {bound} are cut off when wrk closes its connections: bench/README.md)"
         )
         return True
-    print(f"!!! more than the {bound} records explained by wrk's cut-off: dragoman failed !!!")
+    print(f"!!! more than the {bound} records explained by wrk's cut-off: {name} failed !!!")
     return False
 
 
-# -- the JSON file ---------------------------------------------------------------------------
+# -- the JSON file ------------------------------------------------------------------------------
 
 
 def environment(settings: dict[str, Any]) -> dict[str, Any]:
@@ -150,27 +258,46 @@ def environment(settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def row_json(rows: list[Row], row: Row) -> dict[str, Any]:
+    return {
+        "target": row.target.label,
+        "workers": row.target.workers,
+        "workload": row.workload,
+        "url": row.target.url,
+        "ok": row.ok,
+        "problems": row.problems,
+        "wrk": row.result.to_json() if row.result else None,
+        "cpu_us_per_request": row.cpu_us,
+        "peak_rss_mb": row.peak_mb,
+        "ratios": {ref: ratio(rows, row, ref) for ref in REFERENCES},
+    }
+
+
 def write_json(
-    path: Path, scenarios: list[Scenario], env: dict[str, Any], audit: AuditSummary
+    path: Path,
+    rows: list[Row],
+    steady_rows: list[SteadyRow],
+    env: dict[str, Any],
+    audits: dict[str, AuditSummary],
+    goal_lines: list[str],
 ) -> None:
-    results = [
-        {
-            "operation": s.operation.label,
-            "target": s.target,
-            "url": s.url,
-            "ok": s.ok,
-            "problems": s.problems,
-            "wrk": s.result.to_json() if s.result else None,
-            "ratio_vs_upstream": ratio(scenarios, s, UPSTREAM),
-            "ratio_vs_passthrough": ratio(scenarios, s, PASSTHROUGH),
-        }
-        for s in scenarios
-    ]
     document = {
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "environment": env,
-        "results": results,
-        "dragoman_audit": audit.to_json(),
+        "results": [row_json(rows, row) for row in rows],
+        "steady": [
+            {
+                "target": r.target.label,
+                "workers": r.target.workers,
+                "ok": r.ok,
+                "problems": r.problems,
+                "cpu_us_per_request": r.cpu_us,
+                **r.data,
+            }
+            for r in steady_rows
+        ],
+        "goals": goal_lines,
+        "dragoman_audit": {name: a.to_json() for name, a in audits.items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n", "utf-8")

@@ -1,38 +1,21 @@
-"""dragoman's benchmark: what the full pipeline costs next to a bare proxy on the same stack.
+"""dragoman's benchmark: the full pipeline next to the proxies a team would otherwise run.
 
-Method
-------
-Four servers start on loopback, each its own process group (``stack.py``, ``procs.py``):
+One command, loopback only, bounded in time (about 3 minutes by default, 80 s with
+``--quick``): it prints one table and writes bench/results/latest.json. Everything is in
+bench/README.md; in short:
 
-- **upstream**: a plain aiohttp app on uvloop answering the demo catalog's routes with small
-  fixed JSON bodies, no auth (``upstream.py``);
-- **pass-through**: a proxy on dragoman's stack (aiohttp server + pooled aiohttp client on
-  uvloop, ``reuse_port`` workers) that checks nothing (``passthrough.py``);
-- **issuer**: the development OIDC issuer, for dragoman's JWKS discovery (``issuer.py``);
-- **dragoman**: ``dragoman serve`` with the embedded defaults (SQLite, local key file with a
-  generated master key, audit to a file), all in a temporary directory, its upstream the
-  plain upstream, one mapping seeded with the CLI before start (acct-1001 -> cus_alice,
-  ``role:billing_admin=*``). dragoman and the pass-through run the same number of workers.
+Targets (each its own process group, ``stack.py``): the upstream directly; nginx as a
+plain reverse proxy; nginx ``auth_request`` in front of a sidecar doing dragoman's checks
+(``sidecar.py``); a pass-through proxy on dragoman's stack (``passthrough.py``); dragoman
+with memory backends, with PostgreSQL + Redis, and with 2 workers (SQLite + Redis, and
+PostgreSQL + Redis). Each reference runs with the same worker count as the dragoman rows it
+is compared with.
 
-Each operation (GET the list of payment methods; POST a payment method) goes to each target
-(upstream direct, pass-through, dragoman) with one token for alice (billing_admin): first
-one checked request (exact status, else the scenario fails with the answer's body), then a
-wrk warm-up, then the measured wrk run (``scenario.py``, ``loadgen.py``). The table gives
-req/s, latency p50/p99, and the ratios to upstream-direct and to pass-through for the same
-operation (``report.py``); the JSON goes to bench/results/latest.json.
-
-Caveats
--------
-- wrk runs on the same machine (2 cores here) as every server: its CPU is taken from the
-  proxies and the upstream, and so is that of anything else running. Absolute numbers are
-  low and noisy; read the ratios between rows of one run, and compare runs on one machine.
-- One token is replayed, so whatever dragoman caches per token or per account is warm:
-  the steady state of one busy session, not a crowd of distinct callers.
-- dragoman writes one audit record per request to a local file; a remote sink or a
-  PostgreSQL store would change the picture.
-- wrk counts only statuses >= 400 as errors, hence the checked request first. Any error or
-  socket error fails the scenario loudly and the command exits non-zero. dragoman's audit
-  file is summarised whenever a record is not "allow" (see ``report.audit_verdict``).
+Workload: the caller mix (``mix.lua``): 1,000 callers, each its own token and mapping,
+round-robin, 20 % POST writes; wrk ``-t1 -c64``. Per row: one checked GET and POST, a
+warm-up, then the measured run, with the target's CPU time (all its processes, /proc)
+around it. Then Poisson arrivals at 1,500 req/s (``arrivals.py``, open loop, latency from
+the scheduled send) against the upstream, the pass-through and dragoman.
 
 Usage: ``make bench`` or ``.venv/bin/python bench/run.py [--quick] [--duration 8] ...``
 """
@@ -48,93 +31,179 @@ import time
 from pathlib import Path
 from types import FrameType
 
+import callers as callers_mod
 import loadgen
+import nginx
 import report
+import stack as stack_mod
 from procs import ServiceError
-from scenario import GET_LIST, POST_CREATE, LoadSettings, Scenario, run_scenario
-from stack import Stack, fetch_token, plan_stack, running
+from scenario import LoadSettings, Row, SteadyRow, measure, steady
+from stack import (
+    DRAGOMAN_MEMORY,
+    DRAGOMAN_PG_REDIS,
+    DRAGOMAN_SQLITE_REDIS,
+    PASSTHROUGH,
+    UPSTREAM,
+    Stack,
+    running,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
-TARGETS = (report.UPSTREAM, report.PASSTHROUGH, report.DRAGOMAN)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Benchmark dragoman against upstream-direct and a bare pass-through proxy."
+        description="Benchmark dragoman against the upstream, nginx, nginx auth_request and"
+        " a pass-through proxy on the same stack."
     )
     parser.add_argument("--duration", type=float, default=8.0, help="Seconds per measured run.")
     parser.add_argument("--warmup", type=float, default=2.0, help="Seconds of warm-up per run.")
-    parser.add_argument("--quick", action="store_true", help="3 s runs after 1 s warm-ups.")
+    parser.add_argument(
+        "--quick", action="store_true", help="3 s runs after 1 s warm-ups, 4 s of arrivals."
+    )
     parser.add_argument("--threads", "-t", type=int, default=1, help="wrk threads.")
     parser.add_argument("--connections", "-c", type=int, default=64, help="wrk connections.")
     parser.add_argument(
-        "--workers", type=int, default=1, help="Worker processes of dragoman and pass-through."
+        "--workers",
+        default="1,2",
+        help="Worker counts to measure, comma-separated (default 1,2).",
     )
-    parser.add_argument("--no-write", action="store_true", help="Skip the POST scenarios.")
+    parser.add_argument("--callers", type=int, default=1000, help="Distinct callers.")
+    parser.add_argument("--writes", type=float, default=20.0, help="Percent of POST writes.")
+    parser.add_argument("--no-write", action="store_true", help="Reads only (--writes 0).")
+    parser.add_argument("--rate", type=float, default=1500.0, help="Poisson arrivals per second.")
+    parser.add_argument(
+        "--steady", type=float, default=10.0, help="Seconds of Poisson arrivals (0: skip)."
+    )
+    parser.add_argument("--no-postgres", action="store_true", help="Skip the PostgreSQL rows.")
     parser.add_argument("--keep", action="store_true", help="Keep the temporary state dir.")
     parser.add_argument("--json", type=Path, default=RESULTS, help="Where to write results.")
     args = parser.parse_args(argv)
     if args.quick:
-        args.duration, args.warmup = 3.0, 1.0
-    if args.workers < 1 or args.threads < 1 or args.connections < args.threads:
+        args.duration, args.warmup, args.steady = 3.0, 1.0, min(args.steady, 4.0)
+    if args.no_write:
+        args.writes = 0.0
+    try:
+        args.workers = sorted({int(w) for w in str(args.workers).split(",")})
+    except ValueError:
+        parser.error("--workers takes counts like 1 or 1,2")
+    if min(args.workers) < 1 or args.threads < 1 or args.connections < args.threads:
         parser.error("--workers and --threads must be >= 1, --connections >= --threads")
-    if not 1 <= args.duration <= 120 or not 0 <= args.warmup <= 60:
-        parser.error("--duration must be 1-120 s, --warmup 0-60 s")
+    if not 1 <= args.duration <= 120 or not 0 <= args.warmup <= 60 or not 0 <= args.steady <= 60:
+        parser.error("--duration must be 1-120 s, --warmup 0-60 s, --steady 0-60 s")
+    if not 1 <= args.callers <= 100_000 or not 0 <= args.writes <= 100:
+        parser.error("--callers must be 1-100000, --writes 0-100")
     return args
 
 
-def measure(stack: Stack, args: argparse.Namespace) -> list[Scenario]:
+def build_targets(stack: Stack, urls: dict[str, str], args: argparse.Namespace) -> None:
+    """References and dragoman instances for each worker count; stores seeded."""
+    if nginx.find() is None:
+        stack.notes.append("nginx is not installed: its rows are skipped (make nginx)")
+    redis = stack_mod.redis_reachable()
+    if not redis:
+        stack.notes.append("Redis is not reachable on 127.0.0.1:6379: its rows are skipped")
+    database = None if args.no_postgres or not redis else stack_mod.fresh_postgres_database()
+    seeded_pg = False
+    for workers in args.workers:
+        stack_mod.add_references(stack, urls, workers, with_upstream=workers == args.workers[0])
+        variants: list[tuple[str, str, str | None]] = []
+        if workers == 1:
+            variants.append((DRAGOMAN_MEMORY, "memory", None))
+        elif redis:
+            variants.append((DRAGOMAN_SQLITE_REDIS, "sqlite-redis", None))
+        if database is not None:
+            variants.append((DRAGOMAN_PG_REDIS, "pg-redis", database))
+        for label, variant, url in variants:
+            config = stack_mod.add_dragoman(stack, urls, label, workers, variant, url)
+            if url is None or not seeded_pg:
+                callers_mod.seed(config, args.callers)
+                seeded_pg = seeded_pg or url is not None
+
+
+def run_all(stack: Stack, args: argparse.Namespace) -> tuple[list[Row], list[SteadyRow]]:
+    assert stack.callers_file is not None
     settings = LoadSettings(
         threads=args.threads,
         connections=args.connections,
         warmup_s=args.warmup,
         duration_s=args.duration,
-        token=fetch_token(stack.urls["issuer"]),
-        scripts=stack.state,
+        callers_file=stack.callers_file,
+        writes=args.writes,
     )
-    base = {
-        report.UPSTREAM: stack.urls["upstream"],
-        report.PASSTHROUGH: stack.urls["passthrough"],
-        report.DRAGOMAN: stack.urls["dragoman"],
-    }
-    operations = [GET_LIST] if args.no_write else [GET_LIST, POST_CREATE]
-    scenarios = [Scenario(op, t, base[t] + op.path) for op in operations for t in TARGETS]
+    workload = f"{args.callers} callers, {args.writes:g}% writes"
     print(
-        f"\nwrk -t{args.threads} -c{args.connections}, per scenario: one checked request,"
-        f" {args.warmup:g}s warm-up, {args.duration:g}s measured",
+        f"\n{workload}; wrk -t{args.threads} -c{args.connections} -s mix.lua; per row: one"
+        f" checked GET and POST, {args.warmup:g}s warm-up, {args.duration:g}s measured",
         flush=True,
     )
-    for scenario in scenarios:
-        run_scenario(scenario, settings)
-        for service in stack.services:
+    rows = []
+    for target in stack.targets:
+        rows.append(measure(Row(target, workload), settings))
+        for service in [*stack.base, *stack.services]:
             service.check_alive()
-    return scenarios
+    steady_rows: list[SteadyRow] = []
+    if args.steady > 0:
+        print(f"\nPoisson arrivals at {args.rate:g}/s for {args.steady:g}s, 64 connections")
+        for target in stack.targets:
+            if target.workers == 1 and target.label in (UPSTREAM, PASSTHROUGH, DRAGOMAN_MEMORY):
+                row = SteadyRow(target, args.rate)
+                steady(row, settings, args.steady, 64)
+                steady_rows.append(row)
+    return rows, steady_rows
 
 
-def publish(stack: Stack, scenarios: list[Scenario], args: argparse.Namespace) -> bool:
-    """Print the table (and the audit outcomes if needed), write the JSON; True if all ok."""
+def publish(
+    stack: Stack, rows: list[Row], steady_rows: list[SteadyRow], args: argparse.Namespace
+) -> bool:
+    """Print the tables (and the audit outcomes if needed), write the JSON; True if all ok."""
     env = report.environment(
         {
             "workers": args.workers,
             "wrk": {"threads": args.threads, "connections": args.connections},
             "duration_s": args.duration,
             "warmup_s": args.warmup,
+            "callers": args.callers,
+            "writes_percent": args.writes,
+            "steady": {"rate": args.rate, "duration_s": args.steady},
+            "notes": stack.notes,
         }
     )
     print(
         f"\ndragoman benchmark: {env['cpus']} CPUs (load average {env['load_average'][0]:.1f}),"
-        f" {args.workers} worker(s) per proxy, wrk -t{args.threads} -c{args.connections}"
-        f" -d{args.duration:g}s on the same machine"
+        f" {args.callers} callers with {args.writes:g}% writes, wrk -t{args.threads}"
+        f" -c{args.connections} -d{args.duration:g}s on the same machine;"
+        " ratios are req/s over the reference's with the same worker count (w)\n"
     )
-    print(report.table(scenarios))
-    audit = report.summarise_audit(stack.audit_path)
-    audit_ok = report.audit_verdict(audit, scenarios, args.connections)
-    report.write_json(args.json, scenarios, env, audit)
+    print(report.table(rows))
+    if steady_rows:
+        print(
+            f"\nsteady arrivals (Poisson, {args.rate:g}/s, {args.steady:g}s; latency from the"
+            " scheduled send, service = from the write, lateness = generator delay + queueing):\n"
+        )
+        print(report.steady_table(steady_rows))
+    for note in stack.notes:
+        print(f"note: {note}")
+    goal_lines = report.goals(rows, steady_rows)
+    if goal_lines:
+        print("\ngoals (reported, not asserted):")
+        for line in goal_lines:
+            print(f"  {line}")
+    audits_ok = True
+    audits = {}
+    for row in rows:
+        if row.target.audit_path is not None:
+            audit = report.summarise_audit(row.target.audit_path)
+            audits[row.target.key] = audit
+            audits_ok &= report.audit_verdict(row.target.key, audit, row.wrk_runs, args.connections)
+    report.write_json(args.json, rows, steady_rows, env, audits, goal_lines)
     print(f"\nresults: {args.json}")
-    failed = [s.name for s in scenarios if not s.ok]
+    failed = [r.name for r in rows if not r.ok] + [
+        f"steady {r.target.key}" for r in steady_rows if not r.ok
+    ]
     if failed:
         print(f"\n!!! BENCHMARK FAILED: {', '.join(failed)} (details above) !!!", file=sys.stderr)
-    return not failed and audit_ok
+    return not failed and audits_ok
 
 
 def _interrupt_on_signals() -> None:
@@ -153,15 +222,21 @@ def _interrupt_on_signals() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _interrupt_on_signals()
+    if shutil.which(loadgen.WRK) is None:
+        print("wrk is not installed (make wrk, or apt-get install wrk)", file=sys.stderr)
+        return 1
     state = Path(tempfile.mkdtemp(prefix="dragoman-bench-"))
     started = time.monotonic()
     ok = interrupted = False
     try:
         print(f"starting servers (state in {state})", flush=True)
-        stack = plan_stack(state, args.workers)
-        with running(stack):
-            scenarios = measure(stack, args)
-        ok = publish(stack, scenarios, args)  # after the stop: the audit file is complete
+        stack, urls = stack_mod.plan_base(state)
+        with running(stack.base):
+            stack_mod.write_callers(stack, urls["issuer"], args.callers)
+            build_targets(stack, urls, args)
+            with running(stack.services):
+                rows, steady_rows = run_all(stack, args)
+        ok = publish(stack, rows, steady_rows, args)  # after the stop: audit files complete
     except (ServiceError, loadgen.WrkError, OSError) as exc:
         print(f"\n!!! BENCHMARK FAILED: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
@@ -170,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         if args.keep or not (ok or interrupted):
-            print(f"state kept in {state} (logs, settings, audit.jsonl)", file=sys.stderr)
+            print(f"state kept in {state} (logs, settings, audit files)", file=sys.stderr)
         else:
             shutil.rmtree(state, ignore_errors=True)
     print(f"took {time.monotonic() - started:.0f}s")

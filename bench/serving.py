@@ -8,7 +8,11 @@ what it does per request.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import signal
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 import uvloop
 from aiohttp import web
@@ -32,3 +36,25 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
 def serve_forever(app: web.Application, host: str, port: int) -> None:
     """Serve ``app`` on ``host:port`` until SIGTERM or SIGINT."""
     uvloop.run(_serve(app, host, port))
+
+
+def run_workers(target: Callable[..., None], args: tuple[Any, ...], workers: int) -> None:
+    """``target(*args)`` in this process (one worker) or in ``workers`` spawned processes
+    sharing the port with ``reuse_port``; SIGTERM/SIGINT are passed on to them."""
+    if workers == 1:
+        target(*args)
+        return
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=target, args=args) for _ in range(workers)]
+    for process in processes:
+        process.start()
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for process in processes:
+        process.join()

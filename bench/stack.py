@@ -1,41 +1,96 @@
-"""The servers under test: settings, the seeded mapping, start and stop, alice's token.
+"""The servers under test: settings, seeded mappings, start and stop.
 
-Four services on loopback, each its own process group (see ``procs``): the plain upstream,
-the pass-through proxy, the development issuer and ``dragoman serve``. dragoman's settings
-are the demo's embedded defaults (``dragoman.demo.runner.demo_settings``) with everything
-inside one temporary directory: SQLite database, key file, generated master key, audit file.
+Every service runs on loopback in its own process group (see ``procs``):
+
+- shared: the plain upstream (``upstream.py``) and the development issuer (``issuer.py``);
+- per worker count W: the pass-through proxy, nginx, nginx + auth_request with its
+  sidecar, and dragoman in the variants below.
+
+dragoman's settings are the demo's embedded defaults (``dragoman.demo.runner.demo_settings``)
+with everything in one directory per instance (settings, SQLite file, audit file, log), and:
+
+- one rate-limit rule per account, far above the load (``1000000/s``): the limiter runs on
+  every request but never refuses;
+- the anomaly rules of the defaults (two alert rules, card testing that blocks) with
+  thresholds no run reaches, so they count every write but never fire nor block;
+- scheduled reconciliation off (it would call the upstream once per mapping), metrics off
+  (as in the demo settings);
+- the master key: the public benchmark key of ``mapping_lookup.py`` (benchmark data only),
+  so that the scaling curves can reuse its prebuilt tables.
+
+Variants: ``memory`` (SQLite store, sessions/limits/anomaly in memory; one worker only),
+``sqlite-redis`` (SQLite store, sessions/limits/anomaly in Redis; what several workers need)
+and ``pg-redis`` (store on PostgreSQL database ``dragoman_bench_run``, created fresh per
+run, and sessions/limits/anomaly in Redis).
 """
 
 from __future__ import annotations
 
-import json
+import base64
 import os
+import secrets
 import shutil
-import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import callers as callers_mod
+import nginx
 from dragoman.demo.runner import demo_settings, write_toml
-from dragoman.keys.sealing import new_master_key
 from procs import Service, ServiceError, free_port
 
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
-ACCOUNT, CUSTOMER = "acct-1001", "cus_alice"
+REDIS_URL = os.environ.get("DRAGOMAN_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+PG_ADMIN = os.environ.get("DRAGOMAN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_DATABASE = "dragoman_bench_run"
+# Public on purpose (as in mapping_lookup.py): benchmark data only.
+BENCH_MASTER_KEY = b"dragoman-bench-master-key-32byte"
+
+UPSTREAM, NGINX, NGINX_AUTH, PASSTHROUGH = (
+    "upstream direct",
+    "nginx",
+    "nginx + auth_request",
+    "pass-through",
+)
+DRAGOMAN_MEMORY = "dragoman (memory)"
+DRAGOMAN_SQLITE_REDIS = "dragoman (SQLite + Redis)"
+DRAGOMAN_PG_REDIS = "dragoman (PostgreSQL + Redis)"
+REFERENCES = (UPSTREAM, NGINX, PASSTHROUGH, NGINX_AUTH)
+
+
+@dataclass
+class Target:
+    """Something the load generator is pointed at."""
+
+    label: str
+    workers: int
+    url: str
+    services: list[Service]
+    """The processes whose CPU and memory count for this target (nginx + sidecar for the
+    auth_request reference)."""
+    audit_path: Path | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.label} x{self.workers}"
+
+    def pgids(self) -> set[int]:
+        return {s.process.pid for s in self.services if s.process is not None}
 
 
 @dataclass
 class Stack:
     state: Path
-    """The temporary directory: settings, database, keys, audit file, each service's log."""
-    urls: dict[str, str]
-    """Base URL by service name: upstream, passthrough, issuer, dragoman."""
-    services: list[Service]
-    audit_path: Path
+    base: list[Service]
+    """The upstream and the issuer: started first (tokens and JWKS come from the issuer)."""
+    services: list[Service] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
+    callers_file: Path | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def _bin(name: str) -> str:
@@ -46,117 +101,245 @@ def _bin(name: str) -> str:
     return found
 
 
-REDIS_URL = os.environ.get("DRAGOMAN_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+def _script(name: str, *args: str) -> list[str]:
+    return [sys.executable, str(HERE / name), "--host", HOST, *args]
 
 
-def write_dragoman_settings(state: Path, urls: dict[str, str], workers: int) -> Path:
-    """A complete settings file with the demo's embedded defaults, all inside ``state``."""
-    master = state / "master.key"
-    fd = os.open(master, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(new_master_key() + "\n")
+def _url(port: int) -> str:
+    return f"http://{HOST}:{port}"
+
+
+def bench_master_key_file(directory: Path) -> Path:
+    path = directory / "master.key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(base64.urlsafe_b64encode(BENCH_MASTER_KEY).decode().rstrip("=") + "\n")
+    return path
+
+
+def dragoman_settings(
+    directory: Path,
+    *,
+    port: int,
+    upstream: str,
+    issuer: str,
+    workers: int,
+    variant: str = "memory",
+    database_url: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Path:
+    """Write a complete settings file for one dragoman instance into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    url = _url(port)
     data = demo_settings(
-        proxy=urls["dragoman"],
-        platform=urls["upstream"],
-        issuer=urls["issuer"],
-        console=urls["dragoman"],  # an allowed browser origin is required; wrk sends none
-        state_dir=state,
+        proxy=url, platform=upstream, issuer=issuer, console=url, state_dir=directory
     )
     data["server"]["workers"] = workers
-    # The per-account limits run on every request (their cost is measured) but never refuse:
-    # the load is one caller at a rate far above any real limit.
+    data["keys"]["master_key_file"] = str(bench_master_key_file(directory.parent))
     data["limits"] = {
         "rules": [{"name": "bench", "per": "account", "rate": "1000000/s", "burst": 1_000_000}]
     }
-    if workers > 1:
-        # State in memory cannot span workers (settings refuse it); wrk is an API caller
-        # (no browser session), and limits and anomaly counts move to the local Redis.
-        data["browser"]["csrf"] = "off"
+    never = 1_000_000_000
+    data["anomaly"] = {
+        "rules": {
+            "changes_burst": {"threshold": never},
+            "changes_above_baseline": {"kind": "baseline", "min_count": never},
+            "card_testing": {"kind": "card_testing", "action": "block", "pairs": never},
+        }
+    }
+    data["reconcile"] = {"schedule": False}
+    if database_url is not None:
+        data["store"]["database_url"] = database_url
+    if variant != "memory":
+        key = directory / "csrf.key"
+        key.write_text(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("="))
+        data["browser"] |= {
+            "session_backend": "redis",
+            "session_redis_url": REDIS_URL,
+            "csrf_key_file": str(key),
+        }
         data["limits"] |= {"backend": "redis", "redis_url": REDIS_URL}
-        data["anomaly"] = {"backend": "redis", "redis_url": REDIS_URL}
-    path = state / "dragoman.toml"
+        data["anomaly"] |= {"backend": "redis", "redis_url": REDIS_URL}
+    for table, values in (overrides or {}).items():
+        if isinstance(values, dict) and isinstance(data.get(table), dict):
+            data[table] = {**data[table], **values}
+        else:
+            data[table] = values
+    path = directory / "dragoman.toml"
     write_toml(data, path)
     return path
 
 
-def seed_mapping(config: Path) -> None:
-    """acct-1001 -> cus_alice, role billing_admin may do everything, with the CLI."""
-    argv = [_bin("dragoman"), "mappings", "add", "--config", str(config)]
-    argv += ["--account", ACCOUNT, "--customer", CUSTOMER, "--by", "bench"]
-    argv += ["--grant", "role:billing_admin=*"]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
-    if done.returncode != 0:
-        raise ServiceError(f"`dragoman mappings add` failed:\n{done.stdout}{done.stderr}")
+def dragoman_service(name: str, config: Path, port: int) -> Service:
+    argv = [_bin("dragoman"), "serve", "--config", str(config), "--log-level", "WARNING"]
+    return Service(name, argv, _url(port) + "/readyz", config.parent / "dragoman.log")
 
 
-def plan_stack(state: Path, workers: int) -> Stack:
-    """Pick ports, write dragoman's settings, seed its mapping; nothing runs yet."""
-    ports = {name: free_port(HOST) for name in ("upstream", "passthrough", "issuer", "dragoman")}
-    urls = {name: f"http://{HOST}:{port}" for name, port in ports.items()}
-    config = write_dragoman_settings(state, urls, workers)
-    seed_mapping(config)
-    python = sys.executable
+# -- reachability of the shared backends --------------------------------------------------------
 
-    def service(name: str, argv: list[str], ready: str) -> Service:
-        return Service(name, argv, urls[name] + ready, state / f"{name}.log")
 
-    def script(name: str, *args: str) -> list[str]:
-        return [python, str(HERE / name), "--host", HOST, *args]
+def redis_reachable() -> bool:
+    import socket
 
-    return Stack(
-        state=state,
-        urls=urls,
-        services=[
-            service("upstream", script("upstream.py", "--port", str(ports["upstream"])), "/livez"),
-            service(
-                "passthrough",
-                script(
-                    "passthrough.py",
-                    *("--port", str(ports["passthrough"])),
-                    *("--upstream", urls["upstream"]),
-                    *("--workers", str(workers)),
-                ),
-                "/livez",  # forwarded: ready once the proxy and its upstream both answer
-            ),
-            service(
-                "issuer",
-                script("issuer.py", "--port", str(ports["issuer"])),
-                "/.well-known/openid-configuration",
-            ),
-            service(
-                "dragoman",
-                [_bin("dragoman"), "serve", "--config", str(config), "--log-level", "WARNING"],
-                "/readyz",
-            ),
-        ],
-        audit_path=state / "audit.jsonl",
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def fresh_postgres_database() -> str | None:
+    """Drop and create ``dragoman_bench_run``; its SQLAlchemy URL, or None if unreachable."""
+    import asyncio
+
+    async def go() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(PG_ADMIN, timeout=3)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
+            await conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(go())
+    except Exception as exc:  # any failure means: no PostgreSQL rows
+        print(f"  PostgreSQL not usable ({type(exc).__name__}: {exc}); its rows are skipped")
+        return None
+    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    return f"{base}/{PG_DATABASE}"
+
+
+# -- the plan -----------------------------------------------------------------------------------
+
+
+def plan_base(state: Path, issuers: int = 1, keys: int = 2) -> tuple[Stack, dict[str, str]]:
+    ports = {name: free_port(HOST) for name in ("upstream", "issuer")}
+    urls = {name: _url(port) for name, port in ports.items()}
+    upstream = Service(
+        "upstream",
+        _script("upstream.py", "--port", str(ports["upstream"])),
+        urls["upstream"] + "/livez",
+        state / "upstream.log",
     )
+    issuer = Service(
+        "issuer",
+        _script(
+            "issuer.py",
+            *("--port", str(ports["issuer"])),
+            *("--issuers", str(issuers), "--keys", str(keys)),
+        ),
+        urls["issuer"] + "/.well-known/openid-configuration",
+        state / "issuer.log",
+    )
+    return Stack(state=state, base=[upstream, issuer]), urls
+
+
+def add_references(stack: Stack, urls: dict[str, str], workers: int, with_upstream: bool) -> None:
+    """Pass-through, nginx and nginx + auth_request (with its sidecar) for ``workers``."""
+    state = stack.state
+    upstream_port = int(urls["upstream"].rsplit(":", 1)[1])
+    if with_upstream:
+        stack.targets.append(Target(UPSTREAM, 1, urls["upstream"], [stack.base[0]]))
+    if nginx.find() is not None:
+        port = free_port(HOST)
+        directory = state / f"nginx-{workers}"
+        argv = nginx.command(directory, nginx.config(directory, port, upstream_port, workers, None))
+        service = Service(
+            f"nginx-{workers}", argv, _url(port) + "/livez", state / f"nginx-{workers}.log"
+        )
+        stack.services.append(service)
+        stack.targets.append(Target(NGINX, workers, _url(port), [service]))
+    port = free_port(HOST)
+    passthrough = Service(
+        f"passthrough-{workers}",
+        _script(
+            "passthrough.py",
+            *("--port", str(port), "--upstream", urls["upstream"]),
+            *("--workers", str(workers)),
+        ),
+        _url(port) + "/livez",
+        state / f"passthrough-{workers}.log",
+    )
+    stack.services.append(passthrough)
+    stack.targets.append(Target(PASSTHROUGH, workers, _url(port), [passthrough]))
+    if nginx.find() is not None:
+        sidecar_port, port = free_port(HOST), free_port(HOST)
+        sidecar = Service(
+            f"sidecar-{workers}",
+            _script(
+                "sidecar.py",
+                *("--port", str(sidecar_port), "--issuer", urls["issuer"]),
+                *("--mappings", str(state / "sidecar-mappings.json")),
+                *("--audit", str(state / f"sidecar-{workers}-audit.jsonl")),
+                *("--workers", str(workers)),
+            ),
+            _url(sidecar_port) + "/livez",
+            state / f"sidecar-{workers}.log",
+        )
+        directory = state / f"nginx-auth-{workers}"
+        conf = nginx.config(directory, port, upstream_port, workers, sidecar_port)
+        front = Service(
+            f"nginx-auth-{workers}",
+            nginx.command(directory, conf),
+            _url(port) + "/livez",
+            state / f"nginx-auth-{workers}.log",
+        )
+        stack.services += [sidecar, front]
+        stack.targets.append(Target(NGINX_AUTH, workers, _url(port), [front, sidecar]))
+
+
+def add_dragoman(
+    stack: Stack,
+    urls: dict[str, str],
+    label: str,
+    workers: int,
+    variant: str,
+    database_url: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Path:
+    """One dragoman instance; its settings file (to seed its store before it starts)."""
+    port = free_port(HOST)
+    name = f"dragoman-{variant}-{workers}"
+    config = dragoman_settings(
+        stack.state / name,
+        port=port,
+        upstream=urls["upstream"],
+        issuer=urls["issuer"],
+        workers=workers,
+        variant=variant,
+        database_url=database_url,
+        overrides=overrides,
+    )
+    service = dragoman_service(name, config, port)
+    stack.services.append(service)
+    stack.targets.append(
+        Target(label, workers, _url(port), [service], audit_path=config.parent / "audit.jsonl")
+    )
+    return config
+
+
+def write_callers(stack: Stack, issuer: str, count: int) -> list[callers_mod.Caller]:
+    """Mint ``count`` callers' tokens; the callers file and the sidecar's mapping table."""
+    found = callers_mod.mint(issuer, list(range(count)))
+    stack.callers_file = callers_mod.write_callers_file(stack.state / "callers.txt", found)
+    callers_mod.write_sidecar_mappings(stack.state / "sidecar-mappings.json", found)
+    return found
 
 
 @contextmanager
-def running(stack: Stack) -> Iterator[Stack]:
-    """Start every service, wait until each answers, and stop them all on the way out."""
+def running(services: list[Service]) -> Iterator[None]:
+    """Start ``services``, wait until each answers, and stop them all on the way out."""
     try:
-        for service in stack.services:
+        for service in services:
             service.start()
-        for service in stack.services:
-            took = service.wait_ready()
-            print(f"  {service.name:<12} ready in {took:4.1f}s  {service.ready_url}", flush=True)
-        yield stack
+        for service in services:
+            took = service.wait_ready(timeout=60)
+            print(f"  {service.name:<24} ready in {took:4.1f}s  {service.ready_url}", flush=True)
+        yield
     finally:
-        for service in reversed(stack.services):
+        for service in reversed(services):
             service.stop()
-
-
-def fetch_token(issuer: str) -> str:
-    """Alice's token (billing_admin) from the issuer; 3600 s is the most it hands out."""
-    claims = {"sub": "alice", "cloud_account": ACCOUNT, "roles": ["billing_admin"], "ttl": 3600}
-    request = urllib.request.Request(  # noqa: S310 (a loopback http URL)
-        issuer + "/token",
-        data=json.dumps(claims).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (loopback)
-        token: str = json.load(response)["access_token"]
-        return token

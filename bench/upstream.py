@@ -4,7 +4,9 @@ It stands in for the payment platform without the platform's own token check, so
 benchmark measures the proxies and not the upstream's JWT verification. Every route of
 :data:`dragoman.demo.platform.OPERATIONS` is served; reads answer a ~200-byte JSON body,
 writes read the request body and answer a small JSON body (201 for POST), DELETE 204.
-``GET /livez`` answers ``ok`` for the readiness poll.
+``GET /livez`` answers ``ok`` for the readiness poll. Any other path answers like a
+route of the same method (reads 200 with the list body, POST 201, ...), so generated
+catalogs (the scaling curves) have an upstream too.
 
     python bench/upstream.py --port 9001
 """
@@ -61,6 +63,9 @@ def make_app() -> web.Application:
     handlers = {"GET": read_one, "POST": write_one, "PUT": write_one, "DELETE": delete_one}
     for op in OPERATIONS:
         app.router.add_route(op.method, op.path, handlers[op.method])
+    app.router.add_route("PATCH", "/{tail:.*}", write_one)
+    for method, handler in handlers.items():
+        app.router.add_route(method, "/{tail:.*}", handler)
     return app
 
 
