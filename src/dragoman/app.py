@@ -23,7 +23,6 @@ import json
 import logging
 import re
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +50,7 @@ from dragoman.forward import Forwarder
 from dragoman.identity.base import Authenticator
 from dragoman.identity.factory import build_authenticators
 from dragoman.identity.stage import AuthenticateStage
+from dragoman.ids import random_hex, random_uuid
 from dragoman.keys.factory import open_key_ring
 from dragoman.keys.ring import KeyRing
 from dragoman.limits.factory import open_rate_limits
@@ -186,10 +186,10 @@ class Proxy:
     def _context(self, request: web.Request) -> RequestContext:
         offered = request.headers.get("X-Request-Id", "")
         if not (self.settings.server.trust_request_id and _REQUEST_ID.match(offered)):
-            offered = uuid.uuid4().hex
+            offered = random_hex()
         return RequestContext(
             request=request,
-            audit_id=str(uuid.uuid4()),
+            audit_id=random_uuid(),
             request_id=offered,
             received_at=time.time(),
             started=time.monotonic(),

@@ -195,6 +195,8 @@ class OidcAuthenticator:
             remembered = self._verified.get(token)
             if remembered is not None:
                 known, principal, kid = remembered
+                if known.keys.fresh_key(kid) is not None:
+                    return principal  # the usual case: no await, no refresh due
                 try:
                     await known.confirm_key(kid)
                 except Unauthenticated:

@@ -152,6 +152,14 @@ class JwksCache:
         self.fetches = 0
         """Fetch attempts made so far (successful or not), for metrics and tests."""
 
+    def fresh_key(self, kid: str) -> TrustedKey | None:
+        """The key named ``kid`` when the key set is within its TTL and holds it; None when
+        only :meth:`key` can say (a refresh is due, or the kid is not known)."""
+        fetched = self._fetched_at
+        if fetched is None or self._clock() - fetched >= self._ttl:
+            return None
+        return self._keys.get(kid)
+
     async def key(self, kid: str) -> TrustedKey:
         """The key named ``kid``; raise JoseError(kid_unknown) or JwksUnavailable."""
         now = self._clock()

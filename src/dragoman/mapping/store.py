@@ -9,7 +9,9 @@ is never lost.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -64,7 +66,14 @@ class MappingStore:
         # drop their entry at once; writes elsewhere (another instance, the CLI) are seen
         # within cache_ttl.
         self._cache_ttl = cache_ttl
-        self._cache: TtlCache[str, AccountMapping] = TtlCache(cache_entries, monotonic)
+        # Each entry: the mapping and when to refresh it ahead of its expiry.
+        self._cache: TtlCache[str, tuple[AccountMapping, float]] = TtlCache(
+            cache_entries, monotonic
+        )
+        self._refresh_queue: collections.deque[str] = collections.deque()
+        self._refresh_queued: set[str] = set()
+        self._refresher: asyncio.Task[None] | None = None
+        self._jitter = random.Random()
         self._cache_entries = cache_entries
         self._cached_accounts: dict[str, str] = {}  # mapping id -> account, to forget by id
         self._in_flight: dict[str, asyncio.Future[AccountMapping | None]] = {}
@@ -73,6 +82,8 @@ class MappingStore:
         """False from a failed query (or ping) until the next successful one."""
 
     async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
         await self.engine.dispose()
 
     async def _run(self, coroutine: Any) -> Any:
@@ -114,36 +125,79 @@ class MappingStore:
         if self._cache_ttl > 0 and self.reachable:
             cached = self._cache.get(cloud_account)
             if cached is not None:
-                return cached
+                mapping, refresh_at = cached
+                if refresh_at <= self._monotonic() and cloud_account not in self._in_flight:
+                    self._refresh_soon(cloud_account)
+                return mapping
             # One query per account at a time: when an entry expires under load, the
             # callers that miss together share the answer instead of queueing for the pool.
             pending = self._in_flight.get(cloud_account)
             if pending is not None:
                 return await self._share(pending, cloud_account)
-            pending = asyncio.get_running_loop().create_future()
-            self._in_flight[cloud_account] = pending
-            try:
-                found = await self._find_by_account(cloud_account)
-            except Exception as exc:
-                pending.set_exception(exc)
-                pending.exception()  # retrieved: no "never retrieved" warning without waiters
-                raise
-            except BaseException:
-                pending.cancel()  # the leader was cancelled; waiters ask for themselves
-                raise
-            else:
-                pending.set_result(found)
-            finally:
-                del self._in_flight[cloud_account]
-        else:
-            found = await self._find_by_account(cloud_account)
-        if self._cache_ttl > 0 and found is not None:
-            if len(self._cached_accounts) >= 2 * self._cache_entries:
-                self._cache.clear()
-                self._cached_accounts.clear()
-            self._cache.put(cloud_account, found, self._monotonic() + self._cache_ttl)
-            self._cached_accounts[found.id] = cloud_account
+            return await self._look_up(cloud_account)
+        found = await self._find_by_account(cloud_account)
+        self._remember(cloud_account, found)
         return found
+
+    async def _look_up(self, cloud_account: str) -> AccountMapping | None:
+        """The query for ``cloud_account``, shared with whoever asks meanwhile."""
+        pending = asyncio.get_running_loop().create_future()
+        self._in_flight[cloud_account] = pending
+        try:
+            found = await self._find_by_account(cloud_account)
+        except Exception as exc:
+            pending.set_exception(exc)
+            pending.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        except BaseException:
+            pending.cancel()  # the leader was cancelled; waiters ask for themselves
+            raise
+        else:
+            pending.set_result(found)
+        finally:
+            del self._in_flight[cloud_account]
+        self._remember(cloud_account, found)
+        return found
+
+    def _refresh_soon(self, cloud_account: str) -> None:
+        """Queue an entry in its last 30% of life for a re-read in the background, while it
+        is still served. One refresher works through the queue one query at a time, so
+        refreshes never crowd out the lookups requests wait for; entries cached in one
+        burst (a start, a failover) would otherwise expire together, and every request of
+        those accounts would wait in one burst of queries. An entry is never served past
+        its own lifetime, and a failed refresh marks the store unreachable (fail closed)."""
+        if cloud_account in self._refresh_queued:
+            return
+        self._refresh_queued.add(cloud_account)
+        self._refresh_queue.append(cloud_account)
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_queued_entries())
+
+    async def _refresh_queued_entries(self) -> None:
+        while self._refresh_queue:
+            cloud_account = self._refresh_queue.popleft()
+            try:
+                if cloud_account not in self._in_flight and self._cache.get(cloud_account):
+                    with contextlib.suppress(Exception):
+                        await self._look_up(cloud_account)
+            finally:
+                self._refresh_queued.discard(cloud_account)
+
+    def _remember(self, cloud_account: str, found: AccountMapping | None) -> None:
+        if self._cache_ttl <= 0:
+            return
+        if found is None:
+            self._cache.discard(cloud_account)  # gone since it was cached
+            return
+        if len(self._cached_accounts) >= 2 * self._cache_entries:
+            self._cache.clear()
+            self._cached_accounts.clear()
+        # A lifetime between 90% and 100% of cache_ttl: entries cached in one burst (a
+        # start, a failover) spread their refreshes instead of renewing in step forever.
+        now = self._monotonic()
+        lifetime = self._cache_ttl * (0.9 + 0.1 * self._jitter.random())
+        self._cache.put(cloud_account, (found, now + 0.7 * lifetime), now + lifetime)
+        self._cached_accounts[found.id] = cloud_account
 
     async def _share(
         self, pending: asyncio.Future[AccountMapping | None], cloud_account: str

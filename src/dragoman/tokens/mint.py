@@ -74,6 +74,17 @@ class TokenMinter:
         self._audience = audience
         self._ttl = int(ttl)
         self._clock = clock
+        self._headers: dict[tuple[str, str], bytes] = {}
+
+    def _header(self, key: SigningKey) -> bytes:
+        """The encoded JOSE header of ``key``'s tokens (the same for all of them)."""
+        found = self._headers.get((key.kid, key.alg))
+        if found is None:
+            if len(self._headers) > 64:  # retired keys' headers go
+                self._headers.clear()
+            found = _segment({"alg": key.alg, "typ": TOKEN_TYPE, "kid": key.kid})
+            self._headers[(key.kid, key.alg)] = found
+        return found
 
     async def mint(self, request: TokenRequest) -> MintedToken:
         jti = base64url_encode(secrets.token_bytes(16)).decode("ascii")  # 128 random bits
@@ -83,7 +94,6 @@ class TokenMinter:
             # Built once the ring has picked the key: iat is read after that choice, so a
             # token never claims a second before its key became current.
             now = int(self._clock())
-            header = {"alg": key.alg, "typ": TOKEN_TYPE, "kid": key.kid}
             claims: dict[str, object] = {
                 "iss": self._issuer,
                 "aud": self._audience,
@@ -98,7 +108,7 @@ class TokenMinter:
                 "htm": request.method,
                 "htu": request.url,
             }
-            signed.append((_segment(header) + b"." + _segment(claims), now))
+            signed.append((self._header(key) + b"." + _segment(claims), now))
             return signed[-1][0]
 
         key, signature = await self._keys.sign(signing_input)

@@ -1,0 +1,107 @@
+"""Where dragoman's time goes: py-spy samples one dragoman worker under the caller mix.
+
+    .venv/bin/python bench/profile.py --py-spy /path/to/py-spy [--seconds 20] [--writes 20]
+
+Starts the upstream, the issuer and dragoman (memory backends, one worker) as `make bench`
+does, seeds the callers, drives the caller mix with wrk and records the worker with
+`py-spy record --format raw` (collapsed stacks; py-spy is not a pinned dependency: install
+it anywhere, `pip install py-spy`). Prints the functions with the most samples, by their own
+time and by the time spent in them and below, and keeps the raw stacks
+(bench/results/profile.txt) for a flame graph (speedscope, inferno, flamegraph.pl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import callers as callers_mod  # noqa: E402
+import loadgen  # noqa: E402
+import stack as stack_mod  # noqa: E402
+from scenario import LIST_PATH  # noqa: E402
+
+RESULTS = HERE / "results"
+
+
+def top(raw: Path, count: int) -> str:
+    """The heaviest frames of py-spy's collapsed stacks, by self and by total samples."""
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in raw.read_text("utf-8").splitlines():
+        stack, _, weight = line.rpartition(" ")
+        if not weight.isdigit():
+            continue
+        n = int(weight)
+        samples += n
+        frames = stack.split(";")
+        own[frames[-1]] += n
+        for frame in set(frames):
+            total[frame] += n
+    lines = [f"{samples} samples"]
+    for title, counter in (("self", own), ("total", total)):
+        lines.append(f"\n-- by {title} --")
+        for frame, n in counter.most_common(count):
+            lines.append(f"{100 * n / samples:5.1f}%  {frame}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--py-spy", required=True, help="Path of the py-spy binary.")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--writes", type=float, default=20.0, help="Percent of POST writes.")
+    parser.add_argument("--callers", type=int, default=1000)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--top", type=int, default=40)
+    args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    raw = RESULTS / "profile.txt"
+    with tempfile.TemporaryDirectory(prefix="dragoman-profile-") as tmp:
+        stack, urls = stack_mod.plan_base(Path(tmp))
+        config = stack_mod.add_dragoman(stack, urls, "dragoman", 1, "memory")
+        with stack_mod.running(stack.base):
+            stack_mod.write_callers(stack, urls["issuer"], args.callers)
+            callers_mod.seed(config, args.callers)
+            with stack_mod.running(stack.services):
+                assert stack.callers_file is not None
+                target = stack.targets[-1]
+                spec = loadgen.LoadSpec(
+                    url=target.url,
+                    threads=1,
+                    connections=args.connections,
+                    duration_s=args.seconds + 2,
+                    script=loadgen.MIX_SCRIPT,
+                    script_args=(str(stack.callers_file), f"{args.writes:g}", LIST_PATH),
+                )
+                found: dict[str, loadgen.WrkResult] = {}
+                load = threading.Thread(target=lambda: found.update(r=loadgen.run(spec)[0]))
+                load.start()
+                (pid,) = (p.pid for s in target.services if (p := s.process) is not None)
+                record = [args.py_spy, "record", "--pid", str(pid), "--subprocesses"]
+                record += ["--rate", "250", "--duration", str(int(args.seconds))]
+                record += ["--format", "raw", "-o", str(raw), "--nonblocking"]
+                subprocess.run(
+                    record,
+                    check=True,
+                    capture_output=True,
+                )
+                load.join()
+    result = found.get("r")
+    if result is not None:
+        print(f"{result.requests_per_s:.0f} req/s under the profiler (slower than without)")
+    print(top(raw, args.top))
+    print(f"\nraw stacks: {raw}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

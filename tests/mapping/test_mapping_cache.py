@@ -1,0 +1,126 @@
+"""The mapping lookup cache: an entry is re-read in the background in its last 30% of life
+while it is still served (one query at a time), never served past its lifetime, and lifetimes
+are spread so that entries cached together do not expire together."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from dragoman.mapping.crypto import MappingCipher
+from dragoman.mapping.entity import MappingStatus
+from dragoman.mapping.store import MappingStore, StoreUnavailable, make_engine
+from dragoman.state import migrate
+
+TTL = 10.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def stores(
+    tmp_path: Path, cipher: MappingCipher, clock: Clock
+) -> AsyncIterator[tuple[MappingStore, MappingStore]]:
+    """A caching store, and another instance's store writing to the same database."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'mappings.db'}"
+    engine = make_engine(url)
+    await migrate.upgrade(engine)
+    cached = MappingStore(engine, cipher=cipher, cache_ttl=TTL, monotonic=clock)
+    other = MappingStore(make_engine(url), cipher=cipher)
+    yield cached, other
+    await cached.close()
+    await other.close()
+
+
+async def link(store: MappingStore, account: str) -> str:
+    mapping = await store.add(
+        cloud_account=account,
+        payment_customer="cus_" + account,
+        created_by="test",
+        verification_method="test",
+    )
+    return mapping.id
+
+
+async def deactivate(store: MappingStore, mapping_id: str) -> None:
+    mapping = await store.get(mapping_id)
+    await store.update(
+        mapping_id,
+        expected_version=mapping.version,
+        actor="test",
+        status=MappingStatus.SUSPENDED,
+    )
+
+
+async def settle(store: MappingStore) -> None:
+    if store._refresher is not None:
+        await store._refresher
+
+
+async def test_entry_is_refreshed_in_the_background_while_still_served(
+    stores: tuple[MappingStore, MappingStore], clock: Clock
+) -> None:
+    cached, other = stores
+    mapping_id = await link(other, "acct-1")
+    assert (await cached.find_by_account("acct-1")).status is MappingStatus.ACTIVE  # type: ignore[union-attr]
+    await deactivate(other, mapping_id)
+    clock.now = 0.85 * TTL  # past every entry's refresh point (70% of at most TTL)
+    served = await cached.find_by_account("acct-1")
+    assert served is not None and served.status is MappingStatus.ACTIVE  # not waited for
+    await settle(cached)
+    again = await cached.find_by_account("acct-1")
+    assert again is not None and again.status is MappingStatus.SUSPENDED
+
+
+async def test_entry_is_never_served_past_its_lifetime(
+    stores: tuple[MappingStore, MappingStore], clock: Clock
+) -> None:
+    cached, other = stores
+    mapping_id = await link(other, "acct-1")
+    await cached.find_by_account("acct-1")
+    await deactivate(other, mapping_id)
+    clock.now = TTL + 0.001
+    found = await cached.find_by_account("acct-1")
+    assert found is not None and found.status is MappingStatus.SUSPENDED
+
+
+async def test_failed_background_refresh_refuses_the_next_lookup(
+    stores: tuple[MappingStore, MappingStore], clock: Clock
+) -> None:
+    cached, other = stores
+    await link(other, "acct-1")
+    await cached.find_by_account("acct-1")
+    async with other.engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE account_mappings RENAME TO gone"))
+    clock.now = 0.85 * TTL
+    await cached.find_by_account("acct-1")  # still within its life: served, refresh fails
+    await settle(cached)
+    with pytest.raises(StoreUnavailable):
+        await cached.find_by_account("acct-1")
+
+
+async def test_entries_cached_together_get_spread_lifetimes(
+    stores: tuple[MappingStore, MappingStore],
+) -> None:
+    cached, other = stores
+    for i in range(50):
+        await link(other, f"acct-{i}")
+    for i in range(50):
+        await cached.find_by_account(f"acct-{i}")
+    deadlines = sorted(deadline for deadline, _ in cached._cache._entries.values())
+    assert deadlines[-1] - deadlines[0] > 0.05 * TTL
+    assert all(0.9 * TTL <= d <= TTL for d in deadlines)
