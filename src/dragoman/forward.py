@@ -54,6 +54,9 @@ async def _no_write_retry(
         raise WriteConnectionLost(str(exc)) from exc
 
 
+_READ_MIDDLEWARES: tuple[aiohttp.ClientMiddlewareType, ...] = ()
+_WRITE_MIDDLEWARES: tuple[aiohttp.ClientMiddlewareType, ...] = (_no_write_retry,)
+
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -137,7 +140,6 @@ class Forwarder:
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            middlewares=(_no_write_retry,),
         )
 
     async def close(self) -> None:
@@ -203,6 +205,8 @@ class Forwarder:
                 data=body,
                 allow_redirects=False,
                 compress=None,
+                # Only writes need the guard; a read goes without the middleware's cost.
+                middlewares=_READ_MIDDLEWARES if ctx.method in SAFE_METHODS else _WRITE_MIDDLEWARES,
             )
         except _BodyTooLarge:
             raise PayloadTooLarge("body_too_large") from None

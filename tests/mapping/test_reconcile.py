@@ -500,6 +500,10 @@ async def test_a_run_is_due_one_interval_after_the_last(quiet: DemoStack) -> Non
     assert not await is_due(runner.runs, settings, now + timedelta(minutes=59))
     assert await is_due(runner.runs, settings, datetime.now(UTC) + timedelta(hours=1))
     slotted = settings.model_copy(update={"interval": 86400.0, "at": "03:00"})
-    tomorrow = datetime.now(UTC).replace(hour=3, minute=0, second=1) + timedelta(days=1)
-    assert await is_due(runner.runs, slotted, tomorrow)
-    assert not await is_due(runner.runs, slotted, tomorrow - timedelta(seconds=2))
+    ran = datetime.now(UTC)
+    # The first 03:00 after the run: today's, when the run was before 03:00 UTC.
+    slot = ran.replace(hour=3, minute=0, second=0, microsecond=0)
+    if slot <= ran:
+        slot += timedelta(days=1)
+    assert await is_due(runner.runs, slotted, slot + timedelta(seconds=1))
+    assert not await is_due(runner.runs, slotted, slot - timedelta(seconds=1))
