@@ -61,6 +61,9 @@ class MappingStore:
     ) -> None:
         self.engine = engine
         self.codec = RowCodec(cipher)
+        # A lookup is one read-only statement: on PostgreSQL, autocommit spares the BEGIN
+        # and ROLLBACK round trips of a transaction (SQLite's driver starts none for a read).
+        self._autocommit_reads = engine.dialect.name == "postgresql"
         self._timeout = query_timeout
         # Lookups by account, cached for cache_ttl (0: not at all). Writes through this store
         # drop their entry at once; writes elsewhere (another instance, the CLI) are seen
@@ -213,6 +216,8 @@ class MappingStore:
     async def _find_by_account(self, cloud_account: str) -> AccountMapping | None:
         async def go() -> AccountMapping | None:
             async with self.engine.connect() as conn:
+                if self._autocommit_reads:
+                    conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
                 # The live link first; a revoked one is history (and says why it is refused).
                 query = (
                     select(t)
