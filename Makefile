@@ -43,51 +43,21 @@ screenshots: $(STAMP) chromium
 # running as root; otherwise the way to install it is printed, and those tests skip locally
 # (under CI=true they fail).
 softhsm:
-	@if [ -f "$(SOFTHSM_MODULE)" ] && command -v softhsm2-util >/dev/null 2>&1; then \
-		exit 0; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing softhsm2 for the PKCS#11 tests"; \
-		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends softhsm2 \
-			|| echo "warning: could not install softhsm2; the PKCS#11 tests will skip (fail under CI)" >&2; \
-	else \
-		echo "SoftHSM2 is missing ($(SOFTHSM_MODULE)): the PKCS#11 tests will skip (fail under CI)." >&2; \
-		echo "Install it with: sudo apt-get install softhsm2" >&2; \
-	fi
+	@tools/need-package softhsm2 "$(SOFTHSM_MODULE)" "the PKCS#11 tests" "the PKCS#11 tests will skip (fail under CI)"
 
 # The browser tests drive Debian's Chromium with Playwright (which cannot download its own
 # browsers here). Installed like SoftHSM2 above; without it those tests skip locally and
 # fail under CI=true.
 CHROMIUM ?= /usr/bin/chromium
 chromium:
-	@if [ -x "$(CHROMIUM)" ]; then \
-		exit 0; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing chromium for the browser tests"; \
-		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
-			|| echo "warning: could not install chromium; the browser tests will skip (fail under CI)" >&2; \
-	else \
-		echo "Chromium is missing ($(CHROMIUM)): the browser tests will skip (fail under CI)." >&2; \
-		echo "Install it with: sudo apt-get install chromium" >&2; \
-	fi
+	@tools/need-package chromium "$(CHROMIUM)" "the browser tests" "the browser tests will skip (fail under CI)"
 
 # tests/deploy checks the HAProxy example (deploy/haproxy/haproxy.cfg) with Debian's haproxy
 # (`haproxy -c`). Installed like SoftHSM2 above; without it that test skips locally and fails
 # under CI=true.
 HAPROXY ?= /usr/sbin/haproxy
 haproxy:
-	@if [ -x "$(HAPROXY)" ]; then \
-		exit 0; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing haproxy for the deployment tests"; \
-		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy \
-			|| echo "warning: could not install haproxy; the HAProxy test will skip (fail under CI)" >&2; \
-	else \
-		echo "HAProxy is missing ($(HAPROXY)): the HAProxy test will skip (fail under CI)." >&2; \
-		echo "Install it with: sudo apt-get install haproxy" >&2; \
-	fi
+	@tools/need-package haproxy "$(HAPROXY)" "the HAProxy and failover tests" "those tests will skip (fail under CI)"
 
 # pytest exits 5 when it collected nothing: that must fail loudly, never pass.
 unit: $(STAMP) softhsm chromium haproxy
@@ -103,31 +73,11 @@ test: lint typecheck unit
 # Neither is needed by `make test`.
 WRK ?= /usr/bin/wrk
 wrk:
-	@if [ -x "$(WRK)" ]; then \
-		exit 0; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing wrk for the benchmark"; \
-		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk \
-			|| echo "warning: could not install wrk; make bench cannot run" >&2; \
-	else \
-		echo "wrk is missing ($(WRK)): make bench cannot run." >&2; \
-		echo "Install it with: sudo apt-get install wrk" >&2; \
-	fi
+	@tools/need-package wrk "$(WRK)" "the benchmark" "make bench cannot run"
 
 NGINX ?= /usr/sbin/nginx
 nginx:
-	@if [ -x "$(NGINX)" ]; then \
-		exit 0; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing nginx for the benchmark's reference rows"; \
-		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx \
-			|| echo "warning: could not install nginx; the benchmark skips its nginx rows" >&2; \
-	else \
-		echo "nginx is missing ($(NGINX)): the benchmark skips its nginx rows." >&2; \
-		echo "Install it with: sudo apt-get install nginx" >&2; \
-	fi
+	@tools/need-package nginx "$(NGINX)" "the benchmark's reference rows" "the benchmark skips its nginx rows"
 
 # About 3 minutes (BENCH_ARGS=--quick: about 80 s); loopback only; bench/README.md.
 bench: $(STAMP) wrk nginx

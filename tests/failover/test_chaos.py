@@ -9,31 +9,11 @@ import random
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
-from failover_support import DRAGOMAN, Cluster, Report, caller, haproxy_binary
-
-from postgres_support import empty_database
+from failover_support import DRAGOMAN, Cluster, Report, caller
 
 CHAOS_SECONDS = 12.0
 CALLERS = 8
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path, pg_url: str, redis_url: str) -> AsyncIterator[Cluster]:
-    if haproxy_binary() is None:
-        from conftest import service_missing
-
-        service_missing("HAProxy (Debian package haproxy; `make haproxy`)", "not installed")
-    await empty_database(pg_url)
-    started = Cluster(tmp_path, pg_url, redis_url)
-    try:
-        await started.start(3)
-        yield started
-    finally:
-        await started.stop()
 
 
 async def chaos(cluster: Cluster, until: float, rng: random.Random) -> list[str]:

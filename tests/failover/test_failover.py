@@ -12,13 +12,8 @@ import asyncio
 import random
 import signal
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
-from failover_support import Cluster, Report, caller, haproxy_binary
-
-from postgres_support import empty_database
+from failover_support import Cluster, Report, caller
 
 LOAD_SECONDS = 9.0
 KILL_AT = 2.5
@@ -27,21 +22,6 @@ FAILURE_WINDOW = 3.0
 """Failed attempts must fall within this many seconds after a kill (the example's health
 checks run every second, two misses mark a replica down)."""
 CALLERS = 12
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path, pg_url: str, redis_url: str) -> AsyncIterator[Cluster]:
-    if haproxy_binary() is None:
-        from conftest import service_missing
-
-        service_missing("HAProxy (Debian package haproxy; `make haproxy`)", "not installed")
-    await empty_database(pg_url)
-    started = Cluster(tmp_path, pg_url, redis_url)
-    try:
-        await started.start(3)
-        yield started
-    finally:
-        await started.stop()
 
 
 async def test_failover_loses_no_write_and_no_audit_record(cluster: Cluster) -> None:

@@ -30,6 +30,8 @@ from botocore.auth import SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from dragoman.demo.runner import DEMO_GRANTS, DemoStack
+
 BINDING = "x-dragoman-id"
 
 
@@ -81,6 +83,19 @@ def presign(
             "get_caller_identity", Params={}, ExpiresIn=expires, HttpMethod="GET"
         )
     return url
+
+
+async def link_to_alice(stack: DemoStack, account: str) -> None:
+    """Link an AWS account to the demo's customer cus_alice, with the demo's grants."""
+    assert stack.proxy is not None
+    await stack.proxy.store.add(
+        cloud_account=account,
+        payment_customer="cus_alice",
+        created_by="test",
+        verification_method="test",
+        verification_evidence="test",
+        grants=DEMO_GRANTS,
+    )
 
 
 def as_token(url: str) -> str:

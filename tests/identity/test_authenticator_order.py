@@ -13,10 +13,10 @@ from contextlib import AbstractAsyncContextManager
 import pytest
 from aiohttp import web
 from identity_helpers import ProxyClient, alice_claims
-from local_sts import AwsCaller, LocalSts, as_token, presign
+from local_sts import AwsCaller, LocalSts, as_token, link_to_alice, presign
 from mtls_support import BILLING, ClientWith, Pki, good_context, mtls_overrides
 
-from dragoman.demo.runner import DEMO_GRANTS, DemoStack
+from dragoman.demo.runner import DemoStack
 from dragoman.identity.base import NOT_MINE, NotMine
 from dragoman.identity.principal import Principal
 from dragoman.identity.stage import AuthenticateStage
@@ -58,15 +58,7 @@ async def stack(make_stack: MakeStack, pki: Pki, sts: tuple[LocalSts, str]) -> D
         "roles": {f"arn:aws:iam::{ACCOUNT}:role/BillingAdmin": ["billing_admin"]},
     }
     stack = await make_stack(overrides)
-    assert stack.proxy is not None
-    await stack.proxy.store.add(
-        cloud_account=ACCOUNT,
-        payment_customer="cus_alice",
-        created_by="test",
-        verification_method="test",
-        verification_evidence="test",
-        grants=DEMO_GRANTS,
-    )
+    await link_to_alice(stack, ACCOUNT)
     return stack
 
 

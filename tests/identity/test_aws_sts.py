@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 from identity_helpers import PM, Answer, ProxyClient, alice_claims
-from local_sts import AwsCaller, LocalSts, as_token, presign
+from local_sts import AwsCaller, LocalSts, as_token, link_to_alice, presign
 
-from dragoman.demo.runner import DEMO_GRANTS, DemoStack
+from dragoman.demo.runner import DemoStack
 
 ACCOUNT = "111122223333"
 BINDING = "proxy-test"
@@ -98,15 +98,7 @@ def aws_stack(
             **settings,
         }
         stack = await make_stack({"identity": {"aws_sts": table}}, clock=clock)
-        assert stack.proxy is not None
-        await stack.proxy.store.add(
-            cloud_account=ACCOUNT,
-            payment_customer="cus_alice",
-            created_by="test",
-            verification_method="test",
-            verification_evidence="test",
-            grants=DEMO_GRANTS,
-        )
+        await link_to_alice(stack, ACCOUNT)
         return stack
 
     return make

@@ -5,28 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from dragoman.demo.runner import demo_settings, write_toml
-from dragoman.settings import AwsStsSettings, SettingsError, load_settings
+from dragoman.settings import AwsStsSettings
+from settings_support import settings_problems
 
 
 def problems_with(tmp_path: Path, table: dict[str, Any]) -> dict[str, str]:
-    (tmp_path / "master.key").write_text("A" * 43)
-    data = demo_settings(
-        proxy="http://127.0.0.1:8080",
-        platform="http://127.0.0.1:8090",
-        issuer="http://127.0.0.1:8070",
-        console="http://127.0.0.1:8060",
-        state_dir=tmp_path,
-    )
     aws = {"binding_id": "proxy", "regions": ["eu-west-1"], **table}
-    data["identity"]["aws_sts"] = {k: v for k, v in aws.items() if v is not None}
-    path = tmp_path / "dragoman.toml"
-    write_toml(data, path)
-    with pytest.raises(SettingsError) as caught:
-        load_settings(path)
-    return {p.key: p.message for p in caught.value.problems}
+
+    def edit(data: dict[str, Any]) -> None:
+        data["identity"]["aws_sts"] = {k: v for k, v in aws.items() if v is not None}
+
+    return settings_problems(tmp_path, edit)
 
 
 def test_region_of_another_partition_names_the_key(tmp_path: Path) -> None:

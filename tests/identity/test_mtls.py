@@ -22,9 +22,9 @@ from cryptography.x509.oid import NameOID
 from identity_helpers import ProxyClient
 from mtls_support import BILLING, TRUST_DOMAIN, ClientWith, Pki, good_context, mtls_overrides
 
-from dragoman.demo.runner import DemoStack, demo_settings, write_toml
+from dragoman.demo.runner import DemoStack
 from dragoman.identity.mtls import parse_spiffe_id
-from dragoman.settings import SettingsError, load_settings
+from settings_support import settings_problems
 
 MakeStack = Callable[..., Awaitable[DemoStack]]
 
@@ -248,19 +248,7 @@ def test_well_formed_spiffe_id_is_parsed() -> None:
 
 
 def problems_with(tmp_path: Path, overrides: dict[str, Any]) -> dict[str, str]:
-    (tmp_path / "master.key").write_text("A" * 43)
-    data = demo_settings(
-        proxy="http://127.0.0.1:8080",
-        platform="http://127.0.0.1:8090",
-        issuer="http://127.0.0.1:8070",
-        console="http://127.0.0.1:8060",
-        state_dir=tmp_path,
-    )
-    path = tmp_path / "dragoman.toml"
-    write_toml(data, path)
-    with pytest.raises(SettingsError) as caught:
-        load_settings(path, overrides=overrides)
-    return {p.key: p.message for p in caught.value.problems}
+    return settings_problems(tmp_path, overrides=overrides)
 
 
 def test_mtls_without_a_client_ca_is_a_settings_error(tmp_path: Path, pki: Pki) -> None:

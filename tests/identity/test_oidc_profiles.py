@@ -13,8 +13,9 @@ import pytest
 from identity_helpers import ProxyClient, oidc_overrides
 
 from dragoman.demo.issuer import DevIssuer
-from dragoman.demo.runner import DemoStack, demo_settings, write_toml
-from dragoman.settings import OidcIssuerSettings, SettingsError, load_settings
+from dragoman.demo.runner import DemoStack
+from dragoman.settings import OidcIssuerSettings
+from settings_support import settings_problems
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 
@@ -199,20 +200,10 @@ def test_entra_issuer_is_built_from_the_tenant() -> None:
 
 
 def problems_with(tmp_path: Path, table: dict[str, Any]) -> dict[str, str]:
-    (tmp_path / "master.key").write_text("A" * 43)
-    data = demo_settings(
-        proxy="http://127.0.0.1:8080",
-        platform="http://127.0.0.1:8090",
-        issuer="http://127.0.0.1:8070",
-        console="http://127.0.0.1:8060",
-        state_dir=tmp_path,
-    )
-    data["identity"]["oidc"] = [{"name": "provider", "audiences": ["dragoman"], **table}]
-    path = tmp_path / "dragoman.toml"
-    write_toml(data, path)
-    with pytest.raises(SettingsError) as caught:
-        load_settings(path)
-    return {p.key: p.message for p in caught.value.problems}
+    def edit(data: dict[str, Any]) -> None:
+        data["identity"]["oidc"] = [{"name": "provider", "audiences": ["dragoman"], **table}]
+
+    return settings_problems(tmp_path, edit)
 
 
 def test_unknown_profile_is_a_settings_error_naming_the_key(tmp_path: Path) -> None:
