@@ -256,14 +256,14 @@ def test_mtls_without_a_client_ca_is_a_settings_error(tmp_path: Path, pki: Pki) 
     overrides = mtls_overrides(pki)
     overrides["server"]["tls"] = tls
     problems = problems_with(tmp_path, overrides)
-    assert problems[""].startswith("identity.mtls: needs server.tls with client_ca_file")
+    assert problems["identity.mtls"].startswith("needs server.tls with client_ca_file")
 
 
 def test_mtls_without_tls_is_a_settings_error(tmp_path: Path, pki: Pki) -> None:
     overrides = mtls_overrides(pki)
     del overrides["server"]
     problems = problems_with(tmp_path, overrides)
-    assert problems[""].startswith("identity.mtls: needs server.tls with client_ca_file")
+    assert problems["identity.mtls"].startswith("needs server.tls with client_ca_file")
 
 
 def test_bad_regex_is_a_settings_error_naming_the_key(tmp_path: Path, pki: Pki) -> None:

@@ -138,6 +138,18 @@ class RuleBook:
         return self._feeds.get(operation.id, ())
 
 
+def unknown_rule_entries(
+    settings: AnomalySettings, catalog: Sequence[Operation]
+) -> Mapping[str, str]:
+    """Rule name -> the entries of explicitly configured rules that name nothing in a
+    non-empty ``catalog`` (a typo would silently switch detection off). The settings refuse
+    them at load, so `dragoman check-config` reports them as `serve` would."""
+    if not catalog or not settings.enabled or "rules" not in settings.model_fields_set:
+        return {}
+    rules = [Rule.from_settings(name, rule) for name, rule in settings.rules.items()]
+    return _unknown_entries(rules, catalog)
+
+
 def _unknown_entries(rules: Sequence[Rule], catalog: Sequence[Operation]) -> Mapping[str, str]:
     known = {"*", *(f"tier:{tier}" for tier in RISK_TIERS)}
     for operation in catalog:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -125,6 +126,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"policy.roles: entries name nothing in the catalog: {', '.join(unknown)}"
             )
+        from dragoman.anomaly.rules import unknown_rule_entries
+
+        naming_nothing = unknown_rule_entries(self.anomaly, catalog)
+        if naming_nothing:
+            raise ValueError(
+                "; ".join(
+                    f"anomaly.rules.{name}: names nothing in the catalog: {what}"
+                    for name, what in naming_nothing.items()
+                )
+            )
         return self
 
     @model_validator(mode="after")
@@ -197,11 +208,19 @@ class SettingsError(Exception):
         super().__init__("invalid settings:\n" + "\n".join(f"  {p}" for p in problems))
 
 
+_DOTTED_KEY = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)*")
+
+
 def _problems_from(error: ValidationError) -> list[Problem]:
     problems = []
     for item in error.errors(include_input=False, include_url=False):
         key = ".".join(str(part) for part in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
+        if not key:
+            # A check across tables names its key first ("identity.mtls: needs ...").
+            named, sep, rest = message.partition(": ")
+            if sep and _DOTTED_KEY.fullmatch(named):
+                key, message = named, rest
         problems.append(Problem(key, message))
     return problems
 
