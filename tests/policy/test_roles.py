@@ -175,7 +175,7 @@ def refusal_at_start(tmp_path: Path, overrides: dict[str, Any]) -> str:
     with pytest.raises(SettingsError) as refused:
         load_settings(tmp_path / "dragoman.toml", overrides=overrides)
     [problem] = refused.value.problems
-    return problem.message
+    return str(problem)
 
 
 def test_start_refuses_registration_grants_to_a_role_the_policy_does_not_define(
