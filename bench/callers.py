@@ -19,14 +19,13 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+
+from mapping_rows import sealed_row
 
 ROLE = "billing_admin"
-GRANTS = [{"role": ROLE, "operations": ["*"]}]
 
 
 def account(i: int) -> str:
@@ -98,28 +97,6 @@ def write_sidecar_mappings(path: Path, callers: list[Caller]) -> Path:
     return path
 
 
-def _row(codec: Any, i: int, now: datetime) -> dict[str, Any]:
-    mapping_id = str(uuid.uuid4())
-    return {
-        "id": mapping_id,
-        **codec.sealed_values(
-            mapping_id,
-            cloud_account=account(i),
-            payment_customer=customer(i),
-            verification_evidence=None,
-        ),
-        "status": "active",
-        "created_at": now,
-        "created_by": "bench",
-        "verification_method": "bench",
-        "last_validated_at": now,
-        "updated_at": now,
-        "updated_by": "bench",
-        "version": 1,
-        "grants": GRANTS,
-    }
-
-
 async def _seed(config: Path, count: int) -> None:
     from dragoman.mapping.factory import open_mapping_cipher
     from dragoman.mapping.rows import RowCodec
@@ -134,7 +111,10 @@ async def _seed(config: Path, count: int) -> None:
         await migrate.upgrade(engine)
         codec = RowCodec(open_mapping_cipher(settings))
         now = datetime.now(UTC)
-        rows = [_row(codec, i, now) for i in range(count)]
+        rows = [
+            sealed_row(codec, account=account(i), customer=customer(i), now=now)
+            for i in range(count)
+        ]
         async with engine.begin() as conn:
             for start in range(0, count, 5000):
                 await conn.execute(account_mappings.insert(), rows[start : start + 5000])

@@ -42,7 +42,6 @@ import random
 import statistics
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -56,6 +55,7 @@ from dragoman.mapping.rows import RowCodec
 from dragoman.mapping.schema import account_mappings as t
 from dragoman.mapping.store import MappingStore, make_engine
 from dragoman.state import migrate
+from mapping_rows import sealed_row
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Public on purpose: benchmark data only, so that a cached database can be opened again.
@@ -63,7 +63,6 @@ BENCH_MASTER_KEY = b"dragoman-bench-master-key-32byte"
 PG_ADMIN = os.environ.get("DRAGOMAN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 CHUNK = 20_000
 NOW = datetime(2031, 1, 1, tzinfo=UTC)
-GRANTS = [{"role": "billing_admin", "operations": ["*"]}]
 
 
 def account(i: int) -> str:
@@ -87,30 +86,9 @@ def _init_worker() -> None:
 def _rows(span: tuple[int, int]) -> list[dict[str, Any]]:
     """Sealed rows ``start <= i < end`` (run in a worker process)."""
     assert _codec is not None
-    rows = []
-    for i in range(*span):
-        mapping_id = str(uuid.uuid4())
-        rows.append(
-            {
-                "id": mapping_id,
-                **_codec.sealed_values(
-                    mapping_id,
-                    cloud_account=account(i),
-                    payment_customer=customer(i),
-                    verification_evidence=None,
-                ),
-                "status": "active",
-                "created_at": NOW,
-                "created_by": "bench",
-                "verification_method": "bench",
-                "last_validated_at": NOW,
-                "updated_at": NOW,
-                "updated_by": "bench",
-                "version": 1,
-                "grants": GRANTS,
-            }
-        )
-    return rows
+    return [
+        sealed_row(_codec, account=account(i), customer=customer(i), now=NOW) for i in range(*span)
+    ]
 
 
 def _spans(size: int) -> Iterator[tuple[int, int]]:

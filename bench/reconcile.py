@@ -48,6 +48,7 @@ from dragoman.mapping.reconcile import Reconciler
 from dragoman.mapping.schema import account_mappings
 from dragoman.settings import load_settings
 from dragoman.tokens.verify import TokenVerifier
+from mapping_rows import sealed_row
 from procs import Service, free_port
 
 SCRIPT = Path(__file__).resolve()
@@ -117,26 +118,8 @@ async def seed(store: Any, count: int) -> float:
     for start in range(0, count, 5000):
         rows = []
         for i in range(start, min(count, start + 5000)):
-            mapping_id = str(uuid.uuid4())
             rows.append(
-                {
-                    "id": mapping_id,
-                    **store.codec.sealed_values(
-                        mapping_id,
-                        cloud_account=f"acct-{i:07d}",
-                        payment_customer=f"cus_{i:07d}",
-                        verification_evidence=None,
-                    ),
-                    "status": "active",
-                    "created_at": now,
-                    "created_by": "bench",
-                    "verification_method": "bench",
-                    "last_validated_at": now,
-                    "updated_at": now,
-                    "updated_by": "bench",
-                    "version": 1,
-                    "grants": [{"role": "billing_admin", "operations": ["*"]}],
-                }
+                sealed_row(store.codec, account=f"acct-{i:07d}", customer=f"cus_{i:07d}", now=now)
             )
         async with store.engine.begin() as conn:
             await conn.execute(account_mappings.insert(), rows)
