@@ -13,7 +13,6 @@ windows move with the same clock as everything else, and tests move it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +21,7 @@ from redis.exceptions import RedisError
 
 from dragoman.anomaly.rules import Feed
 from dragoman.anomaly.state import BASELINE_MEMORY, Hit, StateUnavailable, Verdict
-from dragoman.state.redis import open_redis
+from dragoman.state.redis import open_redis, ping
 
 KEY_PREFIX = "dragoman:anomaly:"
 TIMEOUT = 2.0
@@ -160,11 +159,7 @@ class RedisState:
         return _verdict(answer, feeds)
 
     async def ping(self) -> None:
-        try:
-            async with asyncio.timeout(TIMEOUT):
-                await self._client.ping()
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise StateUnavailable(type(exc).__name__) from None
+        await ping(self._client, seconds=TIMEOUT, unavailable=StateUnavailable)
 
     async def close(self) -> None:
         await self._client.aclose()

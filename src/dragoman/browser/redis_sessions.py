@@ -8,14 +8,13 @@ DEL. Times are the proxy's clock, passed in, so the grace is measured like every
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, cast
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from dragoman.browser.sessions import Session, SessionStoreUnavailable
-from dragoman.state.redis import open_redis
+from dragoman.state.redis import open_redis, ping
 
 KEY_PREFIX = "dragoman:session:"
 TIMEOUT = 2.0
@@ -119,11 +118,7 @@ class RedisSessionStore:
             raise SessionStoreUnavailable(type(exc).__name__) from exc
 
     async def ping(self) -> None:
-        try:
-            async with asyncio.timeout(TIMEOUT):
-                await self._client.ping()
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise SessionStoreUnavailable(type(exc).__name__) from exc
+        await ping(self._client, seconds=TIMEOUT, unavailable=SessionStoreUnavailable)
 
     async def close(self) -> None:
         await self._client.aclose()

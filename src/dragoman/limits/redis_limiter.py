@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from dragoman.limits.gcra import MICROSECONDS, Decision
 from dragoman.limits.rules import Check, LimiterUnavailable, Verdict
-from dragoman.state.redis import open_redis
+from dragoman.state.redis import open_redis, ping
 
 KEY_PREFIX = "dragoman:rl:"
 
@@ -123,11 +123,7 @@ class RedisLimiter:
         )
 
     async def ping(self) -> None:
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._client.ping()
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise LimiterUnavailable(type(exc).__name__) from exc
+        await ping(self._client, seconds=self._timeout, unavailable=LimiterUnavailable)
 
     async def close(self) -> None:
         await self._client.aclose()

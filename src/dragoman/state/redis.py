@@ -10,9 +10,13 @@ gets a fresh connection.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
 
 def open_redis(url: str, *, timeout: float, decode_responses: bool = False) -> redis.Redis:
@@ -23,3 +27,15 @@ def open_redis(url: str, *, timeout: float, decode_responses: bool = False) -> r
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
     )
+
+
+async def ping(
+    client: redis.Redis, *, seconds: float, unavailable: Callable[[str], Exception]
+) -> None:
+    """Return when Redis answers within ``seconds`` (for /readyz); else raise
+    ``unavailable(<error class name>)``, the owning store's own unavailable error."""
+    try:
+        async with asyncio.timeout(seconds):
+            await client.ping()
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise unavailable(type(exc).__name__) from exc
