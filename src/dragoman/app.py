@@ -91,8 +91,9 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 class AuditTrail:
     """Writes records; while the sink fails, new requests are refused (fail closed).
 
-    Every answered request passes here exactly once (its request record), so this is where
-    the request metrics are counted (:class:`~dragoman.observability.RequestMeter`)."""
+    Every answered request's record passes here exactly once, so this is where the request
+    metrics are counted (:class:`~dragoman.observability.RequestMeter`); the meter skips the
+    other records that pass too (mapping accesses, a write's ``forward`` record)."""
 
     def __init__(self, sink: AuditSink, meter: RequestMeter | None = None) -> None:
         self._sink = sink
