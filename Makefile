@@ -60,7 +60,7 @@ haproxy:
 	@tools/need-package haproxy "$(HAPROXY)" "the HAProxy and failover tests" "those tests will skip (fail under CI)"
 
 # pytest exits 5 when it collected nothing: that must fail loudly, never pass.
-unit: $(STAMP) softhsm chromium haproxy
+unit: $(STAMP) softhsm chromium haproxy nginx
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; fi; \
 	exit $$status
@@ -70,14 +70,15 @@ test: lint typecheck unit
 # The benchmark (bench/README.md) loads with Debian's wrk and compares with Debian's nginx
 # (a plain reverse proxy, and auth_request in front of a sidecar). Installed like SoftHSM2
 # above; without wrk the benchmark cannot run, without nginx its nginx rows are skipped.
-# Neither is needed by `make test`.
+# `make test` needs nginx too: tests/decision runs the shipped deploy/nginx/ configuration
+# (without it those tests skip locally and fail under CI=true).
 WRK ?= /usr/bin/wrk
 wrk:
 	@tools/need-package wrk "$(WRK)" "the benchmark" "make bench cannot run"
 
 NGINX ?= /usr/sbin/nginx
 nginx:
-	@tools/need-package nginx "$(NGINX)" "the benchmark's reference rows" "the benchmark skips its nginx rows"
+	@tools/need-package nginx "$(NGINX)" "the nginx gateway tests and the benchmark's nginx rows" "those tests skip (fail under CI) and the benchmark skips its nginx rows"
 
 # About 3 minutes (BENCH_ARGS=--quick: about 80 s); loopback only; bench/README.md.
 bench: $(STAMP) wrk nginx

@@ -184,7 +184,7 @@ class Proxy:
 
     # -- the pipeline ----------------------------------------------------------------------
 
-    def _context(self, request: web.Request) -> RequestContext:
+    def context(self, request: web.Request) -> RequestContext:
         offered = request.headers.get("X-Request-Id", "")
         if not (self.settings.server.trust_request_id and _REQUEST_ID.match(offered)):
             offered = random_hex()
@@ -198,11 +198,11 @@ class Proxy:
             raw_path=request.raw_path.partition("?")[0],
         )
 
-    def _base_headers(self, request: web.Request, ctx: RequestContext) -> dict[str, str]:
+    def base_headers(self, request: web.Request, ctx: RequestContext) -> dict[str, str]:
         return answer_headers(self.headers, self.cors, request, ctx.request_id)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        ctx = self._context(request)
+        ctx = self.context(request)
         event = "request"
         try:
             if self.audit.broken:
@@ -218,7 +218,7 @@ class Proxy:
             return await self.forwarder.forward(
                 ctx,
                 self.cors.response_headers(request),
-                before_complete=lambda: self._record(ctx, event),
+                before_complete=lambda: self.record(ctx, event),
             )
         except Denial as denial:
             ctx.denial = denial
@@ -226,20 +226,20 @@ class Proxy:
             headers = (
                 {**self.headers, "X-Request-Id": ctx.request_id}
                 if event == "preflight"
-                else self._base_headers(request, ctx)
+                else self.base_headers(request, ctx)
             )
             return problem_response(denial, audit_id=ctx.audit_id, headers=headers)
         except Exception:
             log.exception("unexpected error in the pipeline (audit id %s)", ctx.audit_id)
             ctx.denial = InternalError()
             return problem_response(
-                ctx.denial, audit_id=ctx.audit_id, headers=self._base_headers(request, ctx)
+                ctx.denial, audit_id=ctx.audit_id, headers=self.base_headers(request, ctx)
             )
         finally:
             if not ctx.recorded:
-                self._record(ctx, event)
+                self.record(ctx, event)
 
-    def _record(self, ctx: RequestContext, event: str) -> None:
+    def record(self, ctx: RequestContext, event: str) -> None:
         ctx.recorded = True
         self.audit.write(request_record(ctx, event=event, route=self._route_of(ctx)))
 
@@ -297,7 +297,7 @@ class Proxy:
         Widgets use it to build paths that name their customer and to show only what the
         caller may do. It runs authentication and the mapping checks like any request.
         """
-        ctx = self._context(request)
+        ctx = self.context(request)
         try:
             await self.stages[0](ctx)
             assert ctx.principal is not None
@@ -319,7 +319,7 @@ class Proxy:
         except Denial as denial:
             ctx.denial = denial
             return problem_response(
-                denial, audit_id=ctx.audit_id, headers=self._base_headers(request, ctx)
+                denial, audit_id=ctx.audit_id, headers=self.base_headers(request, ctx)
             )
         finally:
             self.audit.write(request_record(ctx, event="whoami"))
@@ -522,7 +522,7 @@ def build_app(
         cors=proxy.cors,
         headers=proxy.headers,
         audit=proxy.audit,
-        context=proxy._context,
+        context=proxy.context,
         limit=proxy.rate_limits.check_account if proxy.rate_limits else None,
         clock=clock,
     )
@@ -540,7 +540,7 @@ def build_app(
             guards=proxy.stages[:3],
             cors=proxy.cors,
             headers=proxy.headers,
-            context=proxy._context,
+            context=proxy.context,
             limit=proxy.rate_limits.check_account if proxy.rate_limits else None,
             clock=clock,
         )

@@ -5,7 +5,8 @@ workers, restarts any that die, and passes SIGTERM/SIGINT on for a graceful stop
 worker stops accepting, lets in-flight requests finish within ``server.shutdown_timeout``,
 and flushes its audit sink.
 
-Metrics (``[metrics]``, docs/metrics.md) are served on their own listener by every worker.
+Metrics (``[metrics]``, docs/metrics.md) and the decision API (``[decision]``,
+docs/decision.md) are served on listeners of their own by every worker.
 With several workers the supervisor makes a fresh directory for prometheus_client's
 multiprocess mode and names it in ``PROMETHEUS_MULTIPROC_DIR`` before it starts them; any
 worker answers a scrape with the sum over all of them, and the directory is removed when
@@ -31,6 +32,7 @@ from aiohttp import web
 from prometheus_client.multiprocess import mark_process_dead
 
 from dragoman.app import PROXY_KEY, build_app, proxy_runner
+from dragoman.decision import DecisionListener
 from dragoman.keys.factory import KeyConfigError, open_key_ring
 from dragoman.keys.provider import KeyUnavailableError
 from dragoman.logs import configure as configure_logging
@@ -114,14 +116,24 @@ async def serve_worker(
             shared=metrics_dir is not None,
         )
         metrics_url = await metrics.start()
+    decision: DecisionListener | None = None
+    if settings.decision.enabled:
+        decision = DecisionListener(
+            app[PROXY_KEY], settings.decision, shared=metrics_dir is not None
+        )
+        decision_url = await decision.start()
     if announce:
         log.info("worker %d serving on %s", os.getpid(), site.name)
         if metrics is not None:
             log.info("worker %d serving metrics on %s/metrics", os.getpid(), metrics_url)
+        if decision is not None:
+            log.info("worker %d serving decisions on %s", os.getpid(), decision_url)
     await stop.wait()
     log.info("worker %d stopping", os.getpid())
     if watchdog is not None:
         watchdog.cancel()
+    if decision is not None:
+        await decision.close()  # before the proxy it shares is closed
     await runner.cleanup()
     if metrics is not None:
         await metrics.close()
@@ -165,6 +177,9 @@ def run(settings: Settings, *, log_level: str = "INFO") -> int:
         return 2
     if count > 1 and settings.metrics.enabled and settings.metrics.port == 0:
         log.error("metrics.port 0 (any free port) works with one worker only")
+        return 2
+    if count > 1 and settings.decision.enabled and settings.decision.port == 0:
+        log.error("decision.port 0 (any free port) works with one worker only")
         return 2
     print(
         f"dragoman listening on {'https' if settings.server.tls else 'http'}://"

@@ -16,6 +16,9 @@ For each binding of the matched operation:
 
 ``enforce``: the value must be the mapped customer. ``inject``: dragoman writes the mapped
 customer there when the caller left it out, keeps it when equal, and refuses another value.
+Where dragoman does not forward the request itself (the decision API: a gateway forwards
+what the caller sent), it cannot rewrite the query or the body, so an inject binding there
+is enforced (``rewrites=False``); a header it injects is handed to the gateway.
 Refusals are 403 ``customer_mismatch`` with reason ``customer_absent``, ``customer_other`` or
 ``customer_ambiguous``; nothing is forwarded. Values are compared in constant time.
 """
@@ -72,8 +75,9 @@ def _same(value: object, customer: str) -> bool:
 class CustomerBindingStage:
     name = "customer_binding"
 
-    def __init__(self, *, max_body_bytes: int) -> None:
+    def __init__(self, *, max_body_bytes: int, rewrites: bool = True) -> None:
         self._max_body = max_body_bytes
+        self._rewrites = rewrites
 
     async def __call__(self, ctx: RequestContext) -> None:
         assert ctx.operation is not None and ctx.mapping is not None  # earlier stages
@@ -83,7 +87,7 @@ class CustomerBindingStage:
                 if not _same(ctx.path_params[binding.name], customer):
                     raise refuse("customer_other")
             elif binding.location == "query":
-                self._query(ctx, binding, customer)
+                self._query(ctx, binding, customer, self._rewrites)
             elif binding.location == "header":
                 self._header(ctx, binding, customer)
             else:
@@ -92,7 +96,9 @@ class CustomerBindingStage:
     # -- query -----------------------------------------------------------------------------
 
     @staticmethod
-    def _query(ctx: RequestContext, binding: CustomerBinding, customer: str) -> None:
+    def _query(
+        ctx: RequestContext, binding: CustomerBinding, customer: str, rewrites: bool
+    ) -> None:
         query = ctx.forward_query
         if query is None:
             query = ctx.request.raw_path.partition("?")[2]
@@ -100,7 +106,7 @@ class CustomerBindingStage:
         if reading.ambiguous:
             raise refuse("customer_ambiguous")
         if reading.value is None:
-            if binding.mode != "inject":
+            if binding.mode != "inject" or not rewrites:
                 raise refuse("customer_absent")
             ctx.forward_query = with_parameter(query, binding.name, customer)
         elif not _same(reading.value, customer):
@@ -146,7 +152,7 @@ class CustomerBindingStage:
             if not _same(found, customer):
                 raise refuse("customer_other")
             return
-        if binding.mode != "inject":
+        if binding.mode != "inject" or not self._rewrites:
             raise refuse("customer_absent")
         try:
             placed = place({} if document is ABSENT else document, tokens, customer)

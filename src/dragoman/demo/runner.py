@@ -27,6 +27,7 @@ import uvloop
 from aiohttp import web
 
 from dragoman.app import PROXY_KEY, Proxy, build_app, proxy_runner
+from dragoman.decision import decision_app
 from dragoman.demo.console import console_app
 from dragoman.demo.issuer import DEV_WARNING, DevIssuer
 from dragoman.demo.platform import PaymentPlatform, catalog_settings
@@ -182,6 +183,9 @@ class DemoStack:
         self.metrics_socket = _bind(host, ports.metrics)
         self.metrics_url = f"http://{host}:{self.metrics_socket.getsockname()[1]}"
         """Base URL of the proxy's metrics listener (GET /metrics; ``[metrics]``)."""
+        self.decision_socket = _bind(host, 0)
+        self.decision_url = f"http://{host}:{self.decision_socket.getsockname()[1]}"
+        """Base URL of the decision listener (``[decision]``, off unless enabled)."""
         self.issuer = DevIssuer(issuer=self.urls["issuer"])
         self.platform = PaymentPlatform(self._platform_verifier())
         self.platform.seed()
@@ -227,6 +231,8 @@ class DemoStack:
         data["browser"]["csrf_key_file"] = str(self.state_dir / "csrf.key")
         host, port = self.metrics_socket.getsockname()[:2]
         data["metrics"] = {"enabled": True, "host": host, "port": port}
+        host, port = self.decision_socket.getsockname()[:2]
+        data["decision"] = {"enabled": False, "host": host, "port": port}
         write_toml(data, self.state_dir / "dragoman.toml")
         return load_settings(self.state_dir / "dragoman.toml", overrides=overrides)
 
@@ -257,6 +263,13 @@ class DemoStack:
             self.runners.append(runner)
         else:
             self.metrics_socket.close()  # refused, rather than accepted and never answered
+        if settings.decision.enabled:
+            runner = proxy_runner(decision_app(self.proxy, settings.decision), settings)
+            await runner.setup()
+            await web.SockSite(runner, self.decision_socket).start()
+            self.runners.append(runner)  # stop() cleans up in reverse: before the proxy
+        else:
+            self.decision_socket.close()
         await self.seed_mappings()
 
     async def seed_mappings(self) -> None:
@@ -291,7 +304,7 @@ class DemoStack:
         for runner in reversed(self.runners):
             await runner.cleanup()
         self.runners.clear()
-        for sock in (*self.sockets.values(), self.metrics_socket):
+        for sock in (*self.sockets.values(), self.metrics_socket, self.decision_socket):
             sock.close()
 
 

@@ -32,7 +32,8 @@ def problem_body(
     }
 
 
-def problem_response(denial: Denial, *, audit_id: str, headers: Mapping[str, str]) -> web.Response:
+def problem_json(denial: Denial, *, audit_id: str) -> str:
+    """The problem document of ``denial``, as ASCII JSON (non-ASCII escaped)."""
     body = problem_body(
         code=denial.code,
         title=denial.title,
@@ -40,10 +41,22 @@ def problem_response(denial: Denial, *, audit_id: str, headers: Mapping[str, str
         detail=denial.detail,
         audit_id=audit_id,
     )
-    body = {**denial.extensions(), **body}  # extensions never override the standard members
+    # Extensions never override the standard members.
+    return json.dumps({**denial.extensions(), **body})
+
+
+def problem_response(
+    denial: Denial,
+    *,
+    audit_id: str,
+    headers: Mapping[str, str],
+    status: int | None = None,
+) -> web.Response:
+    """The problem answer; ``status`` overrides the denial's own (a gateway contract that
+    understands only some statuses)."""
     response = web.Response(
-        status=denial.status,
-        body=json.dumps(body).encode(),
+        status=denial.status if status is None else status,
+        body=problem_json(denial, audit_id=audit_id).encode(),
         content_type=PROBLEM_TYPE,
     )
     response.headers.update(headers)

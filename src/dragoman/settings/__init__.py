@@ -40,6 +40,7 @@ from dragoman.settings.catalog import (
     RiskTier,
     default_tier,
 )
+from dragoman.settings.decision import DecisionSettings
 from dragoman.settings.identity import IdentitySettings, OidcIssuerSettings, TokenAlgorithm
 from dragoman.settings.keys import AwsKmsSettings, KeySettings, Pkcs11Settings
 from dragoman.settings.limits import LimitsSettings, RateLimitRuleSettings, parse_rate
@@ -90,6 +91,7 @@ __all__ = [
     "CatalogSettings",
     "CsrfMode",
     "CustomerBindingSettings",
+    "DecisionSettings",
     "DriftAction",
     "Duration",
     "GrantSettings",

@@ -19,6 +19,7 @@ from dragoman.settings.audit import AuditSettings
 from dragoman.settings.base import CONFIG_ENV, ENV_PREFIX
 from dragoman.settings.browser import BrowserSettings
 from dragoman.settings.catalog import CatalogSettings
+from dragoman.settings.decision import DecisionSettings
 from dragoman.settings.identity import IdentitySettings
 from dragoman.settings.keys import KeySettings
 from dragoman.settings.limits import LimitsSettings
@@ -85,6 +86,10 @@ class Settings(BaseSettings):
         default_factory=lambda: MetricsSettings(),
         description="The Prometheus metrics endpoint (its own listener).",
     )
+    decision: DecisionSettings = Field(
+        default_factory=lambda: DecisionSettings(),
+        description="The decision API for nginx auth_request and Envoy ext_authz.",
+    )
 
     @model_validator(mode="after")
     def _has_an_authenticator(self) -> Settings:
@@ -93,6 +98,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 "identity: configure at least one authenticator"
                 " (identity.oidc, identity.aws_sts, identity.mtls)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _decision_can_authenticate(self) -> Settings:
+        # The decision listener sees the gateway's connection, never the caller's: a client
+        # certificate there would be the gateway's own.
+        identity = self.identity
+        if self.decision.enabled and not (identity.oidc or identity.aws_sts):
+            raise ValueError(
+                "decision: needs identity.oidc or identity.aws_sts (the decision listener"
+                " sees the gateway's connection, so it never reads a client certificate)"
             )
         return self
 

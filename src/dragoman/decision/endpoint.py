@@ -1,0 +1,162 @@
+"""The decision listener: ``/auth_request`` (nginx) and ``/ext_authz/...`` (Envoy).
+
+A decision runs the proxy's own stages, built once, with three differences that come from
+not forwarding:
+
+- authentication never reads a client certificate (the connection is the gateway's, so its
+  certificate would be the gateway's own; settings refuse a decision listener with mTLS as
+  the only authenticator);
+- a customer binding cannot rewrite the query or the body (the gateway forwards what the
+  caller sent), so an inject binding there is enforced;
+- there is no separate ``forward`` record: the decision's own record is written before the
+  answer leaves, and an allow whose record could not be written is turned into 503
+  ``audit_unavailable``, so the gateway never forwards a request that no record names.
+
+Everything else (CSRF, the mapping and its freshness, the role policy, step-up, the rate
+limits, anomaly rules, minting with the current key) is the same code, with the same codes
+and the same audit record (event ``decision``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from dragoman.app import Proxy, proxy_runner
+from dragoman.catalog.binding import CustomerBindingStage
+from dragoman.decision import answers
+from dragoman.decision.original import (
+    NGINX_METHOD,
+    NGINX_TARGET,
+    as_original,
+    client_address,
+    envoy_original,
+    nginx_original,
+)
+from dragoman.identity.mtls import MtlsAuthenticator
+from dragoman.identity.stage import AuthenticateStage
+from dragoman.pipeline.errors import AuditUnavailable, Denial, InternalError, PayloadTooLarge
+from dragoman.pipeline.stage import Stage
+from dragoman.settings import DecisionSettings
+
+log = logging.getLogger(__name__)
+
+NGINX_PATH = "/auth_request"
+ENVOY_PREFIX = "/ext_authz"
+EVENT = "decision"
+PARTIAL_BODY = "x-envoy-auth-partial-body"
+
+
+def decision_stages(proxy: Proxy) -> tuple[Stage, ...]:
+    """The proxy's stages as a decision runs them (see the module's docstring)."""
+    stages: list[Stage] = []
+    for stage in proxy.stages:
+        if stage.name == "authenticate":
+            stages.append(
+                AuthenticateStage(
+                    [a for a in proxy.authenticators if not isinstance(a, MtlsAuthenticator)]
+                )
+            )
+        elif stage.name == "customer_binding":
+            stages.append(
+                CustomerBindingStage(
+                    max_body_bytes=proxy.settings.server.max_body_bytes, rewrites=False
+                )
+            )
+        elif stage.name != "write_ahead":
+            stages.append(stage)
+    return tuple(stages)
+
+
+class DecisionEndpoint:
+    def __init__(self, proxy: Proxy, settings: DecisionSettings) -> None:
+        self._proxy = proxy
+        self._trust_forwarded_for = settings.trust_forwarded_for
+        self._stages = decision_stages(proxy)
+
+    async def nginx(self, request: web.Request) -> web.StreamResponse:
+        return await self._decide(request, envoy=False)
+
+    async def envoy(self, request: web.Request) -> web.StreamResponse:
+        return await self._decide(request, envoy=True)
+
+    async def _decide(self, request: web.Request, *, envoy: bool) -> web.StreamResponse:
+        proxy = self._proxy
+        remote = client_address(request, self._trust_forwarded_for)
+        unreadable: Denial | None = None
+        try:
+            original = envoy_original(request, ENVOY_PREFIX) if envoy else nginx_original(request)
+            drop = () if envoy else (NGINX_METHOD, NGINX_TARGET)
+            asked = as_original(request, original, drop=drop, remote=remote)
+        except Denial as denial:
+            asked, unreadable = request, denial
+        ctx = proxy.context(asked)
+        try:
+            if unreadable is not None:
+                raise unreadable
+            if proxy.audit.broken:
+                raise AuditUnavailable()
+            if envoy and request.headers.get(PARTIAL_BODY, "").lower() == "true":
+                # A body cut at the gateway's limit would be checked short of what is sent.
+                raise PayloadTooLarge("body_partial")
+            proxy.forwarder.check_declared_length(asked)
+            for stage in self._stages:
+                await stage(ctx)
+        except Denial as denial:
+            ctx.denial = denial
+        except Exception:
+            log.exception("unexpected error in a decision (audit id %s)", ctx.audit_id)
+            ctx.denial = InternalError()
+        proxy.record(ctx, EVENT)
+        if ctx.denial is None and proxy.audit.broken:
+            ctx.denial = AuditUnavailable("audit_write_failed")
+        headers = proxy.base_headers(asked, ctx)
+        if ctx.denial is not None:
+            return answers.deny(ctx.denial, ctx, headers, envoy=envoy)
+        return answers.allow(ctx, headers, envoy=envoy)
+
+
+def decision_app(proxy: Proxy, settings: DecisionSettings) -> web.Application:
+    """The decision listener's application. It shares the worker's proxy, which the
+    proxy's own application starts and closes."""
+    endpoint = DecisionEndpoint(proxy, settings)
+    app = web.Application(client_max_size=proxy.settings.server.max_body_bytes)
+    app.router.add_get("/livez", proxy.livez, allow_head=False)
+    app.router.add_get("/readyz", proxy.readyz, allow_head=False)
+    app.router.add_route("*", NGINX_PATH, endpoint.nginx)
+    app.router.add_route("*", ENVOY_PREFIX + "/{tail:.*}", endpoint.envoy)
+    return app
+
+
+class DecisionListener:
+    """The decision application on ``settings.host``:``settings.port``."""
+
+    def __init__(self, proxy: Proxy, settings: DecisionSettings, *, shared: bool) -> None:
+        """``shared``: several workers listen on the port (SO_REUSEPORT)."""
+        self._proxy = proxy
+        self._settings = settings
+        self._shared = shared
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> str:
+        """Listen; returns the base URL (``http://host:port``)."""
+        app = decision_app(self._proxy, self._settings)
+        runner = proxy_runner(app, self._proxy.settings)
+        await runner.setup()
+        self._runner = runner
+        site = web.TCPSite(
+            runner,
+            self._settings.host,
+            self._settings.port,
+            reuse_port=self._shared or None,
+            backlog=2048,
+        )
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        return f"http://{host}:{port}"
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

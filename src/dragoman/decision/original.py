@@ -1,0 +1,99 @@
+"""The request a gateway asks about, read from its check request.
+
+nginx ``auth_request`` sends a subrequest to a fixed location; the configuration in
+deploy/nginx/ names the caller's method and request target in ``X-Original-Method`` and
+``X-Original-URI`` (set by the gateway, replacing anything the caller sent under those
+names). Envoy's HTTP ``ext_authz`` service sends the caller's method, and its path after
+the configured ``path_prefix``.
+
+The target is taken byte for byte, as the caller sent it and as the gateway forwards it:
+the catalog matcher, the customer bindings and the token's ``htu`` all read the same bytes
+the upstream will. Anything that is not an origin-form target (RFC 9112 §3.2.1) is refused.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from dragoman.pipeline.errors import BadRequest
+
+NGINX_METHOD = "X-Original-Method"
+NGINX_TARGET = "X-Original-URI"
+
+_METHOD = re.compile(r"^[A-Z]{1,16}$")
+_TARGET = re.compile(r"^/(?!/)[!-~]*$")
+"""Origin form: one leading slash (``//host`` would read as an authority), visible ASCII."""
+
+
+class DecisionRequestInvalid(BadRequest):
+    code = "decision_request_invalid"
+    title = "The gateway's check request does not describe a request."
+
+
+@dataclass(frozen=True, slots=True)
+class Original:
+    method: str
+    target: str
+    """Path and query as the caller sent them (percent-encoding untouched)."""
+
+
+def _checked(method: str, target: str) -> Original:
+    if not _METHOD.match(method):
+        raise DecisionRequestInvalid("method_invalid")
+    if not _TARGET.match(target) or "#" in target:
+        raise DecisionRequestInvalid("target_invalid")
+    return Original(method, target)
+
+
+def nginx_original(request: web.Request) -> Original:
+    methods = request.headers.getall(NGINX_METHOD, [])
+    targets = request.headers.getall(NGINX_TARGET, [])
+    if len(methods) != 1 or len(targets) != 1:
+        raise DecisionRequestInvalid("original_missing")
+    return _checked(methods[0], targets[0])
+
+
+def envoy_original(request: web.Request, prefix: str) -> Original:
+    raw = request.raw_path
+    if not raw.startswith(prefix + "/"):
+        raise DecisionRequestInvalid("target_invalid")
+    return _checked(request.method, raw[len(prefix) :])
+
+
+def client_address(request: web.Request, trust_forwarded_for: bool) -> str | None:
+    """The caller's address: the last X-Forwarded-For entry, the one the gateway itself
+    appended, when it is an IP address; else the gateway's own."""
+    if trust_forwarded_for:
+        values = request.headers.getall("X-Forwarded-For", [])
+        if values:
+            last = values[-1].rsplit(",", 1)[-1].strip()
+            try:
+                return str(ipaddress.ip_address(last))
+            except ValueError:
+                pass
+    return request.remote
+
+
+def as_original(
+    request: web.Request, original: Original, *, drop: tuple[str, ...], remote: str | None
+) -> web.Request:
+    """The check request re-addressed as the caller's: its method and target, its headers
+    without the gateway's own ``drop``, and the body (if the gateway sent it) unread."""
+    headers = CIMultiDict(request.headers)
+    for name in drop:
+        headers.popall(name, None)
+    target = URL(original.target, encoded=True)
+    if remote is None:
+        clone = request.clone(method=original.method, rel_url=target, headers=headers)
+    else:
+        clone = request.clone(
+            method=original.method, rel_url=target, headers=headers, remote=remote
+        )
+    assert isinstance(clone, web.Request)
+    return clone
