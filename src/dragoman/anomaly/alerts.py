@@ -22,7 +22,7 @@ from dragoman.anomaly.state import Hit
 from dragoman.settings import AlertSettings
 
 ALERT_KIND = "anomaly"
-Applied = Literal["alert", "step_up", "step_up_satisfied", "block"]
+Applied = Literal["alert", "step_up", "step_up_satisfied", "block", "report_only"]
 """What the proxy did about the firing rule: let the request go on (``alert``), refused it
 for a new sign-in (``step_up``), let it go on because the sign-in was recent enough
 (``step_up_satisfied``), or refused it and blocked the account (``block``)."""

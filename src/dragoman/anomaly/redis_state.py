@@ -149,7 +149,7 @@ class RedisState:
                 repr(rule.smoothing),
                 rule.pairs,
                 rule.pair_within_ms,
-                rule.action,
+                rule.enforced_action,
                 rule.block_for_ms,
             ]
         try:

@@ -55,6 +55,13 @@ class Rule:
     counts: tuple[str, ...]
     adds: tuple[str, ...]
     deletes: tuple[str, ...]
+    report_only: bool = False
+    """Fires and alerts, but its action is only recorded (``would_deny``)."""
+
+    @property
+    def enforced_action(self) -> AnomalyAction:
+        """The action the state applies: ``alert`` for a report-only rule (no block)."""
+        return "alert" if self.report_only else self.action
 
     @classmethod
     def from_settings(cls, name: str, rule: AnomalyRuleSettings) -> Rule:
@@ -73,6 +80,7 @@ class Rule:
             step_up_max_age=rule.step_up_max_age,
             counts=tuple(rule.operations),
             adds=tuple(rule.adds),
+            report_only=rule.report_only,
             deletes=tuple(rule.deletes),
         )
 

@@ -39,6 +39,7 @@ from dragoman.anomaly.state import AnomalyState, Hit, StateUnavailable, Verdict
 from dragoman.identity.principal import Principal
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import AnomalyBlocked, AnomalyUnavailable, StepUpRequired
+from dragoman.pipeline.report_only import report
 from dragoman.policy.step_up import StepUpStage
 from dragoman.settings import StepUpSettings
 
@@ -111,7 +112,10 @@ class AnomalyStage:
             if not hit.fired:
                 continue
             applied: Applied = hit.rule.action
-            if hit.rule.action == "step_up":
+            if hit.rule.report_only:
+                applied = "report_only"
+                self._report(hit, ctx)
+            elif hit.rule.action == "step_up":
                 failure = self._step_up_failure(ctx.principal, hit)
                 applied = "step_up_satisfied" if failure is None else "step_up"
                 step_up = step_up or failure
@@ -130,6 +134,18 @@ class AnomalyStage:
             left = math.ceil((verdict.blocked_until_ms - now_ms) / 1000)
             return AnomalyBlocked(verdict.blocked_by, retry_after=left)
         return step_up
+
+    def _report(self, hit: Hit, ctx: RequestContext) -> None:
+        """What a report-only rule's action would have answered."""
+        assert ctx.principal is not None
+        rule = hit.rule
+        denial: AnomalyBlocked | StepUpRequired | None = None
+        if rule.action == "block":
+            denial = AnomalyBlocked(rule.name, retry_after=math.ceil(rule.block_for_ms / 1000))
+        elif rule.action == "step_up":
+            denial = self._step_up_failure(ctx.principal, hit)
+        if denial is not None:
+            report(ctx, f"anomaly.rules.{rule.name}", denial)
 
     def _first_in_window(self, hit: Hit, applied: Applied, ref: str, now_ms: int) -> bool:
         """Whether this firing is the first of its rule, with this outcome, for the account

@@ -135,7 +135,7 @@ class MemoryState:
             return Verdict((), blocked_by=block[1], blocked_until_ms=block[0], counted=False)
         hits = tuple(self._count(account, now_ms, feed) for feed in feeds)
         for hit in hits:
-            if hit.fired and hit.rule.action == "block":
+            if hit.fired and hit.rule.enforced_action == "block":
                 until = now_ms + hit.rule.block_for_ms
                 current = self._blocks.get(account)
                 if current is None or current[0] <= now_ms or until > current[0]:

@@ -56,7 +56,7 @@ def request_record(
     denial = ctx.denial
     peer = ctx.request.remote
     path = audited_path(ctx.raw_path, operation or route)
-    return {
+    record: dict[str, Any] = {
         "time": iso_time(ctx.received_at),
         "event": event,
         "audit_id": ctx.audit_id,
@@ -88,3 +88,6 @@ def request_record(
         "source": peer,
         "resource": f"{ctx.method} {path}",
     }
+    if ctx.would_deny:  # only then: records of rules all enforcing keep their shape
+        record["would_deny"] = [entry.as_record() for entry in ctx.would_deny]
+    return record

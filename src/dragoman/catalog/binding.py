@@ -14,6 +14,9 @@ For each binding of the matched operation:
   (:mod:`dragoman.catalog.binding_json`), and the member at the pointer compared. What is
   forwarded is exactly the checked bytes, or the re-serialised document after an inject.
 
+A ``report_only`` binding (enforce mode only) records its refusal as ``would_deny`` and
+lets the request go on unchanged (:mod:`dragoman.pipeline.report_only`).
+
 ``enforce``: the value must be the mapped customer. ``inject``: dragoman writes the mapped
 customer there when the caller left it out, keeps it when equal, and refuses another value.
 Where dragoman does not forward the request itself (the decision API: a gateway forwards
@@ -50,6 +53,7 @@ from dragoman.pipeline.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from dragoman.pipeline.report_only import report
 
 _CHUNK = 64 * 1024
 _DETAILS = {
@@ -83,15 +87,27 @@ class CustomerBindingStage:
         assert ctx.operation is not None and ctx.mapping is not None  # earlier stages
         customer = ctx.mapping.payment_customer
         for binding in ctx.operation.bindings:
-            if binding.location == "path":
-                if not _same(ctx.path_params[binding.name], customer):
-                    raise refuse("customer_other")
-            elif binding.location == "query":
-                self._query(ctx, binding, customer, self._rewrites)
-            elif binding.location == "header":
-                self._header(ctx, binding, customer)
-            else:
-                await self._body(ctx, binding, customer)
+            if not binding.report_only:
+                await self._check(ctx, binding, customer)
+                continue
+            try:
+                await self._check(ctx, binding, customer)
+            except (CustomerMismatch, BadRequest, UnsupportedMediaType) as denial:
+                # Checked before the body is read or with it read whole: what is forwarded
+                # is still the caller's request, untouched. A body over the limit
+                # (PayloadTooLarge) is half read, and refused whatever the mode.
+                report(ctx, binding.rule(ctx.operation.id), denial)
+
+    async def _check(self, ctx: RequestContext, binding: CustomerBinding, customer: str) -> None:
+        if binding.location == "path":
+            if not _same(ctx.path_params[binding.name], customer):
+                raise refuse("customer_other")
+        elif binding.location == "query":
+            self._query(ctx, binding, customer, self._rewrites)
+        elif binding.location == "header":
+            self._header(ctx, binding, customer)
+        else:
+            await self._body(ctx, binding, customer)
 
     # -- query -----------------------------------------------------------------------------
 

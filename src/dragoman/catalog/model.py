@@ -21,6 +21,12 @@ class CustomerBinding:
     name: str
     """Path or query parameter, header name (lower case), or JSON pointer for the body."""
     mode: Literal["enforce", "inject"] = "enforce"
+    report_only: bool = False
+    """A refusal is recorded (``would_deny``), and the request goes on."""
+
+    def rule(self, operation_id: str) -> str:
+        """The binding's name in ``would_deny`` records."""
+        return f"catalog.operations.{operation_id}.customer.{self.location}:{self.name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +57,7 @@ def operations_from_settings(settings: CatalogSettings) -> list[Operation]:
                 location=b.location,
                 name=b.name.lower() if b.location == "header" else b.name,
                 mode=b.mode,
+                report_only=b.report_only,
             )
             for b in op.bindings
         )

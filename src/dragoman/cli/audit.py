@@ -1,11 +1,15 @@
 """`dragoman audit verify`: check a hash-chained audit log (docs/audit.md).
+`dragoman audit report`: what report-only rules would have refused (docs/report-only.md).
+
 
 Exit 0 with a one-line summary when the chain is intact; 1 naming the first bad index and
 what is wrong; 2 when the arguments cannot be used (a key or a directory)."""
 
 from __future__ import annotations
 
+import json
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +147,41 @@ def _verify_database(url: str, files: list[Path], options: dict[str, Any]) -> No
                 broken = True
     if broken:
         sys.exit(EXIT_BROKEN)
+
+
+def _moment(value: str | None, option: str) -> datetime | None:
+    """An ISO 8601 time (UTC unless it names a zone), or a duration before now (``24h``)."""
+    from dragoman.settings import parse_duration
+
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            seconds = None
+        if not isinstance(seconds, (int, float)):
+            click.echo(f"{option}: give an ISO 8601 time or a duration such as 24h", err=True)
+            sys.exit(EXIT_USAGE)
+        return datetime.now(UTC) - timedelta(seconds=float(seconds))
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+@audit.command("report")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--since", default=None, help="From this time (ISO 8601) or this long ago (24h).")
+@click.option("--until", default=None, help="Up to this time (ISO 8601) or this long ago.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of text.")
+def report_command(
+    paths: tuple[Path, ...], since: str | None, until: str | None, as_json: bool
+) -> None:
+    """Summarise what report-only rules would have refused, per rule, in FILE... or a
+    DIRECTORY's audit files, within --since and --until."""
+    from dragoman.audit.report import summarise
+
+    report = summarise(
+        _files(paths), since=_moment(since, "--since"), until=_moment(until, "--until")
+    )
+    click.echo(json.dumps(report.as_json(), indent=2) if as_json else report.text())

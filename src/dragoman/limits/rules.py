@@ -28,10 +28,19 @@ class Rule:
     """Emission interval, microseconds."""
     tolerance: int
     """Burst tolerance, microseconds."""
+    report_only: bool = False
+    """Counted on its own; over the limit is recorded (``would_deny``), never refused."""
 
     @classmethod
     def of(
-        cls, name: str, per: Per, rate: str, burst: int, tiers: Sequence[str] | None = None
+        cls,
+        name: str,
+        per: Per,
+        rate: str,
+        burst: int,
+        tiers: Sequence[str] | None = None,
+        *,
+        report_only: bool = False,
     ) -> Rule:
         count, period = parse_rate(rate)
         interval = emission_interval(count, period)
@@ -44,6 +53,7 @@ class Rule:
             burst=burst,
             interval=interval,
             tolerance=burst_tolerance(interval, burst),
+            report_only=report_only,
         )
 
     def counts(self, tier: str) -> bool:
@@ -53,7 +63,10 @@ class Rule:
 def rules_from_settings(settings: LimitsSettings) -> tuple[Rule, ...]:
     if not settings.enabled:
         return ()
-    return tuple(Rule.of(r.name, r.per, r.rate, r.burst, r.tiers) for r in settings.rules)
+    return tuple(
+        Rule.of(r.name, r.per, r.rate, r.burst, r.tiers, report_only=r.report_only)
+        for r in settings.rules
+    )
 
 
 @dataclass(frozen=True, slots=True)

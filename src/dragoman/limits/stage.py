@@ -5,7 +5,8 @@ cloud account of the credential (issuer and subject when the credential names no
 the mapped payment customer, never an IP address or a header the client chooses. A
 refusal is 429 ``rate_limited`` naming the rule that lasts longest, with Retry-After and
 the RateLimit headers of that rule (:mod:`dragoman.limits.headers`); nothing is counted
-for a refused request.
+for a refused request. A report-only rule is counted apart and records where it would
+refuse (:mod:`dragoman.pipeline.report_only`).
 
 Failing closed (SEMANTICS §6): when the shared limiter cannot decide, a write is refused
 (503 ``rate_limit_unavailable``); so is a read, unless a per-instance ``local`` limiter is
@@ -23,6 +24,7 @@ from dragoman.limits.headers import policy_field, state_field
 from dragoman.limits.rules import Check, Limiter, LimiterUnavailable, Rule, Verdict
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import RateLimited, RateLimitUnavailable
+from dragoman.pipeline.report_only import report
 from dragoman.settings import RISK_TIERS, RiskTier
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,11 @@ class RateLimitStage:
         when the shared limiter could not decide (a fallback decision is counted too)."""
         self._key = key
         self._observe = observe
-        self._by_tier = {t: tuple(r for r in rules if r.counts(t)) for t in RISK_TIERS}
+        enforced = [r for r in rules if not r.report_only]
+        self._by_tier = {t: tuple(r for r in enforced if r.counts(t)) for t in RISK_TIERS}
+        self._reported_by_tier = {
+            t: tuple(r for r in rules if r.report_only and r.counts(t)) for t in RISK_TIERS
+        }
         self._limiter = limiter
         self._local = local
         self._down = False
@@ -83,10 +89,29 @@ class RateLimitStage:
         if ctx.operation is None:
             raise RuntimeError("the rate-limit stage runs after the operation is resolved")
         rules = self._by_tier.get(ctx.operation.tier, ())
-        if not rules:
-            return
+        if rules:
+            checks = [Check(rule, subject_of(rule, ctx, self._key)) for rule in rules]
+            await self._decide(checks, read=is_read(ctx.operation))
+        reported = self._reported_by_tier.get(ctx.operation.tier, ())
+        if reported:
+            await self._report(ctx, reported)
+
+    async def _report(self, ctx: RequestContext, rules: Sequence[Rule]) -> None:
+        """Report-only rules, counted apart from the enforced ones (their refusals never
+        uncount an enforced rule, nor the reverse): over the limit is recorded; a limiter
+        that cannot decide records nothing and refuses nothing."""
+        assert self._limiter is not None
         checks = [Check(rule, subject_of(rule, ctx, self._key)) for rule in rules]
-        await self._decide(checks, read=is_read(ctx.operation))
+        try:
+            verdict = await self._limiter.decide(checks)
+        except LimiterUnavailable as exc:
+            log.warning("rate limiter cannot decide report-only rules (%s)", exc)
+            return
+        self._count(checks, verdict)
+        for check, decision in zip(checks, verdict.decisions, strict=True):
+            if not decision.allowed:
+                denial = refusal([check], Verdict((decision,)))
+                report(ctx, f"limits.rules.{check.rule.name}", denial)
 
     async def check_account(self, ctx: RequestContext, tier: RiskTier = "change") -> None:
         """For the proxy's own state-changing endpoints (the session handshake, registration),

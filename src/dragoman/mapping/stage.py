@@ -22,6 +22,7 @@ from dragoman.pipeline.errors import (
     ScopeDenied,
     Unauthenticated,
 )
+from dragoman.pipeline.report_only import report
 from dragoman.policy.roles import RolePolicy
 
 log = logging.getLogger(__name__)
@@ -94,4 +95,7 @@ class MapAccountStage:
         ctx.mapping = mapping
         self._gate.check(mapping)
         if not mapping.allows(ctx.principal, ctx.operation, self._policy):
-            raise ScopeDenied()
+            role = self._policy.report_only_role(mapping, ctx.principal, ctx.operation)
+            if role is None:
+                raise ScopeDenied()
+            report(ctx, f"policy.roles.{role}", ScopeDenied("role_definition"))

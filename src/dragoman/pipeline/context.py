@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from dragoman.identity.principal import Principal
     from dragoman.mapping.entity import AccountMapping
     from dragoman.pipeline.errors import Denial
+    from dragoman.pipeline.report_only import WouldDeny
     from dragoman.tokens.mint import MintedToken
 
 
@@ -73,3 +74,5 @@ class RequestContext:
     when it was forwarded)."""
     denial: Denial | None = None
     """Why the request was refused, when it was."""
+    would_deny: list[WouldDeny] = field(default_factory=list)
+    """What report-only rules would have refused (:mod:`dragoman.pipeline.report_only`)."""

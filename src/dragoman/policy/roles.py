@@ -36,12 +36,13 @@ def entry_covers(entry: str, operation: Operation) -> bool:
 class RolePolicy:
     """The roles of ``policy.roles``, and the decision a request is granted by."""
 
-    def __init__(self, roles: Mapping[str, Sequence[str]]) -> None:
+    def __init__(self, roles: Mapping[str, Sequence[str]], report_only: Iterable[str] = ()) -> None:
         self._roles = {role: tuple(entries) for role, entries in roles.items()}
+        self._report_only = frozenset(report_only)
 
     @classmethod
     def from_settings(cls, settings: PolicySettings) -> RolePolicy:
-        return cls(settings.roles)
+        return cls(settings.roles, settings.report_only_roles)
 
     def defines(self, role: str) -> bool:
         return role in self._roles
@@ -60,11 +61,34 @@ class RolePolicy:
         and a role grant's role covers it too."""
         return any(self.grant_allows(g, principal, operation) for g in mapping.grants)
 
+    def report_only_role(
+        self, mapping: AccountMapping, principal: Principal, operation: Operation
+    ) -> str | None:
+        """For a request :meth:`allows` refuses: the report-only role whose definition alone
+        refuses it (a grant of that role applies to the principal and covers the
+        operation), or None when the mapping's grants refuse it themselves."""
+        if not self._report_only:
+            return None
+        for grant in mapping.grants:
+            if (
+                grant.role in self._report_only
+                and grant.applies_to(principal)
+                and grant.covers(operation)
+            ):
+                return grant.role
+        return None
+
     def allowed_operations(
         self, mapping: AccountMapping, principal: Principal, catalog: Iterable[Operation]
     ) -> list[str]:
-        """The ids of the catalog operations ``principal`` may ask for (whoami)."""
-        return [op.id for op in catalog if self.allows(mapping, principal, op)]
+        """The ids of the catalog operations ``principal`` may ask for (whoami), including
+        those only a report-only role's definition would refuse (they are served)."""
+        return [
+            op.id
+            for op in catalog
+            if self.allows(mapping, principal, op)
+            or self.report_only_role(mapping, principal, op) is not None
+        ]
 
     def undefined_roles(self, roles: Iterable[str | None]) -> list[str]:
         """The roles (of grants; None for a principal grant) this policy does not define:

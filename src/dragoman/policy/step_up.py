@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dragoman.identity.principal import Principal
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import StepUpRequired
+from dragoman.pipeline.report_only import report
 from dragoman.settings import RiskTier, StepUpSettings
 
 CLOCK_SKEW = 30.0
@@ -42,9 +43,17 @@ class StepUpStage:
 
     async def __call__(self, ctx: RequestContext) -> None:
         assert ctx.principal is not None and ctx.operation is not None  # earlier stages
-        needed = self._requirements.get(ctx.operation.tier)
-        if needed is not None:
+        tier = ctx.operation.tier
+        needed = self._requirements.get(tier)
+        if needed is None:
+            return
+        if not needed.report_only:
             self.check(ctx.principal, needed)
+            return
+        try:
+            self.check(ctx.principal, needed)
+        except StepUpRequired as denial:
+            report(ctx, f"policy.step_up.{tier}", denial)
 
     def check(self, principal: Principal, needed: StepUpSettings) -> None:
         """Raises StepUpRequired when ``principal``'s sign-in does not meet ``needed``."""

@@ -25,6 +25,14 @@ method and changing the billing address (the demo catalog's scopes)."""
 class AnomalyRuleSettings(Section):
     """One anomaly rule: what it counts, when it fires, and what happens then."""
 
+    report_only: bool = Field(
+        False,
+        description=(
+            "Report only: when this rule fires, a block or step-up action is not applied (no"
+            " block is stored); the request's audit record gains a `would_deny` entry and"
+            " the alert says `report_only`."
+        ),
+    )
     kind: AnomalyKind = Field(
         "threshold",
         description=(

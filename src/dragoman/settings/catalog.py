@@ -51,9 +51,18 @@ class CustomerBindingSettings(Section):
             " there itself (a different value sent by the caller is still refused)."
         ),
     )
+    report_only: bool = Field(
+        False,
+        description=(
+            "Report only: where this binding would refuse a request, its audit record gains a"
+            " `would_deny` entry and the request goes on (`dragoman audit report`)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _fits_location(self) -> CustomerBindingSettings:
+        if self.report_only and self.mode == "inject":
+            raise ValueError("an inject binding rewrites the request; only enforce can report")
         if self.location == "path" and self.mode == "inject":
             raise ValueError("a path binding can only be enforced (the path names the customer)")
         if self.location == "body" and not _JSON_POINTER.match(self.name):

@@ -42,6 +42,14 @@ class RateLimitRuleSettings(Section):
     )
     rate: str = Field(..., description="Sustained rate: `COUNT/UNIT`, unit s, min, h or d.")
     burst: int = Field(..., ge=1, le=1_000_000, description="Requests allowed at once.")
+    report_only: bool = Field(
+        False,
+        description=(
+            "Report only: counted on its own; where it would refuse a request, the request's"
+            " audit record gains a `would_deny` entry and the request goes on"
+            " (`dragoman audit report`)."
+        ),
+    )
 
     @field_validator("rate")
     @classmethod

@@ -24,6 +24,13 @@ class StepUpSettings(Section):
         default_factory=list,
         description="The identity token's `acr` must be one of these (empty: not checked).",
     )
+    report_only: bool = Field(
+        False,
+        description=(
+            "Report only: where this step-up would refuse a request, its audit record gains a"
+            " `would_deny` entry and the request goes on (`dragoman audit report`)."
+        ),
+    )
 
     @field_validator("acr_values")
     @classmethod
@@ -72,6 +79,24 @@ class PolicySettings(Section):
             " insufficient_user_authentication). Default: money needs auth_time within 5m."
         ),
     )
+
+    report_only_roles: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Roles whose definition is under evaluation: a request a mapping's grant of the"
+            " role covers but the role's definition does not goes on, and its audit record"
+            " gains a `would_deny` entry (scope_denied). The mapping's grants always apply."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _report_only_roles_defined(self) -> PolicySettings:
+        undefined = sorted(set(self.report_only_roles) - set(self.roles))
+        if undefined:
+            raise ValueError(
+                f"report_only_roles names roles that roles does not define: {', '.join(undefined)}"
+            )
+        return self
 
     @field_validator("roles")
     @classmethod
