@@ -27,21 +27,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from ci_support import service_missing
 from dragoman.demo.runner import DemoPorts, DemoStack
 from dragoman.mapping.crypto import MappingCipher
 from postgres_support import empty_database
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_ADMIN_URL = os.environ.get("DRAGOMAN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("DRAGOMAN_TEST_REDIS", "redis://127.0.0.1:6379/0")
-
-
-def service_missing(what: str, why: str) -> None:
-    """Skip locally; under CI a missing service is a failure, never a silent skip."""
-    message = f"{what} is not reachable ({why})"
-    if IN_CI:
-        pytest.fail(message + "; CI=true requires it", pytrace=False)
-    pytest.skip(message)
 
 
 def _port_open(host: str, port: int) -> bool:

@@ -258,6 +258,19 @@ async def test_a_rate_limit_refusal_is_counted_for_its_rule(
     assert after.value("dragoman_requests_total", **limited, code="rate_limited") >= 1
 
 
+async def test_a_report_only_refusal_is_counted_as_would_deny_for_its_rule(
+    make_stack: MakeStack, http: aiohttp.ClientSession
+) -> None:
+    rule = f"watch-{uuid.uuid4().hex[:8]}"
+    table = {"name": rule, "per": "account", "rate": "1/h", "burst": 1, "report_only": True}
+    stack = await make_stack({"limits": {"rules": [table]}})
+    statuses = [await get(http, stack.urls["proxy"] + PM, bearer(stack)) for _ in range(3)]
+    assert statuses == [200, 200, 200]
+    after = await scrape(http, stack)
+    labels = {"rule": f"limits.rules.{rule}", "code": "rate_limited"}
+    assert after.value("dragoman_would_deny_total", **labels) == 2
+
+
 async def test_the_anomaly_counter_is_served_by_the_metrics_endpoint(
     stack: DemoStack, http: aiohttp.ClientSession
 ) -> None:

@@ -221,14 +221,15 @@ async def test_envoy_partial_body_is_refused(stack: DemoStack, http: aiohttp.Cli
         "",
     ],
 )
-async def test_a_target_that_is_not_origin_form_is_refused(
+async def test_a_target_that_is_not_origin_form_is_refused_as_a_bad_path(
     stack: DemoStack, http: aiohttp.ClientSession, target: str
 ) -> None:
     answer, _ = await ask_nginx(http, stack, "GET", target, alice(stack))
     assert answer.status == 403
     assert answer.headers["X-Dragoman-Status"] == "400"
     problem = json.loads(answer.headers["X-Dragoman-Problem"])
-    assert problem["code"] == "decision_request_invalid"
+    assert problem["code"] == "path_invalid"
+    assert audit(stack)[-1]["reason"] == "target_invalid"
 
 
 async def test_a_check_without_the_original_request_is_refused(

@@ -4,10 +4,11 @@ Both: allow is ``200`` with ``Authorization: Bearer <minted token>`` for the gat
 on the upstream request (replacing the caller's), ``X-Request-Id``, and any header a
 customer binding injects. Deny carries the problem+json the caller should see.
 
-- Envoy ``ext_authz`` (HTTP service) passes a denial's status, body and headers to the
-  caller as they are, and on allow removes the headers named in
-  ``x-envoy-auth-headers-to-remove`` (the caller's cookie and CSRF header) from the upstream
-  request.
+- Envoy ``ext_authz`` (HTTP service) passes a 4xx denial's status, body and the allowed
+  headers to the caller as they are; a 5xx is an error of the authorization service to
+  Envoy, which answers its ``status_on_error`` (503 in deploy/envoy/) without our body. On
+  allow it removes the headers named in ``x-envoy-auth-headers-to-remove`` (the caller's
+  cookie and CSRF header) from the upstream request.
 - nginx ``auth_request`` only understands 2xx, 401 and 403 (anything else becomes a 500).
   A denial is answered 401 (unauthenticated, step-up) or 403, and names its real status and
   its problem in ``X-Dragoman-Status`` and ``X-Dragoman-Problem``, which the configuration

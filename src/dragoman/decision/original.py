@@ -8,7 +8,10 @@ the configured ``path_prefix``.
 
 The target is taken byte for byte, as the caller sent it and as the gateway forwards it:
 the catalog matcher, the customer bindings and the token's ``htu`` all read the same bytes
-the upstream will. Anything that is not an origin-form target (RFC 9112 §3.2.1) is refused.
+the upstream will. A target that is not in origin form (RFC 9112 §3.2.1) is the caller's
+doing, and refused as a bad path (400 ``path_invalid``); a check request that does not name
+the original request once, or names a method that is no upper-case token, is the gateway's
+(400 ``decision_request_invalid``: its configuration is wrong).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from dragoman.pipeline.errors import BadRequest
+from dragoman.pipeline.errors import BadRequest, PathInvalid
 
 NGINX_METHOD = "X-Original-Method"
 NGINX_TARGET = "X-Original-URI"
@@ -47,7 +50,7 @@ def _checked(method: str, target: str) -> Original:
     if not _METHOD.match(method):
         raise DecisionRequestInvalid("method_invalid")
     if not _TARGET.match(target) or "#" in target:
-        raise DecisionRequestInvalid("target_invalid")
+        raise PathInvalid("target_invalid")
     return Original(method, target)
 
 
@@ -62,7 +65,7 @@ def nginx_original(request: web.Request) -> Original:
 def envoy_original(request: web.Request, prefix: str) -> Original:
     raw = request.raw_path
     if not raw.startswith(prefix + "/"):
-        raise DecisionRequestInvalid("target_invalid")
+        raise DecisionRequestInvalid("prefix_missing")
     return _checked(request.method, raw[len(prefix) :])
 
 

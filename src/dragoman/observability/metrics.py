@@ -93,6 +93,13 @@ class ProxyMetrics:
             ["sink"],
             registry=registry,
         )
+        self.would_deny = Counter(
+            "dragoman_would_deny",
+            "Requests a report-only rule would have refused, by rule and code (the requests"
+            " went on; docs/report-only.md).",
+            ["rule", "code"],
+            registry=registry,
+        )
         self.anomaly_alerts = alerts_counter(registry)
         """``dragoman_anomaly_alerts_total{rule,action}`` (dragoman.anomaly.alerts)."""
 
@@ -147,6 +154,7 @@ class RequestMeter:
         self._written = metrics.audit_records.labels(sink)
         self._failed = metrics.audit_failures.labels(sink)
         self._children: dict[tuple[object, object, object, object], _Children] = {}
+        self._would_deny = LabelledCounter(metrics.would_deny)
 
     def written(self, ok: bool) -> None:
         (self._written if ok else self._failed).inc()
@@ -164,6 +172,10 @@ class RequestMeter:
         latency = record.get("latency_ms")
         if isinstance(latency, int | float):
             histogram.observe(latency / 1000)
+        reported = record.get("would_deny")
+        if isinstance(reported, list):
+            for entry in reported:
+                self._would_deny(str(entry["rule"]), str(entry["code"]))
 
     def _bind(self, event: object, operation: object, decision: object, code: object) -> _Children:
         labels = (str(event or NONE), str(operation or NONE), str(decision or NONE))

@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
+from ci_support import service_missing
 from dragoman.keys.pkcs11 import Pkcs11Provider
 from dragoman.keys.provider import KeyProvider
 
 from .harness import ProviderHarness
 
-TESTS = Path(__file__).resolve().parents[2]
 MODULE = os.environ.get("DRAGOMAN_TEST_PKCS11_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
 TOKEN_LABEL = "dragoman-test"
 PIN = "pin-4711-test"
@@ -69,20 +69,6 @@ class SoftHsmToken:
             session.close()
 
 
-def service_missing(config: pytest.Config, what: str, why: str) -> None:
-    """tests/conftest.py's ``service_missing``: skip locally, fail under CI=true.
-
-    Found among pytest's plugins by path: ``import conftest`` would find whichever of the
-    several conftest modules took that name first.
-    """
-    root_conftest = TESTS / "conftest.py"
-    for plugin in config.pluginmanager.get_plugins():
-        path = getattr(plugin, "__file__", None)
-        if path and Path(path).resolve() == root_conftest:
-            plugin.service_missing(what, why)
-    raise AssertionError("tests/conftest.py is not loaded")
-
-
 _made: SoftHsmToken | None = None
 
 
@@ -95,7 +81,7 @@ def softhsm_token(request: pytest.FixtureRequest) -> SoftHsmToken:
     if util is None or not Path(MODULE).is_file():
         missing = "softhsm2-util" if util is None else MODULE
         why = f"{missing} not found; `make test` installs Debian's softhsm2"
-        service_missing(request.config, "SoftHSM2", why)
+        service_missing("SoftHSM2", why)
     assert util is not None
     tmp_path_factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
     root = tmp_path_factory.mktemp("softhsm2")
