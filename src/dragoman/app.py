@@ -169,7 +169,7 @@ class Proxy:
         audit = self.audit
         checks = [
             Check("state_store", ping_probe(self.store.ping)),
-            Check("signing_key", sync_probe(self.keys.ready)),
+            Check("signing_key", ping_probe(self.keys.check_signing)),
             Check("audit_sink", sync_probe(lambda: not audit.broken)),
         ]
         shipper = self.audit_shipper

@@ -431,6 +431,26 @@ async def test_key_provider_down_refuses_reads_and_writes(make_faulty: MakeFault
     f.assert_nothing_unsigned()
 
 
+async def readyz(f: Faulty) -> tuple[int, list[str]]:
+    async with f.http.get(f.stack.urls["proxy"] + "/readyz") as response:
+        return response.status, (await response.json()).get("failing", [])
+
+
+async def test_key_provider_down_makes_the_replica_unready_until_it_signs_again(
+    make_faulty: MakeFaulty,
+) -> None:
+    """A balancer must move traffic off a replica whose KMS is gone, and back once it signs
+    again, without any request having to fail first to find out."""
+    f = await make_faulty()
+    await warm(f)
+    assert await readyz(f) == (200, [])
+    await f.kms.cut()
+    await f.call("GET", PM)  # refused: the provider failed a signature
+    assert await readyz(f) == (503, ["signing_key"])
+    await f.kms.heal()
+    assert await readyz(f) == (200, [])  # its canary signature worked: no request needed
+
+
 @pytest.mark.slow
 async def test_key_provider_hung_refuses_reads_and_writes(make_faulty: MakeFaulty) -> None:
     """A hung KMS: each signing call waits for the provider's own timeouts and retries

@@ -58,6 +58,8 @@ class KeyRing:
         self._keys: list[KeyRecord] = []
         self._view_at: float | None = None
         self._marked_current: str | None = None
+        self._signing_failed = False
+        """The provider refused the last signature (down): /readyz tries a canary."""
         self._task: asyncio.Task[None] | None = None
         self.rotations = 0
         """Successors this worker scheduled (for tests and metrics)."""
@@ -98,8 +100,18 @@ class KeyRing:
         return None if record is None else SigningKey(record.kid, record.alg, record.public_jwk)
 
     def ready(self) -> bool:
-        """A fresh view with a current key (for /readyz)."""
+        """A fresh view with a current key."""
         return self._fresh() and self.timeline.current(self._keys, self._clock()) is not None
+
+    async def check_signing(self) -> None:
+        """For /readyz: raises KeyUnavailableError while nothing can be signed. Beyond
+        :meth:`ready`, a provider whose last signature failed (a KMS or HSM that is down)
+        is asked for a canary signature, so readiness follows the provider both ways: a
+        replica nobody sends requests to would otherwise never learn it works again."""
+        if not self.ready():
+            raise KeyUnavailableError("no current signing key")
+        if self._signing_failed:
+            await self.sign(lambda key: b"dragoman readiness canary")
 
     # -- signing ---------------------------------------------------------------------------
 
@@ -117,7 +129,13 @@ class KeyRing:
         if record.provider != self.provider.name:
             raise KeyUnavailableError(f"the current key belongs to the {record.provider} provider")
         key = SigningKey(record.kid, record.alg, record.public_jwk)
-        return key, await self.provider.sign(record.ref, build(key))
+        try:
+            signature = await self.provider.sign(record.ref, build(key))
+        except KeyUnavailableError:
+            self._signing_failed = True
+            raise
+        self._signing_failed = False
+        return key, signature
 
     # -- publication -----------------------------------------------------------------------
 
