@@ -136,7 +136,7 @@ async def test_concurrent_misses_for_one_account_share_one_query(
         )
         lookups: list[str] = []
 
-        @event.listens_for(store.engine.sync_engine, "before_cursor_execute")
+        @event.listens_for(store.lookup_engine, "before_cursor_execute")
         def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
             if "FROM account_mappings" in statement:
                 lookups.append(statement)

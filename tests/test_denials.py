@@ -356,7 +356,20 @@ async def anomaly_unavailable(
     return stack, await call(http, stack, "POST", PM, alice(stack))
 
 
+async def decision_request_invalid(
+    make: MakeStack, http: aiohttp.ClientSession
+) -> tuple[DemoStack, Any]:
+    """A gateway asking about a method that is no upper-case token (Envoy's contract: the
+    real status comes back)."""
+    stack = await make({"decision": {"enabled": True}})
+    url = stack.decision_url + "/ext_authz" + PM
+    async with http.request("M-SEARCH", url, headers=alice(stack)) as answer:
+        assert answer.content_type == "application/problem+json"
+        return stack, (answer.status, await answer.json())
+
+
 PROVOKE: dict[str, tuple[int, Callable[[MakeStack, aiohttp.ClientSession], Awaitable[Any]]]] = {
+    "decision_request_invalid": (400, decision_request_invalid),
     "path_invalid": (400, path_invalid),
     "body_too_large": (413, body_too_large),
     "unauthenticated": (401, unauthenticated),

@@ -305,9 +305,12 @@ async def test_the_stored_index_is_the_keyed_index_of_the_value(
     # Under another index key (the same KEK), the row opens by id but no lookup finds it.
     kek = derive(TEST_MASTER_KEY, "dragoman/mapping-kek/v1")
     other = MappingStore(store.engine, cipher=MappingCipher({"master": kek}, "master", KEY_B))
-    assert await other.find_by_account("acct-1001") is None
-    with pytest.raises(MappingCryptoError, match="blind index"):
-        await other.get(mapping.id)  # its stored index is not this key's index of its value
+    try:
+        assert await other.find_by_account("acct-1001") is None
+        with pytest.raises(MappingCryptoError, match="blind index"):
+            await other.get(mapping.id)  # its stored index is not this key's index of its value
+    finally:
+        await other.close_readers()
 
 
 # -- sealed values are bound to their row and field ----------------------------------------------
@@ -500,11 +503,15 @@ async def test_a_lookup_by_account_searches_an_index_never_scans_the_table(
         if "FROM account_mappings" in statement:
             sent.append((statement, parameters))
 
-    event.listen(store.engine.sync_engine, "before_cursor_execute", capture)
+    event.listen(store.lookup_engine, "before_cursor_execute", capture)
     try:
         await store.find_by_account("acct-missing")
     finally:
-        event.remove(store.engine.sync_engine, "before_cursor_execute", capture)
+        event.remove(store.lookup_engine, "before_cursor_execute", capture)
+    sent_directly = store.lookup_statement("acct-missing")  # PostgreSQL: through asyncpg
+    if sent_directly is not None:
+        assert sent == []
+        sent.append(sent_directly)
     [(statement, parameters)] = sent
 
     async with store.engine.connect() as conn:

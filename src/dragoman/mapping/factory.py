@@ -35,4 +35,5 @@ def open_mapping_store(settings: Settings, engine: AsyncEngine) -> MappingStore:
         cipher=open_mapping_cipher(settings),
         query_timeout=settings.store.query_timeout,
         cache_ttl=settings.mapping.cache_ttl,
+        pool_size=settings.store.pool_size,
     )

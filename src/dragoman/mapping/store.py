@@ -18,18 +18,31 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import case, select, text, update
+from sqlalchemy import Engine, bindparam, case, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dragoman.cache import TtlCache
 from dragoman.mapping.crypto import MappingCipher, MappingCryptoError
 from dragoman.mapping.entity import AccountMapping, Grant, MappingStatus
+from dragoman.mapping.pg_lookup import FAILURES as PG_FAILURES
+from dragoman.mapping.pg_lookup import PgLookup
 from dragoman.mapping.rows import RowCodec, to_utc
 from dragoman.mapping.schema import account_mappings as t
-from dragoman.state.sql import StoreUnavailable, make_engine
+from dragoman.state.sql import StoreUnavailable, make_engine, sqlite_reader
 
 __all__ = ["MappingStore", "StoreUnavailable", "make_engine"]
+
+
+BY_ACCOUNT = (
+    select(t)
+    .where(t.c.cloud_account_index == bindparam("index"))
+    # The live link first; a revoked one is history (and says why it is refused).
+    .order_by(case((t.c.status == "revoked", 1), else_=0), t.c.created_at.desc())
+    .limit(1)
+)
+"""The lookup of every request that misses the cache: built once (SQLAlchemy would derive
+its cache key again for a statement built per call)."""
 
 
 class MappingExists(Exception):
@@ -58,12 +71,22 @@ class MappingStore:
         cache_ttl: float = 0.0,
         cache_entries: int = 100_000,
         monotonic: Callable[[], float] = time.monotonic,
+        pool_size: int = 5,
     ) -> None:
+        """``pool_size``: connections of the PostgreSQL lookups' own pool."""
         self.engine = engine
         self.codec = RowCodec(cipher)
         # A lookup is one read-only statement: on PostgreSQL, autocommit spares the BEGIN
         # and ROLLBACK round trips of a transaction (SQLite's driver starts none for a read).
         self._autocommit_reads = engine.dialect.name == "postgresql"
+        # On SQLite the lookup runs on the loop's own connection (state.sql.sqlite_reader);
+        # on PostgreSQL through asyncpg directly (mapping.pg_lookup).
+        self._reads = sqlite_reader(engine)
+        self._pg_reads = (
+            PgLookup(engine.url, BY_ACCOUNT, pool_size=pool_size)
+            if engine.dialect.name == "postgresql"
+            else None
+        )
         self._timeout = query_timeout
         # Lookups by account, cached for cache_ttl (0: not at all). Writes through this store
         # drop their entry at once; writes elsewhere (another instance, the CLI) are seen
@@ -84,14 +107,35 @@ class MappingStore:
         self.reachable = True
         """False from a failed query (or ping) until the next successful one."""
 
+    @property
+    def lookup_engine(self) -> Engine:
+        """The engine SQLite lookups by account run on (its events see their statements)."""
+        return self._reads if self._reads is not None else self.engine.sync_engine
+
+    def lookup_statement(self, cloud_account: str) -> tuple[str, Any] | None:
+        """PostgreSQL: the SQL and arguments a lookup by account sends (None elsewhere)."""
+        if self._pg_reads is None:
+            return None
+        return self._pg_reads.statement(index=self.codec.account_index(cloud_account))
+
     async def close(self) -> None:
         if self._refresher is not None:
             self._refresher.cancel()
+        await self.close_readers()
         await self.engine.dispose()
+
+    async def close_readers(self) -> None:
+        """Close the lookups' own connections, not the engine (another store may share it)."""
+        if self._reads is not None:
+            self._reads.dispose()
+        if self._pg_reads is not None:
+            await self._pg_reads.close()
 
     async def _run(self, coroutine: Any) -> Any:
         try:
-            result = await asyncio.wait_for(coroutine, self._timeout)
+            # Not wait_for: it runs the coroutine as a task of its own, per query.
+            async with asyncio.timeout(self._timeout):
+                result = await coroutine
         except (MappingExists, MappingNotFound, VersionConflict, RevokedIsFinal):
             self.reachable = True
             raise
@@ -99,7 +143,7 @@ class MappingStore:
             # A row that does not open is not an outage: say so, loudly, never allow.
             self.reachable = True
             raise
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        except (SQLAlchemyError, OSError, TimeoutError, *PG_FAILURES) as exc:
             self.reachable = False
             raise StoreUnavailable(type(exc).__name__) from None
         self.reachable = True
@@ -214,21 +258,43 @@ class MappingStore:
         return await self._find_by_account(cloud_account)
 
     async def _find_by_account(self, cloud_account: str) -> AccountMapping | None:
+        index = {"index": self.codec.account_index(cloud_account)}
+        if self._reads is not None:
+            return self._find_in_place(index)
+        pg_reads = self._pg_reads
+        if pg_reads is not None:
+
+            async def read() -> AccountMapping | None:
+                row = await pg_reads.first(**index)
+                return None if row is None else self.codec.entity(row)
+
+            found_pg: AccountMapping | None = await self._run(read())
+            return found_pg
+
         async def go() -> AccountMapping | None:
             async with self.engine.connect() as conn:
                 if self._autocommit_reads:
                     conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                # The live link first; a revoked one is history (and says why it is refused).
-                query = (
-                    select(t)
-                    .where(t.c.cloud_account_index == self.codec.account_index(cloud_account))
-                    .order_by(case((t.c.status == "revoked", 1), else_=0), t.c.created_at.desc())
-                    .limit(1)
-                )
-                row = (await conn.execute(query)).first()
+                row = (await conn.execute(BY_ACCOUNT, index)).first()
                 return None if row is None else self.codec.entity(row)
 
         found: AccountMapping | None = await self._run(go())
+        return found
+
+    def _find_in_place(self, index: dict[str, str]) -> AccountMapping | None:
+        """The lookup on SQLite's loop connection; failures as :meth:`_run` reports them."""
+        assert self._reads is not None
+        try:
+            with self._reads.connect() as conn:
+                row = conn.execute(BY_ACCOUNT, index).first()
+            found = None if row is None else self.codec.entity(row)
+        except MappingCryptoError:
+            self.reachable = True
+            raise
+        except (SQLAlchemyError, OSError) as exc:
+            self.reachable = False
+            raise StoreUnavailable(type(exc).__name__) from None
+        self.reachable = True
         return found
 
     async def get(self, mapping_id: str) -> AccountMapping:
