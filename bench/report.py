@@ -13,6 +13,7 @@ from typing import Any
 
 from scenario import Row, SteadyRow
 from stack import (
+    DECISION_OF,
     DRAGOMAN_MEMORY,
     DRAGOMAN_PG_REDIS,
     NGINX,
@@ -169,6 +170,32 @@ def goals(rows: list[Row], steady_rows: list[SteadyRow]) -> list[str]:
     return out
 
 
+def _proxy_row(rows: list[Row], row: Row) -> Row | None:
+    """The proxy-mode row of a decision-API row (same settings, backends and workers)."""
+    label = next((p for p, d in DECISION_OF.items() if d == row.target.label), None)
+    return None if label is None else _find(rows, label, row.target.workers)
+
+
+def decision_ratio(rows: list[Row], row: Row) -> float | None:
+    """req/s of a decision-API row over its proxy-mode row's."""
+    proxy = _proxy_row(rows, row)
+    return None if proxy is None else ratio(rows, row, proxy.target.label)
+
+
+def decision_lines(rows: list[Row]) -> list[str]:
+    """Each decision-API row against its proxy-mode row."""
+    out = []
+    for row in rows:
+        proxy, value = _proxy_row(rows, row), decision_ratio(rows, row)
+        if proxy is None or value is None:
+            continue
+        cpu = ""
+        if row.cpu_us is not None and proxy.cpu_us is not None:
+            cpu = f"; CPU {row.cpu_us:.0f} (nginx + dragoman) vs {proxy.cpu_us:.0f} µs/req"
+        out.append(f"{row.target.key} / {proxy.target.key} = {value:.2f} req/s{cpu}")
+    return out
+
+
 # -- dragoman's audit files ---------------------------------------------------------------------
 
 
@@ -270,6 +297,7 @@ def row_json(rows: list[Row], row: Row) -> dict[str, Any]:
         "cpu_us_per_request": row.cpu_us,
         "peak_rss_mb": row.peak_mb,
         "ratios": {ref: ratio(rows, row, ref) for ref in REFERENCES},
+        "ratio_to_proxy_mode": decision_ratio(rows, row),
     }
 
 

@@ -8,8 +8,10 @@ Targets (each its own process group, ``stack.py``): the upstream directly; nginx
 plain reverse proxy; nginx ``auth_request`` in front of a sidecar doing dragoman's checks
 (``sidecar.py``); a pass-through proxy on dragoman's stack (``passthrough.py``); dragoman
 with memory backends, with PostgreSQL + Redis, and with 2 workers (SQLite + Redis, and
-PostgreSQL + Redis). Each reference runs with the same worker count as the dragoman rows it
-is compared with.
+PostgreSQL + Redis); and nginx ``auth_request`` asking dragoman's decision API, beside
+the proxy-mode row with the same settings and backends (memory x1, SQLite + Redis x2;
+PostgreSQL + Redis with ``--decision-postgres``). Each reference runs with the same worker
+count as the dragoman rows it is compared with.
 
 Workload: the caller mix (``mix.lua``): 1,000 callers, each its own token and mapping,
 round-robin, 20 % POST writes; wrk ``-t1 -c64``. Per row: one checked GET and POST, a
@@ -53,7 +55,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Benchmark dragoman against the upstream, nginx, nginx auth_request and"
+        description="Benchmark dragoman (proxy mode, and its decision API behind nginx"
+        " auth_request) against the upstream, nginx, nginx auth_request with a sidecar and"
         " a pass-through proxy on the same stack."
     )
     parser.add_argument("--duration", type=float, default=8.0, help="Seconds per measured run.")
@@ -76,6 +79,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--steady", type=float, default=10.0, help="Seconds of Poisson arrivals (0: skip)."
     )
     parser.add_argument("--no-postgres", action="store_true", help="Skip the PostgreSQL rows.")
+    parser.add_argument(
+        "--no-decision",
+        action="store_true",
+        help="Skip the nginx + dragoman decision API rows.",
+    )
+    parser.add_argument(
+        "--decision-postgres",
+        action="store_true",
+        help="Also the decision API rows on PostgreSQL + Redis (one more row per worker count).",
+    )
     parser.add_argument("--keep", action="store_true", help="Keep the temporary state dir.")
     parser.add_argument("--json", type=Path, default=RESULTS, help="Where to write results.")
     args = parser.parse_args(argv)
@@ -104,6 +117,7 @@ def build_targets(stack: Stack, urls: dict[str, str], args: argparse.Namespace) 
     if not redis:
         stack.notes.append("Redis is not reachable on 127.0.0.1:6379: its rows are skipped")
     database = None if args.no_postgres or not redis else stack_mod.fresh_postgres_database()
+    decision = not args.no_decision and nginx.find() is not None
     seeded_pg = False
     for workers in args.workers:
         stack_mod.add_references(stack, urls, workers, with_upstream=workers == args.workers[0])
@@ -115,10 +129,17 @@ def build_targets(stack: Stack, urls: dict[str, str], args: argparse.Namespace) 
         if database is not None:
             variants.append((DRAGOMAN_PG_REDIS, "pg-redis", database))
         for label, variant, url in variants:
-            config = stack_mod.add_dragoman(stack, urls, label, workers, variant, url)
-            if url is None or not seeded_pg:
-                callers_mod.seed(config, args.callers)
-                seeded_pg = seeded_pg or url is not None
+            configs = [stack_mod.add_dragoman(stack, urls, label, workers, variant, url)]
+            if decision and (url is None or args.decision_postgres):
+                # The decision row right after its proxy-mode row: same settings, backends
+                # (and PostgreSQL database), plus the decision listener behind nginx.
+                configs.append(
+                    stack_mod.add_dragoman(stack, urls, label, workers, variant, url, decision=True)
+                )
+            for config in configs:
+                if url is None or not seeded_pg:
+                    callers_mod.seed(config, args.callers)
+                    seeded_pg = seeded_pg or url is not None
 
 
 def run_all(stack: Stack, args: argparse.Namespace) -> tuple[list[Row], list[SteadyRow]]:
@@ -182,6 +203,11 @@ def publish(
             " scheduled send, service = from the write, lateness = generator delay + queueing):\n"
         )
         print(report.steady_table(steady_rows))
+    decision_lines = report.decision_lines(rows)
+    if decision_lines:
+        print("\ndecision API (nginx auth_request) vs proxy mode, same settings and backends:")
+        for line in decision_lines:
+            print(f"  {line}")
     for note in stack.notes:
         print(f"note: {note}")
     goal_lines = report.goals(rows, steady_rows)

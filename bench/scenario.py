@@ -5,11 +5,20 @@ mapping, round-robin, ``writes`` % POST. Around the measured wrk run the target'
 is sampled from /proc (``procstat``), so each row also has the CPU time per request of
 all the target's processes and their peak memory. The steady-arrival rows run
 ``arrivals.py`` in its own process instead of wrk.
+
+Each row starts with one checked GET and POST as the first caller. For dragoman's rows
+(proxy mode and decision API alike) the token the upstream received for each of them is
+read back from the upstream and verified with dragoman's ``TokenVerifier``, as the demo
+platform verifies it: signature against the instance's JWKS, issuer, audience, scope of
+the operation, the customer in the path, ``htm``/``htu`` for the upstream's origin.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import secrets
 import subprocess
 import sys
 import urllib.error
@@ -21,7 +30,10 @@ from typing import Any
 import loadgen
 import procstat
 from callers import read_callers_file
-from stack import Target
+from dragoman.demo.platform import OPERATIONS
+from dragoman.demo.runner import AUDIENCE, TOKEN_ISSUER
+from dragoman.tokens.verify import TokenRejected, TokenVerifier, bearer_of
+from stack import Target, TokenCheck
 
 HERE = Path(__file__).resolve().parent
 LIST_PATH = "/v1/customers/{customer}/payment-methods"
@@ -77,28 +89,91 @@ class SteadyRow:
         return bool(self.data) and not self.problems
 
 
-def check_once(base: str, callers_file: Path, path: str = LIST_PATH) -> list[str]:
-    """One GET (200) and one POST (201) as the first caller; what is wrong, if anything."""
+def _scope_of(method: str, path: str) -> str | None:
+    """The demo catalog's scope of ``method path`` (None: no such operation)."""
+    for op in OPERATIONS:
+        if op.method == method and re.fullmatch(re.sub(r"\{[^/}]+\}", "[^/]+", op.path), path):
+            return op.scope
+    return None
+
+
+def verify_forwarded(
+    check: TokenCheck, nonce: str, method: str, path: str, customer: str
+) -> str | None:
+    """What is wrong with the token the upstream got for the checked request, or None."""
+    try:
+        with urllib.request.urlopen(  # noqa: S310 (a loopback http URL)
+            f"{check.upstream}/_bench/check/{nonce}", timeout=5
+        ) as response:
+            seen = json.load(response)
+    except (OSError, ValueError) as exc:
+        return f"check: the upstream has no record of the checked {method} ({exc})"
+    if (seen["method"], seen["path"]) != (method, path):
+        return f"check: the upstream got {seen['method']} {seen['path']}, not {method} {path}"
+    scope = _scope_of(method, path)
+    if scope is None:
+        return f"check: {method} {path} is no operation of the demo catalog"
+
+    async def verify() -> None:
+        verifier = TokenVerifier(
+            jwks_url=check.jwks_url, issuer=TOKEN_ISSUER, audience=AUDIENCE, origin=check.upstream
+        )
+        try:
+            await verifier.verify(
+                bearer_of(seen["authorization"]),
+                method=method,
+                path=path,
+                scope=scope,
+                customer=customer,
+                once=False,
+            )
+        finally:
+            await verifier.close()
+
+    try:
+        asyncio.run(verify())
+    except TokenRejected as exc:
+        return f"check: the token the upstream got for {method} {path} is refused: {exc.reason}"
+    return None
+
+
+def check_once(
+    base: str, callers_file: Path, path: str = LIST_PATH, token_check: TokenCheck | None = None
+) -> list[str]:
+    """One GET (200) and one POST (201) as the first caller; what is wrong, if anything.
+
+    ``token_check``: also verify the token the upstream received for each (``TokenCheck``).
+    """
     caller = read_callers_file(callers_file)[0]
-    url = base + path.replace("{customer}", caller.customer)
+    target = path.replace("{customer}", caller.customer)
+    url = base + target
     problems = []
     for method, body, expect in (("GET", None, 200), ("POST", CARD, 201)):
         headers = {"Authorization": f"Bearer {caller.token}"}
+        nonce = secrets.token_hex(8)
+        if token_check is not None:
+            headers["X-Bench-Check"] = nonce
         if body is not None:
             headers["Content-Type"] = "application/json"
         request = urllib.request.Request(  # noqa: S310 (a loopback http URL)
             url, data=body, headers=headers, method=method
         )
+        problem_header = None
         try:
             with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
                 status, text = response.status, response.read()
         except urllib.error.HTTPError as exc:
             status, text = exc.code, exc.read()
+            problem_header = exc.headers.get("X-Dragoman-Problem")  # the decision API's
         except OSError as exc:
             return [f"check request failed: {exc}"]
         if status != expect:
-            shown = text[:600].decode("utf-8", errors="replace")
+            shown = (problem_header or text[:600].decode("utf-8", errors="replace"))[:600]
             problems.append(f"check: {method} {url} answered {status}, expected {expect}: {shown}")
+        elif token_check is not None:
+            wrong = verify_forwarded(token_check, nonce, method, target, caller.customer)
+            if wrong is not None:
+                problems.append(wrong)
     return problems
 
 
@@ -121,9 +196,11 @@ def _wrk(row: Row, settings: LoadSettings, seconds: float) -> loadgen.WrkResult:
 
 def measure(row: Row, settings: LoadSettings, *, check: bool = True) -> Row:
     """Check, warm up, measure (with the target's CPU time around the measured run)."""
-    print(f"  {row.name:<58}", end="", flush=True)
+    print(f"  {row.name:<58} ", end="", flush=True)
     if check:
-        row.problems = check_once(row.target.url, settings.callers_file, settings.path)
+        row.problems = check_once(
+            row.target.url, settings.callers_file, settings.path, row.target.token_check
+        )
     if not row.problems and settings.warmup_s > 0:
         _wrk(row, settings, settings.warmup_s)
         if row.problems:
@@ -153,7 +230,7 @@ def measure(row: Row, settings: LoadSettings, *, check: bool = True) -> Row:
 def steady(row: SteadyRow, settings: LoadSettings, duration_s: float, connections: int) -> None:
     """Poisson arrivals at ``row.rate`` for ``duration_s`` (``arrivals.py``, own process)."""
     label = f"steady {row.rate:g}/s: {row.target.label} x{row.target.workers}"
-    print(f"  {label:<58}", end="", flush=True)
+    print(f"  {label:<58} ", end="", flush=True)
     argv = [
         sys.executable,
         str(HERE / "arrivals.py"),

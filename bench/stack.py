@@ -4,7 +4,10 @@ Every service runs on loopback in its own process group (see ``procs``):
 
 - shared: the plain upstream (``upstream.py``) and the development issuer (``issuer.py``);
 - per worker count W: the pass-through proxy, nginx, nginx + auth_request with its
-  sidecar, and dragoman in the variants below.
+  sidecar, and dragoman in the variants below, each also as a second instance behind
+  nginx ``auth_request`` asking its decision listener (``[decision]``: the same settings
+  plus ``decision.enabled`` on a port of its own; the nginx configuration is in
+  ``nginx.py``).
 
 dragoman's settings are the demo's embedded defaults (``dragoman.demo.runner.demo_settings``)
 with everything in one directory per instance (settings, SQLite file, audit file, log), and:
@@ -59,7 +62,26 @@ UPSTREAM, NGINX, NGINX_AUTH, PASSTHROUGH = (
 DRAGOMAN_MEMORY = "dragoman (memory)"
 DRAGOMAN_SQLITE_REDIS = "dragoman (SQLite + Redis)"
 DRAGOMAN_PG_REDIS = "dragoman (PostgreSQL + Redis)"
+DECISION_MEMORY = "nginx + dragoman decision API (memory)"
+DECISION_SQLITE_REDIS = "nginx + dragoman decision API (SQLite + Redis)"
+DECISION_PG_REDIS = "nginx + dragoman decision API (PostgreSQL + Redis)"
+DECISION_OF = {
+    DRAGOMAN_MEMORY: DECISION_MEMORY,
+    DRAGOMAN_SQLITE_REDIS: DECISION_SQLITE_REDIS,
+    DRAGOMAN_PG_REDIS: DECISION_PG_REDIS,
+}
+"""The decision-API row of each proxy-mode row (same settings and backends)."""
 REFERENCES = (UPSTREAM, NGINX, PASSTHROUGH, NGINX_AUTH)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCheck:
+    """How the checked requests' forwarded tokens are verified (``scenario.check_once``):
+    what the upstream received, read back from it, verified with dragoman's
+    ``TokenVerifier`` against this JWKS for the upstream's origin."""
+
+    jwks_url: str
+    upstream: str
 
 
 @dataclass
@@ -71,8 +93,10 @@ class Target:
     url: str
     services: list[Service]
     """The processes whose CPU and memory count for this target (nginx + sidecar for the
-    auth_request reference)."""
+    auth_request reference, nginx + dragoman for the decision API)."""
     audit_path: Path | None = None
+    token_check: TokenCheck | None = None
+    """dragoman's rows: verify the tokens the upstream got for the checked requests."""
 
     @property
     def key(self) -> str:
@@ -172,6 +196,8 @@ def dragoman_settings(
 
 
 def dragoman_service(name: str, config: Path, port: int) -> Service:
+    """``port``: where readiness is polled (the proxy's, or the decision listener's, which
+    each worker starts after its proxy)."""
     argv = [_bin("dragoman"), "serve", "--config", str(config), "--log-level", "WARNING"]
     return Service(name, argv, _url(port) + "/readyz", config.parent / "dragoman.log")
 
@@ -300,10 +326,21 @@ def add_dragoman(
     variant: str,
     database_url: str | None = None,
     overrides: dict[str, Any] | None = None,
+    *,
+    decision: bool = False,
 ) -> Path:
-    """One dragoman instance; its settings file (to seed its store before it starts)."""
+    """One dragoman instance; its settings file (to seed its store before it starts).
+
+    ``decision``: the instance also serves its decision listener, and the target is nginx
+    (``workers`` workers) asking it with ``auth_request``, forwarding to the upstream; the
+    label is then the decision row's (``DECISION_OF[label]``).
+    """
     port = free_port(HOST)
-    name = f"dragoman-{variant}-{workers}"
+    name = f"dragoman-{variant}-{workers}" + ("-decision" if decision else "")
+    overrides = dict(overrides or {})
+    decision_port = free_port(HOST) if decision else None
+    if decision_port is not None:
+        overrides["decision"] = {"enabled": True, "host": HOST, "port": decision_port}
     config = dragoman_settings(
         stack.state / name,
         port=port,
@@ -314,10 +351,38 @@ def add_dragoman(
         database_url=database_url,
         overrides=overrides,
     )
-    service = dragoman_service(name, config, port)
-    stack.services.append(service)
+    check = TokenCheck(_url(port) + "/.well-known/jwks.json", urls["upstream"])
+    audit = config.parent / "audit.jsonl"
+    if decision_port is None:
+        service = dragoman_service(name, config, port)
+        stack.services.append(service)
+        stack.targets.append(
+            Target(label, workers, _url(port), [service], audit_path=audit, token_check=check)
+        )
+        return config
+    service = dragoman_service(name, config, decision_port)
+    front_port = free_port(HOST)
+    directory = stack.state / f"nginx-{name}"
+    upstream_port = int(urls["upstream"].rsplit(":", 1)[1])
+    conf = nginx.config(
+        directory, front_port, upstream_port, workers, None, decision_port=decision_port
+    )
+    front = Service(
+        f"nginx-{name}",
+        nginx.command(directory, conf),
+        _url(front_port) + "/livez",
+        stack.state / f"nginx-{name}.log",
+    )
+    stack.services += [service, front]
     stack.targets.append(
-        Target(label, workers, _url(port), [service], audit_path=config.parent / "audit.jsonl")
+        Target(
+            DECISION_OF[label],
+            workers,
+            _url(front_port),
+            [front, service],
+            audit_path=audit,
+            token_check=check,
+        )
     )
     return config
 

@@ -8,6 +8,12 @@ writes read the request body and answer a small JSON body (201 for POST), DELETE
 route of the same method (reads 200 with the list body, POST 201, ...), so generated
 catalogs (the scaling curves) have an upstream too.
 
+It verifies no token under load (that would add the same cost to every row). Instead, a
+request carrying ``X-Bench-Check: <nonce>`` (the benchmark's checked GET and POST of each
+row) is remembered, and ``GET /_bench/check/<nonce>`` answers what arrived (method, path,
+``Authorization``) once, so the benchmark verifies the forwarded token itself, with
+dragoman's ``TokenVerifier``, as the demo platform would (``scenario.check_once``).
+
     python bench/upstream.py --port 9001
 """
 
@@ -36,20 +42,47 @@ LIST_BODY = json.dumps(
 ITEM_BODY = json.dumps(PAYMENT_METHOD, separators=(",", ":")).encode()
 
 
+CHECK_HEADER = "X-Bench-Check"
+CHECKED: dict[str, dict[str, str | None]] = {}
+"""nonce -> what the checked request brought (at most a few hundred: one run's checks)."""
+
+
+def _note(request: web.Request) -> None:
+    nonce = request.headers.get(CHECK_HEADER)
+    if nonce is not None:
+        if len(CHECKED) > 1000:
+            CHECKED.clear()
+        CHECKED[nonce] = {
+            "method": request.method,
+            "path": request.raw_path,
+            "authorization": request.headers.get("Authorization"),
+        }
+
+
+async def checked(request: web.Request) -> web.Response:
+    found = CHECKED.pop(request.match_info["nonce"], None)
+    if found is None:
+        raise web.HTTPNotFound()
+    return web.json_response(found)
+
+
 def _answer(body: bytes, status: int = 200) -> web.Response:
     return web.Response(status=status, body=body, content_type="application/json")
 
 
 async def read_one(request: web.Request) -> web.Response:
+    _note(request)
     return _answer(LIST_BODY if request.path.endswith("/payment-methods") else ITEM_BODY)
 
 
 async def write_one(request: web.Request) -> web.Response:
+    _note(request)
     await request.read()  # consume the body, as a real upstream would
     return _answer(ITEM_BODY, status=201 if request.method == "POST" else 200)
 
 
 async def delete_one(request: web.Request) -> web.Response:
+    _note(request)
     return web.Response(status=204)
 
 
@@ -60,6 +93,7 @@ async def livez(request: web.Request) -> web.Response:
 def make_app() -> web.Application:
     app = web.Application()
     app.router.add_get("/livez", livez)
+    app.router.add_get("/_bench/check/{nonce}", checked)
     handlers = {"GET": read_one, "POST": write_one, "PUT": write_one, "DELETE": delete_one}
     for op in OPERATIONS:
         app.router.add_route(op.method, op.path, handlers[op.method])
