@@ -1,7 +1,8 @@
 """The lookup by account on PostgreSQL, through asyncpg directly.
 
 The same statement as the rest of the store (:data:`dragoman.mapping.store.BY_ACCOUNT`,
-compiled once for asyncpg), prepared once per connection, on a small pool of its own.
+compiled once for asyncpg), prepared once per connection (asyncpg's statement cache), on a
+few connections of its own.
 Through SQLAlchemy's async layer the lookup cost about 1.1 ms of CPU here (a pre-ping
 round trip at every checkout, the greenlet bridge, the result processing); this way about
 0.12 ms. A lookup is one idempotent read, so a connection found broken (the server
@@ -10,6 +11,7 @@ restarted) is replaced and the read asked once more before the store is called d
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -37,12 +39,6 @@ class Row:
         return value
 
 
-async def _keep_as_is(connection: asyncpg.Connection) -> None:
-    """Given back to the pool as it is: asyncpg would otherwise send a reset statement (one
-    more round trip) after every lookup, for session state these connections never change
-    (one read-only statement each, outside any transaction)."""
-
-
 class PgLookup:
     def __init__(self, url: URL, statement: Select[Any], *, pool_size: int) -> None:
         self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -52,8 +48,8 @@ class PgLookup:
         self._sql = str(compiled)
         self._names = tuple(compiled.positiontup or ())
         self._defaults = dict(compiled.params)
-        self._pool_size = pool_size
-        self._pool: asyncpg.Pool | None = None
+        self._slots = asyncio.Semaphore(pool_size)
+        self._idle: list[asyncpg.Connection] = []
 
     def statement(self, **params: Any) -> tuple[str, tuple[Any, ...]]:
         """The SQL sent and its arguments (for EXPLAIN in the tests)."""
@@ -61,30 +57,36 @@ class PgLookup:
         return self._sql, tuple(values[name] for name in self._names)
 
     async def first(self, **params: Any) -> Row | None:
+        """The first row, or None. Bounded by the caller (the store's query timeout): a
+        connection whose query was cut short, failed or timed out is dropped on the spot,
+        never waited for nor reused (asyncpg's own pool would wait to reset it, past any
+        timeout, when the server hangs)."""
         sql, args = self.statement(**params)
-        for attempt in (1, 2):
-            pool = await self._open()
-            try:
-                record = await pool.fetchrow(sql, *args)
-            except BROKEN:
-                if attempt == 2:
+        async with self._slots:
+            for attempt in (1, 2):
+                connection = self._idle.pop() if self._idle else await self._connect()
+                try:
+                    record = await connection.fetchrow(sql, *args)
+                except BROKEN:
+                    connection.terminate()
+                    if attempt == 2:
+                        raise
+                    continue  # a connection the server closed (a restart): one more, fresh
+                except BaseException:
+                    connection.terminate()
                     raise
-                continue  # the pool drops the broken connection; one more, fresh
-            return None if record is None else Row(record)
+                self._idle.append(connection)
+                return None if record is None else Row(record)
         raise AssertionError("unreachable")
 
-    async def _open(self) -> asyncpg.Pool:
-        if self._pool is None:
-            self._pool = await asyncpg.create_pool(
-                self._dsn,
-                min_size=0,
-                max_size=self._pool_size,
-                command_timeout=None,
-                reset=_keep_as_is,
-            )
-        return self._pool
+    async def _connect(self) -> asyncpg.Connection:
+        connection: asyncpg.Connection = await asyncpg.connect(self._dsn)
+        return connection
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            try:
+                await asyncio.wait_for(connection.close(), 1.0)
+            except (TimeoutError, *FAILURES):
+                connection.terminate()
