@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from down_key_provider import DownKeyProvider
 from dragoman.demo.runner import DemoStack
-from dragoman.keys.provider import KeyUnavailableError, ProviderKey
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import Denial, all_denials
 
@@ -141,33 +141,6 @@ async def mapping_unavailable(
         seed=False,
     )
     return stack, await call(http, stack, "GET", PM, alice(stack))
-
-
-class DownKeyProvider:
-    """The configured provider, unreachable: it holds the keys but cannot sign."""
-
-    name = "local"
-
-    async def create_key(self) -> ProviderKey:
-        raise KeyUnavailableError("key service unreachable")
-
-    async def sign(self, ref: str, data: bytes) -> bytes:
-        raise KeyUnavailableError("key service unreachable")
-
-    async def public_jwk(self, ref: str) -> dict[str, Any]:
-        raise KeyUnavailableError("key service unreachable")
-
-    async def list_keys(self) -> list[str]:
-        raise KeyUnavailableError("key service unreachable")
-
-    async def disable(self, ref: str) -> None:
-        raise KeyUnavailableError("key service unreachable")
-
-    async def mark_current(self, ref: str) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
 
 async def key_unavailable(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:

@@ -4,6 +4,7 @@ unmapped, unsigned). Then `dragoman audit report` sums them up."""
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,9 +18,9 @@ from click.testing import CliRunner
 
 from binding_support import ALICE, BOB, Recorder
 from binding_support import overrides as binding_overrides
+from down_key_provider import DownKeyProvider
 from dragoman.cli import main
 from dragoman.demo.runner import DemoStack
-from dragoman.keys.provider import KeyUnavailableError, ProviderKey
 from settings_support import settings_problems
 
 MakeStack = Callable[..., Awaitable[DemoStack]]
@@ -143,7 +144,7 @@ async def bound(
     serve: Callable[[web.Application], Any], make_stack: MakeStack
 ) -> AsyncIterator[tuple[Recorder, DemoStack]]:
     upstream = Recorder()
-    settings = binding_overrides("http://unused")
+    settings = copy.deepcopy(binding_overrides("http://unused"))  # its bindings are shared
     for operation in settings["catalog"]["operations"]:
         for binding in operation["customer"]:
             if binding["mode"] == "enforce" and binding["location"] != "path":
@@ -265,33 +266,6 @@ async def test_report_only_rules_never_let_a_grant_that_does_not_cover_through(
     assert await post(http, stack, path, headers={"Authorization": f"Bearer {token}"}) == 403
     assert last_request(stack)["code"] == "scope_denied"
     assert stack.platform.seen == []
-
-
-class DownKeyProvider:
-    """The key provider, unreachable: nothing can be signed."""
-
-    name = "local"
-
-    async def create_key(self) -> ProviderKey:
-        raise KeyUnavailableError("key service unreachable")
-
-    async def sign(self, ref: str, data: bytes) -> bytes:
-        raise KeyUnavailableError("key service unreachable")
-
-    async def public_jwk(self, ref: str) -> dict[str, Any]:
-        raise KeyUnavailableError("key service unreachable")
-
-    async def list_keys(self) -> list[str]:
-        raise KeyUnavailableError("key service unreachable")
-
-    async def disable(self, ref: str) -> None:
-        raise KeyUnavailableError("key service unreachable")
-
-    async def mark_current(self, ref: str) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
 
 async def test_report_only_rules_never_let_an_unsigned_request_through(

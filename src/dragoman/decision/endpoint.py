@@ -39,6 +39,7 @@ from dragoman.identity.stage import AuthenticateStage
 from dragoman.pipeline.errors import AuditUnavailable, Denial, InternalError, PayloadTooLarge
 from dragoman.pipeline.stage import Stage
 from dragoman.settings import DecisionSettings
+from dragoman.side_listener import SideListener
 
 log = logging.getLogger(__name__)
 
@@ -129,34 +130,14 @@ def decision_app(proxy: Proxy, settings: DecisionSettings) -> web.Application:
     return app
 
 
-class DecisionListener:
+class DecisionListener(SideListener):
     """The decision application on ``settings.host``:``settings.port``."""
 
     def __init__(self, proxy: Proxy, settings: DecisionSettings, *, shared: bool) -> None:
         """``shared``: several workers listen on the port (SO_REUSEPORT)."""
+        super().__init__(settings.host, settings.port, shared=shared, backlog=2048)
         self._proxy = proxy
         self._settings = settings
-        self._shared = shared
-        self._runner: web.AppRunner | None = None
 
-    async def start(self) -> str:
-        """Listen; returns the base URL (``http://host:port``)."""
-        app = decision_app(self._proxy, self._settings)
-        runner = proxy_runner(app, self._proxy.settings)
-        await runner.setup()
-        self._runner = runner
-        site = web.TCPSite(
-            runner,
-            self._settings.host,
-            self._settings.port,
-            reuse_port=self._shared or None,
-            backlog=2048,
-        )
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        return f"http://{host}:{port}"
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+    def make_runner(self) -> web.AppRunner:
+        return proxy_runner(decision_app(self._proxy, self._settings), self._proxy.settings)

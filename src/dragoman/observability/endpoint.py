@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from dragoman.keys.ring import KeyRing
 from dragoman.observability.keys import KeyRingCollector
 from dragoman.settings import MetricsSettings
+from dragoman.side_listener import SideListener
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 PATH = "/metrics"
@@ -58,29 +59,13 @@ def metrics_app(source: Collector) -> web.Application:
     return app
 
 
-class MetricsListener:
+class MetricsListener(SideListener):
     """The metrics application on ``settings.host``:``settings.port``."""
 
     def __init__(self, settings: MetricsSettings, source: Collector, *, shared: bool) -> None:
         """``shared``: several workers listen on the port (SO_REUSEPORT)."""
-        self._settings = settings
+        super().__init__(settings.host, settings.port, shared=shared)
         self._source = source
-        self._shared = shared
-        self._runner: web.AppRunner | None = None
 
-    async def start(self) -> str:
-        """Listen; returns the base URL (``http://host:port``)."""
-        runner = web.AppRunner(metrics_app(self._source), access_log=None)
-        await runner.setup()
-        self._runner = runner
-        site = web.TCPSite(
-            runner, self._settings.host, self._settings.port, reuse_port=self._shared or None
-        )
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        return f"http://{host}:{port}"
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+    def make_runner(self) -> web.AppRunner:
+        return web.AppRunner(metrics_app(self._source), access_log=None)
