@@ -40,7 +40,10 @@ class Fleet:
 @pytest.fixture
 async def fleet(make_stack: MakeStack, redis_url: str) -> AsyncIterator[Fleet]:
     rule = {"name": unique("account"), "per": "account", "rate": RATE, "burst": BURST}
-    stack = await make_stack(limits(rule, backend="redis", redis_url=redis_url))
+    # The three instances share this test's event loop with 48 requests in flight: on a slow
+    # machine a decision can wait its turn past the 0.5 s default and fail closed (503). This
+    # test counts decisions; Redis timeouts are the fault matrix's (tests/faults).
+    stack = await make_stack(limits(rule, backend="redis", redis_url=redis_url, timeout=5))
     assert stack.settings is not None
     urls, runners = [stack.urls["proxy"]], []
     try:
