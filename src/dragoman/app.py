@@ -34,6 +34,7 @@ from dragoman.anomaly import AnomalyStage, open_anomaly_stage
 from dragoman.audit.postgres import AuditShipper, open_audit_shipper
 from dragoman.audit.record import request_record
 from dragoman.audit.sink import AuditSink, open_audit_sink
+from dragoman.audit.trail import AuditTrail
 from dragoman.audit.write_ahead import WriteAheadStage
 from dragoman.browser.cors import CorsPolicy
 from dragoman.browser.csrf import CsrfStage, CsrfTokens, CsrfVerifier, load_csrf_key
@@ -66,7 +67,6 @@ from dragoman.observability import (
     Check,
     ProxyMetrics,
     Readiness,
-    RequestMeter,
     ping_probe,
     shared_metrics,
     sync_probe,
@@ -86,36 +86,6 @@ from dragoman.tokens.stage import MintTokenStage
 log = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
-
-
-class AuditTrail:
-    """Writes records; while the sink fails, new requests are refused (fail closed).
-
-    Every answered request's record passes here exactly once, so this is where the request
-    metrics are counted (:class:`~dragoman.observability.RequestMeter`); the meter skips the
-    other records that pass too (mapping accesses, a write's ``forward`` record)."""
-
-    def __init__(self, sink: AuditSink, meter: RequestMeter | None = None) -> None:
-        self._sink = sink
-        self._meter = meter
-        self.broken = False
-
-    def write(self, record: dict[str, object]) -> None:
-        try:
-            self._sink.write(record)
-        except Exception:  # whatever fails, the request was not recorded: fail closed
-            if not self.broken:
-                log.exception("audit sink failed; refusing requests until it recovers")
-            self.broken = True
-        else:
-            self.broken = False
-        meter = self._meter
-        if meter is not None:
-            meter.written(not self.broken)
-            meter.request(record)
-
-    def close(self) -> None:
-        self._sink.close()
 
 
 @dataclass(slots=True)
@@ -218,7 +188,7 @@ class Proxy:
             return await self.forwarder.forward(
                 ctx,
                 self.cors.response_headers(request),
-                before_complete=lambda: self.record(ctx, event),
+                before_complete=lambda: self.commit(ctx, event),
             )
         except Denial as denial:
             ctx.denial = denial
@@ -242,6 +212,11 @@ class Proxy:
     def record(self, ctx: RequestContext, event: str) -> None:
         ctx.recorded = True
         self.audit.write(request_record(ctx, event=event, route=self._route_of(ctx)))
+
+    async def commit(self, ctx: RequestContext, event: str) -> bool:
+        """:meth:`record`, in the group of records written at the next turn of the loop."""
+        ctx.recorded = True
+        return await self.audit.commit(request_record(ctx, event=event, route=self._route_of(ctx)))
 
     def _route_of(self, ctx: RequestContext) -> Operation | None:
         """The operation a refused request's path names, for its audit record only."""

@@ -20,7 +20,7 @@ a read may be, once, when its pooled connection turns out stale.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -183,7 +183,7 @@ class Forwarder:
         self,
         ctx: RequestContext,
         response_headers: Mapping[str, str],
-        before_complete: Callable[[], None] | None = None,
+        before_complete: Callable[[], Awaitable[object]] | None = None,
     ) -> web.StreamResponse:
         """Forward and stream the answer back. ``before_complete`` runs once the upstream's
         answer has been read to its end and before its last bytes go to the caller: a
@@ -244,7 +244,7 @@ class Forwarder:
             except aiohttp.ClientError as exc:
                 raise UpstreamUnavailable(type(exc).__name__) from None
             if not first and before_complete is not None:
-                before_complete()  # an empty body: the status line is the whole answer
+                await before_complete()  # an empty body: the status line is the whole answer
             try:
                 await response.prepare(request)
             except ConnectionResetError:
@@ -263,7 +263,7 @@ class Forwarder:
                     _abort(request)
                     return response
                 if not following and before_complete is not None:
-                    before_complete()
+                    await before_complete()
                 try:
                     await response.write(chunk)
                 except ConnectionResetError:

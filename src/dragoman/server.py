@@ -31,6 +31,7 @@ import uvloop
 from aiohttp import web
 from prometheus_client.multiprocess import mark_process_dead
 
+from dragoman import heap
 from dragoman.app import PROXY_KEY, build_app, proxy_runner
 from dragoman.decision import DecisionListener
 from dragoman.keys.factory import KeyConfigError, open_key_ring
@@ -97,6 +98,7 @@ async def serve_worker(
     app = build_app(settings, migrate_store=False)
     runner = proxy_runner(app, settings, shutdown_timeout=settings.server.shutdown_timeout)
     await runner.setup()
+    heap.settle()  # built: what the worker keeps for life is now exempt from collections
     tls = settings.server.tls
     site = web.TCPSite(
         runner,

@@ -35,6 +35,10 @@ class Spy:
         self.inner.write(record)
         self.written.append((time.monotonic(), record))
 
+    def write_many(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            self.write(record)
+
     def close(self) -> None:
         self.inner.close()
 

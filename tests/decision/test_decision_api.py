@@ -290,10 +290,10 @@ async def test_an_allow_whose_record_cannot_be_written_is_refused(
     assert stack.proxy is not None
     trail = stack.proxy.audit
 
-    def fail(record: dict[str, object]) -> None:
+    def fail(records: list[dict[str, object]]) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(trail._sink, "write", fail)
+    monkeypatch.setattr(trail._sink, "write_many", fail)
     answer, _ = await ask_nginx(http, stack, "GET", PM, alice(stack))
     assert answer.status == 403
     assert answer.headers["X-Dragoman-Status"] == "503"

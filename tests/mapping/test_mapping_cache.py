@@ -4,11 +4,13 @@ are spread so that entries cached together do not expire together."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from dragoman.mapping.crypto import MappingCipher
 from dragoman.mapping.entity import MappingStatus
@@ -33,10 +35,25 @@ def clock() -> Clock:
 
 @pytest.fixture
 async def stores(
+    database_url: str, cipher: MappingCipher, clock: Clock
+) -> AsyncIterator[tuple[MappingStore, MappingStore]]:
+    """A caching store, and another instance's store writing to the same database (SQLite
+    and PostgreSQL)."""
+    async for pair in open_stores(database_url, cipher, clock):
+        yield pair
+
+
+@pytest.fixture
+async def sqlite_stores(
     tmp_path: Path, cipher: MappingCipher, clock: Clock
 ) -> AsyncIterator[tuple[MappingStore, MappingStore]]:
-    """A caching store, and another instance's store writing to the same database."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'mappings.db'}"
+    async for pair in open_stores(f"sqlite+aiosqlite:///{tmp_path / 'mappings.db'}", cipher, clock):
+        yield pair
+
+
+async def open_stores(
+    url: str, cipher: MappingCipher, clock: Clock
+) -> AsyncIterator[tuple[MappingStore, MappingStore]]:
     engine = make_engine(url)
     await migrate.upgrade(engine)
     cached = MappingStore(engine, cipher=cipher, cache_ttl=TTL, monotonic=clock)
@@ -124,3 +141,60 @@ async def test_entries_cached_together_get_spread_lifetimes(
     deadlines = sorted(deadline for deadline, _ in cached._cache._entries.values())
     assert deadlines[-1] - deadlines[0] > 0.05 * TTL
     assert all(0.9 * TTL <= d <= TTL for d in deadlines)
+
+
+async def test_refresh_of_an_unchanged_row_reuses_the_opened_mapping(
+    stores: tuple[MappingStore, MappingStore], clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cached, other = stores
+    await link(other, "acct-1")
+    first = await cached.find_by_account("acct-1")
+    opened: list[object] = []
+    real_entity = cached.codec.entity
+    monkeypatch.setattr(cached.codec, "entity", lambda row: opened.append(row) or real_entity(row))
+    clock.now = 0.85 * TTL
+    await cached.find_by_account("acct-1")
+    await settle(cached)
+    assert cached._refresh_queue == collections.deque()  # the refresh ran ...
+    assert opened == []  # ... and opened nothing: the row had not changed
+    assert await cached.find_by_account("acct-1") is first
+
+
+async def test_refresh_of_a_changed_row_opens_it_again(
+    stores: tuple[MappingStore, MappingStore], clock: Clock
+) -> None:
+    cached, other = stores
+    mapping_id = await link(other, "acct-1")
+    first = await cached.find_by_account("acct-1")
+    await deactivate(other, mapping_id)
+    clock.now = 0.85 * TTL
+    await cached.find_by_account("acct-1")
+    await settle(cached)
+    again = await cached.find_by_account("acct-1")
+    assert again is not first
+    assert again is not None and again.status is MappingStatus.SUSPENDED
+
+
+async def test_background_refreshes_let_requests_run_between_them(
+    sqlite_stores: tuple[MappingStore, MappingStore], clock: Clock
+) -> None:
+    """A SQLite lookup never suspends, so a queue of refreshes worked through in one go
+    would hold the loop (and every waiting request) until the queue is empty."""
+    cached, other = sqlite_stores
+    for i in range(5):
+        await link(other, f"acct-{i}")
+        await cached.find_by_account(f"acct-{i}")
+    events: list[str] = []
+    event.listen(cached.lookup_engine, "before_cursor_execute", lambda *_: events.append("query"))
+    clock.now = 0.85 * TTL
+    for i in range(5):
+        await cached.find_by_account(f"acct-{i}")  # queues five refreshes
+
+    async def request() -> None:
+        for _ in range(5):
+            events.append("request")
+            await asyncio.sleep(0)
+
+    await asyncio.gather(settle(cached), request())
+    assert events.count("query") == 5
+    assert "query,query" not in ",".join(events)

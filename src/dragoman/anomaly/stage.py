@@ -29,7 +29,6 @@ import hashlib
 import logging
 import math
 import time
-import uuid
 from collections.abc import Callable
 
 from dragoman.alerts import AlertSink
@@ -37,6 +36,7 @@ from dragoman.anomaly.alerts import Applied, anomaly_alert
 from dragoman.anomaly.rules import RuleBook
 from dragoman.anomaly.state import AnomalyState, Hit, StateUnavailable, Verdict
 from dragoman.identity.principal import Principal
+from dragoman.ids import random_hex
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import AnomalyBlocked, AnomalyUnavailable, StepUpRequired
 from dragoman.pipeline.report_only import report
@@ -94,7 +94,7 @@ class AnomalyStage:
         ref = self._account_key(account)
         now_ms = math.floor(self._clock() * 1000)
         try:
-            verdict = await self._state.observe(ref, now_ms, feeds, uuid.uuid4().hex)
+            verdict = await self._state.observe(ref, now_ms, feeds, random_hex())
         except StateUnavailable as exc:
             log.warning("anomaly store unavailable (%s); refusing a sensitive operation", exc)
             raise AnomalyUnavailable() from None

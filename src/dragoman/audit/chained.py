@@ -1,6 +1,6 @@
 """Hash-chained audit sinks: a JSON-lines file shared by several writers, and stdout.
 
-File sink, per record, under an exclusive ``flock`` on ``<file>.lock`` (a lock file, not
+File sink, per write, under an exclusive ``flock`` on ``<file>.lock`` (a lock file, not
 the log itself: the log is renamed away on rotation, and a lock on a renamed inode would
 no longer exclude the writers that already opened the new file):
 
@@ -9,8 +9,9 @@ no longer exclude the writers that already opened the new file):
    appended), re-read its last line (or, for an empty file, the last line of the newest
    rotated file) and continue the chain from there;
 2. *rotate* when ``max_bytes`` is set and the file has reached it;
-3. append the chained record with one ``write(2)`` on an ``O_APPEND`` descriptor;
-4. append a signed checkpoint when one is due.
+3. append the chained records (a group commit's, :mod:`dragoman.audit.trail`), with any
+   signed checkpoint that falls due among them, in one ``write(2)`` on an ``O_APPEND``
+   descriptor.
 
 fsync: at every checkpoint, on rotation (the old file, before the rename, then the
 directory) and on close; records in between reach the disk when the kernel writes them.
@@ -138,15 +139,28 @@ class ChainedFileSink:
     # -- writing ---------------------------------------------------------------------------
 
     def write(self, record: dict[str, Any]) -> None:
-        body = prepare(record)
+        self.write_many([record])
+
+    def write_many(self, records: list[dict[str, Any]]) -> None:
+        """The records (and any checkpoint that falls among them) in one ``write(2)``,
+        under one lock. Rotation is checked once, before them: a file may pass
+        ``max_bytes`` by one group."""
+        bodies = [prepare(record) for record in records]
         with self._locked():
             tail = self._sync()
             if self._max_bytes and self._size >= self._max_bytes:
                 tail = self._rotate(tail)
-            line, tail = link(body, tail)
-            self._append(line, tail)
-            if self._checkpoints.due(tail):
-                self._append(*self._checkpoints.line(tail))
+            lines: list[bytes] = []
+            checkpointed = False
+            for body in bodies:
+                line, tail = link(body, tail)
+                lines.append(line)
+                if self._checkpoints.due(tail):
+                    line, tail = self._checkpoints.line(tail)
+                    lines.append(line)
+                    checkpointed = True
+            self._append(b"".join(lines), tail)
+            if checkpointed:
                 os.fsync(self._fd)
 
     def close(self) -> None:
@@ -269,12 +283,20 @@ class ChainedStdoutSink:
         self._checkpoints = _Checkpoints("stdout", checkpoint_every, signer, clock)
 
     def write(self, record: dict[str, Any]) -> None:
-        line, self._tail = link(prepare(record), self._tail)
-        if self._checkpoints.due(self._tail):
-            checkpoint, self._tail = self._checkpoints.line(self._tail)
-            line += checkpoint
-        sys.stdout.buffer.write(line)
+        self.write_many([record])
+
+    def write_many(self, records: list[dict[str, Any]]) -> None:
+        lines: list[bytes] = []
+        tail = self._tail  # moved once the lines are out: a record that fails moves nothing
+        for record in records:
+            line, tail = link(prepare(record), tail)
+            lines.append(line)
+            if self._checkpoints.due(tail):
+                line, tail = self._checkpoints.line(tail)
+                lines.append(line)
+        sys.stdout.buffer.write(b"".join(lines))
         sys.stdout.buffer.flush()
+        self._tail = tail
 
     def close(self) -> None:
         if self._checkpoints.needed_at_end(self._tail):

@@ -22,6 +22,10 @@ from dragoman.settings import AuditSettings
 class AuditSink(Protocol):
     def write(self, record: dict[str, Any]) -> None: ...
 
+    def write_many(self, records: list[dict[str, Any]]) -> None:
+        """The records in order, as one write where the sink can (group commit)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -42,7 +46,12 @@ class FileSink:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def write(self, record: dict[str, Any]) -> None:
-        os.write(self._fd, encode(record))
+        self.write_many([record])
+
+    def write_many(self, records: list[dict[str, Any]]) -> None:
+        data = b"".join(encode(record) for record in records)
+        if os.write(self._fd, data) != len(data):
+            raise OSError(f"short write to the audit file ({len(data)} bytes asked)")
 
     def close(self) -> None:
         if self._fd < 0:
@@ -60,7 +69,10 @@ class StdoutSink:
     """Unchained JSON lines on standard output."""
 
     def write(self, record: dict[str, Any]) -> None:
-        sys.stdout.buffer.write(encode(record))
+        self.write_many([record])
+
+    def write_many(self, records: list[dict[str, Any]]) -> None:
+        sys.stdout.buffer.write(b"".join(encode(record) for record in records))
         sys.stdout.buffer.flush()
 
     def close(self) -> None:

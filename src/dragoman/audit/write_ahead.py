@@ -5,10 +5,10 @@ status and the latency). A replica that dies between forwarding a write and that
 (SIGKILL, OOM, a lost node) would leave a change at the upstream that no record names. So
 for every method that can change something, a ``forward`` record is written before the
 request leaves: the principal, account, customer, operation and the ``jti`` and ``kid`` of
-the token the upstream will receive, in one ``write(2)`` that outlives the process. The
-usual ``request`` record follows with the outcome. If the ``forward`` record cannot be
-written, nothing is forwarded (503 ``audit_unavailable``). Reads change nothing and keep
-one record.
+the token the upstream will receive, in a ``write(2)`` that outlives the process (with the
+other records of its turn of the loop: :mod:`dragoman.audit.trail`). The usual ``request``
+record follows with the outcome. If the ``forward`` record cannot be written, nothing is
+forwarded (503 ``audit_unavailable``). Reads change nothing and keep one record.
 """
 
 from __future__ import annotations
@@ -24,9 +24,7 @@ EVENT = "forward"
 
 
 class Trail(Protocol):
-    broken: bool
-
-    def write(self, record: dict[str, Any]) -> None: ...
+    async def commit(self, record: dict[str, Any]) -> bool: ...
 
 
 class WriteAheadStage:
@@ -38,7 +36,5 @@ class WriteAheadStage:
     async def __call__(self, ctx: RequestContext) -> None:
         if ctx.method in SAFE_METHODS:
             return
-        trail = self._trail
-        trail.write(request_record(ctx, event=EVENT))
-        if trail.broken:
+        if not await self._trail.commit(request_record(ctx, event=EVENT)):
             raise AuditUnavailable("audit_write_failed")

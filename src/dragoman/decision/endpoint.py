@@ -109,8 +109,7 @@ class DecisionEndpoint:
         except Exception:
             log.exception("unexpected error in a decision (audit id %s)", ctx.audit_id)
             ctx.denial = InternalError()
-        proxy.record(ctx, EVENT)
-        if ctx.denial is None and proxy.audit.broken:
+        if not await proxy.commit(ctx, EVENT) and ctx.denial is None:
             ctx.denial = AuditUnavailable("audit_write_failed")
         headers = proxy.base_headers(asked, ctx)
         if ctx.denial is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -37,6 +38,10 @@ class Row:
         if name == "grants" and isinstance(value, str):
             return json.loads(value)
         return value
+
+    def __iter__(self) -> Iterator[Any]:
+        """The columns' values as read (the store compares rows by them)."""
+        return iter(self._record.values())
 
 
 class PgLookup:

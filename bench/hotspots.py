@@ -1,13 +1,13 @@
 """Where dragoman's time goes: py-spy samples one dragoman worker under the caller mix.
 
-    .venv/bin/python bench/profile.py --py-spy /path/to/py-spy [--seconds 20] [--writes 20]
+    .venv/bin/python bench/hotspots.py --py-spy /path/to/py-spy [--seconds 20] [--writes 20]
 
 Starts the upstream, the issuer and dragoman (memory backends, one worker) as `make bench`
 does, seeds the callers, drives the caller mix with wrk and records the worker with
 `py-spy record --format raw` (collapsed stacks; py-spy is not a pinned dependency: install
 it anywhere, `pip install py-spy`). Prints the functions with the most samples, by their own
 time and by the time spent in them and below, and keeps the raw stacks
-(bench/results/profile.txt) for a flame graph (speedscope, inferno, flamegraph.pl).
+(bench/results/hotspots.txt) for a flame graph (speedscope, inferno, flamegraph.pl).
 """
 
 from __future__ import annotations
@@ -31,8 +31,14 @@ from scenario import LIST_PATH  # noqa: E402
 RESULTS = HERE / "results"
 
 
+def by_function(frame: str) -> str:
+    """``f (path:line)`` -> ``f (path)``: one row per function rather than per line."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({where.rpartition(':')[0]})" if where else frame
+
+
 def top(raw: Path, count: int) -> str:
-    """The heaviest frames of py-spy's collapsed stacks, by self and by total samples."""
+    """The heaviest functions of py-spy's collapsed stacks, by self and by total samples."""
     own: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
     samples = 0
@@ -42,7 +48,7 @@ def top(raw: Path, count: int) -> str:
             continue
         n = int(weight)
         samples += n
-        frames = stack.split(";")
+        frames = [by_function(f) for f in stack.split(";")]
         own[frames[-1]] += n
         for frame in set(frames):
             total[frame] += n
@@ -62,9 +68,14 @@ def main() -> int:
     parser.add_argument("--callers", type=int, default=1000)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument(
+        "--nonblocking",
+        action="store_true",
+        help="Sample without pausing the worker: less overhead, but some stacks come out cut.",
+    )
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
-    raw = RESULTS / "profile.txt"
+    raw = RESULTS / "hotspots.txt"
     with tempfile.TemporaryDirectory(prefix="dragoman-profile-") as tmp:
         stack, urls = stack_mod.plan_base(Path(tmp))
         config = stack_mod.add_dragoman(stack, urls, "dragoman", 1, "memory")
@@ -88,7 +99,9 @@ def main() -> int:
                 (pid,) = (p.pid for s in target.services if (p := s.process) is not None)
                 record = [args.py_spy, "record", "--pid", str(pid), "--subprocesses"]
                 record += ["--rate", "250", "--duration", str(int(args.seconds))]
-                record += ["--format", "raw", "-o", str(raw), "--nonblocking"]
+                record += ["--format", "raw", "-o", str(raw)]
+                if args.nonblocking:
+                    record.append("--nonblocking")
                 subprocess.run(
                     record,
                     check=True,
