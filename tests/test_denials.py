@@ -20,6 +20,7 @@ from down_key_provider import DownKeyProvider
 from dragoman.demo.runner import DemoStack
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import Denial, all_denials
+from overload_support import held_upstream
 
 MakeStack = Callable[..., Awaitable[DemoStack]]
 PM = "/v1/customers/cus_alice/payment-methods"
@@ -341,6 +342,18 @@ async def decision_request_invalid(
         return stack, (answer.status, await answer.json())
 
 
+async def overloaded(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    """One worker at server.max_in_flight = 1, its one request held at the upstream."""
+    async with held_upstream() as upstream:
+        stack = await make({"server": {"max_in_flight": 1}, "upstream": {"url": upstream.url}})
+        held = asyncio.create_task(http.get(stack.urls["proxy"] + PM, headers=alice(stack)))
+        await upstream.wait_for(1)
+        refused = await call(http, stack, "GET", PM, alice(stack))
+        upstream.release.set()
+        (await held).release()
+        return stack, refused
+
+
 PROVOKE: dict[str, tuple[int, Callable[[MakeStack, aiohttp.ClientSession], Awaitable[Any]]]] = {
     "decision_request_invalid": (400, decision_request_invalid),
     "path_invalid": (400, path_invalid),
@@ -374,6 +387,7 @@ PROVOKE: dict[str, tuple[int, Callable[[MakeStack, aiohttp.ClientSession], Await
     "rate_limit_unavailable": (503, rate_limit_unavailable),
     "anomaly_blocked": (403, anomaly_blocked),
     "anomaly_unavailable": (503, anomaly_unavailable),
+    "overloaded": (503, overloaded),
 }
 # Registration asks the payment platform (for the customer's record) before it refuses these.
 ASKS_THE_PLATFORM = frozenset({"mapping_exists", "link_refused"})
@@ -402,13 +416,10 @@ async def test_denial_answers_problem_json_with_its_code(
     elif code not in ("audit_unavailable", "upstream_unavailable", "upstream_timeout"):
         assert stack.platform.seen == [] or code == "audit_unavailable"
     if code != "audit_unavailable":
-        records = (stack.state_dir / "audit.jsonl").read_text().splitlines()
-        last = json.loads(records[-1])
-        assert (last["audit_id"], last["code"], last["decision"]) == (
-            body["audit_id"],
-            code,
-            "deny",
-        )
+        lines = (stack.state_dir / "audit.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in lines]
+        (mine,) = [r for r in records if r.get("audit_id") == body["audit_id"]]
+        assert (mine["code"], mine["decision"]) == (code, "deny")
 
 
 def test_denials_carry_stable_codes_and_http_statuses() -> None:

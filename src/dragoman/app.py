@@ -72,7 +72,13 @@ from dragoman.observability import (
     sync_probe,
 )
 from dragoman.pipeline.context import RequestContext
-from dragoman.pipeline.errors import AuditUnavailable, Denial, InternalError, OriginDenied
+from dragoman.pipeline.errors import (
+    AuditUnavailable,
+    Denial,
+    InternalError,
+    OriginDenied,
+    Overloaded,
+)
 from dragoman.pipeline.problem import problem_response
 from dragoman.pipeline.stage import Stage
 from dragoman.policy.roles import RolePolicy
@@ -115,6 +121,8 @@ class Proxy:
     csrf: CsrfVerifier
     """Checks a request's CSRF pair against the sessions."""
     _store_watch: asyncio.Task[None] | None = None
+    in_flight: int = 0
+    """Proxied requests and decisions this worker is handling now (server.max_in_flight)."""
     alerts: AlertSink | None = None
     reconcile: ReconcileScheduler | None = None
     """The scheduled reconciliation (None when reconcile.schedule is off)."""
@@ -171,10 +179,26 @@ class Proxy:
     def base_headers(self, request: web.Request, ctx: RequestContext) -> dict[str, str]:
         return answer_headers(self.headers, self.cors, request, ctx.request_id)
 
+    def admit(self) -> bool:
+        """Count one more request in flight, or False when the worker is at
+        ``server.max_in_flight`` (the caller then refuses it: :class:`Overloaded`). An
+        admitted request is let go with :meth:`release`."""
+        limit = self.settings.server.max_in_flight
+        if limit and self.in_flight >= limit:
+            return False
+        self.in_flight += 1
+        return True
+
+    def release(self) -> None:
+        self.in_flight -= 1
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ctx = self.context(request)
         event = "request"
+        admitted = self.admit()
         try:
+            if not admitted:
+                raise Overloaded()
             if self.audit.broken:
                 raise AuditUnavailable()
             if CorsPolicy.is_preflight(request):
@@ -206,6 +230,8 @@ class Proxy:
                 ctx.denial, audit_id=ctx.audit_id, headers=self.base_headers(request, ctx)
             )
         finally:
+            if admitted:
+                self.release()
             if not ctx.recorded:
                 self.record(ctx, event)
 

@@ -36,7 +36,13 @@ from dragoman.decision.original import (
 )
 from dragoman.identity.mtls import MtlsAuthenticator
 from dragoman.identity.stage import AuthenticateStage
-from dragoman.pipeline.errors import AuditUnavailable, Denial, InternalError, PayloadTooLarge
+from dragoman.pipeline.errors import (
+    AuditUnavailable,
+    Denial,
+    InternalError,
+    Overloaded,
+    PayloadTooLarge,
+)
 from dragoman.pipeline.stage import Stage
 from dragoman.settings import DecisionSettings
 from dragoman.side_listener import SideListener
@@ -93,7 +99,10 @@ class DecisionEndpoint:
         except Denial as denial:
             asked, unreadable = request, denial
         ctx = proxy.context(asked)
+        admitted = proxy.admit()
         try:
+            if not admitted:
+                raise Overloaded()
             if unreadable is not None:
                 raise unreadable
             if proxy.audit.broken:
@@ -109,6 +118,9 @@ class DecisionEndpoint:
         except Exception:
             log.exception("unexpected error in a decision (audit id %s)", ctx.audit_id)
             ctx.denial = InternalError()
+        finally:
+            if admitted:
+                proxy.release()
         if not await proxy.commit(ctx, EVENT) and ctx.denial is None:
             ctx.denial = AuditUnavailable("audit_write_failed")
         headers = proxy.base_headers(asked, ctx)

@@ -341,6 +341,18 @@ class PlatformRecordsUnavailable(DependencyUnavailable):
     title = "The payment platform could not be asked to verify the link; nothing was linked."
 
 
+class Overloaded(Denial):
+    """The worker already handles ``server.max_in_flight`` requests: refused before any
+    check, so a burst past capacity costs the proxy little and the caller learns at once."""
+
+    status = 503
+    code = "overloaded"
+    title = "The proxy is handling as many requests as it can; nothing was forwarded."
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
 class InternalError(Denial):
     status = 500
     code = "internal_error"

@@ -69,6 +69,16 @@ class ServerSettings(Section):
     shutdown_timeout: Duration = Field(
         10.0, gt=0, le=600, description="How long in-flight requests may run on shutdown."
     )
+    max_in_flight: int = Field(
+        512,
+        ge=0,
+        description=(
+            "Proxied requests and decisions one worker handles at once; past it a request is"
+            " refused at once, before any check, with 503 overloaded and Retry-After: 1"
+            " (0: no bound). A worker past its capacity otherwise queues every request"
+            " behind the others until all of them are late."
+        ),
+    )
     trust_request_id: bool = Field(
         True,
         description=(
