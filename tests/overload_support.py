@@ -1,5 +1,5 @@
 """An upstream that holds every request until the test lets it answer: requests in flight
-on demand, for the tests of server.max_in_flight."""
+on demand, for the tests of server.max_in_flight and of the upstream pool."""
 
 from __future__ import annotations
 
@@ -14,14 +14,23 @@ class HeldUpstream:
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.arrived = 0
+        self.holding = 0
+        self.most_held = 0
+        self.paths: list[str] = []
         self._arrivals = asyncio.Condition()
         self.url = ""
 
     async def handle(self, request: web.Request) -> web.Response:
         async with self._arrivals:
             self.arrived += 1
+            self.holding += 1
+            self.most_held = max(self.most_held, self.holding)
+            self.paths.append(request.path_qs)
             self._arrivals.notify_all()
-        await self.release.wait()
+        try:
+            await self.release.wait()
+        finally:
+            self.holding -= 1
         return web.json_response({"data": []})
 
     async def wait_for(self, count: int) -> None:

@@ -20,6 +20,7 @@ a read may be, once, when its pooled connection turns out stale.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import aiohttp
@@ -128,6 +129,14 @@ class Forwarder:
             sock_connect=settings.connect_timeout,
             sock_read=settings.read_timeout,
         )
+        # Requests past pool_size wait here, in order, for a connection: aiohttp's own pool
+        # does not serve its waiters in order (a request arriving as a connection is
+        # released takes it, and the waiter it woke queues again at the back), so under a
+        # burst a few waited for seconds, and past connect_timeout got 504 while the
+        # upstream was fine. The wait is bounded like a slow answer (read_timeout): it is
+        # the upstream holding its connections.
+        self._slots = asyncio.Semaphore(settings.pool_size)
+        self._slot_wait = settings.read_timeout
         self._pool_size = settings.pool_size
         self._session: aiohttp.ClientSession | None = None
 
@@ -188,6 +197,22 @@ class Forwarder:
         """Forward and stream the answer back. ``before_complete`` runs once the upstream's
         answer has been read to its end and before its last bytes go to the caller: a
         caller never holds a complete answer whose audit record is not written."""
+        try:
+            async with asyncio.timeout(self._slot_wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise UpstreamTimeout("upstream_pool_exhausted") from None
+        try:
+            return await self._exchange(ctx, response_headers, before_complete)
+        finally:
+            self._slots.release()
+
+    async def _exchange(
+        self,
+        ctx: RequestContext,
+        response_headers: Mapping[str, str],
+        before_complete: Callable[[], Awaitable[object]] | None,
+    ) -> web.StreamResponse:
         assert self._session is not None, "Forwarder.start() was not awaited"
         request = ctx.request
         query = ctx.forward_query

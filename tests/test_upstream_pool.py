@@ -1,0 +1,96 @@
+"""The upstream pool (upstream.pool_size): at most that many requests of a worker are at the
+upstream at once; the others wait their turn in order of arrival, and a wait longer than
+upstream.read_timeout is refused 504, nothing forwarded."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from dragoman.demo.runner import DemoStack
+from overload_support import HeldUpstream, held_upstream
+
+MakeStack = Callable[..., Awaitable[DemoStack]]
+PM = "/v1/customers/cus_alice/payment-methods"
+
+
+def alice(stack: DemoStack) -> dict[str, str]:
+    token = stack.issuer.token("alice", "acct-1001", roles=["billing_admin"])
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[HeldUpstream]:
+    async with held_upstream() as held:
+        yield held
+
+
+async def get(http: aiohttp.ClientSession, stack: DemoStack, query: str) -> tuple[int, str]:
+    async with http.get(stack.urls["proxy"] + PM + query, headers=alice(stack)) as answer:
+        body = await answer.json()
+        return answer.status, body.get("code", "")
+
+
+async def test_requests_past_the_pool_wait_and_reach_the_upstream_in_order(
+    make_stack: MakeStack, upstream: HeldUpstream, http: aiohttp.ClientSession
+) -> None:
+    stack = await make_stack({"upstream": {"url": upstream.url, "pool_size": 2}})
+    calls = []
+    for n in range(6):
+        calls.append(asyncio.create_task(get(http, stack, f"?n={n}")))
+        await asyncio.sleep(0.05)  # each is waiting before the next arrives
+    await upstream.wait_for(2)
+    assert upstream.holding == 2  # the four others wait in the worker, not at the upstream
+    upstream.release.set()
+    assert [status for status, _ in await asyncio.gather(*calls)] == [200] * 6
+    assert upstream.most_held == 2
+    assert upstream.paths == [PM + f"?n={n}" for n in range(6)]
+
+
+async def test_a_wait_for_the_pool_past_read_timeout_is_refused_504(
+    make_stack: MakeStack, http: aiohttp.ClientSession
+) -> None:
+    """The one pooled connection is busy with an answer that trickles (every byte within
+    read_timeout of the last, for longer than read_timeout in all)."""
+    seen: list[str] = []
+
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        seen.append(request.path_qs)
+        answer = web.StreamResponse()
+        answer.content_type = "application/json"
+        await answer.prepare(request)
+        await answer.write(b"[")
+        for _ in range(8):
+            await asyncio.sleep(0.2)
+            await answer.write(b" ")
+        await answer.write(b"]")
+        return answer
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", trickle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        stack = await make_stack(
+            {"upstream": {"url": f"http://127.0.0.1:{port}", "pool_size": 1, "read_timeout": 0.5}}
+        )
+        busy = asyncio.create_task(
+            http.get(stack.urls["proxy"] + PM + "?n=busy", headers=alice(stack))
+        )
+        while not seen:
+            await asyncio.sleep(0.01)
+        assert await get(http, stack, "?n=waiting") == (504, "upstream_timeout")
+        assert seen == [PM + "?n=busy"]  # the refused one never left
+        answer = await busy
+        assert answer.status == 200
+        await answer.read()
+        answer.release()
+    finally:
+        await runner.cleanup()
