@@ -98,7 +98,16 @@ class UpstreamSettings(Section):
     read_timeout: Duration = Field(
         30.0, gt=0, le=600, description="Timeout waiting for upstream data (then 504)."
     )
-    pool_size: int = Field(100, ge=1, le=10_000, description="Pooled connections per worker.")
+    pool_size: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description=(
+            "Pooled connections per worker: at most this many of its requests are at the"
+            " upstream at once; the others wait in order of arrival, up to read_timeout"
+            " (then 504)."
+        ),
+    )
     strip_set_cookie: bool = Field(
         True, description="Drop Set-Cookie from upstream answers (the proxy's origin is not its)."
     )
