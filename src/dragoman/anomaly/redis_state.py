@@ -13,6 +13,7 @@ windows move with the same clock as everything else, and tests move it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -127,7 +128,7 @@ class RedisState:
 
     @classmethod
     def from_url(cls, url: str) -> RedisState:
-        return cls(open_redis(url, timeout=TIMEOUT, decode_responses=True))
+        return cls(open_redis(url, timeout=TIMEOUT, decode_responses=True, bounded_by_caller=True))
 
     async def observe(
         self, account: str, now_ms: int, feeds: Sequence[Feed], nonce: str
@@ -153,8 +154,9 @@ class RedisState:
                 rule.block_for_ms,
             ]
         try:
-            answer = await self._observe(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
+            async with asyncio.timeout(TIMEOUT):
+                answer = await self._observe(keys=keys, args=args)
+        except (RedisError, OSError, TimeoutError) as exc:
             raise StateUnavailable(type(exc).__name__) from None
         return _verdict(answer, feeds)
 

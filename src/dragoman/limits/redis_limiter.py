@@ -94,7 +94,7 @@ class RedisLimiter:
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 0.5) -> RedisLimiter:
-        return cls(open_redis(url, timeout=timeout), timeout=timeout)
+        return cls(open_redis(url, timeout=timeout, bounded_by_caller=True), timeout=timeout)
 
     async def decide(self, checks: Sequence[Check]) -> Verdict:
         now = "" if self._clock is None else str(int(self._clock() * MICROSECONDS))

@@ -19,11 +19,17 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 
-def open_redis(url: str, *, timeout: float, decode_responses: bool = False) -> redis.Redis:
+def open_redis(
+    url: str, *, timeout: float, decode_responses: bool = False, bounded_by_caller: bool = False
+) -> redis.Redis:
+    """``bounded_by_caller``: every command is sent under the caller's own
+    ``asyncio.timeout(timeout)``, so redis-py need not bound each socket read and write
+    itself. It does that with ``asyncio.wait_for``, one task per command, about 8 µs of CPU
+    each on the hot path; a command the caller's timeout cancels drops its connection."""
     return redis.Redis.from_url(
         url,
         decode_responses=decode_responses,
-        socket_timeout=timeout,
+        socket_timeout=None if bounded_by_caller else timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
     )
