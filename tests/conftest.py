@@ -30,6 +30,7 @@ from aiohttp import web
 from ci_support import service_missing
 from dragoman.demo.runner import DemoPorts, DemoStack
 from dragoman.mapping.crypto import MappingCipher
+from overload_support import HeldUpstream, held_upstream
 from postgres_support import empty_database
 
 PG_ADMIN_URL = os.environ.get("DRAGOMAN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -150,3 +151,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def cipher() -> MappingCipher:
     """A mapping cipher for tests that build a MappingStore by hand (fixed test key)."""
     return MappingCipher.from_master_key(b"dragoman-test-master-key-32bytes")
+
+
+@pytest.fixture
+async def held() -> AsyncIterator[HeldUpstream]:
+    """An upstream that holds every request until ``held.release`` is set."""
+    async with held_upstream() as upstream:
+        yield upstream

@@ -5,14 +5,13 @@ upstream.read_timeout is refused 504, nothing forwarded."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from dragoman.demo.runner import DemoStack
-from overload_support import HeldUpstream, held_upstream
+from overload_support import HeldUpstream
 
 MakeStack = Callable[..., Awaitable[DemoStack]]
 PM = "/v1/customers/cus_alice/payment-methods"
@@ -23,12 +22,6 @@ def alice(stack: DemoStack) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[HeldUpstream]:
-    async with held_upstream() as held:
-        yield held
-
-
 async def get(http: aiohttp.ClientSession, stack: DemoStack, query: str) -> tuple[int, str]:
     async with http.get(stack.urls["proxy"] + PM + query, headers=alice(stack)) as answer:
         body = await answer.json()
@@ -36,19 +29,19 @@ async def get(http: aiohttp.ClientSession, stack: DemoStack, query: str) -> tupl
 
 
 async def test_requests_past_the_pool_wait_and_reach_the_upstream_in_order(
-    make_stack: MakeStack, upstream: HeldUpstream, http: aiohttp.ClientSession
+    make_stack: MakeStack, held: HeldUpstream, http: aiohttp.ClientSession
 ) -> None:
-    stack = await make_stack({"upstream": {"url": upstream.url, "pool_size": 2}})
+    stack = await make_stack({"upstream": {"url": held.url, "pool_size": 2}})
     calls = []
     for n in range(6):
         calls.append(asyncio.create_task(get(http, stack, f"?n={n}")))
         await asyncio.sleep(0.05)  # each is waiting before the next arrives
-    await upstream.wait_for(2)
-    assert upstream.holding == 2  # the four others wait in the worker, not at the upstream
-    upstream.release.set()
+    await held.wait_for(2)
+    assert held.holding == 2  # the four others wait in the worker, not at the upstream
+    held.release.set()
     assert [status for status, _ in await asyncio.gather(*calls)] == [200] * 6
-    assert upstream.most_held == 2
-    assert upstream.paths == [PM + f"?n={n}" for n in range(6)]
+    assert held.most_held == 2
+    assert held.paths == [PM + f"?n={n}" for n in range(6)]
 
 
 async def test_a_wait_for_the_pool_past_read_timeout_is_refused_504(
