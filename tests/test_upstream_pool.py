@@ -28,6 +28,15 @@ async def get(http: aiohttp.ClientSession, stack: DemoStack, query: str) -> tupl
         return answer.status, body.get("code", "")
 
 
+async def queued(stack: DemoStack, count: int) -> None:
+    """Until ``count`` requests wait in the worker for a pooled connection."""
+    assert stack.proxy is not None
+    slots = stack.proxy.forwarder._slots
+    async with asyncio.timeout(10):
+        while len(slots._waiters or ()) < count:
+            await asyncio.sleep(0.01)
+
+
 async def test_requests_past_the_pool_wait_and_reach_the_upstream_in_order(
     make_stack: MakeStack, held: HeldUpstream, http: aiohttp.ClientSession
 ) -> None:
@@ -35,8 +44,10 @@ async def test_requests_past_the_pool_wait_and_reach_the_upstream_in_order(
     calls = []
     for n in range(6):
         calls.append(asyncio.create_task(get(http, stack, f"?n={n}")))
-        await asyncio.sleep(0.05)  # each is waiting before the next arrives
-    await held.wait_for(2)
+        if n < 2:
+            await held.wait_for(n + 1)
+        else:
+            await queued(stack, n - 1)  # each is waiting before the next arrives
     assert held.holding == 2  # the four others wait in the worker, not at the upstream
     held.release.set()
     assert [status for status, _ in await asyncio.gather(*calls)] == [200] * 6
@@ -57,8 +68,8 @@ async def test_a_wait_for_the_pool_past_read_timeout_is_refused_504(
         answer.content_type = "application/json"
         await answer.prepare(request)
         await answer.write(b"[")
-        for _ in range(8):
-            await asyncio.sleep(0.2)
+        for _ in range(25):  # 2.5 s in all, never more than read_timeout between bytes
+            await asyncio.sleep(0.1)
             await answer.write(b" ")
         await answer.write(b"]")
         return answer
@@ -72,7 +83,7 @@ async def test_a_wait_for_the_pool_past_read_timeout_is_refused_504(
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
         stack = await make_stack(
-            {"upstream": {"url": f"http://127.0.0.1:{port}", "pool_size": 1, "read_timeout": 0.5}}
+            {"upstream": {"url": f"http://127.0.0.1:{port}", "pool_size": 1, "read_timeout": 1.0}}
         )
         busy = asyncio.create_task(
             http.get(stack.urls["proxy"] + PM + "?n=busy", headers=alice(stack))
