@@ -24,10 +24,12 @@ from dragoman.keys.provider import KeyUnavailableError, ProviderKey
 from dragoman.keys.schema import local_signing_keys as t
 from dragoman.keys.sealing import Sealer, SealingError
 
+_ES256 = ec.ECDSA(hashes.SHA256())  # immutable: built once rather than per signature
+
 
 def raw_signature(private: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
     """ES256 signature as the 64-byte r||s of JWS."""
-    r, s = decode_dss_signature(private.sign(data, ec.ECDSA(hashes.SHA256())))
+    r, s = decode_dss_signature(private.sign(data, _ES256))
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
