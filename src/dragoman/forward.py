@@ -197,15 +197,19 @@ class Forwarder:
         """Forward and stream the answer back. ``before_complete`` runs once the upstream's
         answer has been read to its end and before its last bytes go to the caller: a
         caller never holds a complete answer whose audit record is not written."""
-        try:
-            async with asyncio.timeout(self._slot_wait):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise UpstreamTimeout("upstream_pool_exhausted") from None
+        slots = self._slots
+        if slots.locked():  # the pool is busy: wait in line, for at most read_timeout
+            try:
+                async with asyncio.timeout(self._slot_wait):
+                    await slots.acquire()
+            except TimeoutError:
+                raise UpstreamTimeout("upstream_pool_exhausted") from None
+        else:
+            await slots.acquire()  # a free connection and nobody waiting: no suspension
         try:
             return await self._exchange(ctx, response_headers, before_complete)
         finally:
-            self._slots.release()
+            slots.release()
 
     async def _exchange(
         self,
