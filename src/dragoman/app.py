@@ -236,13 +236,16 @@ class Proxy:
                 self.record(ctx, event)
 
     def record(self, ctx: RequestContext, event: str) -> None:
-        ctx.recorded = True
-        self.audit.write(request_record(ctx, event=event, route=self._route_of(ctx)))
+        self.audit.write(self._final_record(ctx, event))
 
     async def commit(self, ctx: RequestContext, event: str) -> bool:
         """:meth:`record`, in the group of records written at the next turn of the loop."""
+        return await self.audit.commit(self._final_record(ctx, event))
+
+    def _final_record(self, ctx: RequestContext, event: str) -> dict[str, object]:
+        """The request's one record; from here on it counts as recorded."""
         ctx.recorded = True
-        return await self.audit.commit(request_record(ctx, event=event, route=self._route_of(ctx)))
+        return request_record(ctx, event=event, route=self._route_of(ctx))
 
     def _route_of(self, ctx: RequestContext) -> Operation | None:
         """The operation a refused request's path names, for its audit record only."""
