@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
@@ -117,8 +116,6 @@ async def test_a_suspension_through_the_proxys_own_store_applies_at_once(
 async def test_concurrent_misses_for_one_account_share_one_query(
     tmp_path: Path, cipher: MappingCipher
 ) -> None:
-    from sqlalchemy import event
-
     from dragoman.mapping.entity import Grant
     from dragoman.state import migrate
 
@@ -136,10 +133,11 @@ async def test_concurrent_misses_for_one_account_share_one_query(
         )
         lookups: list[str] = []
 
-        @event.listens_for(store.lookup_engine, "before_cursor_execute")
-        def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        def count(statement: str) -> None:
             if "FROM account_mappings" in statement:
                 lookups.append(statement)
+
+        store.trace_lookups(count)
 
         found = await asyncio.gather(*(store.find_by_account("acct-1") for _ in range(50)))
         assert {m.payment_customer for m in found if m is not None} == {"cus_1"}

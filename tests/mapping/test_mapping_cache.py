@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from dragoman.mapping.crypto import MappingCipher
 from dragoman.mapping.entity import MappingStatus
@@ -185,7 +185,7 @@ async def test_background_refreshes_let_requests_run_between_them(
         await link(other, f"acct-{i}")
         await cached.find_by_account(f"acct-{i}")
     events: list[str] = []
-    event.listen(cached.lookup_engine, "before_cursor_execute", lambda *_: events.append("query"))
+    cached.trace_lookups(lambda _statement: events.append("query"))
     clock.now = 0.85 * TTL
     for i in range(5):
         await cached.find_by_account(f"acct-{i}")  # queues five refreshes

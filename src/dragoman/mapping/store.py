@@ -12,13 +12,14 @@ import asyncio
 import collections
 import contextlib
 import random
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, case, select, text, update
+from sqlalchemy import bindparam, case, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,7 +30,8 @@ from dragoman.mapping.pg_lookup import FAILURES as PG_FAILURES
 from dragoman.mapping.pg_lookup import PgLookup
 from dragoman.mapping.rows import RowCodec, to_utc
 from dragoman.mapping.schema import account_mappings as t
-from dragoman.state.sql import StoreUnavailable, make_engine, sqlite_reader
+from dragoman.mapping.sqlite_lookup import sqlite_lookup
+from dragoman.state.sql import StoreUnavailable, make_engine
 
 __all__ = ["MappingStore", "StoreUnavailable", "make_engine"]
 
@@ -79,9 +81,9 @@ class MappingStore:
         # A lookup is one read-only statement: on PostgreSQL, autocommit spares the BEGIN
         # and ROLLBACK round trips of a transaction (SQLite's driver starts none for a read).
         self._autocommit_reads = engine.dialect.name == "postgresql"
-        # On SQLite the lookup runs on the loop's own connection (state.sql.sqlite_reader);
-        # on PostgreSQL through asyncpg directly (mapping.pg_lookup).
-        self._reads = sqlite_reader(engine)
+        # On SQLite the lookup runs in place on a connection of its own
+        # (mapping.sqlite_lookup); on PostgreSQL through asyncpg directly (mapping.pg_lookup).
+        self._reads = sqlite_lookup(engine.url, BY_ACCOUNT)
         self._pg_reads = (
             PgLookup(engine.url, BY_ACCOUNT, pool_size=pool_size)
             if engine.dialect.name == "postgresql"
@@ -110,16 +112,21 @@ class MappingStore:
         self.reachable = True
         """False from a failed query (or ping) until the next successful one."""
 
-    @property
-    def lookup_engine(self) -> Engine:
-        """The engine SQLite lookups by account run on (its events see their statements)."""
-        return self._reads if self._reads is not None else self.engine.sync_engine
+    def lookup_statement(self, cloud_account: str) -> tuple[str, Any]:
+        """The SQL and arguments a lookup by account sends."""
+        index = self.codec.account_index(cloud_account)
+        if self._reads is not None:
+            return self._reads.statement(index=index)
+        if self._pg_reads is not None:
+            return self._pg_reads.statement(index=index)
+        compiled = BY_ACCOUNT.compile(dialect=self.engine.dialect)
+        return str(compiled), {**compiled.params, "index": index}
 
-    def lookup_statement(self, cloud_account: str) -> tuple[str, Any] | None:
-        """PostgreSQL: the SQL and arguments a lookup by account sends (None elsewhere)."""
-        if self._pg_reads is None:
-            return None
-        return self._pg_reads.statement(index=self.codec.account_index(cloud_account))
+    def trace_lookups(self, callback: Callable[[str], None] | None) -> None:
+        """Tests: ``callback`` gets every statement the lookups by account run on SQLite."""
+        if self._reads is None:
+            raise RuntimeError("lookups are traced on a SQLite file only")
+        self._reads.trace(callback)
 
     async def close(self) -> None:
         if self._refresher is not None:
@@ -130,7 +137,7 @@ class MappingStore:
     async def close_readers(self) -> None:
         """Close the lookups' own connections, not the engine (another store may share it)."""
         if self._reads is not None:
-            self._reads.dispose()
+            self._reads.close()
         if self._pg_reads is not None:
             await self._pg_reads.close()
 
@@ -308,13 +315,12 @@ class MappingStore:
         """The lookup on SQLite's loop connection; failures as :meth:`_run` reports them."""
         assert self._reads is not None
         try:
-            with self._reads.connect() as conn:
-                row = conn.execute(BY_ACCOUNT, index).first()
+            row = self._reads.first(**index)
             found = None if row is None else self._open(row)
         except MappingCryptoError:
             self.reachable = True
             raise
-        except (SQLAlchemyError, OSError) as exc:
+        except (sqlite3.Error, OSError) as exc:
             self.reachable = False
             raise StoreUnavailable(type(exc).__name__) from None
         self.reachable = True

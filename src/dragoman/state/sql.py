@@ -6,7 +6,7 @@ import os
 import sqlite3
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import MetaData, event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 metadata = MetaData()
@@ -44,35 +44,3 @@ def make_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
 
         return engine
     return create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_pre_ping=True)
-
-
-READ_BUSY_TIMEOUT_MS = 250
-"""How long a read on the loop's own SQLite connection may wait for a lock. In WAL mode a
-reader does not wait for writers; this bounds the rare wait (WAL recovery after a crash),
-which holds the whole event loop."""
-
-
-def sqlite_reader(engine: AsyncEngine) -> Engine | None:
-    """A synchronous engine on the same SQLite file as ``engine``, for the hot lookups
-    (None for another database).
-
-    aiosqlite runs every statement on a worker thread and hands the result back through the
-    event loop: two thread switches per statement, measured at about 2.4 ms of a mapping
-    lookup's 2.5 ms here, against 0.07 ms for the same statement run in place. A lookup by
-    an indexed column of a local file is short enough to run on the loop itself.
-    """
-    if engine.dialect.name != "sqlite":
-        return None
-    url = engine.url.set(drivername="sqlite+pysqlite")
-    if url.database in (None, "", ":memory:"):
-        return None  # a private in-memory database: another connection would see another one
-    reader = create_engine(url, pool_size=1, max_overflow=0)
-
-    @event.listens_for(reader, "connect")
-    def _read_pragmas(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout={READ_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA query_only=ON")  # this connection never writes
-        cursor.close()
-
-    return reader
