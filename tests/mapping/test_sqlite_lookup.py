@@ -111,4 +111,3 @@ async def test_a_lookup_sends_the_statement_it_reports(store: MappingStore) -> N
     assert len(sent) == 1
     assert sent[0].startswith(statement.split("?")[0])
     assert store.codec.account_index("acct-1") in sent[0] and parameters[0] in sent[0]
-

@@ -87,6 +87,15 @@ async def test_claims_name_the_request_customer_operation_principal_and_binding(
     assert claims["htu"] == stack.urls["platform"] + "/v1/customers/cus_bob/billing-address"
 
 
+async def test_claims_with_non_ascii_text_decode_to_the_same_text(tokens: Tokens) -> None:
+    """The payload is UTF-8 JSON (RFC 7519 §7.1), non-ASCII text included as is."""
+    principal = 'zoë@exämple.test \u2028 \U0001f600 "quoted" \\ \x01'
+    minted = await tokens.mint(principal=principal, cloud_account="acct-ü")
+    claims = await tokens.decode(minted.value)
+    assert claims["act"]["sub"] == principal
+    assert claims["cloud_account"] == "acct-ü"
+
+
 async def test_iat_and_nbf_are_the_minting_second_and_exp_is_iat_plus_ttl(
     tokens: Tokens,
 ) -> None:

@@ -1,19 +1,20 @@
 """Step 6: mint the scoped token for one request (SEMANTICS §2).
 
-The token is built with ``json`` and signed through the key provider; nothing untrusted is
-parsed here, so PyJWT is not needed on this side (tests cross-check with PyJWT). Every call
+The token is built with ``orjson`` (a tenth of the cost of the stdlib's encoder) and signed
+through the key provider; nothing untrusted is parsed here, so PyJWT is not needed on this
+side (tests cross-check with PyJWT). Every call
 mints a fresh token with a fresh ``jti``: minted tokens are never cached or reused.
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import orjson
 from jwt.utils import base64url_encode
 
 from dragoman.keys.provider import SigningKey
@@ -48,7 +49,7 @@ class TokenRequest:
 
 
 def _segment(data: Mapping[str, object]) -> bytes:
-    return base64url_encode(json.dumps(data, separators=(",", ":")).encode())
+    return base64url_encode(orjson.dumps(data))
 
 
 class Signer(Protocol):
