@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from chain_support import lines, make_key, records, request, sink, verify_cli, write_log
 
-from dragoman.audit.chain import GENESIS, ChainError, canonical
+from dragoman.audit.chain import GENESIS, ChainError, canonical, stdlib_canonical
 from dragoman.audit.verify import verify
 
 
@@ -45,6 +45,30 @@ def test_the_line_written_is_the_canonical_encoding(tmp_path: Path) -> None:
     (line,) = lines(log)
     assert line == canonical(json.loads(line)) + b"\n"
     assert "zoë".encode() in line
+
+
+def test_the_line_is_what_the_standard_library_wrote_before_orjson(tmp_path: Path) -> None:
+    """Same bytes for JSON's own values (escapes, key order, non-ASCII, integers)."""
+    log = tmp_path / "audit.jsonl"
+    audit = sink(log)
+    audit.write(
+        {**request(0), "principal": 'zoë "q" \\ \x01 \u2028 \U0001f600', "ÿ": 1, "latency_ms": 2.5}
+    )
+    audit.close()
+    (line,) = lines(log)
+    assert line == stdlib_canonical(json.loads(line)) + b"\n"
+
+
+def test_a_record_orjson_cannot_encode_is_written_by_the_standard_library(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    audit = sink(log)
+    audit.write({**request(0), "count_of_something": 2**70})
+    audit.close()
+    (line,) = lines(log)
+    assert json.loads(line)["count_of_something"] == 2**70
+    assert verify([log]).intact
 
 
 def test_records_keep_their_fields_and_gain_the_pci_fields(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from chain_support import lines, make_key, records, verify_cli, write_log
 
-from dragoman.audit.chain import GENESIS, canonical, digest
+from dragoman.audit.chain import GENESIS, canonical, digest, stdlib_canonical
 from dragoman.audit.checkpoint import CheckpointSigner, signing_input
 from dragoman.audit.verify import verify
 
@@ -33,7 +33,9 @@ def rewrite(path: Path, rows: list[bytes]) -> None:
     path.write_bytes(b"".join(rows))
 
 
-def rechain(rows: list[dict[str, Any]], signer: CheckpointSigner) -> list[bytes]:
+def rechain(
+    rows: list[dict[str, Any]], signer: CheckpointSigner, encode: Any = canonical
+) -> list[bytes]:
     """What a forger does: recompute every prev and re-sign every checkpoint (with a key
     of their own, as they do not hold the operator's)."""
     out: list[bytes] = []
@@ -43,10 +45,30 @@ def rechain(rows: list[dict[str, Any]], signer: CheckpointSigner) -> list[bytes]
         if row["event"] == "checkpoint":
             row.update(count=seq, last_hash=prev, kid=signer.kid)
             row["signature"] = signer.sign(signing_input(row))
-        line = canonical(row)
+        line = encode(row)
         out.append(line + b"\n")
         prev = digest(line)
     return out
+
+
+def test_a_log_in_the_standard_librarys_encoding_verifies(
+    log: Path, keys: tuple[Path, Path]
+) -> None:
+    """Logs written before orjson: json.dumps wrote small floats as 1e-05 (orjson: 1e-5)."""
+    rows = records(log)
+    rows[3]["latency_ms"] = 0.00001
+    rewrite(log, rechain(rows, CheckpointSigner.from_pem_file(keys[0]), stdlib_canonical))
+    assert b'"latency_ms":1e-05' in lines(log)[3]
+    result = verify_cli(log, "--key", keys[1])
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_record_in_neither_canonical_encoding_is_edited(log: Path) -> None:
+    rows = lines(log)
+    record = json.loads(rows[4])
+    rows[4] = json.dumps(record, sort_keys=True).encode() + b"\n"  # ", " and ": "
+    rewrite(log, rows)
+    assert "the record is not in canonical form" in failure(verify_cli(log))
 
 
 def failure(result: Any) -> str:

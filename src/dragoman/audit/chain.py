@@ -6,6 +6,11 @@ previous record's line; :data:`GENESIS` for the first record). A record's line i
 *canonical encoding*: JSON with sorted keys, separators ``,`` and ``:``, non-ASCII kept as
 UTF-8, no trailing newline. The line written is exactly that encoding (plus ``\\n``), so a
 third party verifies by hashing the bytes of each line, with no JSON re-encoding at all.
+
+The encoding is orjson's (about a tenth of the cost of the standard library's). Lines
+written before were the standard library's; the two differ only in floats under 1e-4
+(``1e-05`` against ``1e-5``) and in NaN and infinities, so :func:`is_canonical` accepts
+either, and old files still verify.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 GENESIS = "0" * 64
 """``prev`` of the first record of a chain."""
@@ -30,11 +37,36 @@ class ChainError(OSError):
     would hide whatever happened to the old one."""
 
 
+# JSON's own types only: what orjson would encode beyond them (dataclasses, datetimes,
+# subclasses such as enums) goes to the standard library, which encodes or refuses it as
+# it always did.
+_ORJSON_OPTIONS = (
+    orjson.OPT_SORT_KEYS
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
 def canonical(record: dict[str, Any]) -> bytes:
     """The canonical encoding of ``record``: the bytes that are written and hashed."""
+    try:
+        return orjson.dumps(record, option=_ORJSON_OPTIONS)
+    except orjson.JSONEncodeError:  # integers past 64 bits, keys that are not strings...
+        return stdlib_canonical(record)
+
+
+def stdlib_canonical(record: dict[str, Any]) -> bytes:
+    """The canonical encoding as the standard library's ``json`` writes it (every line
+    before orjson, and what orjson cannot encode)."""
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
         "utf-8"
     )
+
+
+def is_canonical(record: dict[str, Any], line: bytes) -> bool:
+    """Whether ``line`` is the canonical encoding of ``record`` (it was parsed from it)."""
+    return line == canonical(record) or line == stdlib_canonical(record)
 
 
 def digest(line: bytes) -> str:

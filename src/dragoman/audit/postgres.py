@@ -40,7 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from dragoman.audit.chain import GENESIS, canonical, digest
+from dragoman.audit.chain import GENESIS, digest, is_canonical
 from dragoman.audit.postgres_schema import audit_records, lock_key
 from dragoman.audit.postgres_spool import (
     Position,
@@ -88,7 +88,7 @@ def parse(line: SpoolLine) -> _Record:
         record = json.loads(line.data)
     except ValueError:
         record = None
-    if not isinstance(record, dict) or canonical(record) != line.data:
+    if not isinstance(record, dict) or not is_canonical(record, line.data):
         raise ShippingStopped(
             f"the audit file holds a record that is not canonical JSON at {line.where}"
         )

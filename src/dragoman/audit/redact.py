@@ -120,4 +120,13 @@ OWN_FIELDS = frozenset(
 
 def redact_record(record: dict[str, Any]) -> dict[str, Any]:
     """``record`` as it may be written: every value redacted but dragoman's own fields."""
-    return {k: v if k in OWN_FIELDS else redact(v) for k, v in record.items()}
+    done: dict[str, Any] = {}
+    for name, value in record.items():
+        # Most values are None or short strings: those skip redact()'s dispatch.
+        if name in OWN_FIELDS or value is None:
+            done[name] = value
+        elif type(value) is str and len(value) <= 512:
+            done[name] = _redact_short(value)
+        else:
+            done[name] = redact(value)
+    return done

@@ -28,7 +28,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from dragoman.audit.chain import GENESIS, canonical, digest
+from dragoman.audit.chain import GENESIS, digest, is_canonical
 from dragoman.audit.checkpoint import EVENT as CHECKPOINT
 from dragoman.audit.checkpoint import signature_valid
 
@@ -144,7 +144,7 @@ class _Verifier:
             return Problem(index, "edited", "the record is not a JSON object", line.where)
         if self.only is not None and record.get("chain") != self.only:
             return None  # another process's chain on a shared stdout (--chain)
-        if canonical(record) != line.data:
+        if not is_canonical(record, line.data):
             return Problem(index, "edited", "the record is not in canonical form", line.where)
         if not _chain_fields_valid(record):
             return Problem(index, "edited", "the record has no valid chain fields", line.where)
