@@ -142,6 +142,17 @@ def build_targets(stack: Stack, urls: dict[str, str], args: argparse.Namespace) 
                     seeded_pg = seeded_pg or url is not None
 
 
+STEADY_TARGETS = {
+    (1, UPSTREAM),
+    (1, PASSTHROUGH),
+    (1, DRAGOMAN_MEMORY),
+    # A worker per core, as deployed: at the steady rate each is half as busy as one alone.
+    (2, PASSTHROUGH),
+    (2, DRAGOMAN_SQLITE_REDIS),
+}
+"""The steady-arrival rows: the references and dragoman, one worker and one per core."""
+
+
 def run_all(stack: Stack, args: argparse.Namespace) -> tuple[list[Row], list[SteadyRow]]:
     assert stack.callers_file is not None
     settings = LoadSettings(
@@ -167,7 +178,7 @@ def run_all(stack: Stack, args: argparse.Namespace) -> tuple[list[Row], list[Ste
     if args.steady > 0:
         print(f"\nPoisson arrivals at {args.rate:g}/s for {args.steady:g}s, 64 connections")
         for target in stack.targets:
-            if target.workers == 1 and target.label in (UPSTREAM, PASSTHROUGH, DRAGOMAN_MEMORY):
+            if (target.workers, target.label) in STEADY_TARGETS:
                 row = SteadyRow(target, args.rate)
                 steady(row, settings, args.steady, 64)
                 steady_rows.append(row)

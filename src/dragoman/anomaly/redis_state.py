@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from dragoman.anomaly.rules import Feed
 from dragoman.anomaly.state import BASELINE_MEMORY, Hit, StateUnavailable, Verdict
 from dragoman.state.redis import open_redis, ping
+from dragoman.state.redis_script import RedisScript
 
 KEY_PREFIX = "dragoman:anomaly:"
 TIMEOUT = 2.0
@@ -124,7 +125,7 @@ return out
 class RedisState:
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
-        self._observe = client.register_script(OBSERVE)
+        self._observe = RedisScript(client, OBSERVE)
 
     @classmethod
     def from_url(cls, url: str) -> RedisState:
@@ -155,7 +156,7 @@ class RedisState:
             ]
         try:
             async with asyncio.timeout(TIMEOUT):
-                answer = await self._observe(keys=keys, args=args)
+                answer = await self._observe(keys, args)
         except (RedisError, OSError, TimeoutError) as exc:
             raise StateUnavailable(type(exc).__name__) from None
         return _verdict(answer, feeds)
@@ -164,6 +165,7 @@ class RedisState:
         await ping(self._client, seconds=TIMEOUT, unavailable=StateUnavailable)
 
     async def close(self) -> None:
+        await self._observe.close()
         await self._client.aclose()
 
 

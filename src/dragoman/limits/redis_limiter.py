@@ -1,13 +1,14 @@
 """Rate-limit counters in Redis, shared by every proxy instance (redis-py, asyncio).
 
-One request, one round trip: a Lua script (EVALSHA, loaded again on NOSCRIPT by redis-py's
-``register_script``) runs the GCRA of :mod:`dragoman.limits.gcra` for every rule of the
-request. Only when every rule allows does it store the new TATs, each with a PEXPIRE of
-the time after which the key is idle (an expired key and an idle one decide the same);
-a refusal stores nothing. The script reads the server's ``TIME``, not the caller's clock,
-so instances with skewed clocks agree on one timeline. Keys are
-``dragoman:rl:<rule>:<sha256 of the subject>``, and the subject names its account or
-customer by the mapping store's keyed blind index: no id in Redis, and none to recover.
+One request, one round trip: a Lua script (EVALSHA, loaded again on NOSCRIPT; run on
+connections of its own, :mod:`dragoman.state.redis_script`) runs the GCRA of
+:mod:`dragoman.limits.gcra` for every rule of the request. Only when every rule allows
+does it store the new TATs, each with a PEXPIRE of the time after which the key is idle
+(an expired key and an idle one decide the same); a refusal stores nothing. The script
+reads the server's ``TIME``, not the caller's clock, so instances with skewed clocks agree
+on one timeline. Keys are ``dragoman:rl:<rule>:<sha256 of the subject>``, and the subject
+names its account or customer by the mapping store's keyed blind index: no id in Redis,
+and none to recover.
 
 Redis unreachable, slow past ``timeout``, or answering an error: LimiterUnavailable (the
 stage then fails closed). Commands are not retried: a retried script may already have
@@ -27,6 +28,7 @@ from redis.exceptions import RedisError
 from dragoman.limits.gcra import MICROSECONDS, Decision
 from dragoman.limits.rules import Check, LimiterUnavailable, Verdict
 from dragoman.state.redis import open_redis, ping
+from dragoman.state.redis_script import RedisScript
 
 KEY_PREFIX = "dragoman:rl:"
 
@@ -88,7 +90,7 @@ class RedisLimiter:
         """``clock`` is for tests that move time; unset (in service), the script uses the
         Redis server's TIME."""
         self._client = client
-        self._script = client.register_script(DECIDE)
+        self._script = RedisScript(client, DECIDE)
         self._timeout = timeout
         self._clock = clock
 
@@ -103,7 +105,7 @@ class RedisLimiter:
             args += [check.rule.interval, check.rule.tolerance]
         try:
             async with asyncio.timeout(self._timeout):
-                flat: Any = await self._script(keys=[key_of(c) for c in checks], args=args)
+                flat: Any = await self._script([key_of(c) for c in checks], args)
         except (RedisError, OSError, TimeoutError) as exc:
             raise LimiterUnavailable(type(exc).__name__) from exc
         values = [int(v) for v in flat]
@@ -126,4 +128,5 @@ class RedisLimiter:
         await ping(self._client, seconds=self._timeout, unavailable=LimiterUnavailable)
 
     async def close(self) -> None:
+        await self._script.close()
         await self._client.aclose()

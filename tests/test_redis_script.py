@@ -1,0 +1,119 @@
+"""The hot path's Lua scripts on connections of their own (dragoman.state.redis_script),
+against the real Redis: reused connections, a closed or flushed server recovered before
+anything is sent, a cancelled command's connection never reused."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as redis
+
+from dragoman.state.redis_script import RedisScript
+
+INCR = "return redis.call('INCR', KEYS[1])"
+# Busy for about `ARGV[1]` ms of the server's clock, then answers ARGV[2].
+SLOW = """
+local t = redis.call('TIME')
+local start = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+repeat
+  t = redis.call('TIME')
+until tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 - start >= tonumber(ARGV[1])
+return ARGV[2]
+"""
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[redis.Redis]:
+    """A client whose connections carry a name of their own (to find and kill them)."""
+    named = redis.Redis.from_url(redis_url, client_name=f"script-test-{uuid.uuid4().hex[:12]}")
+    yield named
+    await named.aclose()
+
+
+@pytest.fixture
+def key() -> str:
+    return f"dragoman:test:script:{uuid.uuid4().hex}"
+
+
+async def own_connections(client: redis.Redis) -> list[dict[str, str]]:
+    name = client.connection_pool.connection_kwargs["client_name"]
+    listed = await client.client_list()
+    return [c for c in listed if c.get("name") == name]
+
+
+async def test_a_call_answers_what_the_script_returns(client: redis.Redis, key: str) -> None:
+    script = RedisScript(client, INCR)
+    assert [await script([key], []) for _ in range(3)] == [1, 2, 3]
+    await script.close()
+    await client.delete(key)
+
+
+async def test_calls_one_after_another_reuse_one_connection(client: redis.Redis, key: str) -> None:
+    script = RedisScript(client, INCR)
+    for _ in range(20):
+        await script([key], [])
+    assert script.idle == 1
+    # The client's own CLIENT LIST goes through its pool: one more connection, named alike.
+    assert len(await own_connections(client)) == 2
+    await script.close()
+    await client.delete(key)
+
+
+async def test_a_flushed_script_cache_is_loaded_again_by_the_call(
+    client: redis.Redis, key: str
+) -> None:
+    script = RedisScript(client, INCR)
+    await script([key], [])
+    await client.script_flush()
+    assert await script([key], []) == 2
+    assert await script([key], []) == 3  # and EVALSHA finds it again
+    await script.close()
+    await client.delete(key)
+
+
+async def test_an_idle_connection_the_server_closed_is_replaced_before_the_call(
+    client: redis.Redis, key: str
+) -> None:
+    """A Redis restart or idle timeout must not refuse the next request."""
+    script = RedisScript(client, INCR)
+    await script([key], [])
+    mine = await own_connections(client)
+    for connection in mine:
+        await client.client_kill_filter(_id=connection["id"])
+    await asyncio.sleep(0.05)  # the loop sees the close
+    assert await script([key], []) == 2
+    await script.close()
+    await client.delete(key)
+
+
+async def test_a_cancelled_call_drops_its_connection_and_the_next_gets_its_own_answer(
+    client: redis.Redis,
+) -> None:
+    script = RedisScript(client, SLOW)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await script([], [200, "late"])
+    assert script.idle == 0  # its answer may still come: never read by another call
+    assert await script([], [0, "mine"]) == b"mine"
+    await script.close()
+
+
+async def test_idle_connections_past_the_bound_are_closed(client: redis.Redis, key: str) -> None:
+    script = RedisScript(client, INCR, keep_idle=2)
+    await asyncio.gather(*(script([key], []) for _ in range(6)))
+    assert script.idle == 2
+    await script.close()
+    assert script.idle == 0
+    await client.delete(key)
+
+
+async def test_an_unreachable_server_raises_a_connection_error() -> None:
+    unreachable = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    script = RedisScript(unreachable, INCR)
+    with pytest.raises((redis.ConnectionError, OSError)):
+        await script(["k"], [])
+    assert script.idle == 0
+    await unreachable.aclose()
