@@ -198,3 +198,35 @@ async def test_background_refreshes_let_requests_run_between_them(
     await asyncio.gather(settle(cached), request())
     assert events.count("query") == 5
     assert "query,query" not in ",".join(events)
+
+
+@pytest.fixture
+async def pg_stores(
+    postgres_url: str, cipher: MappingCipher, clock: Clock
+) -> AsyncIterator[tuple[MappingStore, MappingStore]]:
+    async for pair in open_stores(postgres_url, cipher, clock):
+        yield pair
+
+
+async def test_a_lookup_overlapping_a_write_of_this_store_is_not_cached(
+    pg_stores: tuple[MappingStore, MappingStore],
+) -> None:
+    """On PostgreSQL a lookup awaits the network: a suspension written through the same
+    store meanwhile must not be undone by caching the row the lookup read before it."""
+    cached, _other = pg_stores
+    mapping_id = await link(cached, "acct-1")
+    reads = cached._pg_reads
+    assert reads is not None
+    read_first = reads.first
+
+    async def read_then_suspend(**params: str) -> object:
+        row = await read_first(**params)  # the row as it was: active
+        await deactivate(cached, mapping_id)  # written and forgotten meanwhile
+        return row
+
+    reads.first = read_then_suspend  # type: ignore[method-assign,assignment]
+    overlapping = await cached.find_by_account("acct-1")
+    reads.first = read_first  # type: ignore[method-assign]
+    assert overlapping is not None and overlapping.status is MappingStatus.ACTIVE
+    after = await cached.find_by_account("acct-1")
+    assert after is not None and after.status is MappingStatus.SUSPENDED

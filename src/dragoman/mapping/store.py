@@ -108,6 +108,9 @@ class MappingStore:
         # same row again reuses the mapping instead of unwrapping and opening it again.
         self._opened: dict[str, tuple[tuple[Any, ...], AccountMapping]] = {}
         self._in_flight: dict[str, asyncio.Future[AccountMapping | None]] = {}
+        self._writes = 0
+        """Mappings this store wrote (added, updated): lookups under way meanwhile are not
+        cached (:meth:`_remember`)."""
         self._monotonic = monotonic
         self.reachable = True
         """False from a failed query (or ping) until the next successful one."""
@@ -192,14 +195,16 @@ class MappingStore:
             if pending is not None:
                 return await self._share(pending, cloud_account)
             return await self._look_up(cloud_account)
+        writes = self._writes
         found = await self._find_by_account(cloud_account)
-        self._remember(cloud_account, found)
+        self._remember(cloud_account, found, writes)
         return found
 
     async def _look_up(self, cloud_account: str) -> AccountMapping | None:
         """The query for ``cloud_account``, shared with whoever asks meanwhile."""
         pending = asyncio.get_running_loop().create_future()
         self._in_flight[cloud_account] = pending
+        writes = self._writes
         try:
             found = await self._find_by_account(cloud_account)
         except Exception as exc:
@@ -213,7 +218,7 @@ class MappingStore:
             pending.set_result(found)
         finally:
             del self._in_flight[cloud_account]
-        self._remember(cloud_account, found)
+        self._remember(cloud_account, found, writes)
         return found
 
     def _refresh_soon(self, cloud_account: str) -> None:
@@ -243,8 +248,11 @@ class MappingStore:
             # refreshes would hold the loop, and every request waiting on it, for tens of ms.
             await asyncio.sleep(0)
 
-    def _remember(self, cloud_account: str, found: AccountMapping | None) -> None:
-        if self._cache_ttl <= 0:
+    def _remember(self, cloud_account: str, found: AccountMapping | None, writes: int) -> None:
+        """Cache what a lookup found, unless this store wrote a mapping while the lookup was
+        on its way (``writes``: the count when it started): the row it read may be the one
+        the write replaced, and caching it would undo the write's own invalidation."""
+        if self._cache_ttl <= 0 or writes != self._writes:
             return
         if found is None:
             self._cache.discard(cloud_account)  # gone since it was cached
@@ -387,6 +395,7 @@ class MappingStore:
                 raise MappingExists(cloud_account) from None
 
         await self._run(go())
+        self._writes += 1
         self._cache.discard(cloud_account)
         return await self.get(str(values["id"]))
 
@@ -453,6 +462,7 @@ class MappingStore:
         return await self.get(mapping_id)
 
     def _forget(self, mapping_id: str) -> None:
+        self._writes += 1
         account = self._cached_accounts.pop(mapping_id, None)
         if account is not None:
             self._cache.discard(account)
