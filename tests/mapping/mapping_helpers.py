@@ -4,6 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
+
+from dragoman.mapping.entity import Grant
+from dragoman.mapping.store import MappingStore
+
+
+async def link(store: MappingStore, account: str, grants: Sequence[Grant] = ()) -> str:
+    """Link ``account`` to ``cus_<account>``; the new mapping's id."""
+    mapping = await store.add(
+        cloud_account=account,
+        payment_customer="cus_" + account,
+        created_by="test",
+        verification_method="test",
+        grants=grants,
+    )
+    return mapping.id
 
 
 class Relay:

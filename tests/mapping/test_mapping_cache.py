@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from mapping_helpers import link
 from sqlalchemy import text
 
 from dragoman.mapping.crypto import MappingCipher
@@ -61,16 +62,6 @@ async def open_stores(
     yield cached, other
     await cached.close()
     await other.close()
-
-
-async def link(store: MappingStore, account: str) -> str:
-    mapping = await store.add(
-        cloud_account=account,
-        payment_customer="cus_" + account,
-        created_by="test",
-        verification_method="test",
-    )
-    return mapping.id
 
 
 async def deactivate(store: MappingStore, mapping_id: str) -> None:
