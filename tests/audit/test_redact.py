@@ -124,3 +124,34 @@ def test_csrf_tokens_are_redacted_wherever_they_appear() -> None:
 )
 def test_csrf_headers_and_cookies_are_redacted(text: str) -> None:
     assert "abcdef" not in redact_text(text)
+
+
+def test_ids_dragoman_makes_pass_unchanged_exactly_as_the_patterns_would_leave_them() -> None:
+    """Request ids (32 hex digits) and UUIDs skip the patterns (each is new, so caching them
+    would only push out values that recur); the patterns leave every such id unchanged."""
+    import random
+    import uuid
+
+    from dragoman.audit.redact import _redact
+
+    chooser = random.Random(7)
+    ids = [f"{chooser.getrandbits(128):032x}" for _ in range(2000)]
+    ids += [str(uuid.UUID(int=chooser.getrandbits(128))) for _ in range(2000)]
+    ids += ["0" * 32, "1234567890123456" * 2, "4242424242424242" + "0" * 16]
+    ids += ["42424242-4242-4242-4242-424242424242"]
+    for text in ids:
+        assert _redact(text) == text, text
+        assert redact_text(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "4242424242424242",  # a card number alone: 16 digits, no id shape
+        "4242 4242 4242 4242",
+        "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln",
+        "token=0123456789abcdef0123456789abcdef",
+    ],
+)
+def test_values_near_the_id_shapes_are_still_redacted(text: str) -> None:
+    assert redact_text(text) != text

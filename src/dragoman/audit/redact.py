@@ -46,11 +46,22 @@ def _card(match: re.Match[str]) -> str:
     return "[card]" if 13 <= len(digits) <= 19 and luhn_valid(digits) else match.group(0)
 
 
+# Ids dragoman makes (a request id: 32 hex digits; a UUID) hold nothing any pattern above
+# replaces: no dot, space, '=' or ':', and no digit run standing alone (a run inside one
+# touches a hex letter, or a dash after one). They are checked first because each is new:
+# through the cache below every one would miss and push out a value that recurs.
+_OWN_ID = re.compile(r"[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def redact_text(text: str) -> str:
     """``text`` with every secret and card number replaced. Short strings are remembered
     (a caller's principal, its paths, its origin recur on every request; at most 4,096 of
     at most 512 characters each are kept)."""
-    return _redact_short(text) if len(text) <= 512 else _redact(text)
+    if len(text) > 512:
+        return _redact(text)
+    if _OWN_ID.fullmatch(text):
+        return text
+    return _redact_short(text)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -122,11 +133,11 @@ def redact_record(record: dict[str, Any]) -> dict[str, Any]:
     """``record`` as it may be written: every value redacted but dragoman's own fields."""
     done: dict[str, Any] = {}
     for name, value in record.items():
-        # Most values are None or short strings: those skip redact()'s dispatch.
+        # Most values are None or strings: those skip redact()'s dispatch.
         if name in OWN_FIELDS or value is None:
             done[name] = value
-        elif type(value) is str and len(value) <= 512:
-            done[name] = _redact_short(value)
+        elif type(value) is str:
+            done[name] = redact_text(value)
         else:
             done[name] = redact(value)
     return done
