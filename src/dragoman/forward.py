@@ -92,11 +92,12 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def _named_by_connection(headers: CIMultiDictProxy[str]) -> set[str]:
-    named: set[str] = set()
-    for value in headers.getall("Connection", []):
-        named.update(token.strip().lower() for token in value.split(","))
-    return named
+def _dropped(always: frozenset[str], headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    """``always`` and the headers ``headers`` name in ``Connection`` (hop-by-hop too)."""
+    named = headers.getall("Connection", ())
+    if not named:
+        return always  # nearly every message: no set built
+    return always.union(token.strip().lower() for value in named for token in value.split(","))
 
 
 def _caller_gone(request: web.Request) -> bool:
@@ -121,7 +122,9 @@ class Forwarder:
     ) -> None:
         self._base = settings.url
         self._max_body = max_body_bytes
-        self._strip_set_cookie = settings.strip_set_cookie
+        self._response_drop = (
+            HOP_BY_HOP | {"set-cookie"} if settings.strip_set_cookie else HOP_BY_HOP
+        )
         self._security_headers = dict(security_headers)
         self._timeout = aiohttp.ClientTimeout(
             total=None,
@@ -158,7 +161,7 @@ class Forwarder:
 
     def _request_headers(self, ctx: RequestContext) -> CIMultiDict[str]:
         incoming = ctx.request.headers
-        drop = _DROP_REQUEST | _named_by_connection(incoming)
+        drop = _dropped(_DROP_REQUEST, incoming)
         headers: CIMultiDict[str] = CIMultiDict(
             (name, value) for name, value in incoming.items() if name.lower() not in drop
         )
@@ -255,9 +258,7 @@ class Forwarder:
         try:
             ctx.upstream_status = upstream.status
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            drop = HOP_BY_HOP | _named_by_connection(upstream.headers)
-            if self._strip_set_cookie:
-                drop = drop | {"set-cookie"}
+            drop = _dropped(self._response_drop, upstream.headers)
             for name, value in upstream.headers.items():
                 if name.lower() not in drop:
                     response.headers.add(name, value)
