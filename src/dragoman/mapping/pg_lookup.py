@@ -20,6 +20,8 @@ import asyncpg
 from sqlalchemy import URL, Select
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
+from dragoman.mapping.compiled import CompiledStatement
+
 BROKEN = (asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.InterfaceError)
 FAILURES = (asyncpg.PostgresError, asyncpg.exceptions.InterfaceError, OSError, ConnectionError)
 """What an unreachable or failing server raises (the store answers StoreUnavailable)."""
@@ -47,19 +49,16 @@ class Row:
 class PgLookup:
     def __init__(self, url: URL, statement: Select[Any], *, pool_size: int) -> None:
         self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        compiled = statement.compile(
-            dialect=asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]
+        self._statement = CompiledStatement(
+            statement,
+            asyncpg_dialect.dialect(),  # type: ignore[no-untyped-call]
         )
-        self._sql = str(compiled)
-        self._names = tuple(compiled.positiontup or ())
-        self._defaults = dict(compiled.params)
         self._slots = asyncio.Semaphore(pool_size)
         self._idle: list[asyncpg.Connection] = []
 
     def statement(self, **params: Any) -> tuple[str, tuple[Any, ...]]:
         """The SQL sent and its arguments (for EXPLAIN in the tests)."""
-        values = {**self._defaults, **params}
-        return self._sql, tuple(values[name] for name in self._names)
+        return self._statement.bind(**params)
 
     async def first(self, **params: Any) -> Row | None:
         """The first row, or None. Bounded by the caller (the store's query timeout): a

@@ -21,6 +21,8 @@ from typing import Any
 from sqlalchemy import URL, Select
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 
+from dragoman.mapping.compiled import CompiledStatement
+
 READ_BUSY_TIMEOUT_MS = 250
 """How long a read on the loop's own SQLite connection may wait for a lock. In WAL mode a
 reader does not wait for writers; this bounds the rare wait (WAL recovery after a crash),
@@ -56,10 +58,7 @@ class SqliteLookup:
 
     def __init__(self, url: URL, statement: Select[Any]) -> None:
         dialect = SQLiteDialect_pysqlite()
-        compiled = statement.compile(dialect=dialect)
-        self._sql = str(compiled)
-        self._names = tuple(compiled.positiontup or ())
-        self._defaults = dict(compiled.params)
+        self._statement = CompiledStatement(statement, dialect)
         self._columns: _Columns = {
             column.name: (index, column.type.dialect_impl(dialect).result_processor(dialect, None))
             for index, column in enumerate(statement.selected_columns)
@@ -78,8 +77,7 @@ class SqliteLookup:
 
     def statement(self, **params: Any) -> tuple[str, tuple[Any, ...]]:
         """The SQL run and its arguments (for EXPLAIN in the tests)."""
-        values = {**self._defaults, **params}
-        return self._sql, tuple(values[name] for name in self._names)
+        return self._statement.bind(**params)
 
     def first(self, **params: Any) -> Row | None:
         """The first row, or None. Raises ``sqlite3.Error`` (or OSError) when the file
