@@ -33,8 +33,7 @@ from dragoman.demo.runner import (
     DemoStack,
     demo_settings,
 )
-from dragoman.keys.jwk import ec_public_jwk, thumbprint
-from dragoman.keys.local import raw_signature
+from dragoman.keys.jwk import ec_public_jwk, raw_signature, thumbprint
 from dragoman.keys.ring import KeyRing
 from dragoman.keys.sealing import new_master_key
 from dragoman.keys.timeline import KeyRecord

@@ -24,13 +24,10 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
-    encode_dss_signature,
-)
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from dragoman.audit.chain import Tail, canonical, digest
-from dragoman.keys.jwk import ec_public_jwk, thumbprint
+from dragoman.keys.jwk import ec_public_jwk, raw_signature, thumbprint
 
 EVENT = "checkpoint"
 ALG = "ES256"
@@ -75,8 +72,7 @@ class CheckpointSigner:
         return cls(key)
 
     def sign(self, data: bytes) -> str:
-        r, s = decode_dss_signature(self._key.sign(data, ec.ECDSA(hashes.SHA256())))
-        return _b64(r.to_bytes(_SIZE, "big") + s.to_bytes(_SIZE, "big"))
+        return _b64(raw_signature(self._key, data))
 
 
 def signing_input(record: dict[str, Any]) -> bytes:

@@ -12,25 +12,16 @@ import asyncio
 import time
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dragoman.keys.jwk import ec_public_jwk, thumbprint
+from dragoman.keys.jwk import ec_public_jwk, raw_signature, thumbprint
 from dragoman.keys.provider import KeyUnavailableError, ProviderKey
 from dragoman.keys.schema import local_signing_keys as t
 from dragoman.keys.sealing import Sealer, SealingError
-
-_ES256 = ec.ECDSA(hashes.SHA256())  # immutable: built once rather than per signature
-
-
-def raw_signature(private: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
-    """ES256 signature as the 64-byte r||s of JWS."""
-    r, s = decode_dss_signature(private.sign(data, _ES256))
-    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
 class LocalProvider:
