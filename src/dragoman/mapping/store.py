@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dragoman.cache import TtlCache
+from dragoman.mapping.compiled import CompiledStatement
 from dragoman.mapping.crypto import MappingCipher, MappingCryptoError
 from dragoman.mapping.entity import AccountMapping, Grant, MappingStatus
 from dragoman.mapping.pg_lookup import FAILURES as PG_FAILURES
@@ -115,15 +116,14 @@ class MappingStore:
         self.reachable = True
         """False from a failed query (or ping) until the next successful one."""
 
-    def lookup_statement(self, cloud_account: str) -> tuple[str, Any]:
+    def lookup_statement(self, cloud_account: str) -> tuple[str, tuple[Any, ...]]:
         """The SQL and arguments a lookup by account sends."""
         index = self.codec.account_index(cloud_account)
         if self._reads is not None:
             return self._reads.statement(index=index)
         if self._pg_reads is not None:
             return self._pg_reads.statement(index=index)
-        compiled = BY_ACCOUNT.compile(dialect=self.engine.dialect)
-        return str(compiled), {**compiled.params, "index": index}
+        return CompiledStatement(BY_ACCOUNT, self.engine.dialect).bind(index=index)
 
     def trace_lookups(self, callback: Callable[[str], None] | None) -> None:
         """Tests: ``callback`` gets every statement the lookups by account run on SQLite."""
