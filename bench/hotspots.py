@@ -1,11 +1,13 @@
 """Where dragoman's time goes: py-spy samples one dragoman worker under the caller mix.
 
     .venv/bin/python bench/hotspots.py --py-spy /path/to/py-spy [--seconds 20] [--writes 20]
+        [--backends memory|sqlite-redis|pg-redis]
 
-Starts the upstream, the issuer and dragoman (memory backends, one worker) as `make bench`
-does, seeds the callers, drives the caller mix with wrk and records the worker with
-`py-spy record --format raw` (collapsed stacks; py-spy is not a pinned dependency: install
-it anywhere, `pip install py-spy`). Prints the functions with the most samples, by their own
+Starts the upstream, the issuer and dragoman (one worker; memory backends unless
+``--backends`` names another of ``make bench``'s rows) as `make bench` does, seeds the
+callers, drives the caller mix with wrk and records the worker with `py-spy record
+--format raw` (collapsed stacks; py-spy is not a pinned dependency: install it anywhere,
+`pip install py-spy`). Prints the functions with the most samples, by their own
 time and by the time spent in them and below, and keeps the raw stacks
 (bench/results/hotspots.txt) for a flame graph (speedscope, inferno, flamegraph.pl).
 """
@@ -69,6 +71,12 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument(
+        "--backends",
+        choices=("memory", "sqlite-redis", "pg-redis"),
+        default="memory",
+        help="The state backends, as in make bench's rows (Redis, PostgreSQL: this machine's).",
+    )
+    parser.add_argument(
         "--nonblocking",
         action="store_true",
         help="Sample without pausing the worker: less overhead, but some stacks come out cut.",
@@ -78,7 +86,14 @@ def main() -> int:
     raw = RESULTS / "hotspots.txt"
     with tempfile.TemporaryDirectory(prefix="dragoman-profile-") as tmp:
         stack, urls = stack_mod.plan_base(Path(tmp))
-        config = stack_mod.add_dragoman(stack, urls, "dragoman", 1, "memory")
+        database = None
+        if args.backends == "pg-redis":
+            database = stack_mod.fresh_postgres_database()
+            if database is None:
+                raise SystemExit("PostgreSQL is not reachable")
+        if args.backends != "memory" and not stack_mod.redis_reachable():
+            raise SystemExit("Redis is not reachable")
+        config = stack_mod.add_dragoman(stack, urls, "dragoman", 1, args.backends, database)
         with stack_mod.running(stack.base):
             stack_mod.write_callers(stack, urls["issuer"], args.callers)
             callers_mod.seed(config, args.callers)

@@ -5,6 +5,7 @@ anything is sent, a cancelled command's connection never reused."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -117,3 +118,39 @@ async def test_an_unreachable_server_raises_a_connection_error() -> None:
         await script(["k"], [])
     assert script.idle == 0
     await unreachable.aclose()
+
+
+@pytest.mark.parametrize(
+    ("keys", "args"),
+    [
+        ([], []),
+        (["dragoman:rl:bench:" + "a" * 64], ["", 1, 1_000_000]),
+        (["k1", "k2", "k3"], ["", 10, 20, 30, 40, -5, 0]),
+        (["{acct}:block"], ["règle", "1.5", 2**62]),
+    ],
+)
+def test_the_packed_command_is_what_the_client_would_send(
+    keys: list[str], args: list[str | int]
+) -> None:
+    """The script writes EVALSHA itself (the client's encoder was the send's main cost):
+    byte for byte what redis-py's own ``pack_command`` makes of the same call."""
+    client = redis.Redis()  # never connects: only its connection class's encoder is used
+    script = RedisScript(client, INCR)
+    expected = client.connection_pool.make_connection().pack_command(
+        "EVALSHA",
+        hashlib.sha1(INCR.encode(), usedforsecurity=False).hexdigest(),
+        len(keys),
+        *keys,
+        *args,
+    )
+    assert script.packed(keys, args) == b"".join(expected)
+
+
+async def test_a_packed_call_with_several_keys_and_arguments_reaches_the_script(
+    client: redis.Redis, key: str
+) -> None:
+    echo = "return {KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3]}"
+    script = RedisScript(client, echo)
+    answer = await script([key, key + ":2"], ["", 42, "règle"])
+    assert answer == [key.encode(), (key + ":2").encode(), b"", b"42", "règle".encode()]
+    await script.close()

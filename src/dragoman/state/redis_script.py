@@ -9,6 +9,11 @@ them idle and takes one per call: the same connection class, settings (address, 
 credentials, database, decoding) and protocol parser as the client's pool, through
 ``ConnectionPool.make_connection``.
 
+The EVALSHA command is written here (RESP arrays of bulk strings, byte for byte what
+redis-py's ``pack_command`` writes: a test holds them equal) because the client's general
+encoder cost more than the rest of the send; the rare EVAL fallback goes through the
+client's own ``send_command``.
+
 As in the client's pool, an idle connection is checked before it is used: one the server
 closed meanwhile (a restart, an idle timeout) is replaced before anything is sent, so a
 restart costs no refusal. A command that fails or is cancelled (the caller's timeout)
@@ -36,6 +41,7 @@ class RedisScript:
         self._source = source
         # EVALSHA names the script by the SHA-1 of its source: Redis's own naming.
         self._sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+        self._evalsha = _bulk(b"EVALSHA") + _bulk(self._sha.encode())
         self._keep_idle = keep_idle
         self._idle: list[AbstractConnection] = []
 
@@ -80,12 +86,23 @@ class RedisScript:
             raise
         return fresh
 
+    def packed(self, keys: Sequence[str], args: Sequence[str | int]) -> bytes:
+        """The EVALSHA command for ``keys`` and ``args``, as sent."""
+        parts = [b"*%d\r\n" % (3 + len(keys) + len(args)), self._evalsha, _bulk(b"%d" % len(keys))]
+        parts += [_bulk(key.encode()) for key in keys]
+        parts += [_bulk(arg.encode() if isinstance(arg, str) else b"%d" % arg) for arg in args]
+        return b"".join(parts)
+
     async def _run(
         self, connection: AbstractConnection, keys: Sequence[str], args: Sequence[str | int]
     ) -> Any:
-        await connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
+        await connection.send_packed_command(self.packed(keys, args))
         try:
             return await connection.read_response()
         except NoScriptError:  # a restarted or flushed server: EVAL loads it again
             await connection.send_command("EVAL", self._source, len(keys), *keys, *args)
             return await connection.read_response()
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
