@@ -397,6 +397,10 @@ async def test_with_two_workers_every_scrape_counts_the_requests_of_both(
                     scraped = Scrape(await response.text())
                 labels = {**unauthenticated(), "code": "unauthenticated"}
                 totals.append(scraped.value("dragoman_requests_total", **labels))
+            # Each worker's sampled gauges, summed (in flight) and at most (peak) over both.
+            assert scraped.has("dragoman_requests_in_flight")
+            assert scraped.value("dragoman_requests_in_flight") == 0
+            assert scraped.value("dragoman_requests_in_flight_peak") in (0, 1)
         assert totals == [sent] * 8
     finally:
         process.send_signal(signal.SIGTERM)

@@ -71,6 +71,7 @@ from dragoman.observability import (
     shared_metrics,
     sync_probe,
 )
+from dragoman.observability.in_flight import sample_in_flight
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import (
     AuditUnavailable,
@@ -123,6 +124,9 @@ class Proxy:
     _store_watch: asyncio.Task[None] | None = None
     in_flight: int = 0
     """Proxied requests and decisions this worker is handling now (server.max_in_flight)."""
+    in_flight_peak: int = 0
+    """The most of them at once since the last :meth:`in_flight_sample`."""
+    _in_flight_sampler: asyncio.Task[None] | None = None
     alerts: AlertSink | None = None
     reconcile: ReconcileScheduler | None = None
     """The scheduled reconciliation (None when reconcile.schedule is off)."""
@@ -187,10 +191,17 @@ class Proxy:
         if limit and self.in_flight >= limit:
             return False
         self.in_flight += 1
+        if self.in_flight > self.in_flight_peak:
+            self.in_flight_peak = self.in_flight
         return True
 
     def release(self) -> None:
         self.in_flight -= 1
+
+    def in_flight_sample(self) -> tuple[int, int]:
+        """The requests in flight now and the most at once since the previous call."""
+        peak, self.in_flight_peak = self.in_flight_peak, self.in_flight
+        return self.in_flight, peak
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ctx = self.context(request)
@@ -342,6 +353,12 @@ class Proxy:
             self.reconcile.start()
         if self.audit_shipper is not None:
             self.audit_shipper.start()
+        if self.metrics is not None:
+            self._in_flight_sampler = asyncio.create_task(
+                sample_in_flight(
+                    self.in_flight_sample, self.metrics.in_flight, self.metrics.in_flight_peak
+                )
+            )
         if self.settings.mapping.cache_ttl > 0:
             self._store_watch = asyncio.create_task(
                 self.store.watch(self.settings.store.health_interval)
@@ -352,6 +369,9 @@ class Proxy:
             await self.reconcile.close()  # a run in progress resumes at the next start
         if self.alerts is not None:
             await self.alerts.close()
+        if self._in_flight_sampler is not None:
+            self._in_flight_sampler.cancel()
+            self._in_flight_sampler = None
         if self._store_watch is not None:
             # Wait for the cancelled ping to give its connection back before the engine is
             # disposed; a ping cut off mid-query would otherwise wait forever.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from dragoman.anomaly.alerts import alerts_counter
 from dragoman.audit.write_ahead import EVENT as FORWARD_EVENT
@@ -98,6 +98,22 @@ class ProxyMetrics:
             "Requests a report-only rule would have refused, by rule and code (the requests"
             " went on; docs/report-only.md).",
             ["rule", "code"],
+            registry=registry,
+        )
+        # Sampled (dragoman.observability.in_flight); with several workers, the first sums
+        # the live workers and the second is the busiest one's, as max_in_flight is per worker.
+        self.in_flight = Gauge(
+            "dragoman_requests_in_flight",
+            "Proxied requests and decisions being handled, over every worker (sampled each"
+            " second).",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.in_flight_peak = Gauge(
+            "dragoman_requests_in_flight_peak",
+            "The most requests one worker handled at once during the last second (it refuses"
+            " past server.max_in_flight).",
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.anomaly_alerts = alerts_counter(registry)
