@@ -421,8 +421,12 @@ def build_proxy(
 ) -> Proxy:
     """Every component and the stage chain, from settings."""
     metrics = shared_metrics()
+    tls = settings.server.tls
     authenticators = build_authenticators(
-        settings.identity, clock=clock, jwks_fetched=metrics.jwks_meter()
+        settings.identity,
+        clock=clock,
+        jwks_fetched=metrics.jwks_meter(),
+        client_ca_file=tls.client_ca_file if tls is not None else None,
     )
     catalog = operations_from_settings(settings.catalog)
     engine = make_engine(settings.store.database_url, pool_size=settings.store.pool_size)

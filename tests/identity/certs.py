@@ -144,3 +144,27 @@ class Authority:
         path = directory / f"{stem}.pem"
         path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
         return path
+
+    def crl(
+        self,
+        *revoked: Issued,
+        this_update: datetime.datetime | None = None,
+        next_update: datetime.datetime | None = None,
+    ) -> bytes:
+        """This CA's revocation list (PEM) naming ``revoked``: issued a minute ago unless
+        told otherwise, next update in a day."""
+        issued_at = this_update or now() - datetime.timedelta(minutes=1)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.subject)
+            .last_update(issued_at)
+            .next_update(next_update or issued_at + 24 * HOUR)
+        )
+        for cert in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(cert.cert.serial_number)
+                .revocation_date(issued_at)
+                .build()
+            )
+        return builder.sign(self.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)

@@ -8,6 +8,8 @@ here. This authenticator then judges what the certificate says, on every request
 - its validity window again, against the proxy's clock (a kept-alive connection may outlive
   its certificate);
 - that it is a leaf (X.509-SVID §5.2: ``cA`` false, neither ``keyCertSign`` nor ``cRLSign``);
+- with ``crl_file``, that its issuer's current list does not revoke it
+  (:mod:`dragoman.identity.revocation`);
 - with a ``spiffe:`` URI SAN: exactly one URI SAN, a well-formed SPIFFE ID with a non-root
   path, an accepted trust domain, and ``id_pattern`` when set;
 - without one: ``subject_pattern`` against the RFC 4514 subject.
@@ -31,6 +33,7 @@ from cryptography import x509
 
 from dragoman.identity.base import NOT_MINE, NotMine
 from dragoman.identity.principal import Principal
+from dragoman.identity.revocation import RevocationCheck
 from dragoman.identity.role_table import RoleTable
 from dragoman.pipeline.errors import Unauthenticated
 from dragoman.settings import MtlsSettings
@@ -83,6 +86,8 @@ class CertificateFacts:
     uris: tuple[str, ...]
     subject: str
     issuer: str
+    issuer_der: bytes
+    serial: int
 
 
 def _extension(cert: x509.Certificate, kind: type[E]) -> E | None:
@@ -116,6 +121,8 @@ def certificate_facts(der: bytes) -> CertificateFacts:
         uris=tuple(uris),
         subject=subject,
         issuer=issuer,
+        issuer_der=cert.issuer.public_bytes(),
+        serial=cert.serial_number,
     )
 
 
@@ -140,8 +147,16 @@ def _account(match: re.Match[str] | None) -> str | None:
 class MtlsAuthenticator:
     """Service callers by their TLS client certificate (SPIFFE IDs or subjects)."""
 
-    def __init__(self, settings: MtlsSettings, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: MtlsSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        revocation: RevocationCheck | None = None,
+    ) -> None:
+        """``revocation``: the lists of ``settings.crl_file`` (None: not checked)."""
         self.name = settings.name
+        self._revocation = revocation
         self._settings = settings
         self._trust_domains = frozenset(settings.trust_domains)
         self._id_pattern = re.compile(settings.id_pattern) if settings.id_pattern else None
@@ -176,6 +191,8 @@ class MtlsAuthenticator:
             raise Unauthenticated(
                 "client_certificate_not_leaf", "A CA certificate cannot authenticate a caller."
             )
+        if self._revocation is not None:
+            self._revocation.check(facts.issuer_der, facts.serial)
         if any(uri[:7].lower() == "spiffe:" for uri in facts.uris):
             return self._spiffe(facts)
         return self._subject(facts)

@@ -122,6 +122,20 @@ class Settings(BaseSettings):
                 "identity.mtls: needs server.tls with client_ca_file (client certificates are"
                 " read from dragoman's own TLS handshake only)"
             )
+        mtls = self.identity.mtls
+        if (
+            mtls is not None
+            and mtls.crl_file is not None
+            and tls is not None
+            and tls.client_ca_file
+        ):
+            # Local import: identity depends on settings, not the other way.
+            from dragoman.identity.revocation import load_revocation_lists
+
+            try:
+                load_revocation_lists(mtls.crl_file, tls.client_ca_file)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"identity.mtls.crl_file: {exc}") from None
         return self
 
     @model_validator(mode="after")

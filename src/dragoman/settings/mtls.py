@@ -4,10 +4,11 @@ of dragoman's own handshake (SPIFFE X.509-SVIDs, or certificates matched by subj
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from dragoman.settings.base import Section
+from dragoman.settings.base import Duration, Section
 from dragoman.settings.principals import ROLE_TABLE_DESCRIPTION, RoleTable, check_role_table
 
 TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
@@ -64,6 +65,22 @@ class MtlsSettings(Section):
         "", description="Prepended to the principal (the SPIFFE ID or the subject)."
     )
     account_prefix: str = Field("", description="Prepended to the cloud account.")
+    crl_file: Path | None = Field(
+        None,
+        description=(
+            "PEM file of certificate revocation lists (`X509 CRL` blocks), each signed by a CA"
+            " of `server.tls.client_ca_file`. When set, a request authenticated by a client"
+            " certificate is refused when its issuer's list revokes it (401), and when its"
+            " issuer has no list in the file or the list is past its nextUpdate (503"
+            " identity_unavailable). Re-read when it changes; unset: no revocation checks."
+        ),
+    )
+    crl_refresh: Duration = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="How often `crl_file` is looked at for a new version.",
+    )
 
     @field_validator("trust_domains")
     @classmethod
@@ -86,6 +103,13 @@ class MtlsSettings(Section):
     @classmethod
     def _roles(cls, value: RoleTable) -> RoleTable:
         return check_role_table(value)
+
+    @field_validator("crl_file")
+    @classmethod
+    def _crl_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError("file not found")
+        return value
 
     @model_validator(mode="after")
     def _accepts_something(self) -> MtlsSettings:
