@@ -18,7 +18,11 @@ What is followed (Envoy v3 API, ``envoy.extensions.filters.http.ext_authz.v3``):
   and the headers matched by ``allowed_client_headers`` plus status, content-length,
   www-authenticate and location; every header but Host when the list is unset);
 - the edge connection manager (``use_remote_address``) appends the caller's address to
-  X-Forwarded-For before the filters run.
+  X-Forwarded-For before the filters run;
+- the router adds the virtual host's ``response_headers_to_add`` to the upstream's answers,
+  each by its ``append_action`` (``APPEND_IF_EXISTS_OR_ADD`` by default), and not to local
+  replies (a denial, ``status_on_error``: ``finalizeResponseHeaders`` runs on upstream
+  answers only, envoyproxy/envoy#11648).
 """
 
 from __future__ import annotations
@@ -120,6 +124,8 @@ class ExtAuthzContract:
     status_on_error: int
     route_clusters: tuple[str, ...]
     """Every cluster a route of the public listener can send a request to."""
+    response_headers_to_add: tuple[tuple[str, str, str], ...]
+    """The virtual host's: (name, value, append_action)."""
     clusters: dict[str, dict[str, Any]]
 
     @classmethod
@@ -154,6 +160,16 @@ class ExtAuthzContract:
             failure_mode_allow=bool(authz.get("failure_mode_allow", False)),
             status_on_error=_status(authz.get("status_on_error")),
             route_clusters=tuple(_route_clusters(hcm["route_config"])),
+            response_headers_to_add=tuple(
+                (
+                    entry["header"]["key"],
+                    entry["header"]["value"],
+                    entry.get("append_action", "APPEND_IF_EXISTS_OR_ADD"),
+                )
+                for entry in _only(hcm["route_config"]["virtual_hosts"]).get(
+                    "response_headers_to_add", ()
+                )
+            ),
             clusters={c["name"]: c for c in config["static_resources"]["clusters"]},
         )
 
@@ -322,6 +338,15 @@ class EnvoyGateway:
         for name, value in answer.items():
             if contract.client_headers_on_success.matches(name.lower()):
                 out.headers.add(name, value)
+        for name, value, action in contract.response_headers_to_add:
+            present = name in out.headers
+            if action == "ADD_IF_ABSENT" and present:
+                continue
+            if action == "OVERWRITE_IF_EXISTS" and not present:
+                continue
+            if action.startswith("OVERWRITE"):
+                out.headers.popall(name, None)
+            out.headers.add(name, value)
         return out
 
     def _deny(self, status: int, answer: CIMultiDict[str], body: bytes) -> web.Response:

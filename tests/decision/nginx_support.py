@@ -184,6 +184,8 @@ class Tap:
     def __init__(self, platform_url: str) -> None:
         self.platform_url = platform_url
         self.arrivals: list[Arrival] = []
+        self.answer_headers: dict[str, str] = {}
+        """Set on every answer relayed back (over the platform's own)."""
         self._session: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
@@ -215,5 +217,8 @@ class Tap:
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         ) as answer:
             payload = await answer.read()
-            kept = [(k, v) for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP]
-            return web.Response(status=answer.status, body=payload, headers=CIMultiDict(kept))
+            kept = CIMultiDict(
+                (k, v) for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP
+            )
+            kept.update(self.answer_headers)
+            return web.Response(status=answer.status, body=payload, headers=kept)

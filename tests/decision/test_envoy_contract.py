@@ -21,8 +21,10 @@ from aiohttp import web
 from envoy_contract import EnvoyGateway, ExtAuthzContract
 
 from binding_support import ALICE, Recorder, overrides
+from dragoman.browser.headers import security_headers
 from dragoman.decision.endpoint import ENVOY_PREFIX
 from dragoman.demo.runner import DemoStack
+from dragoman.settings import BrowserSettings
 from dragoman.settings.server import ServerSettings
 
 MakeStack = Callable[..., Awaitable[DemoStack]]
@@ -240,6 +242,46 @@ async def test_unauthenticated_call_is_refused_401_with_www_authenticate(
         assert r.headers["WWW-Authenticate"].startswith("Bearer")
         assert r.headers["X-Request-Id"]
     assert platform_route.stack.platform.seen == []
+
+
+SECURITY_HEADERS = security_headers(BrowserSettings())
+"""What dragoman sets on every answer in proxy mode (the defaults): the gateway must too."""
+
+
+def assert_security_headers(response: aiohttp.ClientResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        assert response.headers.getall(name, []) == [value], name
+
+
+def test_shipped_security_headers_are_dragomans(contract: ExtAuthzContract) -> None:
+    added = {
+        name.lower(): (value, action) for name, value, action in contract.response_headers_to_add
+    }
+    for name, value in SECURITY_HEADERS.items():
+        assert added.pop(name.lower()) == (value, "OVERWRITE_IF_EXISTS_OR_ADD"), name
+    assert added == {"cache-control": ("no-store", "ADD_IF_ABSENT")}
+
+
+async def test_an_allowed_answer_carries_the_security_headers_and_no_store(
+    platform_route: Route, http: aiohttp.ClientSession
+) -> None:
+    stack = platform_route.stack
+    async with http.get(platform_route.url + PM, headers={"Authorization": bearer(stack)}) as r:
+        assert r.status == 200
+        assert_security_headers(r)
+        assert r.headers.getall("Cache-Control") == ["no-store"]
+
+
+async def test_a_denial_carries_dragomans_security_headers(
+    platform_route: Route, http: aiohttp.ClientSession
+) -> None:
+    settings = platform_route.stack.settings
+    assert settings is not None
+    async with http.get(platform_route.url + PM) as r:
+        assert r.status == 401
+        # dragoman's own answer, passed on: the demo's settings (no HSTS over plain HTTP).
+        for name, value in security_headers(settings.browser).items():
+            assert r.headers.getall(name, []) == [value], name
 
 
 async def test_account_without_mapping_is_refused(

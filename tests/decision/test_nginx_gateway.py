@@ -31,7 +31,9 @@ from nginx_support import (
 from yarl import URL
 
 from ci_support import service_missing
+from dragoman.browser.headers import security_headers
 from dragoman.demo.runner import DemoStack
+from dragoman.settings import BrowserSettings
 
 PM = "/v1/customers/cus_alice/payment-methods"
 BOB_PM = "/v1/customers/cus_bob/payment-methods"
@@ -345,6 +347,58 @@ async def test_decision_listener_down_gets_503_decision_unavailable_and_nothing_
     assert problem["code"] == "decision_unavailable"
     assert problem["status"] == 503
     assert gateway.nothing_forwarded()
+
+
+# -- the caller's answer's headers -------------------------------------------------------------
+
+SECURITY_HEADERS = security_headers(BrowserSettings())
+"""What dragoman sets on every answer in proxy mode (the defaults): the gateway must too."""
+
+
+def assert_security_headers(response: aiohttp.ClientResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        assert response.headers.getall(name, []) == [value], name
+
+
+async def test_an_allowed_answer_carries_the_security_headers_and_no_store(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(gateway.url + PM, headers=alice(gateway.stack)) as response:
+        assert response.status == 200
+        assert_security_headers(response)
+        assert response.headers.getall("Cache-Control") == ["no-store"]
+
+
+async def test_a_denial_carries_the_security_headers(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(gateway.url + PM) as response:
+        assert response.status == 401
+        assert_security_headers(response)
+
+
+async def test_decision_unavailable_carries_the_security_headers(
+    open_gateway: OpenGateway, http: aiohttp.ClientSession
+) -> None:
+    gateway = await open_gateway(decision_down=True)
+    async with http.get(gateway.url + PM, headers=alice(gateway.stack)) as response:
+        assert response.status == 503
+        assert_security_headers(response)
+
+
+async def test_the_upstreams_own_security_headers_give_way_and_its_cache_control_stays(
+    open_gateway: OpenGateway, http: aiohttp.ClientSession
+) -> None:
+    gateway = await open_gateway()
+    gateway.tap.answer_headers = {
+        "Content-Security-Policy": "default-src *",
+        "X-Frame-Options": "SAMEORIGIN",
+        "Cache-Control": "private, max-age=60",
+    }
+    async with http.get(gateway.url + PM, headers=alice(gateway.stack)) as response:
+        assert response.status == 200
+        assert_security_headers(response)
+        assert response.headers.getall("Cache-Control") == ["private, max-age=60"]
 
 
 # -- the audit record ------------------------------------------------------------------------
