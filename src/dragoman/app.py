@@ -50,6 +50,7 @@ from dragoman.catalog.stage import ResolveOperationStage
 from dragoman.forward import Forwarder
 from dragoman.identity.base import Authenticator
 from dragoman.identity.factory import build_authenticators
+from dragoman.identity.principal import Principal
 from dragoman.identity.stage import AuthenticateStage
 from dragoman.ids import random_hex, random_uuid
 from dragoman.keys.factory import open_key_ring
@@ -139,6 +140,8 @@ class Proxy:
     """Copies the audit file into the audit database (audit.database_url; None: off)."""
     metrics: ProxyMetrics | None = None
     """The metric families the components feed (served by :mod:`dragoman.observability`)."""
+    step_up: StepUpStage | None = None
+    """The step-up stage (policy.step_up): whoami names what a sign-in lacks."""
     readiness: Readiness = field(init=False)
     """The named checks of /readyz, built once from the components."""
 
@@ -279,6 +282,22 @@ class Proxy:
 
     # -- endpoints the proxy answers itself --------------------------------------------------
 
+    def _step_up_hints(
+        self, principal: Principal, operations: Sequence[str]
+    ) -> dict[str, dict[str, object]]:
+        """For each of ``operations`` whose tier's step-up the sign-in does not meet: why,
+        and what a new sign-in must show (RFC 9470's max_age and acr_values)."""
+        if self.step_up is None:
+            return {}
+        tiers = {operation.id: operation.tier for operation in self.catalog}
+        hints = {}
+        for operation in operations:
+            tier = tiers.get(operation)
+            unmet = None if tier is None else self.step_up.unmet(principal, tier)
+            if unmet is not None:
+                hints[operation] = unmet
+        return hints
+
     def _json(self, data: object, status: int = 200, cache: str = "no-store") -> web.Response:
         response = web.Response(
             status=status, body=json.dumps(data).encode(), content_type="application/json"
@@ -307,10 +326,13 @@ class Proxy:
         return response
 
     async def whoami(self, request: web.Request) -> web.StreamResponse:
-        """The caller's principal, account, customer and the operations granted to it.
+        """The caller's principal, account, customer and the operations granted to it, and
+        which of those its sign-in is not recent or strong enough for (``step_up``).
 
-        Widgets use it to build paths that name their customer and to show only what the
-        caller may do. It runs authentication and the mapping checks like any request.
+        Widgets use it to build paths that name their customer, to show only what the
+        caller may do, and to ask for a fresh sign-in before an operation that needs one
+        rather than after its refusal. It runs authentication and the mapping checks like
+        any request.
         """
         ctx = self.context(request)
         try:
@@ -318,14 +340,14 @@ class Proxy:
             assert ctx.principal is not None
             ctx.mapping = await self.gate.find(ctx.principal)
             self.gate.check(ctx.mapping)  # after: the audit record names a refusing mapping
+            operations = ctx.mapping.allowed_operations(ctx.principal, self.catalog, self.policy)
             response = self._json(
                 {
                     "principal": ctx.principal.subject,
                     "cloud_account": ctx.principal.cloud_account,
                     "customer": ctx.mapping.payment_customer,
-                    "operations": ctx.mapping.allowed_operations(
-                        ctx.principal, self.catalog, self.policy
-                    ),
+                    "operations": operations,
+                    "step_up": self._step_up_hints(ctx.principal, operations),
                 }
             )
             response.headers.update(self.cors.response_headers(request))
@@ -467,7 +489,7 @@ def build_proxy(
         BrowserChecksStage(cors),
         CsrfStage(csrf, settings.browser.csrf),
         ResolveOperationStage(routes),
-        StepUpStage(settings.policy.step_up, clock=clock),
+        (step_up := StepUpStage(settings.policy.step_up, clock=clock)),
         MapAccountStage(gate, policy),
         rate_limits,
         CustomerBindingStage(max_body_bytes=settings.server.max_body_bytes),
@@ -508,6 +530,7 @@ def build_proxy(
         rate_limits=rate_limits,
         anomaly=anomaly,
         metrics=metrics,
+        step_up=step_up,
     )
 
 

@@ -12,7 +12,16 @@ from typing import Any
 
 import aiohttp
 import pytest
-from policy_helpers import ADDRESS, NEW_ADDRESS, PM, MakeStack, bearer, call, grant_alice_mapping
+from policy_helpers import (
+    ADDRESS,
+    MONEY_OPERATION,
+    NEW_ADDRESS,
+    PM,
+    MakeStack,
+    bearer,
+    call,
+    grant_alice_mapping,
+)
 from policy_helpers import money_catalog as money_catalog_settings
 
 from dragoman.demo.runner import DemoStack
@@ -190,3 +199,53 @@ def test_a_sign_in_far_in_the_future_is_refused() -> None:
     with pytest.raises(StepUpRequired) as refused:
         StepUpStage({}, clock=lambda: NOW).check(principal(int(NOW) + 3600), FIVE_MINUTES)
     assert refused.value.reason == "auth_too_old"
+
+
+# -- whoami's hint -----------------------------------------------------------------------------
+
+
+async def whoami(
+    http: aiohttp.ClientSession, stack: DemoStack, headers: dict[str, str]
+) -> dict[str, Any]:
+    status, body, _ = await call(http, stack, headers, "GET", "/_dragoman/whoami")
+    assert status == 200, body
+    return body
+
+
+async def test_whoami_names_the_operations_an_old_sign_in_needs_a_step_up_for(
+    make_stack: MakeStack, http: aiohttp.ClientSession
+) -> None:
+    stack = await money_stack(make_stack)
+    body = await whoami(http, stack, alice(stack, auth_time=HOUR_AGO))
+    assert MONEY_OPERATION in body["operations"]
+    assert body["step_up"] == {MONEY_OPERATION: {"reason": "auth_too_old", "max_age": 300}}
+    # ...and the operation is refused for the reason whoami gave.
+    status, problem, _ = await move_money(http, stack, alice(stack, auth_time=HOUR_AGO))
+    assert (status, problem["reason"]) == (401, "auth_too_old")
+
+
+async def test_whoami_names_no_step_up_for_a_fresh_sign_in(
+    make_stack: MakeStack, http: aiohttp.ClientSession
+) -> None:
+    stack = await money_stack(make_stack)
+    body = await whoami(http, stack, alice(stack))
+    assert MONEY_OPERATION in body["operations"]
+    assert body["step_up"] == {}
+
+
+async def test_whoami_names_the_acr_a_step_up_asks_for(
+    make_stack: MakeStack, http: aiohttp.ClientSession
+) -> None:
+    stack = await money_stack(make_stack, {"money": {"acr_values": ["phr", "phrh"]}})
+    body = await whoami(http, stack, alice(stack, acr="pwd"))
+    assert body["step_up"] == {
+        MONEY_OPERATION: {"reason": "acr_insufficient", "acr_values": ["phr", "phrh"]}
+    }
+
+
+async def test_whoami_gives_no_hint_for_a_report_only_step_up(
+    make_stack: MakeStack, http: aiohttp.ClientSession
+) -> None:
+    stack = await money_stack(make_stack, {"money": {"max_age": "5m", "report_only": True}})
+    body = await whoami(http, stack, alice(stack, auth_time=HOUR_AGO))
+    assert body["step_up"] == {}  # the operation is served: nothing to ask for

@@ -55,6 +55,23 @@ class StepUpStage:
         except StepUpRequired as denial:
             report(ctx, f"policy.step_up.{tier}", denial)
 
+    def unmet(self, principal: Principal, tier: RiskTier) -> dict[str, object] | None:
+        """What ``principal``'s sign-in lacks for operations of ``tier`` (an enforced
+        requirement only; None when it is met or there is none): the reason, and the
+        tier's whole requirement as its challenge names it (whoami's hint)."""
+        needed = self._requirements.get(tier)
+        if needed is None or needed.report_only:
+            return None
+        failure = self._failure(principal, needed)
+        if failure is None:
+            return None
+        hint: dict[str, object] = {"reason": failure[0]}
+        if needed.max_age is not None:
+            hint["max_age"] = int(needed.max_age)
+        if needed.acr_values:
+            hint["acr_values"] = list(needed.acr_values)
+        return hint
+
     def check(self, principal: Principal, needed: StepUpSettings) -> None:
         """Raises StepUpRequired when ``principal``'s sign-in does not meet ``needed``."""
         failure = self._failure(principal, needed)
