@@ -19,12 +19,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 from envoy_contract import EnvoyGateway, ExtAuthzContract
+from gateway_headers import SECURITY_HEADERS, assert_security_headers
 
 from binding_support import ALICE, Recorder, overrides
 from dragoman.browser.headers import security_headers
 from dragoman.decision.endpoint import ENVOY_PREFIX
 from dragoman.demo.runner import DemoStack
-from dragoman.settings import BrowserSettings
 from dragoman.settings.server import ServerSettings
 
 MakeStack = Callable[..., Awaitable[DemoStack]]
@@ -244,15 +244,6 @@ async def test_unauthenticated_call_is_refused_401_with_www_authenticate(
     assert platform_route.stack.platform.seen == []
 
 
-SECURITY_HEADERS = security_headers(BrowserSettings())
-"""What dragoman sets on every answer in proxy mode (the defaults): the gateway must too."""
-
-
-def assert_security_headers(response: aiohttp.ClientResponse) -> None:
-    for name, value in SECURITY_HEADERS.items():
-        assert response.headers.getall(name, []) == [value], name
-
-
 def test_shipped_security_headers_are_dragomans(contract: ExtAuthzContract) -> None:
     added = {
         name.lower(): (value, action) for name, value, action in contract.response_headers_to_add
@@ -280,8 +271,7 @@ async def test_a_denial_carries_dragomans_security_headers(
     async with http.get(platform_route.url + PM) as r:
         assert r.status == 401
         # dragoman's own answer, passed on: the demo's settings (no HSTS over plain HTTP).
-        for name, value in security_headers(settings.browser).items():
-            assert r.headers.getall(name, []) == [value], name
+        assert_security_headers(r, security_headers(settings.browser))
 
 
 async def test_account_without_mapping_is_refused(

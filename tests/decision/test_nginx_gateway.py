@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from gateway_headers import assert_security_headers
 from nginx_support import (
     Tap,
     command,
@@ -31,9 +32,7 @@ from nginx_support import (
 from yarl import URL
 
 from ci_support import service_missing
-from dragoman.browser.headers import security_headers
 from dragoman.demo.runner import DemoStack
-from dragoman.settings import BrowserSettings
 
 PM = "/v1/customers/cus_alice/payment-methods"
 BOB_PM = "/v1/customers/cus_bob/payment-methods"
@@ -350,14 +349,6 @@ async def test_decision_listener_down_gets_503_decision_unavailable_and_nothing_
 
 
 # -- the caller's answer's headers -------------------------------------------------------------
-
-SECURITY_HEADERS = security_headers(BrowserSettings())
-"""What dragoman sets on every answer in proxy mode (the defaults): the gateway must too."""
-
-
-def assert_security_headers(response: aiohttp.ClientResponse) -> None:
-    for name, value in SECURITY_HEADERS.items():
-        assert response.headers.getall(name, []) == [value], name
 
 
 async def test_an_allowed_answer_carries_the_security_headers_and_no_store(
