@@ -161,9 +161,19 @@ async def _reconcile(
         await engine.dispose()
 
 
+def dump_tasks() -> None:
+    """Every task of the running loop, with where it waits, on stderr (SIGUSR1): what a run
+    that seems stuck is waiting for."""
+    tasks = asyncio.all_tasks()
+    print(f"dragoman reconcile: {len(tasks)} task(s)", file=sys.stderr)
+    for task in tasks:
+        task.print_stack(file=sys.stderr)
+    sys.stderr.flush()
+
+
 def _run_cancellable(make: Any) -> Any:
     """Run the coroutine; SIGTERM cancels it like Ctrl-C does (the run records what it
-    finished and stays resumable)."""
+    finished and stays resumable); SIGUSR1 prints what every task waits for."""
     terminated = False
 
     async def go() -> Any:
@@ -176,7 +186,9 @@ def _run_cancellable(make: Any) -> Any:
             terminated = True
             task.cancel()
 
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_term)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, on_term)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         return await make()
 
     try:
