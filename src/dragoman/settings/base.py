@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -62,6 +63,13 @@ def check_http_url(value: str, *, require_tls: bool, allow_path: bool = True) ->
         raise ValueError("must not carry a path")
     if require_tls and parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise ValueError("must use https (plain http is accepted for loopback hosts only)")
+    return value
+
+
+def check_existing_file(value: Path | None) -> Path | None:
+    """A file setting's check at load: unset, or a file that exists."""
+    if value is not None and not value.is_file():
+        raise ValueError("file not found")
     return value
 
 

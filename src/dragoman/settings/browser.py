@@ -7,7 +7,13 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from dragoman.settings.base import Duration, Section, check_http_url, check_redis_url
+from dragoman.settings.base import (
+    Duration,
+    Section,
+    check_existing_file,
+    check_http_url,
+    check_redis_url,
+)
 
 CsrfMode = Literal["off", "browser", "required"]
 SessionBackend = Literal["memory", "redis"]
@@ -121,9 +127,7 @@ class BrowserSettings(Section):
     @field_validator("csrf_key_file")
     @classmethod
     def _csrf_key_file_readable(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError("file not found")
-        return value
+        return check_existing_file(value)
 
     @field_validator("session_redis_url")
     @classmethod

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from dragoman.settings.base import Duration, Section
+from dragoman.settings.base import Duration, Section, check_existing_file
 from dragoman.settings.principals import ROLE_TABLE_DESCRIPTION, RoleTable, check_role_table
 
 TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
@@ -107,9 +107,7 @@ class MtlsSettings(Section):
     @field_validator("crl_file")
     @classmethod
     def _crl_file_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError("file not found")
-        return value
+        return check_existing_file(value)
 
     @model_validator(mode="after")
     def _accepts_something(self) -> MtlsSettings:

@@ -7,13 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from dragoman.settings.base import Duration, Section, check_http_url
-
-
-def _readable_file(value: Path | None) -> Path | None:
-    if value is not None and not value.is_file():
-        raise ValueError("file not found")
-    return value
+from dragoman.settings.base import Duration, Section, check_existing_file, check_http_url
 
 
 class TlsSettings(Section):
@@ -42,7 +36,7 @@ class TlsSettings(Section):
     @field_validator("cert_file", "key_file", "client_ca_file")
     @classmethod
     def _files_exist(cls, value: Path | None) -> Path | None:
-        return _readable_file(value)
+        return check_existing_file(value)
 
     @model_validator(mode="after")
     def _required_needs_a_bundle(self) -> TlsSettings:
