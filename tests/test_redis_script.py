@@ -127,10 +127,11 @@ async def test_an_unreachable_server_raises_a_connection_error() -> None:
         (["dragoman:rl:bench:" + "a" * 64], ["", 1, 1_000_000]),
         (["k1", "k2", "k3"], ["", 10, 20, 30, 40, -5, 0]),
         (["{acct}:block"], ["règle", "1.5", 2**62]),
+        (["k"], [1.5, 0.1, 10**20, -7, b"raw\x00"]),
     ],
 )
 def test_the_packed_command_is_what_the_client_would_send(
-    keys: list[str], args: list[str | int]
+    keys: list[str], args: list[str | int | float | bytes]
 ) -> None:
     """The script writes EVALSHA itself (the client's encoder was the send's main cost):
     byte for byte what redis-py's own ``pack_command`` makes of the same call."""
@@ -154,3 +155,9 @@ async def test_a_packed_call_with_several_keys_and_arguments_reaches_the_script(
     answer = await script([key, key + ":2"], ["", 42, "règle"])
     assert answer == [key.encode(), (key + ":2").encode(), b"", b"42", "règle".encode()]
     await script.close()
+
+
+@pytest.mark.parametrize("bad", [True, None, 2j])
+def test_an_argument_the_client_would_refuse_is_refused_not_rewritten(bad: object) -> None:
+    with pytest.raises(TypeError):
+        RedisScript(redis.Redis(), INCR).packed(["k"], ["", bad])  # type: ignore[list-item]

@@ -45,7 +45,7 @@ class RedisScript:
         self._keep_idle = keep_idle
         self._idle: list[AbstractConnection] = []
 
-    async def __call__(self, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+    async def __call__(self, keys: Sequence[str], args: Sequence[str | int | float | bytes]) -> Any:
         """The script's reply; raises what redis-py raises (RedisError, OSError)."""
         connection = await self._checkout()
         try:
@@ -86,15 +86,18 @@ class RedisScript:
             raise
         return fresh
 
-    def packed(self, keys: Sequence[str], args: Sequence[str | int]) -> bytes:
+    def packed(self, keys: Sequence[str], args: Sequence[str | int | float | bytes]) -> bytes:
         """The EVALSHA command for ``keys`` and ``args``, as sent."""
         parts = [b"*%d\r\n" % (3 + len(keys) + len(args)), self._evalsha, _bulk(b"%d" % len(keys))]
         parts += [_bulk(key.encode()) for key in keys]
-        parts += [_bulk(arg.encode() if isinstance(arg, str) else b"%d" % arg) for arg in args]
+        parts += [_bulk(_encoded(arg)) for arg in args]
         return b"".join(parts)
 
     async def _run(
-        self, connection: AbstractConnection, keys: Sequence[str], args: Sequence[str | int]
+        self,
+        connection: AbstractConnection,
+        keys: Sequence[str],
+        args: Sequence[str | int | float | bytes],
     ) -> Any:
         await connection.send_packed_command(self.packed(keys, args))
         try:
@@ -102,6 +105,18 @@ class RedisScript:
         except NoScriptError:  # a restarted or flushed server: EVAL loads it again
             await connection.send_command("EVAL", self._source, len(keys), *keys, *args)
             return await connection.read_response()
+
+
+def _encoded(value: object) -> bytes:
+    """An argument as redis-py's encoder writes it; what it refuses (a bool, None, other
+    types) is refused here too, never written in some other form."""
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes):
+        return value
+    if type(value) is int or type(value) is float:
+        return repr(value).encode()
+    raise TypeError(f"a script argument cannot be a {type(value).__name__}")
 
 
 def _bulk(value: bytes) -> bytes:
