@@ -1,15 +1,21 @@
 """Where dragoman's time goes: py-spy samples one dragoman worker under the caller mix.
 
     .venv/bin/python bench/hotspots.py --py-spy /path/to/py-spy [--seconds 20] [--writes 20]
-        [--backends memory|sqlite-redis|pg-redis]
+        [--backends memory|sqlite-redis|pg-redis] [--target dragoman|passthrough]
 
 Starts the upstream, the issuer and dragoman (one worker; memory backends unless
 ``--backends`` names another of ``make bench``'s rows) as `make bench` does, seeds the
-callers, drives the caller mix with wrk and records the worker with `py-spy record
+callers, drives the caller mix with wrk and, after a warm-up (``--warmup``: every caller's
+first token verification is done by then), records the worker with `py-spy record
 --format raw` (collapsed stacks; py-spy is not a pinned dependency: install it anywhere,
 `pip install py-spy`). Prints the functions with the most samples, by their own
 time and by the time spent in them and below, and keeps the raw stacks
-(bench/results/hotspots.txt) for a flame graph (speedscope, inferno, flamegraph.pl).
+(bench/results/hotspots-<target>.txt) for a flame graph (speedscope, inferno,
+flamegraph.pl).
+
+``--target passthrough`` samples the benchmark's plain pass-through proxy under the same
+load instead: what aiohttp itself costs (server, client, streaming), to set beside
+dragoman's own figures for the same functions.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -77,13 +84,25 @@ def main() -> int:
         help="The state backends, as in make bench's rows (Redis, PostgreSQL: this machine's).",
     )
     parser.add_argument(
+        "--target",
+        choices=("dragoman", "passthrough"),
+        default="dragoman",
+        help="What to sample: dragoman, or the plain pass-through proxy under the same load.",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=3.0,
+        help="Seconds of load before sampling starts.",
+    )
+    parser.add_argument(
         "--nonblocking",
         action="store_true",
         help="Sample without pausing the worker: less overhead, but some stacks come out cut.",
     )
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
-    raw = RESULTS / "hotspots.txt"
+    raw = RESULTS / f"hotspots-{args.target}.txt"
     with tempfile.TemporaryDirectory(prefix="dragoman-profile-") as tmp:
         stack, urls = stack_mod.plan_base(Path(tmp))
         database = None
@@ -93,10 +112,14 @@ def main() -> int:
                 raise SystemExit("PostgreSQL is not reachable")
         if args.backends != "memory" and not stack_mod.redis_reachable():
             raise SystemExit("Redis is not reachable")
-        config = stack_mod.add_dragoman(stack, urls, "dragoman", 1, args.backends, database)
+        if args.target == "passthrough":
+            stack_mod.add_passthrough(stack, urls, 1)
+        else:
+            config = stack_mod.add_dragoman(stack, urls, "dragoman", 1, args.backends, database)
         with stack_mod.running(stack.base):
             stack_mod.write_callers(stack, urls["issuer"], args.callers)
-            callers_mod.seed(config, args.callers)
+            if args.target == "dragoman":
+                callers_mod.seed(config, args.callers)
             with stack_mod.running(stack.services):
                 assert stack.callers_file is not None
                 target = stack.targets[-1]
@@ -104,13 +127,14 @@ def main() -> int:
                     url=target.url,
                     threads=1,
                     connections=args.connections,
-                    duration_s=args.seconds + 2,
+                    duration_s=args.warmup + args.seconds + 2,
                     script=loadgen.MIX_SCRIPT,
                     script_args=(str(stack.callers_file), f"{args.writes:g}", LIST_PATH),
                 )
                 found: dict[str, loadgen.WrkResult] = {}
                 load = threading.Thread(target=lambda: found.update(r=loadgen.run(spec)[0]))
                 load.start()
+                time.sleep(args.warmup)
                 (pid,) = (p.pid for s in target.services if (p := s.process) is not None)
                 record = [args.py_spy, "record", "--pid", str(pid), "--subprocesses"]
                 record += ["--rate", "250", "--duration", str(int(args.seconds))]

@@ -279,19 +279,7 @@ def add_references(stack: Stack, urls: dict[str, str], workers: int, with_upstre
         )
         stack.services.append(service)
         stack.targets.append(Target(NGINX, workers, _url(port), [service]))
-    port = free_port(HOST)
-    passthrough = Service(
-        f"passthrough-{workers}",
-        _script(
-            "passthrough.py",
-            *("--port", str(port), "--upstream", urls["upstream"]),
-            *("--workers", str(workers)),
-        ),
-        _url(port) + "/livez",
-        state / f"passthrough-{workers}.log",
-    )
-    stack.services.append(passthrough)
-    stack.targets.append(Target(PASSTHROUGH, workers, _url(port), [passthrough]))
+    add_passthrough(stack, urls, workers)
     if nginx.find() is not None:
         sidecar_port, port = free_port(HOST), free_port(HOST)
         sidecar = Service(
@@ -316,6 +304,23 @@ def add_references(stack: Stack, urls: dict[str, str], workers: int, with_upstre
         )
         stack.services += [sidecar, front]
         stack.targets.append(Target(NGINX_AUTH, workers, _url(port), [front, sidecar]))
+
+
+def add_passthrough(stack: Stack, urls: dict[str, str], workers: int) -> None:
+    """The plain pass-through proxy on dragoman's stack (``passthrough.py``)."""
+    port = free_port(HOST)
+    passthrough = Service(
+        f"passthrough-{workers}",
+        _script(
+            "passthrough.py",
+            *("--port", str(port), "--upstream", urls["upstream"]),
+            *("--workers", str(workers)),
+        ),
+        _url(port) + "/livez",
+        stack.state / f"passthrough-{workers}.log",
+    )
+    stack.services.append(passthrough)
+    stack.targets.append(Target(PASSTHROUGH, workers, _url(port), [passthrough]))
 
 
 def add_dragoman(

@@ -1,6 +1,8 @@
 """The hot path's Lua scripts on connections of their own (dragoman.state.redis_script),
-against the real Redis: reused connections, a closed or flushed server recovered before
-anything is sent, a cancelled command's connection never reused."""
+against the real Redis: calls made together sent as one batch, each answered with its own
+reply or error; reused connections, a closed or flushed server recovered before anything is
+sent, a batch that fails or runs out of time failing its calls and dropping its
+connection."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as redis
+from redis.exceptions import ResponseError
 
 from dragoman.state.redis_script import RedisScript
 
@@ -90,20 +93,109 @@ async def test_an_idle_connection_the_server_closed_is_replaced_before_the_call(
     await client.delete(key)
 
 
-async def test_a_cancelled_call_drops_its_connection_and_the_next_gets_its_own_answer(
+async def test_a_call_given_up_after_it_was_sent_never_hands_its_answer_to_another(
     client: redis.Redis,
 ) -> None:
     script = RedisScript(client, SLOW)
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.05):
             await script([], [200, "late"])
-    assert script.idle == 0  # its answer may still come: never read by another call
+    assert script.idle == 0  # its batch is still reading the answer
     assert await script([], [0, "mine"]) == b"mine"
     await script.close()
 
 
+async def test_a_batch_past_its_timeout_fails_every_call_and_drops_its_connection(
+    client: redis.Redis,
+) -> None:
+    script = RedisScript(client, SLOW, timeout=0.05)
+    answers = await asyncio.gather(
+        *(script([], [200, "late"]) for _ in range(3)), return_exceptions=True
+    )
+    assert [type(a) for a in answers] == [TimeoutError] * 3
+    await script.close()
+    assert script.idle == 0  # its answers may still come: never read by another batch
+
+
+async def test_calls_made_together_go_in_one_batch_on_one_connection_in_order(
+    client: redis.Redis, key: str
+) -> None:
+    script = RedisScript(client, INCR)
+    assert await asyncio.gather(*(script([key], []) for _ in range(20))) == list(range(1, 21))
+    assert script.idle == 1
+    assert len(await own_connections(client)) == 2  # the script's one and CLIENT LIST's
+    await script.close()
+    await client.delete(key)
+
+
+async def test_a_batch_larger_than_its_bound_is_sent_as_several(
+    client: redis.Redis, key: str
+) -> None:
+    script = RedisScript(client, INCR, max_batch=4)
+    answers = await asyncio.gather(*(script([key], []) for _ in range(10)))
+    assert sorted(answers) == list(range(1, 11))
+    assert script.idle == 3  # 4 + 4 + 2, each batch on a connection of its own
+    await script.close()
+    await client.delete(key)
+
+
+async def test_an_error_answer_belongs_to_its_own_call_alone(client: redis.Redis, key: str) -> None:
+    fails_when_asked = """
+if ARGV[1] == 'fail' then return redis.error_reply('ERR refused by the script') end
+return redis.call('INCR', KEYS[1])
+"""
+    script = RedisScript(client, fails_when_asked)
+    answers = await asyncio.gather(
+        script([key], ["ok"]),
+        script([key], ["fail"]),
+        script([key], ["ok"]),
+        return_exceptions=True,
+    )
+    assert answers[0] == 1 and answers[2] == 2
+    assert isinstance(answers[1], ResponseError)
+    assert "refused by the script" in str(answers[1])
+    assert script.idle == 1  # an error answer is an answer: the connection goes on
+    await script.close()
+    await client.delete(key)
+
+
+async def test_a_flushed_script_cache_is_loaded_again_for_every_call_of_a_batch(
+    client: redis.Redis, key: str
+) -> None:
+    script = RedisScript(client, INCR)
+    await script([key], [])
+    await client.script_flush()
+    assert sorted(await asyncio.gather(*(script([key], []) for _ in range(5)))) == [2, 3, 4, 5, 6]
+    await script.close()
+    await client.delete(key)
+
+
+async def test_a_call_given_up_before_its_batch_is_sent_is_not_sent(
+    client: redis.Redis, key: str
+) -> None:
+    """A caller whose own timeout ran out while its batch waited for the loop's next turn
+    must not be counted: nothing was decided for it."""
+    script = RedisScript(client, INCR)
+    gave_up = asyncio.create_task(script([key], []))
+    await asyncio.sleep(0)  # the call is in the batch; the batch is not sent yet
+    gave_up.cancel()
+    assert await script([key], []) == 1
+    with pytest.raises(asyncio.CancelledError):
+        await gave_up
+    await script.close()
+    await client.delete(key)
+
+
+async def test_closing_waits_for_the_batch_under_way(client: redis.Redis) -> None:
+    script = RedisScript(client, SLOW)
+    call = asyncio.create_task(script([], [100, "answered"]))
+    await asyncio.sleep(0.02)
+    await script.close()
+    assert await call == b"answered"
+
+
 async def test_idle_connections_past_the_bound_are_closed(client: redis.Redis, key: str) -> None:
-    script = RedisScript(client, INCR, keep_idle=2)
+    script = RedisScript(client, INCR, keep_idle=2, max_batch=1)
     await asyncio.gather(*(script([key], []) for _ in range(6)))
     assert script.idle == 2
     await script.close()

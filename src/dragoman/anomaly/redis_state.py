@@ -125,7 +125,7 @@ return out
 class RedisState:
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
-        self._observe = RedisScript(client, OBSERVE)
+        self._observe = RedisScript(client, OBSERVE, timeout=TIMEOUT)
 
     @classmethod
     def from_url(cls, url: str) -> RedisState:

@@ -93,7 +93,7 @@ class RedisLimiter:
         """``clock`` is for tests that move time; unset (in service), the script uses the
         Redis server's TIME."""
         self._client = client
-        self._script = RedisScript(client, DECIDE)
+        self._script = RedisScript(client, DECIDE, timeout=timeout)
         self._timeout = timeout
         self._clock = clock
 
