@@ -18,7 +18,8 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dragoman.keys.jwk import ec_public_jwk, raw_signature, thumbprint
+from dragoman.keys.batch import SignatureBatch
+from dragoman.keys.jwk import ec_public_jwk, thumbprint
 from dragoman.keys.provider import KeyUnavailableError, ProviderKey
 from dragoman.keys.schema import local_signing_keys as t
 from dragoman.keys.sealing import Sealer, SealingError
@@ -33,6 +34,7 @@ class LocalProvider:
         self._timeout = query_timeout
         self._opened: dict[str, ec.EllipticCurvePrivateKey] = {}
         self._master_key_checked = False
+        self._signatures = SignatureBatch()
 
     async def _query(self, statement: Any) -> Any:
         async def go() -> Any:
@@ -98,7 +100,7 @@ class LocalProvider:
         private = self._opened.get(ref)
         if private is None:
             private = await self._open(ref)
-        return raw_signature(private, data)
+        return await self._signatures.sign(private, data)
 
     async def _open(self, ref: str) -> ec.EllipticCurvePrivateKey:
         row = await self._row(ref)
