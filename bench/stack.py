@@ -333,15 +333,17 @@ def add_dragoman(
     overrides: dict[str, Any] | None = None,
     *,
     decision: bool = False,
+    instance: str | None = None,
 ) -> Path:
     """One dragoman instance; its settings file (to seed its store before it starts).
 
     ``decision``: the instance also serves its decision listener, and the target is nginx
     (``workers`` workers) asking it with ``auth_request``, forwarding to the upstream; the
-    label is then the decision row's (``DECISION_OF[label]``).
+    label is then the decision row's (``DECISION_OF[label]``). ``instance``: the name of
+    its directory and service, when two instances share variant and worker count.
     """
     port = free_port(HOST)
-    name = f"dragoman-{variant}-{workers}" + ("-decision" if decision else "")
+    name = instance or f"dragoman-{variant}-{workers}" + ("-decision" if decision else "")
     overrides = dict(overrides or {})
     decision_port = free_port(HOST) if decision else None
     if decision_port is not None:

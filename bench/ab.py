@@ -1,0 +1,144 @@
+"""Two builds of dragoman side by side: which is cheaper per request, within this machine's noise.
+
+    .venv/bin/python bench/ab.py --base REV [--head REV] [--pairs 4] [--seconds 8]
+        [--backends memory|sqlite-redis|pg-redis]
+
+On a shared two-core machine one row of ``make bench`` moves by ±15% between runs, and
+dragoman's row moves more than the pass-through's (its larger working set suffers more
+from a neighbour's use of the caches), so a change worth 5% cannot be read from two
+tables. This runs both builds at once, one worker each, against one upstream and issuer
+with the caller mix, and measures them in turns: base, head, base, head... each after a
+warm-up, with the same wrk settings as ``make bench``. Each pair is read as head's CPU per
+request over base's, measured minutes apart at most, and the median of the pairs is the
+answer; every pair is printed so the spread shows.
+
+``--base`` and ``--head`` are any git revisions; each is checked out in a temporary
+worktree and served from it with ``PYTHONPATH=<worktree>/src`` (this venv's packages:
+the two must not differ in dependencies). Without ``--head``, the head is the working tree
+as it is. With ``--backends pg-redis`` both builds share one PostgreSQL database, seeded
+once: their migrations must be the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import callers as callers_mod  # noqa: E402
+import scenario  # noqa: E402
+import stack as stack_mod  # noqa: E402
+
+
+@contextmanager
+def worktree(revision: str, directory: Path) -> Iterator[Path]:
+    """``revision`` checked out (detached) at ``directory``, removed afterwards."""
+    add = ["worktree", "add", "--detach", "--force", str(directory), revision]
+    subprocess.run(
+        ["git", "-C", str(REPO), *add],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield directory
+    finally:
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(directory)],
+            check=False,
+            capture_output=True,
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="The git revision to compare against.")
+    parser.add_argument("--head", help="The git revision measured (default: the working tree).")
+    parser.add_argument("--pairs", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=8.0, help="Measured seconds per run.")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--callers", type=int, default=1000)
+    parser.add_argument("--writes", type=float, default=20.0, help="Percent of POST writes.")
+    parser.add_argument(
+        "--backends", choices=("memory", "sqlite-redis", "pg-redis"), default="memory"
+    )
+    args = parser.parse_args()
+    if args.pairs < 1:
+        raise SystemExit("--pairs must be at least 1")
+    with tempfile.TemporaryDirectory(prefix="dragoman-ab-") as tmp:
+        state = Path(tmp)
+        with worktree(args.base, state / "base-src") as base_src:
+            if args.head is None:
+                return compare(args, state, base_src, REPO)
+            with worktree(args.head, state / "head-src") as head_src:
+                return compare(args, state, base_src, head_src)
+
+
+def compare(args: argparse.Namespace, state: Path, base_src: Path, head_src: Path) -> int:
+    database = None
+    if args.backends == "pg-redis":
+        database = stack_mod.fresh_postgres_database()
+        if database is None:
+            raise SystemExit("PostgreSQL is not reachable")
+    if args.backends != "memory" and not stack_mod.redis_reachable():
+        raise SystemExit("Redis is not reachable")
+    stack, urls = stack_mod.plan_base(state)
+    targets: dict[str, stack_mod.Target] = {}
+    configs: dict[str, Path] = {}
+    for name, source in (("base", base_src), ("head", head_src)):
+        configs[name] = stack_mod.add_dragoman(
+            stack, urls, name, 1, args.backends, database, instance=f"dragoman-{name}"
+        )
+        stack.services[-1].env["PYTHONPATH"] = str(source / "src")
+        targets[name] = stack.targets[-1]
+    with stack_mod.running(stack.base):
+        stack_mod.write_callers(stack, urls["issuer"], args.callers)
+        callers_mod.seed(configs["base"], args.callers)
+        if database is None:
+            callers_mod.seed(configs["head"], args.callers)
+        assert stack.callers_file is not None
+        load = scenario.LoadSettings(
+            threads=1,
+            connections=args.connections,
+            warmup_s=args.warmup,
+            duration_s=args.seconds,
+            callers_file=stack.callers_file,
+            writes=args.writes,
+        )
+        with stack_mod.running(stack.services):
+            ratios = []
+            for pair in range(1, args.pairs + 1):
+                measured = {}
+                for name in ("base", "head"):
+                    row = scenario.Row(targets[name], f"pair {pair}")
+                    scenario.measure(row, load, check=pair == 1)
+                    if not row.ok or row.cpu_us is None or row.result is None:
+                        return 1
+                    measured[name] = (row.cpu_us, row.result.requests_per_s)
+                ratio = measured["head"][0] / measured["base"][0]
+                ratios.append(ratio)
+                print(
+                    f"pair {pair}: CPU µs/req base {measured['base'][0]:.0f}, head "
+                    f"{measured['head'][0]:.0f} (head/base {ratio:.3f}); req/s "
+                    f"{measured['base'][1]:.0f} / {measured['head'][1]:.0f}",
+                    flush=True,
+                )
+    low, high = min(ratios), max(ratios)
+    print(
+        f"\nhead/base CPU per request, {args.backends}, 1 worker: median "
+        f"{statistics.median(ratios):.3f} over {len(ratios)} pairs (from {low:.3f} to {high:.3f})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
