@@ -1,7 +1,7 @@
 """ES256 signatures asked for in one turn of the event loop, made back to back.
 
 An ES256 signature alone costs ~22 µs on the reference machine; in a worker under load the
-same call measured ~50 µs. Between two requests' signatures the rest of the pipeline runs
+same call measured 57 µs. Between two requests' signatures the rest of the pipeline runs
 and evicts OpenSSL's P-256 tables (the precomputed multiples of the generator, ~150 KB)
 from the CPU caches, and each signature reloads them from memory. The requests of a busy
 worker reach the mint step in bursts (a group of connections becomes readable in one turn
