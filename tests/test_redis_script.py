@@ -253,3 +253,54 @@ async def test_a_packed_call_with_several_keys_and_arguments_reaches_the_script(
 def test_an_argument_the_client_would_refuse_is_refused_not_rewritten(bad: object) -> None:
     with pytest.raises(TypeError):
         RedisScript(redis.Redis(), INCR).packed(["k"], ["", bad])  # type: ignore[list-item]
+
+
+class HangsUpOnScripts:
+    """A server that speaks enough RESP for redis-py's connection handshake (+OK to every
+    command) and closes the connection when a script arrives: a Redis lost mid-batch."""
+
+    def __init__(self) -> None:
+        self.scripts_seen = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}/0"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                count = int((await reader.readline())[1:])
+                parts = []
+                for _ in range(count):
+                    size = int((await reader.readline())[1:])
+                    parts.append((await reader.readexactly(size + 2))[:-2])
+                if parts[0].upper() == b"EVALSHA":
+                    self.scripts_seen += 1
+                    await asyncio.sleep(0.02)  # the rest of the batch arrives, unanswered
+                    break
+                writer.write(b"+OK\r\n")
+        except (ValueError, IndexError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def test_a_connection_lost_mid_batch_fails_every_call_of_it_and_is_dropped() -> None:
+    """Fail closed: no call of the batch waits for an answer that will not come, none is
+    sent again, and the connection is not kept for the next batch."""
+    server = HangsUpOnScripts()
+    client = redis.Redis.from_url(await server.start())
+    script = RedisScript(client, INCR)
+    answers = await asyncio.gather(*(script(["k"], []) for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(a, (redis.ConnectionError, OSError)) for a in answers), answers
+    assert server.scripts_seen == 1  # none was sent again on another connection
+    assert script.idle == 0
+    await script.close()
+    await client.aclose()
+    await server.stop()
