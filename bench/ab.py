@@ -84,13 +84,7 @@ def main() -> int:
 
 
 def compare(args: argparse.Namespace, state: Path, base_src: Path, head_src: Path) -> int:
-    database = None
-    if args.backends == "pg-redis":
-        database = stack_mod.fresh_postgres_database()
-        if database is None:
-            raise SystemExit("PostgreSQL is not reachable")
-    if args.backends != "memory" and not stack_mod.redis_reachable():
-        raise SystemExit("Redis is not reachable")
+    database = stack_mod.backends_database(args.backends)
     stack, urls = stack_mod.plan_base(state)
     targets: dict[str, stack_mod.Target] = {}
     configs: dict[str, Path] = {}

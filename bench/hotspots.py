@@ -105,13 +105,7 @@ def main() -> int:
     raw = RESULTS / f"hotspots-{args.target}.txt"
     with tempfile.TemporaryDirectory(prefix="dragoman-profile-") as tmp:
         stack, urls = stack_mod.plan_base(Path(tmp))
-        database = None
-        if args.backends == "pg-redis":
-            database = stack_mod.fresh_postgres_database()
-            if database is None:
-                raise SystemExit("PostgreSQL is not reachable")
-        if args.backends != "memory" and not stack_mod.redis_reachable():
-            raise SystemExit("Redis is not reachable")
+        database = stack_mod.backends_database(args.backends)
         if args.target == "passthrough":
             stack_mod.add_passthrough(stack, urls, 1)
         else:

@@ -239,6 +239,20 @@ def fresh_postgres_database() -> str | None:
     return f"{base}/{PG_DATABASE}"
 
 
+def backends_database(backends: str) -> str | None:
+    """For one of the rows' backends (``memory``, ``sqlite-redis``, ``pg-redis``): check
+    that what it needs answers, and return a fresh PostgreSQL database's URL for
+    ``pg-redis`` (None otherwise). Exits with the reason when something is missing."""
+    database = None
+    if backends == "pg-redis":
+        database = fresh_postgres_database()
+        if database is None:
+            raise SystemExit("PostgreSQL is not reachable")
+    if backends != "memory" and not redis_reachable():
+        raise SystemExit("Redis is not reachable")
+    return database
+
+
 # -- the plan -----------------------------------------------------------------------------------
 
 

@@ -22,10 +22,9 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from dragoman.keys.aws_kms import AwsKmsProvider
 from dragoman.keys.jwk import ec_public_jwk
@@ -38,23 +37,10 @@ from .contract.aws_kms_fixture import (
     kms_server,
     unique_name,
 )
+from .support import jwk_verifies
 
 DATA = b"eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJjdXNfYWxpY2UifQ"
 MISSING_KEY = "0b0e5f4e-1c3d-4b7a-9a55-2f4a6f1d9e01"
-
-
-def verifies(jwk: dict[str, Any], data: bytes, signature: bytes) -> bool:
-    """ES256 verification of a 64-byte r||s, written without dragoman.keys."""
-    import jwt
-
-    key = jwt.PyJWK(dict(jwk), algorithm="ES256").key
-    assert len(signature) == 64
-    r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-    try:
-        key.verify(encode_dss_signature(r, s), data, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        return False
-    return True
 
 
 @pytest.fixture
@@ -162,7 +148,7 @@ async def test_a_key_arn_is_a_ref(provider: AwsKmsProvider, kms: Any) -> None:
     key = await provider.create_key()
     arn = kms.describe_key(KeyId=key.ref)["KeyMetadata"]["Arn"]
     assert await provider.public_jwk(arn) == key.public_jwk
-    assert verifies(key.public_jwk, DATA, await provider.sign(arn, DATA))
+    assert jwk_verifies(key.public_jwk, DATA, await provider.sign(arn, DATA))
 
 
 # keys that are not ES256 keys are refused
@@ -204,7 +190,7 @@ async def test_large_messages_are_signed_as_a_local_sha256_digest(endpoint: str)
         try:
             key = await provider.create_key()
             for data in (b"x" * 4096, b"y" * 4097, b"z" * 100_000):
-                assert verifies(key.public_jwk, data, await provider.sign(key.ref, data))
+                assert jwk_verifies(key.public_jwk, data, await provider.sign(key.ref, data))
             # The endpoint holds KMS's RAW limit: the same large message sent RAW is refused.
             with pytest.raises(ClientError, match="ValidationException"):
                 client.sign(
@@ -281,7 +267,7 @@ async def test_disable_makes_kms_refuse_the_key(provider: AwsKmsProvider, kms: A
 
 async def test_a_key_pending_deletion_cannot_sign(provider: AwsKmsProvider, kms: Any) -> None:
     key = await provider.create_key()
-    assert verifies(key.public_jwk, DATA, await provider.sign(key.ref, DATA))
+    assert jwk_verifies(key.public_jwk, DATA, await provider.sign(key.ref, DATA))
     kms.schedule_key_deletion(KeyId=key.ref, PendingWindowInDays=7)
     with pytest.raises(KeyUnavailableError, match="KMSInvalidStateException"):
         await provider.sign(key.ref, DATA)
@@ -458,7 +444,7 @@ async def test_a_malformed_or_foreign_signature_is_refused() -> None:
                 await provider.sign(MISSING_KEY, DATA)
             raw = await provider.sign(MISSING_KEY, DATA)
             stubber.assert_no_pending_responses()
-        assert verifies(ec_public_jwk(key.public_key()), DATA, raw)
+        assert jwk_verifies(ec_public_jwk(key.public_key()), DATA, raw)
         await provider.close()
         client.close()
 

@@ -19,10 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -36,6 +34,8 @@ from dragoman.keys.sealing import decode_master_key, new_master_key
 from dragoman.settings import SettingsError, load_settings
 from dragoman.state import migrate
 from dragoman.state.sql import make_engine
+
+from .support import jwk_verifies
 
 DATA = b"eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJjdXNfYWxpY2UifQ"
 
@@ -80,20 +80,6 @@ def pkcs8(private: ec.EllipticCurvePrivateKey) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-
-
-def verifies(jwk: dict[str, Any], data: bytes, signature: bytes) -> bool:
-    x = int.from_bytes(base64.urlsafe_b64decode(jwk["x"] + "=="), "big")
-    y = int.from_bytes(base64.urlsafe_b64decode(jwk["y"] + "=="), "big")
-    public = ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
-    der = encode_dss_signature(
-        int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-    )
-    try:
-        public.verify(der, data, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        return False
-    return True
 
 
 def plain_encodings(private: ec.EllipticCurvePrivateKey) -> dict[str, bytes]:
@@ -286,7 +272,7 @@ async def test_a_new_provider_with_the_right_master_key_signs_with_the_stored_ke
 ) -> None:
     made = await provider.create_key()
     restarted = LocalProvider(engine, master_key)
-    assert verifies(made.public_jwk, DATA, await restarted.sign(made.ref, DATA))
+    assert jwk_verifies(made.public_jwk, DATA, await restarted.sign(made.ref, DATA))
 
 
 async def test_wrong_master_key_is_refused_with_a_clear_message_and_no_key_material(

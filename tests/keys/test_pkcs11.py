@@ -40,7 +40,8 @@ from dragoman.keys.pkcs11 import (
 from dragoman.keys.provider import KeyProvider, KeyUnavailableError
 
 from .contract.pkcs11_fixture import SoftHsmToken, softhsm_token
-from .contract.test_provider_contract import DATA, verifies
+from .contract.test_provider_contract import DATA
+from .support import jwk_verifies
 
 WRONG_PIN = "wrong-pin-31337"
 
@@ -172,7 +173,7 @@ async def test_the_provider_never_reads_a_private_value(
     monkeypatch.setattr(Pkcs11Provider, "_open", lambda self: SessionSpy(real_open(self), read))
     provider = providers()
     key = await provider.create_key()
-    assert verifies(key.public_jwk, DATA, await provider.sign(key.ref, DATA))
+    assert jwk_verifies(key.public_jwk, DATA, await provider.sign(key.ref, DATA))
     assert await provider.public_jwk(key.ref) == key.public_jwk
     assert key.ref in await provider.list_keys()
     await provider.disable(key.ref)
@@ -193,7 +194,7 @@ async def test_keys_survive_a_new_provider_and_a_reinitialised_library(
     second = providers()
     assert key.ref in await second.list_keys()
     assert await second.public_jwk(key.ref) == key.public_jwk
-    assert verifies(key.public_jwk, DATA, await second.sign(key.ref, DATA))
+    assert jwk_verifies(key.public_jwk, DATA, await second.sign(key.ref, DATA))
 
 
 # python-pkcs11 0.10.1: a search begun on a lost session raises again from its finaliser
@@ -205,12 +206,12 @@ async def test_an_open_provider_recovers_its_session_after_the_library_restarts(
     provider = providers()
     other = providers()  # shares the login: both must log in again
     key = await provider.create_key()
-    assert verifies(key.public_jwk, DATA, await other.sign(key.ref, DATA))
+    assert jwk_verifies(key.public_jwk, DATA, await other.sign(key.ref, DATA))
     token.library().reinitialize()  # every session and the login are gone
-    assert verifies(key.public_jwk, DATA, await provider.sign(key.ref, DATA))
-    assert verifies(key.public_jwk, DATA, await other.sign(key.ref, DATA))
+    assert jwk_verifies(key.public_jwk, DATA, await provider.sign(key.ref, DATA))
+    assert jwk_verifies(key.public_jwk, DATA, await other.sign(key.ref, DATA))
     token.library().finalize()  # not even initialised: the provider initialises it again
-    assert verifies(key.public_jwk, DATA, await provider.sign(key.ref, DATA))
+    assert jwk_verifies(key.public_jwk, DATA, await provider.sign(key.ref, DATA))
     assert key.ref in await other.list_keys()
 
 
@@ -245,7 +246,7 @@ async def test_keys_survive_a_process_restart(
     out = json.loads(done.stdout)
     assert out["listed"] is True
     assert out["jwk"] == key.public_jwk
-    assert verifies(key.public_jwk, b"restart", bytes.fromhex(out["signature"]))
+    assert jwk_verifies(key.public_jwk, b"restart", bytes.fromhex(out["signature"]))
 
 
 # A wrong PIN, token or module is refused, and the PIN is never in the message.
@@ -280,7 +281,7 @@ async def test_a_wrong_pin_is_refused_without_the_pin_in_the_message(
     # The token is unharmed: the right PIN still works.
     right = providers()
     key = await right.create_key()
-    assert verifies(key.public_jwk, DATA, await right.sign(key.ref, DATA))
+    assert jwk_verifies(key.public_jwk, DATA, await right.sign(key.ref, DATA))
 
 
 async def test_a_pin_other_than_the_process_login_is_refused(
@@ -293,7 +294,7 @@ async def test_a_pin_other_than_the_process_login_is_refused(
         await wrong.sign(key.ref, DATA)
     assert "differs" in str(refused.value)
     assert_no_pin(refused.value, WRONG_PIN, token.pin)
-    assert verifies(key.public_jwk, DATA, await right.sign(key.ref, DATA))
+    assert jwk_verifies(key.public_jwk, DATA, await right.sign(key.ref, DATA))
 
 
 async def test_a_wrong_token_label_or_module_is_refused(
@@ -357,7 +358,7 @@ async def test_concurrent_signing_from_many_tasks(
     ]
     signatures = await asyncio.gather(*(p.sign(k.ref, data) for k, data, p in jobs))
     assert all(
-        verifies(key.public_jwk, data, signature)
+        jwk_verifies(key.public_jwk, data, signature)
         for (key, data, _), signature in zip(jobs, signatures, strict=True)
     )
     assert most == 1  # the module lock: one call inside the token at a time, across providers
@@ -380,7 +381,7 @@ async def test_the_event_loop_runs_while_the_token_is_busy(
         assert not signing.done()
     finally:
         lock.release()
-    assert verifies(key.public_jwk, DATA, await asyncio.wait_for(signing, 10))
+    assert jwk_verifies(key.public_jwk, DATA, await asyncio.wait_for(signing, 10))
 
 
 async def test_a_cancelled_caller_does_not_break_the_next(
@@ -393,7 +394,7 @@ async def test_a_cancelled_caller_does_not_break_the_next(
     for task in tasks[::2]:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    assert verifies(key.public_jwk, DATA, await provider.sign(key.ref, DATA))
+    assert jwk_verifies(key.public_jwk, DATA, await provider.sign(key.ref, DATA))
 
 
 # The signature is an ES256 JWS.
@@ -439,7 +440,7 @@ async def test_disable_destroys_the_private_key_and_keeps_the_public_one(
 ) -> None:
     provider = providers()
     key = await provider.create_key()
-    assert verifies(key.public_jwk, DATA, await provider.sign(key.ref, DATA))  # handle cached
+    assert jwk_verifies(key.public_jwk, DATA, await provider.sign(key.ref, DATA))  # handle cached
     await provider.disable(key.ref)
     with pytest.raises(KeyUnavailableError, match="disabled"):
         await provider.sign(key.ref, DATA)
@@ -460,7 +461,7 @@ async def test_a_key_disabled_by_another_instance_stops_signing_here(
 ) -> None:
     here, there = providers(), providers()
     key = await here.create_key()
-    assert verifies(key.public_jwk, DATA, await here.sign(key.ref, DATA))  # handle cached here
+    assert jwk_verifies(key.public_jwk, DATA, await here.sign(key.ref, DATA))  # handle cached here
     await there.disable(key.ref)
     with pytest.raises(KeyUnavailableError, match="disabled"):
         await here.sign(key.ref, DATA)
@@ -485,7 +486,7 @@ async def test_a_key_the_token_will_not_destroy_loses_its_right_to_sign(
         )
     provider = providers()
     public_jwk = await provider.public_jwk(ref)
-    assert verifies(public_jwk, DATA, await provider.sign(ref, DATA))
+    assert jwk_verifies(public_jwk, DATA, await provider.sign(ref, DATA))
     with caplog.at_level(logging.WARNING, logger="dragoman.keys.pkcs11"):
         await provider.disable(ref)
     assert "CKA_SIGN is now false" in caplog.text
@@ -526,7 +527,7 @@ async def test_mark_current_does_nothing(providers: Callable[..., Pkcs11Provider
     provider = providers()
     key = await provider.create_key()
     await provider.mark_current(key.ref)
-    assert verifies(key.public_jwk, DATA, await provider.sign(key.ref, DATA))
+    assert jwk_verifies(key.public_jwk, DATA, await provider.sign(key.ref, DATA))
 
 
 # CKA_EC_PARAMS and CKA_EC_POINT decoding.

@@ -10,7 +10,6 @@ names, so "which key signed" is observed, not taken from the ring's word.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import secrets
@@ -18,10 +17,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -34,6 +29,8 @@ from dragoman.keys.timeline import KeyRecord, KeyState, Timeline
 from dragoman.state import migrate
 from dragoman.state.sql import StoreUnavailable, make_engine
 from postgres_support import empty_database
+
+from .support import jwk_verifies
 
 PERIOD = 3600.0
 OVERLAP = 60.0
@@ -59,26 +56,6 @@ class Clock:
         self.now += seconds
 
 
-def b64url_int(text_value: str) -> int:
-    return int.from_bytes(
-        base64.urlsafe_b64decode(text_value + "=" * (-len(text_value) % 4)), "big"
-    )
-
-
-def verifies(jwk: dict[str, Any], data: bytes, signature: bytes) -> bool:
-    public = ec.EllipticCurvePublicNumbers(
-        b64url_int(jwk["x"]), b64url_int(jwk["y"]), ec.SECP256R1()
-    ).public_key()
-    der = encode_dss_signature(
-        int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-    )
-    try:
-        public.verify(der, data, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        return False
-    return True
-
-
 async def signer_of(ring: KeyRing) -> str:
     """Sign with ``ring``; check the signature against the JWK it names; return that kid."""
     seen: list[SigningKey] = []
@@ -89,7 +66,7 @@ async def signer_of(ring: KeyRing) -> str:
 
     key, signature = await ring.sign(build)
     assert seen == [key]
-    assert verifies(key.public_jwk, DATA + key.kid.encode(), signature)
+    assert jwk_verifies(key.public_jwk, DATA + key.kid.encode(), signature)
     return key.kid
 
 

@@ -7,20 +7,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from dragoman.keys.batch import SignatureBatch
 
-
-def verifies(public: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) -> bool:
-    r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-    try:
-        public.verify(encode_dss_signature(r, s), data, ec.ECDSA(hashes.SHA256()))
-    except Exception:
-        return False
-    return True
+from .support import es256_verifies
 
 
 async def test_signatures_asked_together_are_each_over_their_own_data() -> None:
@@ -31,8 +22,8 @@ async def test_signatures_asked_together_are_each_over_their_own_data() -> None:
     assert len(set(signatures)) == 10
     for (key, data), signature in zip(asked, signatures, strict=True):
         assert len(signature) == 64
-        assert verifies(key.public_key(), signature, data)
-        assert not verifies(key.public_key(), signature, data + b"!")
+        assert es256_verifies(key.public_key(), data, signature)
+        assert not es256_verifies(key.public_key(), data + b"!", signature)
 
 
 async def test_signatures_of_later_turns_make_batches_of_their_own() -> None:
@@ -40,8 +31,8 @@ async def test_signatures_of_later_turns_make_batches_of_their_own() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     first = await batch.sign(key, b"one")
     second = await batch.sign(key, b"two")
-    assert verifies(key.public_key(), first, b"one")
-    assert verifies(key.public_key(), second, b"two")
+    assert es256_verifies(key.public_key(), b"one", first)
+    assert es256_verifies(key.public_key(), b"two", second)
 
 
 async def test_a_request_cancelled_before_the_batch_gets_no_signature_and_breaks_none() -> None:
@@ -50,7 +41,7 @@ async def test_a_request_cancelled_before_the_batch_gets_no_signature_and_breaks
     cancelled = asyncio.create_task(batch.sign(key, b"gone"))
     await asyncio.sleep(0)  # asked: in the batch, not signed yet
     cancelled.cancel()
-    assert verifies(key.public_key(), await batch.sign(key, b"kept"), b"kept")
+    assert es256_verifies(key.public_key(), b"kept", await batch.sign(key, b"kept"))
     with pytest.raises(asyncio.CancelledError):
         await cancelled
 
@@ -66,5 +57,5 @@ async def test_a_signature_that_fails_fails_its_own_request_alone() -> None:
         return_exceptions=True,
     )
     assert isinstance(answers[1], OverflowError)
-    assert verifies(good.public_key(), answers[0], b"a")  # type: ignore[arg-type]
-    assert verifies(good.public_key(), answers[2], b"c")  # type: ignore[arg-type]
+    assert es256_verifies(good.public_key(), b"a", answers[0])  # type: ignore[arg-type]
+    assert es256_verifies(good.public_key(), b"c", answers[2])  # type: ignore[arg-type]
