@@ -1,6 +1,6 @@
 """ES256 signatures asked for in one turn of the loop are made back to back
 (dragoman.keys.batch): each request still gets its own signature, a cancelled request's is
-not made, and one failure is its own request's alone."""
+not made, one failure is its own request's alone, and a quiet worker signs at once."""
 
 from __future__ import annotations
 
@@ -14,30 +14,49 @@ from dragoman.keys.batch import SignatureBatch
 from .support import es256_verifies
 
 
+def p256() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+async def collecting(batch: SignatureBatch) -> SignatureBatch:
+    """``batch`` once a turn of the loop asked it for two signatures."""
+    key = p256()
+    await asyncio.gather(batch.sign(key, b"one"), batch.sign(key, b"two"))
+    assert batch.collecting
+    return batch
+
+
 async def test_signatures_asked_together_are_each_over_their_own_data() -> None:
     batch = SignatureBatch()
-    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(2)]
+    keys = [p256() for _ in range(2)]
     asked = [(keys[i % 2], f"token {i}".encode()) for i in range(10)]
     signatures = await asyncio.gather(*(batch.sign(key, data) for key, data in asked))
     assert len(set(signatures)) == 10
     for (key, data), signature in zip(asked, signatures, strict=True):
-        assert len(signature) == 64
         assert es256_verifies(key.public_key(), data, signature)
         assert not es256_verifies(key.public_key(), data + b"!", signature)
 
 
-async def test_signatures_of_later_turns_make_batches_of_their_own() -> None:
+async def test_a_quiet_worker_signs_at_once_without_waiting_for_the_loop() -> None:
     batch = SignatureBatch()
-    key = ec.generate_private_key(ec.SECP256R1())
-    first = await batch.sign(key, b"one")
-    second = await batch.sign(key, b"two")
-    assert es256_verifies(key.public_key(), b"one", first)
-    assert es256_verifies(key.public_key(), b"two", second)
+    key = p256()
+    for n in range(3):
+        data = f"alone {n}".encode()
+        assert es256_verifies(key.public_key(), data, await batch.sign(key, data))
+        await asyncio.sleep(0)  # the next request comes in a later turn
+    assert not batch.collecting
+
+
+async def test_two_signatures_in_one_turn_start_collecting_and_a_batch_of_one_stops_it() -> None:
+    batch = await collecting(SignatureBatch())
+    key = p256()
+    assert es256_verifies(key.public_key(), b"alone", await batch.sign(key, b"alone"))
+    assert not batch.collecting
 
 
 async def test_a_request_cancelled_before_the_batch_gets_no_signature_and_breaks_none() -> None:
-    batch = SignatureBatch()
-    key = ec.generate_private_key(ec.SECP256R1())
+    batch = await collecting(SignatureBatch())
+    key = p256()
     cancelled = asyncio.create_task(batch.sign(key, b"gone"))
     await asyncio.sleep(0)  # asked: in the batch, not signed yet
     cancelled.cancel()
@@ -47,8 +66,8 @@ async def test_a_request_cancelled_before_the_batch_gets_no_signature_and_breaks
 
 
 async def test_a_signature_that_fails_fails_its_own_request_alone() -> None:
-    batch = SignatureBatch()
-    good = ec.generate_private_key(ec.SECP256R1())
+    batch = await collecting(SignatureBatch())
+    good = p256()
     wrong_curve = ec.generate_private_key(ec.SECP384R1())  # r and s do not fit ES256's 32 bytes
     answers = await asyncio.gather(
         batch.sign(good, b"a"),
