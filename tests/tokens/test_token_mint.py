@@ -3,6 +3,7 @@ PyJWT against the JWKS the running proxy publishes."""
 
 from __future__ import annotations
 
+import asyncio
 import string
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -128,6 +129,20 @@ async def test_jti_carries_at_least_122_random_bits(tokens: Tokens) -> None:
 async def test_jti_is_unique_across_many_mints(tokens: Tokens) -> None:
     jtis = [(await tokens.mint()).jti for _ in range(2000)]
     assert len(set(jtis)) == len(jtis)
+
+
+async def test_tokens_minted_in_one_turn_each_verify_and_name_their_own_request(
+    tokens: Tokens,
+) -> None:
+    """Signatures asked for in one turn of the loop are made together (dragoman.keys.batch):
+    no token may carry another's signature or claims."""
+    requests = [tokens.request(principal=f"caller-{n}") for n in range(24)]
+    minted = await asyncio.gather(*(tokens.proxy_minter.mint(r) for r in requests))
+    assert len({m.jti for m in minted}) == len(requests)
+    for request, token in zip(requests, minted, strict=True):
+        claims = await tokens.decode(token.value)
+        assert claims["act"]["sub"] == request.principal
+        assert claims["jti"] == token.jti
 
 
 async def test_identical_requests_through_the_proxy_reach_the_platform_with_fresh_jtis(
