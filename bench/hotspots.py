@@ -105,10 +105,10 @@ def main() -> int:
     raw = RESULTS / f"hotspots-{args.target}.txt"
     with tempfile.TemporaryDirectory(prefix="dragoman-profile-") as tmp:
         stack, urls = stack_mod.plan_base(Path(tmp))
-        database = stack_mod.backends_database(args.backends)
         if args.target == "passthrough":
-            stack_mod.add_passthrough(stack, urls, 1)
+            stack_mod.add_passthrough(stack, urls, 1)  # no state: --backends does not apply
         else:
+            database = stack_mod.backends_database(args.backends)
             config = stack_mod.add_dragoman(stack, urls, "dragoman", 1, args.backends, database)
         with stack_mod.running(stack.base):
             stack_mod.write_callers(stack, urls["issuer"], args.callers)

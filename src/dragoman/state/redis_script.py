@@ -203,8 +203,7 @@ def _answer(call: _Call, reply: Any) -> None:
 
 def _fail(calls: list[_Call], exc: Exception) -> None:
     for call in calls:
-        if not call.future.done():
-            call.future.set_exception(exc)
+        _answer(call, exc)
 
 
 def _encoded(value: object) -> bytes:
