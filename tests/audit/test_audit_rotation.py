@@ -79,3 +79,43 @@ def test_two_writers_rotating_one_log_keep_one_chain(tmp_path: Path) -> None:
     second.close()
     assert len(log_files(tmp_path)) > 2
     assert verify_cli(tmp_path).returncode == 0
+
+
+def test_keep_rotated_leaves_only_the_newest_rotated_files(tmp_path: Path) -> None:
+    everything, pruned = tmp_path / "all", tmp_path / "pruned"
+    everything.mkdir()
+    pruned.mkdir()
+    write_log(everything / "audit.jsonl", 40, max_bytes=1000)
+    write_log(pruned / "audit.jsonl", 40, max_bytes=1000, keep_rotated=2)
+    all_rotated = rotated_files(everything / "audit.jsonl")
+    kept = rotated_files(pruned / "audit.jsonl")
+    assert len(all_rotated) > 3
+    assert [p.name.split(".")[2] for p in kept] == [p.name.split(".")[2] for p in all_rotated[-2:]]
+    live_seqs = [r["seq"] for r in records(pruned / "audit.jsonl")]
+    assert live_seqs == [r["seq"] for r in records(everything / "audit.jsonl")]
+
+
+def test_keep_rotated_zero_keeps_no_rotated_file_and_the_chain_goes_on(tmp_path: Path) -> None:
+    live = tmp_path / "audit.jsonl"
+    write_log(live, 40, max_bytes=1000, keep_rotated=0)
+    assert rotated_files(live) == []
+    assert records(live)[-1]["seq"] == 39
+
+
+def test_a_pruned_log_verifies_as_partial_and_is_reported_missing_otherwise(
+    tmp_path: Path,
+) -> None:
+    write_log(tmp_path / "audit.jsonl", 40, max_bytes=1000, keep_rotated=1)
+    first_kept = records(log_files(tmp_path)[0])[0]["seq"]
+    assert first_kept > 0
+    partial = verify_cli(tmp_path, "--partial")
+    assert partial.returncode == 0, partial.stderr
+    whole = verify_cli(tmp_path)
+    assert whole.returncode == 1
+    assert "index 0: missing" in whole.stderr
+
+
+def test_without_keep_rotated_every_rotated_file_stays(tmp_path: Path) -> None:
+    live = rotated_log(tmp_path)
+    seqs = [r["seq"] for path in log_files(tmp_path) for r in records(path)]
+    assert seqs == list(range(40)) and len(rotated_files(live)) > 3

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -19,23 +19,8 @@ from postgres_audit_support import file_lines, owner_sql, restricted_role, rows,
 
 from dragoman.audit.rotation import rotated_files
 from dragoman.demo.runner import DemoStack
-from dragoman.state import migrate
-from dragoman.state.sql import make_engine
-from postgres_support import empty_database
 
 PM = "/v1/customers/cus_alice/payment-methods"
-
-
-@pytest.fixture
-async def audit_db(pg_url: str) -> str:
-    """The session's PostgreSQL database, emptied and migrated to head (0006 included)."""
-    await empty_database(pg_url)
-    engine = make_engine(pg_url)
-    try:
-        await migrate.upgrade(engine)
-    finally:
-        await engine.dispose()
-    return pg_url
 
 
 def write(live: Path, count: int, key: Path | None = None, **options: object) -> None:
@@ -294,20 +279,3 @@ async def test_a_second_shipper_of_the_same_chain_stands_by(audit_db: str, tmp_p
         assert second.standby
         await first.drain()
     assert [r["seq"] for r in await rows(audit_db)] == [0, 1, 2]
-
-
-@pytest.fixture
-def dead_url(dead_port: int) -> str:
-    return f"postgresql+asyncpg://postgres@127.0.0.1:{dead_port}/nothing"
-
-
-@pytest.fixture
-def dead_port() -> AsyncIterator[int]:
-    import socket
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        sock.close()

@@ -39,7 +39,7 @@ from dragoman.audit.checkpoint import CheckpointSigner, checkpoint_line
 from dragoman.audit.pci import complete, process_source
 from dragoman.audit.record import iso_time
 from dragoman.audit.redact import redact_record
-from dragoman.audit.rotation import rotated_files, rotated_name
+from dragoman.audit.rotation import older_than_newest, rotated_files, rotated_name
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +115,17 @@ class ChainedFileSink:
         path: Path,
         *,
         max_bytes: int = 0,
+        keep_rotated: int | None = None,
         checkpoint_every: int = 0,
         signer: CheckpointSigner | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``keep_rotated``: after each rotation, delete the rotated files but the newest
+        this many (None: keep them all; with a shipper, the shipper prunes instead)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
         self._max_bytes = max_bytes
+        self._keep_rotated = keep_rotated
         self._clock = clock
         self._checkpoints = _Checkpoints(path.name, checkpoint_every, signer, clock)
         self._lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
@@ -250,7 +254,23 @@ class ChainedFileSink:
         self._reopen()
         self._size = os.fstat(self._fd).st_size
         self._tail = tail
+        if self._keep_rotated is not None:
+            self._prune(self._keep_rotated)
         return tail
+
+    def _prune(self, keep: int) -> None:
+        """Delete the rotated files but the newest ``keep``. Housekeeping: the records are
+        written whether or not it succeeds, so a failure is logged, not raised."""
+        pruned = 0
+        for path in older_than_newest(rotated_files(self._path), keep):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("audit: cannot delete rotated file %s (%s)", path.name, exc)
+                break
+            pruned += 1
+        if pruned:
+            log.info("audit: deleted %d rotated file(s), keeping the newest %d", pruned, keep)
 
     def _fsync_directory(self) -> None:
         fd = os.open(self._path.parent, os.O_RDONLY)

@@ -20,7 +20,13 @@ delays or refuses a request. A shipper copies every record, in seq order, into t
   instances stand by and take over if that connection goes. (SQLite: no such lock; run
   one shipping process. Two would still write no duplicate, thanks to the primary key.)
 - **one transaction per batch** (``audit.ship_batch`` records); the position in the files
-  moves only after the commit, so a crash or a failed batch ships it again, never twice.
+  moves only after the commit, so a crash or a failed batch ships it again, never twice;
+- **prunes what the table holds** (``audit.keep_rotated``): a rotated file is deleted only
+  when the table has a row at every seq of it and its row at the file's last seq has the
+  hash of the file's last line (the table's rows are a chain: that row vouches for the ones
+  before it), oldest first, keeping the newest ``keep_rotated`` files; the first file
+  that fails the test stops the pruning, and a stopped shipper prunes nothing (the files
+  are the evidence).
 
 Messages name the chain, seq and file, never a URL (it may hold a password) nor a line.
 """
@@ -43,12 +49,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from dragoman.audit.chain import GENESIS, digest, is_canonical
 from dragoman.audit.postgres_schema import audit_records, lock_key
 from dragoman.audit.postgres_spool import (
+    FileSpan,
     Position,
     PositionLost,
     SpoolError,
     SpoolLine,
     SpoolReader,
+    file_span,
 )
+from dragoman.audit.rotation import older_than_newest, rotated_files
 from dragoman.settings import AuditSettings
 
 log = logging.getLogger(__name__)
@@ -139,8 +148,12 @@ class AuditShipper:
         batch: int = 500,
         interval: float = 1.0,
         drain_timeout: float = 5.0,
+        keep_rotated: int | None = None,
     ) -> None:
+        """``keep_rotated``: prune shipped rotated files but the newest this many (None:
+        never prune)."""
         self._reader = SpoolReader(live)
+        self._keep_rotated = keep_rotated
         self._engine = make_ship_engine(url)
         self._postgres = self._engine.dialect.name == "postgresql"
         self._batch = batch
@@ -199,6 +212,7 @@ class AuditShipper:
         while not self._closing and self.stopped is None:
             try:
                 await self.drain()
+                await self.prune()
             except Exception:  # a bug must not end shipping silently, nor the proxy
                 log.exception("audit shipping failed; retrying")
             self._wake.clear()
@@ -212,6 +226,33 @@ class AuditShipper:
         while (moved := await self.step()) > 0:
             total += moved
         return total
+
+    async def prune(self) -> list[Path]:
+        """Delete the rotated files the table holds (see the module's docstring), oldest
+        first; returns them. Nothing while shipping is stopped or the database is away."""
+        keep = self._keep_rotated
+        if keep is None or self.stopped is not None:
+            return []
+        files = await asyncio.to_thread(rotated_files, self._reader.live)
+        pruned: list[Path] = []
+        through = -1
+        try:
+            for path in older_than_newest(files, keep):
+                span = await asyncio.to_thread(file_span, path)
+                if span is None or not await self._holds(await self._connection(), span):
+                    break
+                await asyncio.to_thread(path.unlink, missing_ok=True)
+                pruned.append(path)
+                through = span.last
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            await self._pause(exc)
+        if pruned:
+            log.info(
+                "audit shipping: deleted %d rotated file(s) the table holds, through seq %d",
+                len(pruned),
+                through,
+            )
+        return pruned
 
     # -- one step --------------------------------------------------------------------------
 
@@ -369,6 +410,18 @@ class AuditShipper:
         await conn.commit()
         return None if seq is None else int(seq)
 
+    async def _holds(self, conn: AsyncConnection, span: FileSpan) -> bool:
+        """Whether the table has every record of ``span``, ending with its last line."""
+        in_span = (_T.c.chain == span.chain) & _T.c.seq.between(span.first, span.last)
+        count = (await conn.execute(sa.select(sa.func.count()).where(in_span))).scalar_one()
+        last = (
+            await conn.execute(
+                sa.select(_T.c.hash).where(_T.c.chain == span.chain, _T.c.seq == span.last)
+            )
+        ).scalar_one_or_none()
+        await conn.commit()
+        return int(count) == span.last - span.first + 1 and last == span.last_hash
+
     async def _rollback(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(SQLAlchemyError, OSError):
@@ -419,4 +472,5 @@ def open_audit_shipper(settings: AuditSettings) -> AuditShipper | None:
         batch=settings.ship_batch,
         interval=settings.ship_interval,
         drain_timeout=settings.ship_drain_timeout,
+        keep_rotated=settings.keep_rotated,
     )

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from dragoman.audit.chain import digest
 from dragoman.audit.rotation import rotated_files
 
 _LAST_SEQ = re.compile(r"\.(\d{12,})\.[^.]+$")
@@ -43,6 +44,58 @@ class SpoolLine:
     """``file:byte offset``, for messages."""
     after: Position
     """The position after this line (where reading resumes once it is shipped)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileSpan:
+    """What a closed (rotated) file holds: records ``first``..``last`` of ``chain``."""
+
+    chain: str
+    first: int
+    last: int
+    last_hash: str
+    """The hash of its last line: the table's row at ``last`` must have it."""
+
+
+def _seq_of(line: bytes | None, chain: str | None = None) -> tuple[str, int] | None:
+    if line is None:
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    found, seq = record.get("chain"), record.get("seq")
+    if not isinstance(found, str) or not isinstance(seq, int) or isinstance(seq, bool):
+        return None
+    if chain is not None and found != chain:
+        return None
+    return found, seq
+
+
+def file_span(path: Path) -> FileSpan | None:
+    """The span of the rotated file at ``path``; None when it is gone or does not read as
+    whole records of one chain (such a file is left for an operator)."""
+    from dragoman.audit.chained import last_line
+
+    first = _seq_of(_first_line(path))
+    if first is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        line = last_line(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    last = _seq_of(line, first[0])
+    if line is None or last is None or last[1] < first[1]:
+        return None
+    return FileSpan(first[0], first[1], last[1], digest(line))
 
 
 def _inode(path: Path) -> tuple[int, int] | None:

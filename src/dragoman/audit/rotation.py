@@ -51,3 +51,8 @@ def log_files(directory: Path, suffix: str = ".jsonl") -> list[Path]:
             raise ValueError(f"{directory} holds rotated files but no live file; name them")
         raise ValueError(f"{directory} holds no {suffix} log")
     return [*rotated_files(lives[0]), lives[0]]
+
+
+def older_than_newest(files: list[Path], keep: int) -> list[Path]:
+    """``files`` (in chain order) but the newest ``keep``: what a retention of ``keep`` prunes."""
+    return files[: max(0, len(files) - keep)]

@@ -102,6 +102,8 @@ def open_audit_sink(
     return ChainedFileSink(
         settings.path,
         max_bytes=settings.max_bytes,
+        # With a shipper, only it knows which rotated files are safe to delete.
+        keep_rotated=settings.keep_rotated if settings.database_url is None else None,
         checkpoint_every=settings.checkpoint_every,
         signer=signer,
         clock=clock,

@@ -30,6 +30,17 @@ class AuditSettings(Section):
             " continues in the new file."
         ),
     )
+    keep_rotated: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Rotated files to keep (unset: all, the spool grows until an operator prunes"
+            " it). Without database_url the oldest beyond this count are deleted at each"
+            " rotation. With database_url only files the table holds every record of are"
+            " deleted, by the shipper, keeping the newest this many of them: a file not yet"
+            " shipped is never deleted. Needs max_bytes."
+        ),
+    )
     checkpoint_every: int = Field(
         1000,
         ge=0,
@@ -87,6 +98,13 @@ class AuditSettings(Section):
     def _checkpoints_need_the_chain(self) -> AuditSettings:
         if self.checkpoint_key_file is not None and not self.chain:
             raise ValueError("checkpoint_key_file needs chain = true")
+        return self
+
+    @model_validator(mode="after")
+    def _pruning_needs_rotation(self) -> AuditSettings:
+        rotates = self.sink == "file" and self.chain and self.max_bytes > 0
+        if self.keep_rotated is not None and not rotates:
+            raise ValueError("keep_rotated needs sink = file, chain = true and max_bytes > 0")
         return self
 
     @field_validator("database_url")
