@@ -7,6 +7,8 @@ for its own loop to prune."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 from chain_support import records, request, sink, verify_cli
 from postgres_audit_support import file_lines, owner_sql, rows, shipper
 
-from dragoman.audit.rotation import rotated_files
+from dragoman.audit.rotation import rotated_files, rotated_name
 from dragoman.demo.runner import DemoStack
 
 PM = "/v1/customers/cus_alice/payment-methods"
@@ -64,23 +66,52 @@ async def test_a_rotated_file_not_yet_in_the_table_is_never_deleted(
 
 
 async def test_a_rotated_file_whose_last_line_differs_from_the_table_is_kept(
-    audit_db: str, tmp_path: Path
+    audit_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    live = tmp_path / "audit.jsonl"
+    write(live, 0, 20)
+    async with shipper(live, audit_db) as audit:
+        await audit.drain()
+    oldest, *later = rotated_files(live)
+    lines = oldest.read_text("utf-8").splitlines()
+    lines[-1] = lines[-1].replace("alice", "mallo")  # same chain and seq, another record
+    oldest.write_text("".join(line + "\n" for line in lines))
+    with caplog.at_level(logging.WARNING, logger="dragoman.audit.postgres"):
+        async with shipper(live, audit_db, keep_rotated=0) as audit:
+            assert await audit.prune() == later  # each file is judged on its own
+    assert rotated_files(live) == [oldest]
+    assert f"keeping rotated file {oldest.name}" in caplog.text
+
+
+async def test_a_middle_row_rewritten_in_the_table_keeps_the_file_holding_the_original(
+    audit_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     live = tmp_path / "audit.jsonl"
     write(live, 0, 20)
     async with shipper(live, audit_db) as audit:
         await audit.drain()
     oldest = rotated_files(live)[0]
-    lines = oldest.read_text("utf-8").splitlines()
-    lines[-1] = lines[-1].replace("alice", "mallo")  # same chain and seq, another record
-    oldest.write_text("".join(line + "\n" for line in lines))
-    async with shipper(live, audit_db, keep_rotated=0) as audit:
-        assert await audit.prune() == []
-    assert rotated_files(live)[0] == oldest
+    assert records(oldest)[0]["seq"] < 1 < records(oldest)[-1]["seq"]
+    # The owner drops the trigger and rewrites row 1 (line and hash): count and last row
+    # of the file still match the table.
+    await owner_sql(audit_db, "ALTER TABLE audit_records DISABLE TRIGGER USER")
+    try:
+        await owner_sql(
+            audit_db,
+            "UPDATE audit_records SET line = 'forged', hash = $1 WHERE seq = 1",
+            "e" * 64,
+        )
+    finally:
+        await owner_sql(audit_db, "ALTER TABLE audit_records ENABLE TRIGGER USER")
+    with caplog.at_level(logging.WARNING, logger="dragoman.audit.postgres"):
+        async with shipper(live, audit_db, keep_rotated=0) as audit:
+            pruned = await audit.prune()
+    assert oldest not in pruned and oldest.exists()
+    assert f"keeping rotated file {oldest.name}" in caplog.text
 
 
-async def test_a_rotated_file_with_a_torn_last_line_is_kept_and_so_are_the_later_ones(
-    audit_db: str, tmp_path: Path
+async def test_a_rotated_file_with_a_torn_last_line_is_kept(
+    audit_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     live = tmp_path / "audit.jsonl"
     write(live, 0, 20)
@@ -88,9 +119,11 @@ async def test_a_rotated_file_with_a_torn_last_line_is_kept_and_so_are_the_later
         await audit.drain()
     before = rotated_files(live)
     before[1].write_bytes(before[1].read_bytes()[:-5])  # cut inside its last line
-    async with shipper(live, audit_db, keep_rotated=0) as audit:
-        assert await audit.prune() == before[:1]
-    assert rotated_files(live) == before[1:]
+    with caplog.at_level(logging.WARNING, logger="dragoman.audit.postgres"):
+        async with shipper(live, audit_db, keep_rotated=0) as audit:
+            assert await audit.prune() == [before[0], *before[2:]]
+    assert rotated_files(live) == [before[1]]
+    assert f"keeping rotated file {before[1].name}" in caplog.text
 
 
 async def test_a_gap_in_the_table_keeps_the_file_that_holds_it(
@@ -108,8 +141,9 @@ async def test_a_gap_in_the_table_keeps_the_file_that_holds_it(
     finally:
         await owner_sql(audit_db, "ALTER TABLE audit_records ENABLE TRIGGER USER")
     async with shipper(live, audit_db, keep_rotated=0) as audit:
-        assert await audit.prune() == []
-    assert oldest.exists()
+        pruned = await audit.prune()
+    assert oldest not in pruned and oldest.exists()
+    assert rotated_files(live) == [oldest]
 
 
 async def test_a_stopped_shipper_deletes_nothing(audit_db: str, tmp_path: Path) -> None:
@@ -136,17 +170,19 @@ async def test_a_stopped_shipper_deletes_nothing(audit_db: str, tmp_path: Path) 
 
 
 async def test_an_unreachable_database_deletes_nothing_and_pauses(
-    audit_db: str, dead_url: str, tmp_path: Path
+    audit_db: str, dead_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     live = tmp_path / "audit.jsonl"
     write(live, 0, 20)
     async with shipper(live, audit_db) as audit:
         await audit.drain()  # every file is in the table...
     before = rotated_files(live)
-    async with shipper(live, dead_url, keep_rotated=0) as down:
-        assert await down.prune() == []  # ...but this shipper cannot see it
-        assert down.stopped is None
+    with caplog.at_level(logging.WARNING, logger="dragoman.audit.postgres"):
+        async with shipper(live, dead_url, keep_rotated=0) as down:
+            assert await down.prune() == []  # ...but this shipper cannot see it
+            assert down.stopped is None
     assert rotated_files(live) == before
+    assert "audit shipping paused" in caplog.text
 
 
 async def test_without_keep_rotated_the_shipper_deletes_nothing(
@@ -225,3 +261,74 @@ async def test_keep_rotated_counts_only_rotated_files_never_the_live_one(
         await audit.prune()
     assert rotated_files(live) == before[len(before) - keep :]
     assert live.exists()
+
+
+async def test_a_standby_shipper_prunes_nothing_while_a_stopped_one_holds_the_chain(
+    audit_db: str, tmp_path: Path
+) -> None:
+    live = tmp_path / "audit.jsonl"
+    write(live, 0, 20)
+    chain = records(live)[0]["chain"]
+    before = rotated_files(live)
+    async with shipper(live, audit_db) as audit:
+        await audit.drain()  # every rotated file is in the table: only the lock protects it
+    # The table disagrees with the file's next record: the first shipper stops on it and,
+    # as a stopped shipper does, keeps its connection and with it the chain's lock.
+    await owner_sql(
+        audit_db,
+        "INSERT INTO audit_records (chain, seq, prev, hash, line) VALUES ($1, 20, $2, $2, 'x')",
+        chain,
+        "f" * 64,
+    )
+    write(live, 20, 1)
+    async with (
+        shipper(live, audit_db, keep_rotated=0) as stopped,
+        shipper(live, audit_db, keep_rotated=0) as other,
+    ):
+        await stopped.drain()
+        assert stopped.stopped is not None
+        await other.drain()
+        assert other.standby
+        assert await other.prune() == []
+    assert rotated_files(live) == before
+
+
+async def test_nothing_is_pruned_while_the_live_file_is_empty(
+    audit_db: str, tmp_path: Path
+) -> None:
+    live = tmp_path / "audit.jsonl"
+    write(live, 0, 20)
+    # A writer that rotated and died before its first append: the live file is empty, and
+    # the next write continues the chain from the newest rotated file.
+    last = records(live)[-1]["seq"]
+    os.rename(live, rotated_name(live, 1_800_000_000.0, last))
+    live.touch()
+    async with shipper(live, audit_db, keep_rotated=0) as audit:
+        await audit.drain()
+        assert await audit.prune() == []
+    write(live, 20, 1)
+    assert records(live)[0]["seq"] == 20  # the chain went on
+    assert verify_cli(tmp_path).returncode == 0
+
+
+async def test_a_rotated_file_that_cannot_be_deleted_is_reported_and_the_others_go(
+    audit_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    live = tmp_path / "audit.jsonl"
+    write(live, 0, 20)
+    stuck, *others = rotated_files(live)
+    unlink = Path.unlink
+
+    def refuse(path: Path, missing_ok: bool = False) -> None:
+        if path == stuck:
+            raise PermissionError(13, "Permission denied")
+        unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    with caplog.at_level(logging.INFO, logger="dragoman.audit.postgres"):
+        async with shipper(live, audit_db, keep_rotated=0) as audit:
+            await audit.drain()
+            assert await audit.prune() == others
+            assert audit.stopped is None
+    assert f"keeping rotated file {stuck.name}: cannot delete it (PermissionError)" in caplog.text
+    assert "audit shipping paused" not in caplog.text  # a file error is not the database's

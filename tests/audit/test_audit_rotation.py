@@ -1,13 +1,16 @@
 """Rotation: the live file is renamed once it reaches audit.max_bytes and the chain goes on
-in the new file; `dragoman audit verify DIR` checks the files in chain order."""
+in the new file; `dragoman audit verify DIR` checks the files in chain order. Retention
+(audit.keep_rotated, without a shipper): the newest rotated files by rotation time stay."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from chain_support import make_key, records, request, sink, verify_cli, write_log
+import pytest
+from chain_support import StepClock, make_key, records, request, sink, verify_cli, write_log
 
-from dragoman.audit.chain import digest
+from dragoman.audit.chain import Tail, digest
+from dragoman.audit.chained import PRUNED_PER_ROTATION, ChainedFileSink
 from dragoman.audit.rotation import log_files, rotated_files
 
 
@@ -119,3 +122,70 @@ def test_without_keep_rotated_every_rotated_file_stays(tmp_path: Path) -> None:
     live = rotated_log(tmp_path)
     seqs = [r["seq"] for path in log_files(tmp_path) for r in records(path)]
     assert seqs == list(range(40)) and len(rotated_files(live)) > 3
+
+
+def test_a_failed_append_after_a_rotation_does_not_start_a_new_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = tmp_path / "audit.jsonl"
+    writer = sink(live, max_bytes=700, keep_rotated=0)
+    append = ChainedFileSink._append
+    armed = {"on": False}
+
+    def full_disk(self: ChainedFileSink, line: bytes, tail: Tail) -> None:
+        if armed["on"]:
+            armed["on"] = False
+            raise OSError(28, "No space left on device")
+        append(self, line, tail)
+
+    monkeypatch.setattr(ChainedFileSink, "_append", full_disk)
+    written = 0
+    for n in range(30):  # every write fails once, rotations included...
+        armed["on"] = True
+        with pytest.raises(OSError, match="No space left"):
+            writer.write(request(n))
+        writer.close()  # ...and its process restarts: the next one reads the files
+        writer = sink(live, max_bytes=700, keep_rotated=0)
+        writer.write(request(n))
+        written += 1
+    writer.close()
+    chains = {r["chain"] for path in log_files(tmp_path) for r in records(path)}
+    assert len(chains) == 1
+    assert records(live)[-1]["seq"] == written - 1
+
+
+def test_retention_goes_by_rotation_time_when_a_new_chain_restarts_the_seqs(
+    tmp_path: Path,
+) -> None:
+    live = tmp_path / "audit.jsonl"
+    old = ChainedFileSink(live, max_bytes=700, clock=StepClock(1_700_000_000.0))
+    for n in range(40):  # an old chain with high seqs...
+        old.write(request(n))
+    old.close()
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    old_files = [*rotated_files(live), live]
+    for path in old_files:
+        path.rename(aside / path.name)  # ...moved aside for repair
+    new = ChainedFileSink(live, max_bytes=700, keep_rotated=1, clock=StepClock(1_800_000_000.0))
+    new.write(request(0))
+    for path in old_files[:-1]:
+        (aside / path.name).rename(path)  # the old rotated files come back
+    for n in range(1, 12):  # the new chain rotates: seqs lower than the old files'
+        new.write(request(n))
+    new.close()
+    kept = rotated_files(live)
+    assert len(kept) == 1
+    assert records(kept[0])[0]["chain"] == records(live)[0]["chain"]  # the new chain's
+
+
+def test_one_rotation_deletes_at_most_a_bounded_number_of_files(tmp_path: Path) -> None:
+    live = tmp_path / "audit.jsonl"
+    write_log(live, 200, max_bytes=700)
+    many = len(rotated_files(live))
+    assert many > PRUNED_PER_ROTATION + 2
+    writer = sink(live, max_bytes=700, keep_rotated=0)
+    while len(rotated_files(live)) == many:  # up to the next rotation
+        writer.write(request(0))
+    assert len(rotated_files(live)) == many + 1 - PRUNED_PER_ROTATION
+    writer.close()

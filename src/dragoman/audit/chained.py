@@ -39,11 +39,20 @@ from dragoman.audit.checkpoint import CheckpointSigner, checkpoint_line
 from dragoman.audit.pci import complete, process_source
 from dragoman.audit.record import iso_time
 from dragoman.audit.redact import redact_record
-from dragoman.audit.rotation import older_than_newest, rotated_files, rotated_name
+from dragoman.audit.rotation import (
+    older_than_newest,
+    rotated_by_age,
+    rotated_files,
+    rotated_name,
+)
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 8192
+
+PRUNED_PER_ROTATION = 16
+"""Rotated files one rotation deletes at most (``keep_rotated`` set on a large spool catches
+up over the next rotations rather than in one request's write)."""
 
 
 def prepare(record: dict[str, Any]) -> dict[str, Any]:
@@ -152,7 +161,8 @@ class ChainedFileSink:
         bodies = [prepare(record) for record in records]
         with self._locked():
             tail = self._sync()
-            if self._max_bytes and self._size >= self._max_bytes:
+            rotated = bool(self._max_bytes) and self._size >= self._max_bytes
+            if rotated:
                 tail = self._rotate(tail)
             lines: list[bytes] = []
             checkpointed = False
@@ -166,6 +176,8 @@ class ChainedFileSink:
             self._append(b"".join(lines), tail)
             if checkpointed:
                 os.fsync(self._fd)
+            if rotated and self._keep_rotated is not None:
+                self._prune(self._keep_rotated)
 
     def close(self) -> None:
         if self._fd < 0 and self._lock_fd < 0:
@@ -254,15 +266,18 @@ class ChainedFileSink:
         self._reopen()
         self._size = os.fstat(self._fd).st_size
         self._tail = tail
-        if self._keep_rotated is not None:
-            self._prune(self._keep_rotated)
         return tail
 
     def _prune(self, keep: int) -> None:
-        """Delete the rotated files but the newest ``keep``. Housekeeping: the records are
-        written whether or not it succeeds, so a failure is logged, not raised."""
+        """Delete the rotated files but the newest ``keep``, at most
+        :data:`PRUNED_PER_ROTATION` of them (this runs on the event loop, inside a write).
+        Only after the new live file holds a record: an empty live file continues the
+        newest rotated file, and without one the next write would start a new chain.
+        Housekeeping: the records are written whether or not it succeeds, so a failure is
+        logged, not raised."""
         pruned = 0
-        for path in older_than_newest(rotated_files(self._path), keep):
+        doomed = older_than_newest(rotated_by_age(self._path), keep)[:PRUNED_PER_ROTATION]
+        for path in doomed:
             try:
                 path.unlink(missing_ok=True)
             except OSError as exc:

@@ -21,12 +21,14 @@ delays or refuses a request. A shipper copies every record, in seq order, into t
   one shipping process. Two would still write no duplicate, thanks to the primary key.)
 - **one transaction per batch** (``audit.ship_batch`` records); the position in the files
   moves only after the commit, so a crash or a failed batch ships it again, never twice;
-- **prunes what the table holds** (``audit.keep_rotated``): a rotated file is deleted only
-  when the table has a row at every seq of it and its row at the file's last seq has the
-  hash of the file's last line (the table's rows are a chain: that row vouches for the ones
-  before it), oldest first, keeping the newest ``keep_rotated`` files; the first file
-  that fails the test stops the pruning, and a stopped shipper prunes nothing (the files
-  are the evidence).
+- **prunes what the table holds** (``audit.keep_rotated``): beyond the newest
+  ``keep_rotated`` rotated files (by rotation time), a file is deleted only when the
+  table's rows of its seqs are, one for one, the hashes of its lines. A file the table does
+  not hold yet waits; one that differs from the table, or does not read as whole records,
+  is kept for good, with a warning. Only the shipper holding the chain's lock prunes, so a
+  stopped shipper (which keeps its lock) stops every other one from pruning too; and
+  nothing is pruned while the live file is empty (it would continue the newest rotated
+  file's chain).
 
 Messages name the chain, seq and file, never a URL (it may hold a password) nor a line.
 """
@@ -56,8 +58,10 @@ from dragoman.audit.postgres_spool import (
     SpoolLine,
     SpoolReader,
     file_span,
+    is_empty,
+    line_digests,
 )
-from dragoman.audit.rotation import older_than_newest, rotated_files
+from dragoman.audit.rotation import older_than_newest, rotated_by_age
 from dragoman.settings import AuditSettings
 
 log = logging.getLogger(__name__)
@@ -154,6 +158,9 @@ class AuditShipper:
         never prune)."""
         self._reader = SpoolReader(live)
         self._keep_rotated = keep_rotated
+        self._kept: set[Path] = set()
+        """Rotated files found to differ from the table: never deleted, never read again."""
+        self._warned: set[tuple[Path, str]] = set()
         self._engine = make_ship_engine(url)
         self._postgres = self._engine.dialect.name == "postgresql"
         self._batch = batch
@@ -228,22 +235,46 @@ class AuditShipper:
         return total
 
     async def prune(self) -> list[Path]:
-        """Delete the rotated files the table holds (see the module's docstring), oldest
-        first; returns them. Nothing while shipping is stopped or the database is away."""
+        """Delete the rotated files the table holds (see the module's docstring); returns
+        them. Only the shipper that holds the spool's chain prunes: nothing while shipping
+        is stopped, standing by, or the database is away."""
         keep = self._keep_rotated
-        if keep is None or self.stopped is not None:
+        if keep is None or self.stopped is not None or self.standby:
             return []
-        files = await asyncio.to_thread(rotated_files, self._reader.live)
+        live = self._reader.live
+        try:
+            candidates = older_than_newest(await asyncio.to_thread(rotated_by_age, live), keep)
+            # An empty live file continues the newest rotated file's chain (a writer that
+            # rotated and then failed to append): without that file it would start anew.
+            if not candidates or await asyncio.to_thread(is_empty, live):
+                return []
+            chain = await asyncio.to_thread(self._reader.newest_chain)
+        except OSError as exc:
+            self._warn_once(live, f"cannot list the spool ({type(exc).__name__})")
+            return []
         pruned: list[Path] = []
         through = -1
         try:
-            for path in older_than_newest(files, keep):
-                span = await asyncio.to_thread(file_span, path)
-                if span is None or not await self._holds(await self._connection(), span):
-                    break
-                await asyncio.to_thread(path.unlink, missing_ok=True)
+            conn = await self._connection()
+            if chain is None or not await self._lock(conn, chain):
+                return []
+            for path in candidates:
+                if path in self._kept:
+                    continue
+                span, verdict = await self._judge(conn, path)
+                if verdict == "unshipped":
+                    continue  # not in the table yet: shipping will get there
+                if span is None or verdict != "held":
+                    self._kept.add(path)
+                    self._warn_once(path, verdict)
+                    continue
+                try:
+                    await asyncio.to_thread(path.unlink, missing_ok=True)
+                except OSError as exc:
+                    self._warn_once(path, f"cannot delete it ({type(exc).__name__})")
+                    continue
                 pruned.append(path)
-                through = span.last
+                through = max(through, span.last)
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             await self._pause(exc)
         if pruned:
@@ -253,6 +284,55 @@ class AuditShipper:
                 through,
             )
         return pruned
+
+    async def _judge(self, conn: AsyncConnection, path: Path) -> tuple[FileSpan | None, str]:
+        """Whether the table holds every record of the rotated file at ``path``: ``held``,
+        ``unshipped`` (the table ends before the file does), or why the file must stay.
+        The last line is compared first (cheap); the whole file only when it matches."""
+        try:
+            span = await asyncio.to_thread(file_span, path)
+        except OSError as exc:
+            return None, f"cannot read it ({type(exc).__name__})"
+        if span is None:
+            return None, "it does not read as whole records of one chain"
+        last = (
+            await conn.execute(
+                sa.select(_T.c.hash).where(_T.c.chain == span.chain, _T.c.seq == span.last)
+            )
+        ).scalar_one_or_none()
+        if last is None:
+            highest = await self._highest(conn, span.chain)
+            await conn.commit()
+            if highest is None or highest < span.last:
+                return span, "unshipped"
+            return span, f"the table has no row at seq {span.last} of chain {span.chain}"
+        if last != span.last_hash:
+            await conn.commit()
+            return span, f"the table's row at seq {span.last} is another record"
+        try:
+            digests = await asyncio.to_thread(line_digests, path)
+        except OSError as exc:
+            await conn.commit()
+            return span, f"cannot read it ({type(exc).__name__})"
+        rows = (
+            await conn.execute(
+                sa.select(_T.c.seq, _T.c.hash)
+                .where(_T.c.chain == span.chain, _T.c.seq.between(span.first, span.last))
+                .order_by(_T.c.seq)
+            )
+        ).all()
+        await conn.commit()
+        if digests is None or len(digests) != span.last - span.first + 1:
+            return span, "it does not read as whole records of one chain"
+        expected = list(zip(range(span.first, span.last + 1), digests, strict=True))
+        if [(int(seq), str(found)) for seq, found in rows] != expected:
+            return span, f"the table's rows of seqs {span.first}-{span.last} differ from it"
+        return span, "held"
+
+    def _warn_once(self, path: Path, reason: str) -> None:
+        if (path, reason) not in self._warned:
+            self._warned.add((path, reason))
+            log.warning("audit shipping: keeping rotated file %s: %s", path.name, reason)
 
     # -- one step --------------------------------------------------------------------------
 
@@ -409,18 +489,6 @@ class AuditShipper:
         ).scalar_one_or_none()
         await conn.commit()
         return None if seq is None else int(seq)
-
-    async def _holds(self, conn: AsyncConnection, span: FileSpan) -> bool:
-        """Whether the table has every record of ``span``, ending with its last line."""
-        in_span = (_T.c.chain == span.chain) & _T.c.seq.between(span.first, span.last)
-        count = (await conn.execute(sa.select(sa.func.count()).where(in_span))).scalar_one()
-        last = (
-            await conn.execute(
-                sa.select(_T.c.hash).where(_T.c.chain == span.chain, _T.c.seq == span.last)
-            )
-        ).scalar_one_or_none()
-        await conn.commit()
-        return int(count) == span.last - span.first + 1 and last == span.last_hash
 
     async def _rollback(self) -> None:
         if self._conn is not None:

@@ -98,6 +98,29 @@ def file_span(path: Path) -> FileSpan | None:
     return FileSpan(first[0], first[1], last[1], digest(line))
 
 
+def line_digests(path: Path) -> list[str] | None:
+    """The hash of every line of the closed file at ``path``, in order; None when it is
+    gone or its last line is incomplete."""
+    digests: list[str] = []
+    try:
+        with path.open("rb") as handle:
+            for line in handle:
+                if not line.endswith(b"\n"):
+                    return None
+                digests.append(digest(line[:-1]))
+    except FileNotFoundError:
+        return None
+    return digests
+
+
+def is_empty(path: Path) -> bool:
+    """Whether the file at ``path`` holds nothing (missing counts as empty)."""
+    try:
+        return os.stat(path).st_size == 0
+    except FileNotFoundError:
+        return True
+
+
 def _inode(path: Path) -> tuple[int, int] | None:
     try:
         st = os.stat(path)

@@ -20,20 +20,32 @@ def rotated_name(live: Path, now: float, last_seq: int) -> Path:
 
 def _pattern(live: Path) -> re.Pattern[str]:
     return re.compile(
-        rf"^{re.escape(live.stem)}\.\d{{8}}T\d{{12}}Z\.(\d{{12,}}){re.escape(live.suffix)}$"
+        rf"^{re.escape(live.stem)}\.(\d{{8}}T\d{{12}}Z)\.(\d{{12,}}){re.escape(live.suffix)}$"
     )
 
 
-def rotated_files(live: Path) -> list[Path]:
-    """The rotated files of the log whose live file is ``live``, in chain order."""
+def _rotated(live: Path) -> list[tuple[int, str, Path]]:
+    """(last seq, rotation time, path) of each rotated file of the log at ``live``."""
     pattern = _pattern(live)
-    found: list[tuple[int, Path]] = []
+    found: list[tuple[int, str, Path]] = []
     if live.parent.is_dir():
         for entry in live.parent.iterdir():
             match = pattern.match(entry.name)
             if match is not None and entry.is_file():
-                found.append((int(match.group(1)), entry))
-    return [path for _, path in sorted(found)]
+                found.append((int(match.group(2)), match.group(1), entry))
+    return found
+
+
+def rotated_files(live: Path) -> list[Path]:
+    """The rotated files of the log whose live file is ``live``, in chain order."""
+    return [path for _, _, path in sorted(_rotated(live))]
+
+
+def rotated_by_age(live: Path) -> list[Path]:
+    """The rotated files by the time they were rotated, oldest first: what retention goes
+    by. Seqs restart with a new chain (a log moved aside for repair), times do not; the
+    writers of one log share a host, and so a clock."""
+    return [path for _, _, path in sorted(_rotated(live), key=lambda f: (f[1], f[0]))]
 
 
 def log_files(directory: Path, suffix: str = ".jsonl") -> list[Path]:

@@ -34,11 +34,11 @@ class AuditSettings(Section):
         None,
         ge=0,
         description=(
-            "Rotated files to keep (unset: all, the spool grows until an operator prunes"
-            " it). Without database_url the oldest beyond this count are deleted at each"
-            " rotation. With database_url only files the table holds every record of are"
-            " deleted, by the shipper, keeping the newest this many of them: a file not yet"
-            " shipped is never deleted. Needs max_bytes."
+            "Rotated files to keep, the newest by rotation time (unset: all; the spool grows"
+            " until an operator prunes it). Without database_url the older ones are deleted"
+            " after each rotation. With database_url the shipper deletes an older one only"
+            " once the table holds every line of it: a file not yet shipped, or one that"
+            " differs from the table, is never deleted. Needs max_bytes."
         ),
     )
     checkpoint_every: int = Field(
