@@ -369,6 +369,8 @@ async def raw_request(url: str, request_line: str, headers: dict[str, str]) -> i
         f"/echo/%2e%2e/echo/{CUSTOMER}",
         "/echo/cus_bob%2F..%2Fcus_alice",
         f"//echo/{CUSTOMER}",
+        f"/echo/..;/echo/{CUSTOMER}",  # Tomcat: /echo/{CUSTOMER}
+        f"/echo/.;x/echo/{CUSTOMER}",
     ],
 )
 async def test_paths_are_never_normalised_into_an_operation(

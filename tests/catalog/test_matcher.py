@@ -95,11 +95,25 @@ def test_percent_encoded_literals_match_their_decoded_form() -> None:
         "/v1/customers/a%4/payment-methods",
         "/v1/customers/%ff/payment-methods",
         "v1/customers/c/payment-methods",
+        # Servlet containers drop ";" parameters, then read what is left as a dot segment.
+        "/v1/customers/..;/customers/c/payment-methods",
+        "/v1/customers/..;x=1/payment-methods",
+        "/v1/customers/.;/c/payment-methods",
+        "/v1/customers/%2e%2e;/payment-methods",
+        "/v1/customers/.%2e;x/payment-methods",
+        "/v1/customers/..%3B/payment-methods",
     ],
 )
 def test_ambiguous_paths_are_refused_not_normalised(path: str) -> None:
     with pytest.raises(InvalidPath):
         MATCHER.match("GET", path)
+
+
+def test_a_segment_with_parameters_that_is_not_a_dot_segment_still_matches() -> None:
+    assert matched("GET", "/v1/customers/c;v=1/payment-methods") == (
+        "list",
+        {"customer_id": "c;v=1"},
+    )
 
 
 def test_the_root_path_can_be_an_operation() -> None:
@@ -134,6 +148,10 @@ PATHS = [  # "/" is answered before either split (the root operation)
     "/v1/a%20b",
     "/v1/a%2Fb",
     "/v1/~!$&'()*+,;=:@-_.x",
+    "/v1/..;/x",
+    "/v1/.;a/x",
+    "/v1/a;../x",
+    "/v1/...;/x",
     "/v1/caf\u00e9",
     "/v1/a?b",
     "/v1/a#b",

@@ -18,7 +18,10 @@ What is followed (Envoy v3 API, ``envoy.extensions.filters.http.ext_authz.v3``):
   and the headers matched by ``allowed_client_headers`` plus status, content-length,
   www-authenticate and location; every header but Host when the list is unset);
 - the edge connection manager (``use_remote_address``) appends the caller's address to
-  X-Forwarded-For before the filters run;
+  X-Forwarded-For before the filters run, and with ``common_http_protocol_options``'
+  ``headers_with_underscores_action`` drops (``DROP_HEADER``) or refuses with 400
+  (``REJECT_REQUEST``) a request header whose name holds an underscore (``ALLOW`` by
+  default);
 - the router adds the virtual host's ``response_headers_to_add`` to the upstream's answers,
   each by its ``append_action`` (``APPEND_IF_EXISTS_OR_ADD`` by default), and not to local
   replies (a denial, ``status_on_error``: ``finalizeResponseHeaders`` runs on upstream
@@ -127,6 +130,8 @@ class ExtAuthzContract:
     response_headers_to_add: tuple[tuple[str, str, str], ...]
     """The virtual host's: (name, value, append_action)."""
     clusters: dict[str, dict[str, Any]]
+    headers_with_underscores: str
+    """``ALLOW``, ``DROP_HEADER`` or ``REJECT_REQUEST``."""
 
     @classmethod
     def load(cls, path: Path = SHIPPED) -> ExtAuthzContract:
@@ -171,6 +176,9 @@ class ExtAuthzContract:
                 )
             ),
             clusters={c["name"]: c for c in config["static_resources"]["clusters"]},
+            headers_with_underscores=hcm.get("common_http_protocol_options", {}).get(
+                "headers_with_underscores_action", "ALLOW"
+            ),
         )
 
     def check_header_allowed(self, name: str) -> bool:
@@ -233,7 +241,13 @@ class EnvoyGateway:
         contract = self.contract
         body = await request.read() if request.body_exists else b""
         headers = CIMultiDict(request.headers)
-        # The connection manager, before any filter: the caller's address is appended.
+        # The connection manager, before any filter: headers with an underscore in their
+        # name are dropped or refused, and the caller's address is appended.
+        if any("_" in name for name in headers):
+            if contract.headers_with_underscores == "REJECT_REQUEST":
+                return web.Response(status=400, text="Bad Request")
+            if contract.headers_with_underscores == "DROP_HEADER":
+                headers = CIMultiDict((k, v) for k, v in headers.items() if "_" not in k)
         forwarded = ", ".join([*headers.getall("X-Forwarded-For", []), request.remote or ""])
         headers.popall("X-Forwarded-For", None)
         headers["X-Forwarded-For"] = forwarded

@@ -132,6 +132,10 @@ def test_check_request_carries_every_header_dragoman_reads(contract: ExtAuthzCon
     assert [h for h in NEEDED_BY_DRAGOMAN if not contract.check_header_allowed(h)] == []
 
 
+def test_shipped_edge_drops_headers_with_underscores(contract: ExtAuthzContract) -> None:
+    assert contract.headers_with_underscores == "DROP_HEADER"
+
+
 def test_decision_listener_answers_under_the_shipped_path_prefix(
     contract: ExtAuthzContract,
 ) -> None:
@@ -195,6 +199,18 @@ async def test_cookie_and_csrf_header_never_reach_the_upstream(
     assert upstream.header("cookie") == []
     assert upstream.header("x-csrf-token") == []
     assert "s3cret" not in json.dumps(upstream.received)
+
+
+async def test_an_underscore_twin_of_a_header_never_reaches_the_upstream(
+    recorded: tuple[Route, Recorder], http: aiohttp.ClientSession
+) -> None:
+    route, upstream = recorded
+    headers = {"Authorization": bearer(route.stack), "x_customer_id": "cus_mallory"}
+    path = f"/v1/customers/{ALICE}/things"
+    async with http.get(route.url + path, headers=headers) as r:
+        assert r.status == 200
+    assert upstream.header("x_customer_id") == []
+    assert "cus_mallory" not in json.dumps(upstream.received)
 
 
 async def test_post_with_a_body_binding_reaches_the_upstream_with_its_body(

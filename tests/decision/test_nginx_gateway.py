@@ -331,6 +331,17 @@ async def test_callers_gateway_headers_never_reach_the_platform(
         assert name not in arrival.headers
 
 
+async def test_an_underscore_twin_of_a_header_never_reaches_the_platform(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    headers = {**alice(gateway.stack), "x_customer_id": "cus_mallory"}
+    async with http.get(gateway.url + PM, headers=headers) as response:
+        assert response.status == 200
+    (arrival,) = gateway.tap.arrivals
+    assert "x_customer_id" not in arrival.headers
+    assert "cus_mallory" not in str(dict(arrival.headers))
+
+
 # -- dragoman unreachable --------------------------------------------------------------------
 
 

@@ -2,9 +2,11 @@
 
 Requests are matched on their raw path, split into segments and percent-decoded one segment
 at a time, so an encoded ``/`` can never move a segment boundary. Paths that a server or the
-upstream might read differently from us (dot segments, empty segments, encoded slashes or
-backslashes, NUL, bad escapes) are refused outright rather than normalised. At each segment a
-literal beats a parameter, so exact templates win over parameterised ones.
+upstream might read differently from us are refused outright rather than normalised: dot
+segments (``..;`` and ``.;`` too, which servlet containers read as dot segments once they
+drop the ``;`` parameters), empty segments, encoded slashes or backslashes, NUL, bad
+escapes. At each segment a literal beats a parameter, so exact templates win over
+parameterised ones.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def split_path(raw_path: str) -> list[str]:
         plain = raw_path[1:].split("/")
         if "" in plain:
             raise InvalidPath("empty path segment")
-        if "." in plain or ".." in plain:
+        if "." in plain or ".." in plain or (";" in raw_path and any(map(_dotted, plain))):
             raise InvalidPath("dot segment or encoded separator in the path")
         return plain
     return split_decoding(raw_path)
@@ -63,12 +65,17 @@ def split_decoding(raw_path: str) -> list[str]:
         if raw == "":
             raise InvalidPath("empty path segment")
         decoded = _decode_segment(raw) if "%" in raw else raw
-        if decoded in (".", "..") or any(c in _FORBIDDEN_DECODED for c in decoded):
+        if _dotted(decoded) or any(c in _FORBIDDEN_DECODED for c in decoded):
             raise InvalidPath("dot segment or encoded separator in the path")
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
             raise InvalidPath("control character in the path")
         segments.append(decoded)
     return segments
+
+
+def _dotted(segment: str) -> bool:
+    """A dot segment, with or without ``;`` parameters (``..;x`` is ``..`` to Tomcat)."""
+    return segment.partition(";")[0] in (".", "..")
 
 
 def _decode_segment(raw: str) -> str:

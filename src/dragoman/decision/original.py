@@ -29,8 +29,8 @@ from dragoman.pipeline.errors import BadRequest, PathInvalid
 NGINX_METHOD = "X-Original-Method"
 NGINX_TARGET = "X-Original-URI"
 
-_METHOD = re.compile(r"^[A-Z]{1,16}$")
-_TARGET = re.compile(r"^/(?!/)[!-~]*$")
+_METHOD = re.compile(r"[A-Z]{1,16}")
+_TARGET = re.compile(r"/(?!/)[!-~]*")
 """Origin form: one leading slash (``//host`` would read as an authority), visible ASCII."""
 
 
@@ -47,9 +47,10 @@ class Original:
 
 
 def _checked(method: str, target: str) -> Original:
-    if not _METHOD.match(method):
+    # fullmatch: "$" would also match before a final newline.
+    if not _METHOD.fullmatch(method):
         raise DecisionRequestInvalid("method_invalid")
-    if not _TARGET.match(target) or "#" in target:
+    if not _TARGET.fullmatch(target) or "#" in target:
         raise PathInvalid("target_invalid")
     return Original(method, target)
 
