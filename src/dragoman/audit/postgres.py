@@ -63,6 +63,7 @@ from dragoman.audit.postgres_spool import (
 )
 from dragoman.audit.rotation import older_than_newest, rotated_by_age
 from dragoman.settings import AuditSettings
+from dragoman.timeouts import within
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ class AuditShipper:
         self._wake.set()
         if self._task is not None:
             try:
-                await asyncio.wait_for(self._finish(), self._drain_timeout)
+                await within(self._drain_timeout, self._finish())
             except TimeoutError:
                 log.warning(
                     "audit shipping: the final drain did not finish; the next start resumes"
@@ -224,7 +225,7 @@ class AuditShipper:
                 log.exception("audit shipping failed; retrying")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+                await within(self._interval, self._wake.wait())
 
     async def drain(self) -> int:
         """Step until nothing is left to ship (or the database is away). Returns the count

@@ -8,7 +8,6 @@ disabled key is refused, whoever asks.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -23,6 +22,7 @@ from dragoman.keys.jwk import ec_public_jwk, thumbprint
 from dragoman.keys.provider import KeyUnavailableError, ProviderKey
 from dragoman.keys.schema import local_signing_keys as t
 from dragoman.keys.sealing import Sealer, SealingError
+from dragoman.timeouts import within
 
 
 class LocalProvider:
@@ -43,7 +43,7 @@ class LocalProvider:
                 return result.all() if statement.is_select else None
 
         try:
-            return await asyncio.wait_for(go(), self._timeout)
+            return await within(self._timeout, go())
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             raise KeyUnavailableError(f"state store: {type(exc).__name__}") from None
 

@@ -28,6 +28,7 @@ from sqlalchemy.pool import NullPool
 from dragoman.keys.schema import signing_keys as t
 from dragoman.keys.timeline import KeyRecord
 from dragoman.state.sql import StoreUnavailable
+from dragoman.timeouts import within
 
 T = TypeVar("T")
 _ROTATION_LOCK = 0x6B6579726F74  # "keyrot": the same for every dragoman process
@@ -68,7 +69,7 @@ class KeySetStore:
 
     async def _run(self, work: Callable[[], Awaitable[T]]) -> T:
         try:
-            return await asyncio.wait_for(work(), self._timeout)
+            return await within(self._timeout, work())
         except (RotationConflict, LookupError):
             raise
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
@@ -104,7 +105,7 @@ class KeySetStore:
             # Not from the pool (see the module docstring); NullPool closes it on release.
             self._lock_engine = create_async_engine(self.engine.url, poolclass=NullPool)
         try:
-            conn = await asyncio.wait_for(self._lock_engine.connect(), self._timeout)
+            conn = await within(self._timeout, self._lock_engine.connect())
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(type(exc).__name__) from None
         try:
@@ -114,12 +115,12 @@ class KeySetStore:
                 try:
                     got = bool(
                         (
-                            await asyncio.wait_for(
+                            await within(
+                                self._timeout,
                                 conn.execute(
                                     text("SELECT pg_try_advisory_lock(:id)"),
                                     {"id": _ROTATION_LOCK},
                                 ),
-                                self._timeout,
                             )
                         ).scalar_one()
                     )
@@ -133,11 +134,11 @@ class KeySetStore:
             finally:
                 if got:
                     with contextlib.suppress(SQLAlchemyError, OSError, TimeoutError):
-                        await asyncio.wait_for(
+                        await within(
+                            self._timeout,
                             conn.execute(
                                 text("SELECT pg_advisory_unlock(:id)"), {"id": _ROTATION_LOCK}
                             ),
-                            self._timeout,
                         )
         finally:
             # Closing the session releases the lock even if the unlock above failed.

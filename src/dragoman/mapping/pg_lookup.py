@@ -21,6 +21,7 @@ from sqlalchemy import URL, Select
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
 from dragoman.mapping.compiled import CompiledStatement
+from dragoman.timeouts import within
 
 BROKEN = (asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.InterfaceError)
 FAILURES = (asyncpg.PostgresError, asyncpg.exceptions.InterfaceError, OSError, ConnectionError)
@@ -91,6 +92,6 @@ class PgLookup:
         idle, self._idle = self._idle, []
         for connection in idle:
             try:
-                await asyncio.wait_for(connection.close(), 1.0)
+                await within(1.0, connection.close())
             except (TimeoutError, *FAILURES):
                 connection.terminate()

@@ -34,8 +34,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from dragoman.mapping.reconcile_records import reconcile_lease as t
-from dragoman.mapping.reconcile_records import within
 from dragoman.state.sql import StoreUnavailable
+from dragoman.timeouts import within
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,9 @@ migration 0004) and the records read from it.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -33,16 +31,6 @@ from sqlalchemy import (
 from dragoman.mapping.entity import AccountMapping, MappingStatus
 from dragoman.mapping.rows import utc
 from dragoman.state.sql import metadata
-
-T = TypeVar("T")
-
-
-async def within(seconds: float, work: Awaitable[T]) -> T:
-    """``await work`` for at most ``seconds`` (TimeoutError). Unlike asyncio.wait_for on
-    Python 3.11, never swallows a cancellation that arrives as ``work`` completes."""
-    async with asyncio.timeout(seconds):
-        return await work
-
 
 RUNNING = "running"
 COMPLETED = "completed"

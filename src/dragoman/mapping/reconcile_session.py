@@ -23,9 +23,9 @@ from dragoman.mapping.reconcile_records import (
     BatchResult,
     Outcome,
     RunRecord,
-    within,
 )
 from dragoman.mapping.reconcile_report import Report
+from dragoman.timeouts import within
 
 if TYPE_CHECKING:
     from dragoman.mapping.reconcile import Reconciler

@@ -29,13 +29,13 @@ from dragoman.mapping.reconcile_records import (
     Finding,
     Outcome,
     RunRecord,
-    within,
 )
 from dragoman.mapping.reconcile_records import reconcile_findings as f
 from dragoman.mapping.reconcile_records import reconcile_runs as r
 from dragoman.mapping.rows import to_utc, utc
 from dragoman.mapping.schema import account_mappings as m
 from dragoman.state.sql import StoreUnavailable
+from dragoman.timeouts import within
 
 T = TypeVar("T")
 
