@@ -1,9 +1,7 @@
-"""Fixtures of the audit tests that use PostgreSQL: the audit database, and one that is down."""
+"""Fixtures of the audit tests that use PostgreSQL: the audit database, and one that is down
+(on the shared ``dead_port``, tests/conftest.py)."""
 
 from __future__ import annotations
-
-import socket
-from collections.abc import Iterator
 
 import pytest
 
@@ -28,14 +26,3 @@ async def audit_db(pg_url: str) -> str:
 def dead_url(dead_port: int) -> str:
     """A PostgreSQL URL that refuses every connection."""
     return f"postgresql+asyncpg://postgres@127.0.0.1:{dead_port}/nothing"
-
-
-@pytest.fixture
-def dead_port() -> Iterator[int]:
-    """A port nothing listens on (bound, never listening, for the test's length)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        sock.close()

@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from chain_support import records, request, sink, verify_cli
-from postgres_audit_support import file_lines, owner_sql, rows, shipper
+from postgres_audit_support import owner_sql, rows, shipper
 
 from dragoman.audit.rotation import rotated_files, rotated_name
 from dragoman.demo.runner import DemoStack
@@ -29,6 +29,45 @@ def write(live: Path, first: int, count: int) -> None:
     for n in range(first, first + count):
         writer.write(request(n))
     writer.close()
+
+
+async def shipped_spool(directory: Path, audit_db: str) -> Path:
+    """Records 0-19 in a rotated spool, every one shipped (by a shipper now closed, which
+    released the chain's lock); returns the live file."""
+    live = directory / "audit.jsonl"
+    write(live, 0, 20)
+    async with shipper(live, audit_db) as audit:
+        await audit.drain()
+    return live
+
+
+async def without_trigger(audit_db: str, sql: str, *args: object) -> None:
+    """``sql`` as the table's owner with the append-only trigger off (an attacker who
+    dropped it), then on again."""
+    await owner_sql(audit_db, "ALTER TABLE audit_records DISABLE TRIGGER USER")
+    try:
+        await owner_sql(audit_db, sql, *args)
+    finally:
+        await owner_sql(audit_db, "ALTER TABLE audit_records ENABLE TRIGGER USER")
+
+
+async def conflicting_row_at_20(audit_db: str, live: Path) -> None:
+    """A row 20 the file's next record will disagree with (a shipper stops on it); then
+    that record."""
+    await owner_sql(
+        audit_db,
+        "INSERT INTO audit_records (chain, seq, prev, hash, line) VALUES ($1, 20, $2, $2, 'x')",
+        records(live)[0]["chain"],
+        "f" * 64,
+    )
+    write(live, 20, 1)
+
+
+async def prune_once(live: Path, url: str, caplog: pytest.LogCaptureFixture) -> list[Path]:
+    """What a fresh shipper (keep_rotated 0) prunes without shipping, its warnings logged."""
+    with caplog.at_level(logging.WARNING, logger="dragoman.audit.postgres"):
+        async with shipper(live, url, keep_rotated=0) as audit:
+            return await audit.prune()
 
 
 async def test_shipped_rotated_files_are_deleted_but_the_newest_kept(
@@ -68,17 +107,12 @@ async def test_a_rotated_file_not_yet_in_the_table_is_never_deleted(
 async def test_a_rotated_file_whose_last_line_differs_from_the_table_is_kept(
     audit_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    live = tmp_path / "audit.jsonl"
-    write(live, 0, 20)
-    async with shipper(live, audit_db) as audit:
-        await audit.drain()
+    live = await shipped_spool(tmp_path, audit_db)
     oldest, *later = rotated_files(live)
     lines = oldest.read_text("utf-8").splitlines()
     lines[-1] = lines[-1].replace("alice", "mallo")  # same chain and seq, another record
     oldest.write_text("".join(line + "\n" for line in lines))
-    with caplog.at_level(logging.WARNING, logger="dragoman.audit.postgres"):
-        async with shipper(live, audit_db, keep_rotated=0) as audit:
-            assert await audit.prune() == later  # each file is judged on its own
+    assert await prune_once(live, audit_db, caplog) == later  # each file judged on its own
     assert rotated_files(live) == [oldest]
     assert f"keeping rotated file {oldest.name}" in caplog.text
 
@@ -86,26 +120,14 @@ async def test_a_rotated_file_whose_last_line_differs_from_the_table_is_kept(
 async def test_a_middle_row_rewritten_in_the_table_keeps_the_file_holding_the_original(
     audit_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    live = tmp_path / "audit.jsonl"
-    write(live, 0, 20)
-    async with shipper(live, audit_db) as audit:
-        await audit.drain()
+    live = await shipped_spool(tmp_path, audit_db)
     oldest = rotated_files(live)[0]
     assert records(oldest)[0]["seq"] < 1 < records(oldest)[-1]["seq"]
-    # The owner drops the trigger and rewrites row 1 (line and hash): count and last row
-    # of the file still match the table.
-    await owner_sql(audit_db, "ALTER TABLE audit_records DISABLE TRIGGER USER")
-    try:
-        await owner_sql(
-            audit_db,
-            "UPDATE audit_records SET line = 'forged', hash = $1 WHERE seq = 1",
-            "e" * 64,
-        )
-    finally:
-        await owner_sql(audit_db, "ALTER TABLE audit_records ENABLE TRIGGER USER")
-    with caplog.at_level(logging.WARNING, logger="dragoman.audit.postgres"):
-        async with shipper(live, audit_db, keep_rotated=0) as audit:
-            pruned = await audit.prune()
+    # Row 1 rewritten, line and hash: the row count and the last row still match the file.
+    await without_trigger(
+        audit_db, "UPDATE audit_records SET line = 'forged', hash = $1 WHERE seq = 1", "e" * 64
+    )
+    pruned = await prune_once(live, audit_db, caplog)
     assert oldest not in pruned and oldest.exists()
     assert f"keeping rotated file {oldest.name}" in caplog.text
 
@@ -113,55 +135,29 @@ async def test_a_middle_row_rewritten_in_the_table_keeps_the_file_holding_the_or
 async def test_a_rotated_file_with_a_torn_last_line_is_kept(
     audit_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    live = tmp_path / "audit.jsonl"
-    write(live, 0, 20)
-    async with shipper(live, audit_db) as audit:
-        await audit.drain()
+    live = await shipped_spool(tmp_path, audit_db)
     before = rotated_files(live)
     before[1].write_bytes(before[1].read_bytes()[:-5])  # cut inside its last line
-    with caplog.at_level(logging.WARNING, logger="dragoman.audit.postgres"):
-        async with shipper(live, audit_db, keep_rotated=0) as audit:
-            assert await audit.prune() == [before[0], *before[2:]]
+    assert await prune_once(live, audit_db, caplog) == [before[0], *before[2:]]
     assert rotated_files(live) == [before[1]]
     assert f"keeping rotated file {before[1].name}" in caplog.text
 
 
 async def test_a_gap_in_the_table_keeps_the_file_that_holds_it(
-    audit_db: str, tmp_path: Path
+    audit_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    live = tmp_path / "audit.jsonl"
-    write(live, 0, 20)
+    live = await shipped_spool(tmp_path, audit_db)
     oldest = rotated_files(live)[0]
-    async with shipper(live, audit_db) as audit:
-        await audit.drain()
-    # A row gone from the middle of the first file (the owner, trigger dropped for the test).
-    await owner_sql(audit_db, "ALTER TABLE audit_records DISABLE TRIGGER USER")
-    try:
-        await owner_sql(audit_db, "DELETE FROM audit_records WHERE seq = 1")
-    finally:
-        await owner_sql(audit_db, "ALTER TABLE audit_records ENABLE TRIGGER USER")
-    async with shipper(live, audit_db, keep_rotated=0) as audit:
-        pruned = await audit.prune()
+    await without_trigger(audit_db, "DELETE FROM audit_records WHERE seq = 1")
+    pruned = await prune_once(live, audit_db, caplog)
     assert oldest not in pruned and oldest.exists()
     assert rotated_files(live) == [oldest]
 
 
 async def test_a_stopped_shipper_deletes_nothing(audit_db: str, tmp_path: Path) -> None:
-    live = tmp_path / "audit.jsonl"
-    write(live, 0, 20)
-    async with shipper(live, audit_db) as audit:
-        await audit.drain()
+    live = await shipped_spool(tmp_path, audit_db)
     before = rotated_files(live)
-    lines = file_lines(live)
-    chain = lines[0].split('"chain":"', 1)[1][:32]
-    # The table now disagrees with the live file's next record: shipping stops for good.
-    await owner_sql(
-        audit_db,
-        "INSERT INTO audit_records (chain, seq, prev, hash, line) VALUES ($1, 20, $2, $2, 'x')",
-        chain,
-        "f" * 64,
-    )
-    write(live, 20, 1)
+    await conflicting_row_at_20(audit_db, live)  # shipping stops there, for good
     async with shipper(live, audit_db, keep_rotated=0) as audit:
         await audit.drain()
         assert audit.stopped is not None
@@ -172,15 +168,9 @@ async def test_a_stopped_shipper_deletes_nothing(audit_db: str, tmp_path: Path) 
 async def test_an_unreachable_database_deletes_nothing_and_pauses(
     audit_db: str, dead_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    live = tmp_path / "audit.jsonl"
-    write(live, 0, 20)
-    async with shipper(live, audit_db) as audit:
-        await audit.drain()  # every file is in the table...
+    live = await shipped_spool(tmp_path, audit_db)  # every file is in the table...
     before = rotated_files(live)
-    with caplog.at_level(logging.WARNING, logger="dragoman.audit.postgres"):
-        async with shipper(live, dead_url, keep_rotated=0) as down:
-            assert await down.prune() == []  # ...but this shipper cannot see it
-            assert down.stopped is None
+    assert await prune_once(live, dead_url, caplog) == []  # ...but this shipper cannot see it
     assert rotated_files(live) == before
     assert "audit shipping paused" in caplog.text
 
@@ -266,21 +256,11 @@ async def test_keep_rotated_counts_only_rotated_files_never_the_live_one(
 async def test_a_standby_shipper_prunes_nothing_while_a_stopped_one_holds_the_chain(
     audit_db: str, tmp_path: Path
 ) -> None:
-    live = tmp_path / "audit.jsonl"
-    write(live, 0, 20)
-    chain = records(live)[0]["chain"]
+    live = await shipped_spool(tmp_path, audit_db)  # only the lock protects the files now
     before = rotated_files(live)
-    async with shipper(live, audit_db) as audit:
-        await audit.drain()  # every rotated file is in the table: only the lock protects it
-    # The table disagrees with the file's next record: the first shipper stops on it and,
-    # as a stopped shipper does, keeps its connection and with it the chain's lock.
-    await owner_sql(
-        audit_db,
-        "INSERT INTO audit_records (chain, seq, prev, hash, line) VALUES ($1, 20, $2, $2, 'x')",
-        chain,
-        "f" * 64,
-    )
-    write(live, 20, 1)
+    # The first shipper stops on row 20 and, as a stopped shipper does, keeps its
+    # connection and with it the chain's lock.
+    await conflicting_row_at_20(audit_db, live)
     async with (
         shipper(live, audit_db, keep_rotated=0) as stopped,
         shipper(live, audit_db, keep_rotated=0) as other,

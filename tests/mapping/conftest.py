@@ -4,8 +4,7 @@ and a PostgreSQL database reached through a relay the test can cut."""
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from mapping_helpers import Relay
@@ -26,17 +25,6 @@ async def store(database_url: str, cipher: MappingCipher) -> AsyncIterator[Mappi
     mapping_store = MappingStore(engine, cipher=cipher)
     yield mapping_store
     await mapping_store.close()
-
-
-@pytest.fixture
-def dead_port() -> Iterator[int]:
-    """A loopback port that refuses connections: bound, never listening, held for the test."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        sock.close()
 
 
 @pytest.fixture
