@@ -318,6 +318,11 @@ class Proxy:
         return self._json({"status": "ready"})
 
     async def jwks(self, request: web.Request) -> web.StreamResponse:
+        if not self.keys.fresh():
+            # A stale view may lack a pending key or still list one retired meanwhile, and a
+            # verifier would cache it for jwks_max_age: refuse, as /readyz does (a verifier
+            # keeps the set it has, and the load balancer takes this replica out).
+            return self._json({"status": "unavailable", "failing": ["signing_key"]}, status=503)
         response = web.Response(body=self.keys.jwks_body(), content_type="application/jwk-set+json")
         response.headers.update(self.headers)
         response.headers["Cache-Control"] = (

@@ -29,7 +29,12 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from dragoman.pipeline.context import RequestContext
-from dragoman.pipeline.errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
+from dragoman.pipeline.errors import (
+    AuditUnavailable,
+    PayloadTooLarge,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from dragoman.settings import UpstreamSettings
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -195,11 +200,14 @@ class Forwarder:
         self,
         ctx: RequestContext,
         response_headers: Mapping[str, str],
-        before_complete: Callable[[], Awaitable[object]] | None = None,
+        before_complete: Callable[[], Awaitable[bool]] | None = None,
     ) -> web.StreamResponse:
         """Forward and stream the answer back. ``before_complete`` runs once the upstream's
-        answer has been read to its end and before its last bytes go to the caller: a
-        caller never holds a complete answer whose audit record is not written."""
+        answer has been read to its end and before its last bytes go to the caller, and
+        says whether the request's audit record was written: a caller never holds a
+        complete answer whose record is not written. When it was not, an answer without a
+        body becomes 503 ``audit_unavailable``, and one whose status line is already out is
+        cut short (the caller sees an incomplete answer)."""
         slots = self._slots
         if slots.locked():  # the pool is busy: wait in line, for at most read_timeout
             try:
@@ -218,7 +226,7 @@ class Forwarder:
         self,
         ctx: RequestContext,
         response_headers: Mapping[str, str],
-        before_complete: Callable[[], Awaitable[object]] | None,
+        before_complete: Callable[[], Awaitable[bool]] | None,
     ) -> web.StreamResponse:
         assert self._session is not None, "Forwarder.start() was not awaited"
         request = ctx.request
@@ -273,8 +281,9 @@ class Forwarder:
                 raise UpstreamTimeout("upstream_timeout") from None
             except aiohttp.ClientError as exc:
                 raise UpstreamUnavailable(type(exc).__name__) from None
-            if not first and before_complete is not None:
-                await before_complete()  # an empty body: the status line is the whole answer
+            # An empty body: the status line is the whole answer, and not sent yet.
+            if not first and before_complete is not None and not await before_complete():
+                raise AuditUnavailable("audit_write_failed")
             try:
                 await response.prepare(request)
             except ConnectionResetError:
@@ -292,8 +301,10 @@ class Forwarder:
                     ctx.stream_error = "upstream_aborted"
                     _abort(request)
                     return response
-                if not following and before_complete is not None:
-                    await before_complete()
+                if not following and before_complete is not None and not await before_complete():
+                    ctx.stream_error = "audit_write_failed"
+                    _abort(request)  # its record is not written: the caller gets no whole answer
+                    return response
                 try:
                     await response.write(chunk)
                 except ConnectionResetError:

@@ -11,6 +11,7 @@ import urllib.request
 from typing import Any
 
 import aiohttp
+import pytest
 
 from dragoman.demo.runner import DemoStack
 
@@ -107,3 +108,32 @@ async def test_forwarded_answer_is_recorded_before_the_caller_has_all_of_it(
     written, record = spy.written[-1]
     assert record["event"] == "request" and record["upstream_status"] == 200
     assert written < received
+
+
+async def test_a_read_whose_record_fails_never_reaches_the_caller_whole(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    spy = spy_on(stack)
+    spy.fail_on = "request"
+    async with http.get(stack.urls["proxy"] + PM, headers=headers(stack)) as answer:
+        assert answer.status == 200  # the status line left before the last chunk...
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await answer.read()  # ...which never does: the connection is cut instead
+    assert spy.written == []
+    async with http.get(stack.urls["proxy"] + PM, headers=headers(stack)) as answer:
+        assert answer.status == 503  # the trail is broken until the sink writes again
+        assert (await answer.json())["code"] == "audit_unavailable"
+
+
+async def test_an_answer_without_a_body_whose_record_fails_becomes_503(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(stack.urls["proxy"] + PM, headers=headers(stack)) as answer:
+        method = (await answer.json())["data"][0]["id"]
+    spy = spy_on(stack)
+    spy.fail_on = "request"  # the delete's forward record is written; its request record not
+    url = stack.urls["proxy"] + f"{PM}/{method}"
+    async with http.delete(url, headers=headers(stack)) as answer:
+        assert answer.status == 503
+        assert (await answer.json())["code"] == "audit_unavailable"
+    assert [r["event"] for _, r in spy.written] == ["forward"]

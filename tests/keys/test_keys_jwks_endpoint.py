@@ -1,5 +1,6 @@
 """``/.well-known/jwks.json`` of a running proxy: the public half of the signing keys, with
-the members that pin their use, cacheable for ``keys.jwks_max_age``."""
+the members that pin their use, cacheable for ``keys.jwks_max_age``; refused while the view
+of the key set is stale."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from dragoman.demo.runner import DemoStack
@@ -79,3 +81,18 @@ async def test_jwks_cache_control_follows_keys_jwks_max_age(
     stack = await make_stack({"keys": {"jwks_max_age": "90s"}})
     response, _ = await fetch(http, stack)
     assert response.headers["Cache-Control"] == "public, max-age=90"
+
+
+async def test_jwks_of_a_stale_key_set_view_is_refused_and_not_cacheable(
+    stack: DemoStack, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A view older than three refresh intervals (the key store unreachable since): it may
+    # lack a pending key, or list one retired meanwhile, and verifiers would cache it.
+    assert stack.proxy is not None
+    monkeypatch.setattr(stack.proxy.keys, "fresh", lambda: False)
+    async with http.get(stack.urls["proxy"] + JWKS) as response:
+        assert response.status == 503
+        assert response.headers["Cache-Control"] == "no-store"
+        body = await response.json()
+    assert body == {"status": "unavailable", "failing": ["signing_key"]}
+    assert "keys" not in body

@@ -912,3 +912,27 @@ async def test_rotation_lock_is_released_for_the_next_instance(pg_cluster: Clust
         assert ours
     async with ring.store.rotation_lock() as ours:
         assert ours
+
+
+async def test_an_instance_whose_provider_does_not_hold_the_current_key_is_not_ready(
+    cluster: Cluster,
+) -> None:
+    signing = cluster.ring()
+    await signing.start()  # makes the first key, with the local provider
+    other = cluster.ring(provider=lambda engine: OtherProvider(engine, cluster.master_key))
+    await other.refresh()  # its view is fresh and has a current key, of another provider
+    assert not other.ready()
+    with pytest.raises(KeyUnavailableError, match="belongs to the local provider"):
+        await other.check_signing()
+    with pytest.raises(KeyUnavailableError, match="belongs to the local provider"):
+        await signer_of(other)
+    assert signing.ready()
+
+
+class OtherProvider(LocalProvider):
+    """A provider of another name (as a replica configured for another KMS would be)."""
+
+    name = "other"
+
+    def __init__(self, engine: AsyncEngine, master_key: bytes) -> None:
+        super().__init__(engine, master_key, query_timeout=5.0)

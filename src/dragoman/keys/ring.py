@@ -88,7 +88,8 @@ class KeyRing:
                 self._marked_current = None
                 log.warning("provider could not mark key %s current: %s", current.kid, exc)
 
-    def _fresh(self) -> bool:
+    def fresh(self) -> bool:
+        """Whether the view of the key set was read within three refresh intervals."""
         return (
             self._view_at is not None
             and self._monotonic() - self._view_at <= 3 * self._refresh_interval
@@ -100,16 +101,29 @@ class KeyRing:
         return None if record is None else SigningKey(record.kid, record.alg, record.public_jwk)
 
     def ready(self) -> bool:
-        """A fresh view with a current key."""
-        return self._fresh() and self.timeline.current(self._keys, self._clock()) is not None
+        """A fresh view with a current key that this instance's provider holds."""
+        return self._unready_reason() is None
+
+    def _unready_reason(self) -> str | None:
+        if not self.fresh():
+            return "key set unavailable"
+        record = self.timeline.current(self._keys, self._clock())
+        if record is None:
+            return "no current signing key"
+        if record.provider != self.provider.name:
+            # Another instance switched providers (settings or the CLI): this one cannot
+            # sign with that key, so it must not take requests either.
+            return f"the current key belongs to the {record.provider} provider"
+        return None
 
     async def check_signing(self) -> None:
         """For /readyz: raises KeyUnavailableError while nothing can be signed. Beyond
         :meth:`ready`, a provider whose last signature failed (a KMS or HSM that is down)
         is asked for a canary signature, so readiness follows the provider both ways: a
         replica nobody sends requests to would otherwise never learn it works again."""
-        if not self.ready():
-            raise KeyUnavailableError("no current signing key")
+        reason = self._unready_reason()
+        if reason is not None:
+            raise KeyUnavailableError(reason)
         if self._signing_failed:
             await self.sign(lambda key: b"dragoman readiness canary")
 
@@ -118,7 +132,7 @@ class KeyRing:
     async def sign(self, build: Callable[[SigningKey], bytes]) -> tuple[SigningKey, bytes]:
         """Sign ``build(key)`` with the key current now; ``build`` gets the key first so the
         signed header can name it. Raises KeyUnavailableError if nothing may sign."""
-        if not self._fresh():
+        if not self.fresh():
             try:
                 await self.refresh()
             except StoreUnavailable as exc:
