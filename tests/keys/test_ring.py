@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -512,6 +513,20 @@ async def test_retired_key_is_disabled_at_its_provider(cluster: Cluster) -> None
         await ring.provider.sign(first.ref, DATA)
 
 
+async def test_a_key_its_provider_cannot_disable_is_retired_anyway_and_reported(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    ring = cluster.ring(provider=lambda engine: UndisablingProvider(engine, cluster.master_key))
+    await ring.start()
+    [first] = await cluster.stored()
+    with caplog.at_level(logging.WARNING, logger="dragoman.keys.ring"):
+        retired = await ring.retire(first.kid)
+    assert retired.retired_at is not None
+    assert first.kid not in published(ring)
+    assert f"key {first.kid} is retired, but its provider could not disable it" in caplog.text
+    assert first.ref in caplog.text  # what the operator disables by hand
+
+
 async def test_retiring_the_previous_key_ends_its_overlap_at_once(cluster: Cluster) -> None:
     ring, first = await first_key(cluster)
     scheduled = await ring.rotate(immediately=True)
@@ -936,3 +951,13 @@ class OtherProvider(LocalProvider):
 
     def __init__(self, engine: AsyncEngine, master_key: bytes) -> None:
         super().__init__(engine, master_key, query_timeout=5.0)
+
+
+class UndisablingProvider(LocalProvider):
+    """The local provider whose key service refuses to disable keys (a KMS outage)."""
+
+    def __init__(self, engine: AsyncEngine, master_key: bytes) -> None:
+        super().__init__(engine, master_key, query_timeout=5.0)
+
+    async def disable(self, ref: str) -> None:
+        raise KeyUnavailableError("key service unreachable")

@@ -269,19 +269,31 @@ class KeyRing:
         ``active_from`` refuse its tokens as pending until its cache expires, while a new,
         unknown kid makes verifiers fetch the key set again at once."""
         retired = await self.store.retire(kid, self._clock())
-        with contextlib.suppress(KeyUnavailableError):
-            await self.provider.disable(retired.ref)
+        await self._disable(retired)
         await self.refresh()
         now = self._clock()
         if self.timeline.current(self._keys, now) is None:
             for pending in self._keys:
                 if self.timeline.state(pending, now) is KeyState.PENDING:
-                    unused = await self.store.retire(pending.kid, now)
-                    with contextlib.suppress(KeyUnavailableError):
-                        await self.provider.disable(unused.ref)
+                    await self._disable(await self.store.retire(pending.kid, now))
             await self.refresh()
             await self.rotate_if_due(wait=True)
         return retired
+
+    async def _disable(self, retired: KeyRecord) -> None:
+        """Disable a retired key at its provider. The retirement stands either way (no
+        instance signs with it, the JWKS drops it): a provider that cannot disable it now is
+        reported, so that an operator disables it there by hand."""
+        try:
+            await self.provider.disable(retired.ref)
+        except KeyUnavailableError as exc:
+            log.warning(
+                "key %s is retired, but its provider could not disable it (%s): disable %s"
+                " at the provider by hand",
+                retired.kid,
+                exc,
+                retired.ref,
+            )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
