@@ -513,6 +513,26 @@ async def test_retired_key_is_disabled_at_its_provider(cluster: Cluster) -> None
         await ring.provider.sign(first.ref, DATA)
 
 
+async def test_an_older_read_of_the_key_set_that_ends_last_does_not_replace_a_newer_view(
+    cluster: Cluster,
+) -> None:
+    ring, first = await first_key(cluster)
+    held = HeldFirstLoad(ring.store)
+    ring.store = held
+    older = asyncio.create_task(ring.refresh())  # reads: `first` is current...
+    await held.read.wait()
+    other = cluster.ring()
+    await other.refresh()
+    await other.retire(first.kid)  # ...then another instance retires it: a new key signs
+    await ring.refresh()  # a later read, which ends first
+    successor = ring.current_key()
+    assert successor is not None and successor.kid != first.kid
+    held.release.set()
+    await older  # the older read ends last
+    assert ring.current_key() == successor
+    assert await signer_of(ring) == successor.kid
+
+
 async def test_a_key_its_provider_cannot_disable_is_retired_anyway_and_reported(
     cluster: Cluster, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -961,3 +981,24 @@ class UndisablingProvider(LocalProvider):
 
     async def disable(self, ref: str) -> None:
         raise KeyUnavailableError("key service unreachable")
+
+
+class HeldFirstLoad:
+    """A key set store whose first read is held, once made, until ``release`` is set."""
+
+    def __init__(self, inner: KeySetStore) -> None:
+        self._inner = inner
+        self.read = asyncio.Event()
+        self.release = asyncio.Event()
+        self._loads = 0
+
+    async def load(self, *, since: float | None = None) -> list[KeyRecord]:
+        self._loads += 1
+        rows = await self._inner.load(since=since)
+        if self._loads == 1:
+            self.read.set()
+            await self.release.wait()
+        return rows
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)

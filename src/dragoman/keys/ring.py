@@ -57,6 +57,11 @@ class KeyRing:
         self._monotonic = monotonic
         self._keys: list[KeyRecord] = []
         self._view_at: float | None = None
+        self._reads_started = 0
+        self._read_in_view = 0
+        """Which read of the key set the view holds: reads run concurrently (requests that
+        find the view stale, the refresh loop, the CLI's writes), and one that started
+        earlier may end later; its older view must not replace a newer one."""
         self._marked_current: str | None = None
         self._signing_failed = False
         """The provider refused the last signature (down): /readyz tries a canary."""
@@ -74,8 +79,14 @@ class KeyRing:
         return list(self._keys)
 
     async def refresh(self) -> None:
+        self._reads_started += 1
+        read = self._reads_started
         now = self._clock()
-        self._keys = await self.store.load(since=now - RETIRED_HORIZON)
+        keys = await self.store.load(since=now - RETIRED_HORIZON)
+        if read < self._read_in_view:
+            return  # a read that started later has already set the view
+        self._read_in_view = read
+        self._keys = keys
         self._view_at = self._monotonic()
         current = self.timeline.current(self._keys, now)
         if current is not None and current.kid != self._marked_current:
