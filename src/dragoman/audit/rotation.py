@@ -66,5 +66,5 @@ def log_files(directory: Path, suffix: str = ".jsonl") -> list[Path]:
 
 
 def older_than_newest(files: list[Path], keep: int) -> list[Path]:
-    """``files`` (in chain order) but the newest ``keep``: what a retention of ``keep`` prunes."""
+    """``files`` (oldest first) but the newest ``keep``: what a retention of ``keep`` prunes."""
     return files[: max(0, len(files) - keep)]
