@@ -21,7 +21,9 @@ from dragoman.jose.strict import (
     check_issuer,
     check_time_claims,
     normalise_typ,
+    read_jws,
     unverified_issuer,
+    verify_jws,
     verify_signature,
 )
 
@@ -243,6 +245,17 @@ def test_crit_header_is_refused() -> None:
     assert refusal(check_header, token, POLICY) == "header_forbidden"
 
 
+@pytest.mark.parametrize("crit", [None, ["b64"]], ids=["without-crit", "with-crit"])
+def test_unencoded_payload_header_is_refused_for_its_header(crit: list[str] | None) -> None:
+    # RFC 7797: PyJWT cannot read such a token whole (it wants the payload detached); the
+    # header alone says why it is refused, as it did before tokens were read in one pass.
+    header = {"alg": "RS256", "kid": "k", "typ": "at+jwt", "b64": False}
+    if crit is not None:
+        header["crit"] = crit
+    token = f"{b64url(json.dumps(header).encode())}..{b64url(b'sig')}"
+    assert refusal(check_header, token, POLICY) == "header_forbidden"
+
+
 @pytest.mark.parametrize("typ", ["JWT", "jwt", "id_token+jwt", "", 5])
 def test_type_not_accepted_is_refused(typ: Any) -> None:
     token = unsigned({"alg": "RS256", "kid": "k", "typ": typ})
@@ -302,6 +315,14 @@ def test_jwk_with_private_key_material_is_refused(issuer: DevIssuer) -> None:
     private = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(issuer.rsa_key))
     with pytest.raises(ValueError, match="private"):
         TrustedKey.from_jwk({**private, "kid": "k"})
+
+
+def test_rsa_jwk_shorter_than_2048_bits_is_refused() -> None:
+    # PyJWT only warns about such a key, on every verification; it is not trusted at all.
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()
+    jwk = {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(weak)), "kid": "weak"}
+    with pytest.raises(ValueError, match="1024 bits"):
+        TrustedKey.from_jwk(jwk)
 
 
 @pytest.mark.parametrize("kid", [None, "", 5])
@@ -374,6 +395,69 @@ def test_key_published_for_encryption_is_refused(issuer: DevIssuer) -> None:
     token = issuer.sign({"sub": "alice"})
     key = trusted(issuer.rsa_key.public_key(), alg="RS256", use="enc")
     assert refusal(verify_signature, token, check_header(token, POLICY), key) == "key_mismatch"
+
+
+def test_signature_over_another_payload_is_refused(issuer: DevIssuer) -> None:
+    # The header and signature of one genuine token, the payload of another: the signing
+    # input is the token as sent, so the splice does not verify.
+    alice, mallory = issuer.sign({"sub": "alice"}), issuer.sign({"sub": "mallory"})
+    head, _, signature = alice.split(".")
+    spliced = f"{head}.{mallory.split('.')[1]}.{signature}"
+    key = TrustedKey.from_jwk(issuer.jwks()["keys"][0])
+    assert refusal(verify_signature, spliced, check_header(spliced, POLICY), key) == (
+        "signature_invalid"
+    )
+
+
+def test_signature_with_a_junk_character_is_refused(issuer: DevIssuer) -> None:
+    token = issuer.sign({"sub": "alice"})
+    assert refusal(check_header, token + "!", POLICY) == "token_malformed"
+
+
+def test_es256_signature_of_the_wrong_length_is_refused(issuer: DevIssuer) -> None:
+    token = issuer.sign({"sub": "alice"}, alg="ES256")
+    head, payload, signature = token.split(".")
+    short = f"{head}.{payload}.{b64url(base64.urlsafe_b64decode(signature + '==')[:-1])}"
+    key = trusted(issuer.ec_key.public_key())
+    assert refusal(verify_signature, short, check_header(short, POLICY), key) == (
+        "signature_invalid"
+    )
+
+
+def test_header_checked_for_another_token_does_not_verify_this_one(issuer: DevIssuer) -> None:
+    es256 = issuer.sign({"sub": "alice"}, alg="ES256")
+    rs256 = issuer.sign({"sub": "alice"})
+    key = trusted(issuer.ec_key.public_key())
+    assert refusal(verify_signature, rs256, check_header(es256, POLICY), key) == "key_mismatch"
+
+
+def test_token_read_once_serves_every_step(issuer: DevIssuer) -> None:
+    token = issuer.sign({"sub": "alice", "iss": "https://login.example"})
+    read = read_jws(token, POLICY.max_token_bytes)
+    key = TrustedKey.from_jwk(issuer.jwks()["keys"][0])
+    assert unverified_issuer(read) == "https://login.example"
+    assert verify_signature(read, check_header(read, POLICY), key)["sub"] == "alice"
+
+
+async def test_verify_jws_refuses_an_unencoded_payload_token_for_its_header() -> None:
+    header = {"alg": "RS256", "kid": "k", "typ": "at+jwt", "b64": False, "crit": ["b64"]}
+    token = f"{b64url(json.dumps(header).encode())}..{b64url(b'sig')}"
+
+    class NoKeys:
+        async def key(self, kid: str) -> TrustedKey:
+            raise AssertionError("no key is looked up for a refused header")
+
+    with pytest.raises(JoseError) as refused:
+        await verify_jws(
+            token,
+            policy=POLICY,
+            keys=NoKeys(),
+            issuer="https://login.example",
+            audiences={"api"},
+            now=NOW,
+            leeway=LEEWAY,
+        )
+    assert refused.value.reason == "header_forbidden"
 
 
 def test_claims_that_are_not_an_object_are_refused(issuer: DevIssuer) -> None:

@@ -21,7 +21,14 @@ from dragoman.cache import TtlCache
 from dragoman.identity.base import NOT_MINE, NotMine, bearer_token
 from dragoman.identity.principal import Principal
 from dragoman.jose.jwks import HttpKeySetFetcher, JwksCache, JwksUnavailable
-from dragoman.jose.strict import HeaderPolicy, JoseError, unverified_issuer, verify_jws
+from dragoman.jose.strict import (
+    HeaderPolicy,
+    JoseError,
+    UnverifiedJws,
+    read_jws,
+    unverified_issuer,
+    verify_jws,
+)
 from dragoman.pipeline.errors import IdentityUnavailable, Unauthenticated
 from dragoman.settings import IdentitySettings, OidcIssuerSettings, check_http_url
 
@@ -93,7 +100,7 @@ class IssuerVerifier:
         with _as_denials():
             await self.keys.key(kid)
 
-    async def verify(self, token: str) -> tuple[Principal, str]:
+    async def verify(self, token: str | UnverifiedJws) -> tuple[Principal, str]:
         """Verify ``token`` in full; the Principal and the kid that signed it."""
         config = self.config
         with _as_denials():
@@ -203,10 +210,15 @@ class OidcAuthenticator:
                     self._verified.discard(token)
                     raise
                 return principal
-        verifier = self.issuers.get(unverified_issuer(token) or "")
+        # Read once: the issuer is picked from this reading and its verifier checks the same one.
+        try:
+            read = read_jws(token, self._max_token_bytes)
+        except JoseError:
+            return NOT_MINE  # unreadable: no issuer can claim it
+        verifier = self.issuers.get(unverified_issuer(read) or "")
         if verifier is None:
             return NOT_MINE
-        principal, kid = await verifier.verify(token)
+        principal, kid = await verifier.verify(read)
         if self._cache_ttl > 0:
             lifetime = min(
                 self._cache_ttl, (principal.credential_expires_at or 0.0) - self._clock()
