@@ -188,6 +188,15 @@ def test_rotate_now_is_refused_while_a_successor_is_pending(
     assert "already scheduled" in again.stderr
 
 
+def test_rotate_now_while_a_successor_is_pending_names_it_and_the_way_to_replace_the_key(
+    dragoman: Any, config: Path, first_kid: str
+) -> None:
+    scheduled = json.loads(dragoman("keys", "rotate", "-c", config).stdout)
+    again = dragoman("keys", "rotate", "--now", "-c", config)
+    assert f"kid {scheduled['kid']}, activates at {scheduled['activates_at']}" in again.stderr
+    assert f"dragoman keys retire --kid {first_kid}" in again.stderr
+
+
 # -- keys retire ---------------------------------------------------------------------------------
 
 

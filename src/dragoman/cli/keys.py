@@ -104,15 +104,42 @@ def keys_list(config: Path | None, everything: bool) -> None:
 def keys_rotate(config: Path | None, immediately: bool) -> None:
     """Schedule the next key (it signs after keys.prepublish); no restart needed."""
 
-    async def action(ring: Any) -> dict[str, Any] | None:
+    async def action(ring: Any) -> tuple[dict[str, Any] | None, str]:
         record = await ring.rotate(immediately=immediately)
-        return None if record is None else _describe(ring, record)
+        if record is not None:
+            return _describe(ring, record), ""
+        return None, _already_scheduled(ring, immediately)
 
-    made = _on_ring(config, action)
+    made, refusal = _on_ring(config, action)
     if made is None:
-        click.echo("a successor is already scheduled; nothing to do", err=True)
+        click.echo(refusal, err=True)
         sys.exit(1)
     click.echo(json.dumps(made))
+
+
+def _already_scheduled(ring: Any, immediately: bool) -> str:
+    """Why a rotation made nothing, and, for ``--now``, the way to a new key at once."""
+    from dragoman.keys.timeline import KeyState
+
+    now = ring.now()
+    pending = [k for k in ring.keys if ring.timeline.state(k, now) is KeyState.PENDING]
+    current = ring.timeline.current(ring.keys, now)
+    said = "a successor is already scheduled; nothing to do"
+    if pending:
+        successor = _describe(ring, pending[-1])
+        said = (
+            f"a successor is already scheduled (kid {successor['kid']}, activates at"
+            f" {successor['activates_at']}); nothing to do"
+        )
+    if immediately and current is not None:
+        # Bringing the pending key forward would have verifiers that cached its later
+        # active_from refuse its tokens; retiring the current key makes a new one current
+        # at once and retires the pending one unused (docs/keys.md).
+        said += (
+            f". To replace the current key at once (a compromise), retire it:"
+            f" dragoman keys retire --kid {current.kid}"
+        )
+    return said
 
 
 @keys.command("retire")
