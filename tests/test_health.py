@@ -1,6 +1,8 @@
 """/livez and /readyz: live while the process works; ready only when the mapping store, a
 current signing key, the audit sink and shipper, and the shared-state backends in use (browser
-sessions, rate limits, anomaly state) answer. A 503 names the failing checks, nothing else."""
+sessions, rate limits, anomaly state) answer. A 503 names the failing checks, nothing else.
+With ``limits.fallback = "local"`` the Redis backends only degrade a replica (200
+``degraded``, naming them)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import sqlalchemy as sa
 
 from dragoman.audit.postgres_schema import audit_records
 from dragoman.demo.runner import DemoStack
+from dragoman.observability.readiness import Check, Readiness, sync_probe
 from dragoman.state import migrate
 from dragoman.state.sql import make_engine
 
@@ -147,6 +150,52 @@ async def test_readyz_names_anomaly_state_while_its_redis_is_unreachable(
         503,
         {"status": "unavailable", "failing": ["anomaly_state"]},
     )
+
+
+async def test_readyz_is_degraded_not_unready_while_redis_is_down_with_local_fallback(
+    make_stack: Callable[..., Awaitable[DemoStack]], http: aiohttp.ClientSession
+) -> None:
+    # SEMANTICS §6: with the per-instance fallback, reads are still served while Redis is
+    # down; every replica shares Redis, so leaving the balancer would refuse them all.
+    stack = await make_stack(
+        {
+            "limits": {"backend": "redis", "redis_url": CLOSED_REDIS, "fallback": "local"},
+            "browser": {"session_backend": "redis", "session_redis_url": CLOSED_REDIS},
+            "anomaly": {"backend": "redis", "redis_url": CLOSED_REDIS},
+        }
+    )
+    assert await readyz(http, stack) == (
+        200,
+        {"status": "degraded", "failing": ["browser_sessions", "rate_limits", "anomaly_state"]},
+    )
+
+
+async def test_readyz_with_local_fallback_is_unavailable_when_a_required_check_fails_too(
+    make_stack: Callable[..., Awaitable[DemoStack]], http: aiohttp.ClientSession
+) -> None:
+    dead = "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"
+    stack = await make_stack(
+        {
+            "store": {"database_url": dead, "auto_migrate": False, "query_timeout": 1},
+            "limits": {"backend": "redis", "redis_url": CLOSED_REDIS, "fallback": "local"},
+        },
+        seed=False,
+    )
+    assert await readyz(http, stack) == (
+        503,
+        {"status": "unavailable", "failing": ["state_store", "signing_key", "rate_limits"]},
+    )
+
+
+async def test_readiness_serves_only_when_every_failing_check_is_partial() -> None:
+    def check(name: str, ok: bool, partial: bool) -> Check:
+        return Check(name, sync_probe(lambda: ok), partial)
+
+    partial_only = Readiness([check("store", True, False), check("limits", False, True)])
+    assert await partial_only.state() == (["limits"], True)
+    both = Readiness([check("store", False, False), check("limits", False, True)])
+    assert await both.state() == (["store", "limits"], False)
+    assert await Readiness([check("store", True, False)]).state() == ([], True)
 
 
 async def test_readyz_is_ready_with_every_redis_backend_answering(

@@ -160,11 +160,15 @@ class Proxy:
         shipper = self.audit_shipper
         if shipper is not None:
             checks.append(Check("audit_shipper", sync_probe(lambda: not shipper.failing)))
-        checks.append(Check("browser_sessions", ping_probe(self.sessions.ping)))
+        # With limits.fallback = "local" the operator keeps reads going while Redis is down:
+        # the Redis backends then only degrade this replica (each request still fails
+        # closed on its own: writes, sensitive operations and browser sessions get 503).
+        partial = self.settings.limits.fallback == "local"
+        checks.append(Check("browser_sessions", ping_probe(self.sessions.ping), partial))
         if self.rate_limits is not None:
-            checks.append(Check("rate_limits", ping_probe(self.rate_limits.ping)))
+            checks.append(Check("rate_limits", ping_probe(self.rate_limits.ping), partial))
         if self.anomaly is not None:
-            checks.append(Check("anomaly_state", ping_probe(self.anomaly.ping)))
+            checks.append(Check("anomaly_state", ping_probe(self.anomaly.ping), partial))
         return checks
 
     # -- the pipeline ----------------------------------------------------------------------
@@ -311,11 +315,14 @@ class Proxy:
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
         """200 when every dependency answers and a signing key is current; else 503 with
-        the names of the failing checks (:meth:`_readiness_checks`), nothing more."""
-        problems = await self.readiness.failing()
-        if problems:
-            return self._json({"status": "unavailable", "failing": problems}, status=503)
-        return self._json({"status": "ready"})
+        the names of the failing checks (:meth:`_readiness_checks`), nothing more. 200
+        ``degraded`` when only partial checks fail (the replica serves what it can)."""
+        problems, serving = await self.readiness.state()
+        if not problems:
+            return self._json({"status": "ready"})
+        if serving:
+            return self._json({"status": "degraded", "failing": problems})
+        return self._json({"status": "unavailable", "failing": problems}, status=503)
 
     async def jwks(self, request: web.Request) -> web.StreamResponse:
         if not self.keys.fresh():

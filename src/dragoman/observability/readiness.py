@@ -22,6 +22,11 @@ Probe = Callable[[], Awaitable[bool]]
 class Check:
     name: str
     probe: Probe
+    partial: bool = False
+    """Its outage refuses only some requests, by the operator's choice (SEMANTICS §6:
+    ``limits.fallback = "local"`` keeps reads going while Redis is down). Every replica
+    shares such a dependency: failing readiness for it would take them all out of the
+    balancer and refuse the requests that can still be served."""
 
 
 def sync_probe(ready: Callable[[], bool]) -> Probe:
@@ -51,6 +56,12 @@ class Readiness:
         names = [c.name for c in self.checks]
         if len(set(names)) != len(names):
             raise ValueError("readiness check names must be unique")
+
+    async def state(self) -> tuple[list[str], bool]:
+        """The failing checks, and whether the proxy can still serve (only partial ones)."""
+        failing = await self.failing()
+        partial = {c.name for c in self.checks if c.partial}
+        return failing, all(name in partial for name in failing)
 
     async def failing(self) -> list[str]:
         outcomes = await asyncio.gather(*(c.probe() for c in self.checks), return_exceptions=True)

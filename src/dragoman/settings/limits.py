@@ -110,7 +110,8 @@ class LimitsSettings(Section):
         description=(
             "When Redis does not answer, writes are always refused (503"
             " `rate_limit_unavailable`); reads are refused too (`refuse`) or limited by"
-            " per-instance counters (`local`)."
+            " per-instance counters (`local`; /readyz then answers 200 `degraded` rather"
+            " than 503 while the Redis backends are down)."
         ),
     )
     timeout: Duration = Field(
