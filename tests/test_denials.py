@@ -342,6 +342,16 @@ async def decision_request_invalid(
         return stack, (answer.status, await answer.json())
 
 
+async def peer_not_allowed(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    """A decision listener asked from an address outside decision.allowed_peers (the test
+    connects from 127.0.0.1)."""
+    stack = await make({"decision": {"enabled": True, "allowed_peers": ["10.0.0.0/8"]}})
+    url = stack.decision_url + "/ext_authz" + PM
+    async with http.get(url, headers=alice(stack)) as answer:
+        assert answer.content_type == "application/problem+json"
+        return stack, (answer.status, await answer.json())
+
+
 async def overloaded(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
     """One worker at server.max_in_flight = 1, its one request held at the upstream."""
     async with held_upstream() as upstream:
@@ -356,6 +366,7 @@ async def overloaded(make: MakeStack, http: aiohttp.ClientSession) -> tuple[Demo
 
 PROVOKE: dict[str, tuple[int, Callable[[MakeStack, aiohttp.ClientSession], Awaitable[Any]]]] = {
     "decision_request_invalid": (400, decision_request_invalid),
+    "peer_not_allowed": (403, peer_not_allowed),
     "path_invalid": (400, path_invalid),
     "body_too_large": (413, body_too_large),
     "unauthenticated": (401, unauthenticated),

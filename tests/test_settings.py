@@ -53,6 +53,19 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert settings.tokens.ttl == 120
 
 
+def test_decision_peers_default_to_loopback(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, valid(tmp_path)))
+    assert settings.decision.allowed_peers == ["127.0.0.0/8", "::1/128"]
+
+
+def test_decision_peers_load_in_canonical_form(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRAGOMAN_DECISION__ALLOWED_PEERS", '["10.1.2.3", "FD00::/8"]')
+    settings = load_settings(write(tmp_path, valid(tmp_path)))
+    assert settings.decision.allowed_peers == ["10.1.2.3/32", "fd00::/8"]
+
+
 def test_config_path_comes_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

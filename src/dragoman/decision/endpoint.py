@@ -15,13 +15,20 @@ not forwarding:
 Everything else (CSRF, the mapping and its freshness, the role policy, step-up, the rate
 limits, anomaly rules, minting with the current key) is the same code, with the same codes
 and the same audit record (event ``decision``).
+
+Before any of it, the listener checks who is asking: a connection whose own address is not
+in ``decision.allowed_peers`` (or that has none) is refused 403 ``peer_not_allowed`` on
+every route, recorded like any refusal, and nothing else runs (:mod:`dragoman.decision.peers`).
+Only then is X-Forwarded-For believed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from dragoman.app import Proxy, proxy_runner
 from dragoman.catalog.binding import CustomerBindingStage
@@ -34,6 +41,7 @@ from dragoman.decision.original import (
     envoy_original,
     nginx_original,
 )
+from dragoman.decision.peers import AllowedPeers, PeerNotAllowed
 from dragoman.identity.mtls import MtlsAuthenticator
 from dragoman.identity.stage import AuthenticateStage
 from dragoman.pipeline.errors import (
@@ -81,6 +89,47 @@ class DecisionEndpoint:
         self._proxy = proxy
         self._trust_forwarded_for = settings.trust_forwarded_for
         self._stages = decision_stages(proxy)
+        self.peers = AllowedPeers(settings.allowed_peers)
+
+    @web.middleware
+    async def only_allowed_peers(
+        self, request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
+        """Every route of the listener (decisions, probes, unknown paths) answers allowed
+        peers only. ``request.remote`` is the connection's own address here: nothing before
+        this re-addresses the request."""
+        if self.peers.allows(request.remote):
+            return await handler(request)
+        return await self._refuse_peer(request)
+
+    async def _refuse_peer(self, request: web.Request) -> web.StreamResponse:
+        """403 ``peer_not_allowed``, recorded like any refusal (event ``decision``) and
+        nothing else: no admission, no stage, no token. For the record only, a check request
+        is read as the caller's (so a customer in its target is kept out, as a template);
+        the record's address is the connection's, never a forwarded one."""
+        proxy = self._proxy
+        peer = request.remote
+        denial = PeerNotAllowed("peer_not_allowed" if peer else "peer_unknown")
+        envoy = request.raw_path.startswith(ENVOY_PREFIX + "/")
+        nginx = request.raw_path.partition("?")[0] == NGINX_PATH
+        asked = request
+        if envoy or nginx:
+            with contextlib.suppress(Denial):  # unreadable: recorded as the check request
+                asked = self._asked(request, envoy=envoy, remote=None)
+        ctx = proxy.context(asked)
+        ctx.denial = denial
+        await proxy.commit(ctx, EVENT)
+        headers = proxy.base_headers(asked, ctx)
+        # nginx reads 401/403 only and the problem from headers; anything else asking here
+        # gets the problem itself (403 either way).
+        return answers.deny(denial, ctx, headers, envoy=not nginx)
+
+    @staticmethod
+    def _asked(request: web.Request, *, envoy: bool, remote: str | None) -> web.Request:
+        """The check request re-addressed as the caller's request it asks about."""
+        original = envoy_original(request, ENVOY_PREFIX) if envoy else nginx_original(request)
+        drop = () if envoy else (NGINX_METHOD, NGINX_TARGET)
+        return as_original(request, original, drop=drop, remote=remote)
 
     async def nginx(self, request: web.Request) -> web.StreamResponse:
         return await self._decide(request, envoy=False)
@@ -90,12 +139,11 @@ class DecisionEndpoint:
 
     async def _decide(self, request: web.Request, *, envoy: bool) -> web.StreamResponse:
         proxy = self._proxy
+        # The peer is allowed (only_allowed_peers): its X-Forwarded-For may be believed.
         remote = client_address(request, self._trust_forwarded_for)
         unreadable: Denial | None = None
         try:
-            original = envoy_original(request, ENVOY_PREFIX) if envoy else nginx_original(request)
-            drop = () if envoy else (NGINX_METHOD, NGINX_TARGET)
-            asked = as_original(request, original, drop=drop, remote=remote)
+            asked = self._asked(request, envoy=envoy, remote=remote)
         except Denial as denial:
             asked, unreadable = request, denial
         ctx = proxy.context(asked)
@@ -133,7 +181,10 @@ def decision_app(proxy: Proxy, settings: DecisionSettings) -> web.Application:
     """The decision listener's application. It shares the worker's proxy, which the
     proxy's own application starts and closes."""
     endpoint = DecisionEndpoint(proxy, settings)
-    app = web.Application(client_max_size=proxy.settings.server.max_body_bytes)
+    app = web.Application(
+        client_max_size=proxy.settings.server.max_body_bytes,
+        middlewares=[endpoint.only_allowed_peers],
+    )
     app.router.add_get("/livez", proxy.livez, allow_head=False)
     app.router.add_get("/readyz", proxy.readyz, allow_head=False)
     app.router.add_route("*", NGINX_PATH, endpoint.nginx)

@@ -22,7 +22,9 @@ and the security headers, and nothing reaches the upstream. The tree::
     │   │                              other_principal)
     │   ├── CsrfTokenRotated           csrf_token_rotated
     │   ├── AnomalyBlocked             anomaly_blocked (reason: the rule's name; Retry-After)
-    │   └── RegistrationForbidden      registration_forbidden
+    │   ├── RegistrationForbidden      registration_forbidden
+    │   └── PeerNotAllowed             peer_not_allowed (reason: peer_not_allowed, peer_unknown;
+    │                                  the decision listener's, dragoman.decision.peers)
     ├── OperationUnknown          404  operation_unknown
     ├── Conflict                  409  conflict
     │   └── LinkExists                 mapping_exists

@@ -2,9 +2,46 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import ipaddress
+
+from pydantic import Field, field_validator
 
 from dragoman.settings.base import Section
+
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def check_peer_networks(value: list[str]) -> list[str]:
+    """``decision.allowed_peers``: at least one IP network, each in CIDR notation (a bare
+    address is a network of one) without host bits, none written as IPv4-mapped IPv6.
+    Entries are named by their position, never echoed. Returns the canonical spellings."""
+    if not value:
+        raise ValueError(
+            'must name at least one network; to allow any peer write ["0.0.0.0/0", "::/0"]'
+        )
+    canonical = []
+    for position, entry in enumerate(value):
+        try:
+            network = ipaddress.ip_network(entry.strip())
+        except ValueError:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"entry {position} is not an IP network (CIDR such as 10.0.0.0/8 or"
+                    " fd00::/8, or one address)"
+                ) from None
+            raise ValueError(
+                f"entry {position} has host bits set: write the network's own address"
+                " (10.0.0.0/8, not 10.0.0.1/8)"
+            ) from None
+        if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+            raise ValueError(
+                f"entry {position} is an IPv4-mapped IPv6 network: write it as IPv4 (peers"
+                " reported as ::ffff:a.b.c.d are matched against the IPv4 networks)"
+            )
+        canonical.append(str(network))
+    return canonical
 
 
 class DecisionSettings(Section):
@@ -30,10 +67,26 @@ class DecisionSettings(Section):
             " worker shares it."
         ),
     )
+    allowed_peers: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description=(
+            "IP networks (CIDR) the gateway connects from: a connection from any other"
+            " address (the TCP peer's, never a forwarded header's), or from no address (a"
+            " Unix socket), is refused with 403 peer_not_allowed before anything else. Never"
+            ' empty: to allow any peer, write ["0.0.0.0/0", "::/0"]. An IPv4 peer reported as'
+            " ::ffff:a.b.c.d matches the IPv4 networks."
+        ),
+    )
     trust_forwarded_for: bool = Field(
         True,
         description=(
             "Record the caller's address as the last entry of the gateway's X-Forwarded-For"
             " (the address the gateway saw); off: record the gateway's own address."
+            " Believed from allowed_peers only."
         ),
     )
+
+    @field_validator("allowed_peers")
+    @classmethod
+    def _allowed_peers(cls, value: list[str]) -> list[str]:
+        return check_peer_networks(value)
