@@ -319,7 +319,7 @@ def test_jwk_with_private_key_material_is_refused(issuer: DevIssuer) -> None:
 
 def test_rsa_jwk_shorter_than_2048_bits_is_refused() -> None:
     # PyJWT only warns about such a key, on every verification; it is not trusted at all.
-    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()  # noqa: S505
     jwk = {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(weak)), "kid": "weak"}
     with pytest.raises(ValueError, match="1024 bits"):
         TrustedKey.from_jwk(jwk)
