@@ -5,6 +5,8 @@ and the security headers, and nothing reaches the upstream. The tree::
 
     Denial
     ├── BadRequest                400  bad_request, path_invalid
+    │   └── DecisionRequestInvalid     decision_request_invalid (the decision listener's
+    │                                  check request itself is unreadable)
     ├── PayloadTooLarge           413  body_too_large
     ├── UnsupportedMediaType      415  media_type_unsupported
     ├── Unauthenticated           401  unauthenticated
@@ -36,6 +38,7 @@ and the security headers, and nothing reaches the upstream. The tree::
     │                                  key_unavailable, audit_unavailable, platform_unavailable,
     │                                  session_unavailable, rate_limit_unavailable,
     │                                  anomaly_unavailable
+    ├── Overloaded                503  overloaded (server.max_in_flight reached)
     ├── InternalError             500  internal_error
     ├── UpstreamUnavailable       502  upstream_unavailable
     └── UpstreamTimeout           504  upstream_timeout
