@@ -189,6 +189,19 @@ async def test_a_forged_forwarded_for_from_a_refused_peer_does_not_help(
     assert audit(elsewhere)[-1]["client_ip"] == "127.0.0.1"  # not the forged 10.1.2.3
 
 
+async def test_a_refused_peer_does_not_choose_its_request_id(
+    make_stack: MakeStack, http: aiohttp.ClientSession
+) -> None:
+    # server.trust_request_id trusts the gateway's ids; a stranger's is not believed.
+    stack = await make_stack({**ELSEWHERE, "server": {"trust_request_id": True}})
+    offered = "f" * 32
+    headers = {**nginx_check(stack), "X-Request-Id": offered}
+    async with http.get(stack.decision_url + "/auth_request", headers=headers) as answer:
+        assert answer.status == 403
+        assert answer.headers["X-Request-Id"] != offered
+    assert audit(stack)[-1]["request_id"] != offered
+
+
 @pytest.mark.parametrize("path", ["/livez", "/readyz", "/nothing-here"])
 async def test_every_route_of_the_listener_refuses_a_peer_outside(
     elsewhere: DemoStack, http: aiohttp.ClientSession, path: str

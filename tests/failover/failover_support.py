@@ -285,12 +285,23 @@ class Cluster:
 
 
 async def caller(
-    cluster: Cluster, report: Report, until: float, rng: random.Random, writes: float = 0.2
+    cluster: Cluster,
+    report: Report,
+    until: float | asyncio.Event,
+    rng: random.Random,
+    writes: float = 0.2,
 ) -> None:
-    """One client: reuses its token, mixes reads and writes, retries what was not answered."""
+    """One client: reuses its token, mixes reads and writes, retries what was not answered.
+    It runs until ``until``: a monotonic deadline, or an event the test sets."""
     token = cluster.token()
+
+    def running() -> bool:
+        if isinstance(until, asyncio.Event):
+            return not until.is_set()
+        return time.monotonic() < until
+
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        while time.monotonic() < until:
+        while running():
             is_write = rng.random() < writes
             key = str(uuid.uuid4()) if is_write else None
             report.requests += 1

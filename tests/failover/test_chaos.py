@@ -13,14 +13,20 @@ import time
 from failover_support import DRAGOMAN, Cluster, Report, caller
 
 CHAOS_SECONDS = 12.0
+MIN_EVENTS = 3
+LONGEST_SECONDS = 120.0
 CALLERS = 8
 
 
 async def chaos(cluster: Cluster, until: float, rng: random.Random) -> list[str]:
     """Kill one replica at a time, picked at random, SIGKILL and SIGTERM in turn, and bring
-    it back; never two at once."""
-    events = []
-    while time.monotonic() < until - 2.0:
+    it back; never two at once. At least ``MIN_EVENTS`` kills, however long a slow machine
+    takes to restart a replica (bounded by ``LONGEST_SECONDS``)."""
+    events: list[str] = []
+    give_up = time.monotonic() + LONGEST_SECONDS
+    while (time.monotonic() < until - 2.0 or len(events) < MIN_EVENTS) and (
+        time.monotonic() < give_up
+    ):
         await asyncio.sleep(rng.uniform(0.5, 1.5))
         victim = rng.choice(cluster.replicas)
         how = (signal.SIGKILL, signal.SIGTERM)[len(events) % 2]
@@ -37,11 +43,14 @@ async def test_chaos_run_ends_with_audit_chains_that_verify(cluster: Cluster) ->
     report = Report()
     rng = random.Random(1129)
     until = time.monotonic() + CHAOS_SECONDS
+    done = asyncio.Event()  # the load runs as long as the chaos does
     load = [
-        asyncio.create_task(caller(cluster, report, until, random.Random(rng.random())))
+        asyncio.create_task(caller(cluster, report, done, random.Random(rng.random())))
         for _ in range(CALLERS)
     ]
     events = await chaos(cluster, until, rng)
+    await asyncio.sleep(max(0.0, until - time.monotonic()))
+    done.set()
     await asyncio.gather(*load)
     for replica in cluster.replicas:
         replica.stop()
@@ -68,7 +77,7 @@ async def test_chaos_run_ends_with_audit_chains_that_verify(cluster: Cluster) ->
         "applied_writes_without_audit": len(applied_unaudited),
     }
     print("chaos report:", summary)
-    assert len(events) >= 3, summary
+    assert len(events) >= MIN_EVENTS, summary
     assert report.gave_up == 0, summary
     assert cluster.platform.idempotency.duplicated == 0, summary
     assert lost == [] and applied_unaudited == [], summary

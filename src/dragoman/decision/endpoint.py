@@ -44,6 +44,7 @@ from dragoman.decision.original import (
 from dragoman.decision.peers import AllowedPeers, PeerNotAllowed
 from dragoman.identity.mtls import MtlsAuthenticator
 from dragoman.identity.stage import AuthenticateStage
+from dragoman.ids import random_hex
 from dragoman.pipeline.errors import (
     AuditUnavailable,
     Denial,
@@ -117,6 +118,8 @@ class DecisionEndpoint:
             with contextlib.suppress(Denial):  # unreadable: recorded as the check request
                 asked = self._asked(request, envoy=envoy, remote=None)
         ctx = proxy.context(asked)
+        # server.trust_request_id is trust in the gateway: a stranger's id is not believed.
+        ctx.request_id = random_hex()
         ctx.denial = denial
         await proxy.commit(ctx, EVENT)
         headers = proxy.base_headers(asked, ctx)

@@ -83,5 +83,6 @@ def open_key_ring(
         timeline_of(settings),
         refresh_interval=settings.refresh_interval,
         auto_rotate=settings.auto_rotate,
+        max_clock_skew=settings.max_clock_skew,
         clock=clock,
     )

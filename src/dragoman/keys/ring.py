@@ -45,8 +45,10 @@ class KeyRing:
         *,
         refresh_interval: float,
         auto_rotate: bool,
+        max_clock_skew: float = 10.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        host_clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.provider = provider
@@ -66,6 +68,13 @@ class KeyRing:
         self._signing_failed = False
         """The provider refused the last signature (down): /readyz tries a canary."""
         self._task: asyncio.Task[None] | None = None
+        self._max_clock_skew = max_clock_skew
+        # The host's clock, compared with the key store's. It is ``clock`` in production;
+        # tests that simulate time with ``clock`` keep the host's real one here.
+        self._host_clock = host_clock
+        self.clock_skew: float | None = None
+        """How far this instance's clock is ahead of the key store's (seconds; negative:
+        behind), as last measured; None where the store has no clock (SQLite)."""
         self.rotations = 0
         """Successors this worker scheduled (for tests and metrics)."""
 
@@ -115,9 +124,30 @@ class KeyRing:
         """A fresh view with a current key that this instance's provider holds."""
         return self._unready_reason() is None
 
+    async def measure_clock(self) -> None:
+        """Compare this instance's clock with the key store's. Every instance reads the
+        timeline (when a key signs, stops, is retired) by its own clock: one that is off
+        signs with a key the others think pending or over, and its tokens' iat and exp are
+        off by as much. Past ``max_clock_skew`` this instance signs nothing (503
+        key_unavailable) and /readyz says why, until the clocks agree again."""
+        before = self._host_clock()
+        server = await self.store.server_time()
+        after = self._host_clock()
+        self.clock_skew = None if server is None else (before + after) / 2 - server
+
+    def _skew_reason(self) -> str | None:
+        skew = self.clock_skew
+        if skew is None or abs(skew) <= self._max_clock_skew:
+            return None
+        side = "ahead of" if skew > 0 else "behind"
+        return f"this instance's clock is {abs(skew):.1f} s {side} the key store's"
+
     def _unready_reason(self) -> str | None:
         if not self.fresh():
             return "key set unavailable"
+        skewed = self._skew_reason()
+        if skewed is not None:
+            return skewed
         record = self.timeline.current(self._keys, self._clock())
         if record is None:
             return "no current signing key"
@@ -148,6 +178,9 @@ class KeyRing:
                 await self.refresh()
             except StoreUnavailable as exc:
                 raise KeyUnavailableError(f"key set unavailable ({exc})") from None
+        skewed = self._skew_reason()
+        if skewed is not None:
+            raise KeyUnavailableError(skewed)
         record = self.timeline.current(self._keys, self._clock())
         if record is None:
             raise KeyUnavailableError("no current signing key")
@@ -214,6 +247,12 @@ class KeyRing:
     async def _rotate(
         self, *, forced: bool = False, immediately: bool = False, wait: bool
     ) -> KeyRecord | None:
+        skewed = self._skew_reason()
+        if skewed is not None:
+            # Its times would put the successor where the other instances' clocks do not.
+            if forced:
+                raise KeyUnavailableError(f"{skewed}: not rotating")
+            return None
         async with self.store.rotation_lock(wait=wait) as ours:
             if not ours:
                 if forced:
@@ -321,6 +360,7 @@ class KeyRing:
 
     async def settle(self) -> None:
         """Read the key set; make a key if none can sign (or the provider changed)."""
+        await self.measure_clock()
         await self.refresh()
         current = self.timeline.current(self._keys, self._clock())
         if current is None:
@@ -340,6 +380,7 @@ class KeyRing:
         while True:
             await asyncio.sleep(self._refresh_interval)
             try:
+                await self.measure_clock()
                 await self.refresh()
                 if self._auto_rotate or self.timeline.current(self._keys, self._clock()) is None:
                     await self.rotate_if_due()

@@ -90,6 +90,19 @@ class KeySetStore:
 
         return await self._run(go)
 
+    async def server_time(self) -> float | None:
+        """The database server's clock (epoch seconds), to compare this instance's with;
+        None where the store has no clock of its own (SQLite is a file on this host)."""
+        if self.engine.dialect.name != "postgresql":
+            return None
+
+        async def go() -> float:
+            async with self.engine.connect() as conn:
+                now = await conn.execute(text("SELECT extract(epoch FROM clock_timestamp())"))
+                return float(now.scalar_one())
+
+        return await self._run(go)
+
     @asynccontextmanager
     async def rotation_lock(self, *, wait: bool = False) -> AsyncIterator[bool]:
         """On PostgreSQL, try the cluster-wide rotation lock (yields whether it is ours);

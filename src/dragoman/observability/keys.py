@@ -14,18 +14,21 @@ from dragoman.keys.ring import KeyRing
 
 AGE = "dragoman_signing_key_age_seconds"
 READY = "dragoman_signing_key_ready"
+SKEW = "dragoman_clock_skew_seconds"
 
 
 class KeyRingCollector:
     """``dragoman_signing_key_age_seconds``: how long the current key has signed (absent
     while no key is current); ``dragoman_signing_key_ready``: 1 when the ring has a fresh
-    view with a current key (what /readyz checks), else 0."""
+    view with a current key (what /readyz checks), else 0; ``dragoman_clock_skew_seconds``:
+    how far this instance's clock is ahead of the key store's (absent where the store has
+    no clock)."""
 
     def __init__(self, ring: KeyRing) -> None:
         self._ring = ring
 
     def describe(self) -> Iterable[Metric]:
-        return [self._age(), self._ready()]
+        return [self._age(), self._ready(), self._skew()]
 
     def collect(self) -> Iterable[Metric]:
         ring = self._ring
@@ -36,11 +39,20 @@ class KeyRingCollector:
             age.add_metric([], max(0.0, now - current.activates_at))
         ready = self._ready()
         ready.add_metric([], 1.0 if ring.ready() else 0.0)
-        return [age, ready]
+        skew = self._skew()
+        if ring.clock_skew is not None:
+            skew.add_metric([], ring.clock_skew)
+        return [age, ready, skew]
 
     @staticmethod
     def _age() -> GaugeMetricFamily:
         return GaugeMetricFamily(AGE, "Seconds since the current signing key began to sign.")
+
+    @staticmethod
+    def _skew() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            SKEW, "Seconds this instance's clock is ahead of the key store's (negative: behind)."
+        )
 
     @staticmethod
     def _ready() -> GaugeMetricFamily:

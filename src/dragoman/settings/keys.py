@@ -114,6 +114,17 @@ class KeySettings(Section):
     jwks_max_age: Duration = Field(
         300.0, ge=0, le=86400, description="Cache-Control max-age of /.well-known/jwks.json."
     )
+    max_clock_skew: Duration = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description=(
+            "How far this instance's clock may be off the key store's (PostgreSQL's, measured"
+            " with each refresh); past it the instance signs nothing (503 key_unavailable)"
+            " and /readyz fails, since key states and token times follow each instance's"
+            " clock."
+        ),
+    )
     pkcs11: Pkcs11Settings = Field(
         default_factory=lambda: Pkcs11Settings(), description="The pkcs11 provider."
     )
