@@ -14,6 +14,7 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import web
+from decision_support import alice, audit
 
 from binding_support import ALICE, BOB, Recorder
 from binding_support import overrides as binding_overrides
@@ -27,16 +28,6 @@ DECISION = {"decision": {"enabled": True}}
 @pytest.fixture
 async def stack(make_stack: Callable[..., Awaitable[DemoStack]]) -> DemoStack:
     return await make_stack(DECISION)
-
-
-def alice(stack: DemoStack) -> dict[str, str]:
-    token = stack.issuer.token("alice", "acct-1001", roles=["billing_admin"])
-    return {"Authorization": f"Bearer {token}"}
-
-
-def audit(stack: DemoStack) -> list[dict[str, Any]]:
-    lines = (stack.state_dir / "audit.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
 
 
 def claims(answer: aiohttp.ClientResponse) -> dict[str, Any]:

@@ -8,11 +8,11 @@ import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
+from decision_support import alice, audit
 
 from dragoman.app import proxy_runner
 from dragoman.decision import decision_app
@@ -27,16 +27,6 @@ ELSEWHERE = {"decision": {"enabled": True, "allowed_peers": ["10.0.0.0/8"]}}
 """A listener whose gateway is on 10/8: the tests, connecting from 127.0.0.1, are outside."""
 
 MakeStack = Callable[..., Awaitable[DemoStack]]
-
-
-def alice(stack: DemoStack) -> dict[str, str]:
-    token = stack.issuer.token("alice", "acct-1001", roles=["billing_admin"])
-    return {"Authorization": f"Bearer {token}"}
-
-
-def audit(stack: DemoStack) -> list[dict[str, Any]]:
-    lines = (stack.state_dir / "audit.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
 
 
 def nginx_check(stack: DemoStack, target: str = PM) -> dict[str, str]:
