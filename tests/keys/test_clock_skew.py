@@ -9,6 +9,7 @@ host): nothing is measured there. The host clock is injected; the store's is the
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -168,3 +169,19 @@ async def test_skew_metric_is_absent_without_a_store_clock(sqlite_rings: Rings) 
     ring = await settled(sqlite_rings, HostClock())
     (skew,) = [m for m in KeyRingCollector(ring).collect() if m.name == SKEW]
     assert skew.samples == []
+
+
+async def test_skew_past_the_limit_and_its_end_are_logged_once(
+    pg_rings: Rings, caplog: pytest.LogCaptureFixture
+) -> None:
+    host = HostClock(offset=30.0)
+    ring = await settled(pg_rings, host)
+    await ring.measure_clock()
+    host.offset = 0.0
+    await ring.measure_clock()
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    ahead = [m for m in said if "ahead of the key store's" in m]
+    assert len(ahead) == 1
+    assert ahead[0].startswith("this instance's clock is ")
+    assert ahead[0].endswith(" s ahead of the key store's (keys.max_clock_skew); signing nothing")
+    assert "this instance's clock agrees with the key store's again; signing" in said

@@ -133,7 +133,13 @@ class KeyRing:
         before = self._host_clock()
         server = await self.store.server_time()
         after = self._host_clock()
+        was_skewed = self._skew_reason() is not None
         self.clock_skew = None if server is None else (before + after) / 2 - server
+        skewed = self._skew_reason()
+        if skewed is not None and not was_skewed:
+            log.warning("%s (keys.max_clock_skew); signing nothing", skewed)
+        elif skewed is None and was_skewed:
+            log.warning("this instance's clock agrees with the key store's again; signing")
 
     def _skew_reason(self) -> str | None:
         skew = self.clock_skew
