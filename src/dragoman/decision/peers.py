@@ -76,8 +76,3 @@ class AllowedPeers:
                 return any(address in network for network in self._v6)
             address = mapped
         return any(address in network for network in self._v4)
-
-    def check(self, peer: str | None) -> None:
-        """Raise :class:`PeerNotAllowed` unless ``peer`` is allowed."""
-        if not self.allows(peer):
-            raise PeerNotAllowed("peer_not_allowed" if peer else "peer_unknown")
