@@ -119,10 +119,8 @@ def keys_rotate(config: Path | None, immediately: bool) -> None:
 
 def _already_scheduled(ring: Any, immediately: bool) -> str:
     """Why a rotation made nothing, and, for ``--now``, the way to a new key at once."""
-    from dragoman.keys.timeline import KeyState
-
     now = ring.now()
-    pending = [k for k in ring.keys if ring.timeline.state(k, now) is KeyState.PENDING]
+    pending = ring.timeline.pending(ring.keys, now)
     current = ring.timeline.current(ring.keys, now)
     said = "a successor is already scheduled; nothing to do"
     if pending:

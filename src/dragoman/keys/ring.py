@@ -22,7 +22,7 @@ from typing import Any
 from dragoman.keys.jwk import thumbprint
 from dragoman.keys.provider import KeyProvider, KeyUnavailableError, SigningKey
 from dragoman.keys.store import KeySetStore, RotationConflict
-from dragoman.keys.timeline import KeyRecord, KeyState, Timeline
+from dragoman.keys.timeline import KeyRecord, Timeline
 from dragoman.state.sql import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -151,17 +151,26 @@ class KeyRing:
     def _unready_reason(self) -> str | None:
         if not self.fresh():
             return "key set unavailable"
+        try:
+            self._signing_record()
+        except KeyUnavailableError as exc:
+            return str(exc)
+        return None
+
+    def _signing_record(self) -> KeyRecord:
+        """The key to sign with now, in this view; raises KeyUnavailableError saying why
+        there is none (what /readyz and signing both refuse on)."""
         skewed = self._skew_reason()
         if skewed is not None:
-            return skewed
+            raise KeyUnavailableError(skewed)
         record = self.timeline.current(self._keys, self._clock())
         if record is None:
-            return "no current signing key"
+            raise KeyUnavailableError("no current signing key")
         if record.provider != self.provider.name:
             # Another instance switched providers (settings or the CLI): this one cannot
             # sign with that key, so it must not take requests either.
-            return f"the current key belongs to the {record.provider} provider"
-        return None
+            raise KeyUnavailableError(f"the current key belongs to the {record.provider} provider")
+        return record
 
     async def check_signing(self) -> None:
         """For /readyz: raises KeyUnavailableError while nothing can be signed. Beyond
@@ -184,14 +193,7 @@ class KeyRing:
                 await self.refresh()
             except StoreUnavailable as exc:
                 raise KeyUnavailableError(f"key set unavailable ({exc})") from None
-        skewed = self._skew_reason()
-        if skewed is not None:
-            raise KeyUnavailableError(skewed)
-        record = self.timeline.current(self._keys, self._clock())
-        if record is None:
-            raise KeyUnavailableError("no current signing key")
-        if record.provider != self.provider.name:
-            raise KeyUnavailableError(f"the current key belongs to the {record.provider} provider")
+        record = self._signing_record()
         key = SigningKey(record.kid, record.alg, record.public_jwk)
         try:
             signature = await self.provider.sign(record.ref, build(key))
@@ -278,8 +280,7 @@ class KeyRing:
                 due = self.timeline.successor_due(self._keys, now)
             if due is None:
                 return None
-            pending = [k for k in self._keys if self.timeline.state(k, now) is KeyState.PENDING]
-            if forced and pending:
+            if forced and self.timeline.pending(self._keys, now):
                 return None  # a successor is already on its way
             if forced and self.timeline.current(self._keys, now) is None:
                 # Nothing can sign (an empty or fully retired key set): a key waiting for
@@ -329,9 +330,8 @@ class KeyRing:
         await self.refresh()
         now = self._clock()
         if self.timeline.current(self._keys, now) is None:
-            for pending in self._keys:
-                if self.timeline.state(pending, now) is KeyState.PENDING:
-                    await self._disable(await self.store.retire(pending.kid, now))
+            for pending in self.timeline.pending(self._keys, now):
+                await self._disable(await self.store.retire(pending.kid, now))
             await self.refresh()
             await self.rotate_if_due(wait=True)
         return retired

@@ -78,6 +78,10 @@ class Timeline:
         # should a hand-edited table hold them, the newest wins, never an older one.
         return max(found, key=lambda k: k.generation) if found else None
 
+    def pending(self, keys: Sequence[KeyRecord], now: float) -> list[KeyRecord]:
+        """The keys published but not signing yet at ``now``, in the order given."""
+        return [k for k in keys if self.state(k, now) is KeyState.PENDING]
+
     def published(self, keys: Sequence[KeyRecord], now: float) -> list[KeyRecord]:
         """Pending, current and previous keys: what the JWKS serves."""
         live = (KeyState.PENDING, KeyState.CURRENT, KeyState.PREVIOUS)
