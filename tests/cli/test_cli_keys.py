@@ -24,10 +24,12 @@ from dragoman.keys.sealing import new_master_key
 from dragoman.settings import load_settings
 from dragoman.state import migrate
 from dragoman.state.sql import make_engine
+from postgres_support import empty_database
 
 PREPUBLISH = 600.0  # the default keys.prepublish
 OVERLAP = 60.0  # the default keys.overlap
 TOLERANCE = 5.0
+SKEWED_CLOCK = Path(__file__).with_name("skewed_clock")  # its sitecustomize shifts time.time
 FIELDS = {
     "kid",
     "generation",
@@ -312,3 +314,72 @@ def test_new_master_key_prints_32_bytes_of_base64url(dragoman: Any) -> None:
     assert result.returncode == 0
     text = result.stdout.strip()
     assert len(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))) == 32
+
+
+# -- a host whose clock is off the key store's -----------------------------------------------------
+
+
+def off_by(seconds: float) -> dict[str, str]:
+    """The environment of a `dragoman` whose wall clock reads ``seconds`` off the real one."""
+    return {"PYTHONPATH": str(SKEWED_CLOCK), "SKEWED_CLOCK_OFFSET": str(seconds)}
+
+
+@pytest.fixture
+def pg_config(write_settings: Any, pg_url: str) -> Path:
+    """Settings on PostgreSQL, whose server clock the CLI compares its own with (SQLite has
+    none)."""
+    asyncio.run(empty_database(pg_url))
+    return write_settings(pg_url, name="pg.toml")  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("command", [("rotate",), ("rotate", "--now")])
+def test_rotate_from_a_host_whose_clock_is_ahead_exits_2_and_makes_no_key(
+    dragoman: Any, pg_config: Path, command: tuple[str, ...]
+) -> None:
+    start_a_proxy_ring(pg_config)
+    result = dragoman("keys", *command, "-c", pg_config, env=off_by(3600))
+    assert result.returncode == 2
+    assert "ahead of the key store's: not rotating" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert [k["state"] for k in listed(dragoman, pg_config)] == ["current"]
+
+
+def test_rotate_from_a_host_whose_clock_is_behind_exits_2(dragoman: Any, pg_config: Path) -> None:
+    start_a_proxy_ring(pg_config)
+    result = dragoman("keys", "rotate", "-c", pg_config, env=off_by(-3600))
+    assert result.returncode == 2
+    assert "behind the key store's: not rotating" in result.stderr
+
+
+def test_retire_from_a_host_whose_clock_is_ahead_exits_2_and_retires_nothing(
+    dragoman: Any, pg_config: Path
+) -> None:
+    kid = start_a_proxy_ring(pg_config)
+    result = dragoman("keys", "retire", "-c", pg_config, "--kid", kid, env=off_by(3600))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "this instance's clock is 3600.0 s ahead of the key store's: not retiring"
+    ]
+    (key,) = listed(dragoman, pg_config)
+    assert (key["kid"], key["state"], key["retired_at"]) == (kid, "current", None)
+
+
+def test_list_from_a_host_whose_clock_is_off_warns_and_lists(
+    dragoman: Any, pg_config: Path
+) -> None:
+    kid = start_a_proxy_ring(pg_config)
+    result = dragoman("keys", "list", "-c", pg_config, env=off_by(-3600))
+    assert result.returncode == 0, result.stderr
+    assert "warning: this instance's clock is" in result.stderr
+    assert "behind the key store's; the states below are by this host's clock" in result.stderr
+    assert [k["kid"] for k in lines(result.stdout)] == [kid]
+
+
+def test_rotate_from_a_host_within_the_skew_limit_schedules_the_successor(
+    dragoman: Any, pg_config: Path
+) -> None:
+    start_a_proxy_ring(pg_config)
+    result = dragoman("keys", "rotate", "-c", pg_config, env=off_by(3))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["state"] == "pending"
+    assert "clock" not in result.stderr

@@ -136,6 +136,17 @@ async def test_skewed_instance_does_not_rotate(pg_rings: Rings) -> None:
     assert len(await ring.store.load()) == 1  # only the first key, made by the true clock
 
 
+async def test_skewed_instance_retires_nothing(pg_rings: Rings) -> None:
+    # Stamped by a clock an hour ahead, the retirement would leave the key signing on
+    # every other instance for that hour.
+    ring = await settled(pg_rings, HostClock(offset=3600.0))
+    (first,) = await ring.store.load()
+    with pytest.raises(KeyUnavailableError, match="ahead of the key store's: not retiring"):
+        await ring.retire(first.kid)
+    (still,) = await ring.store.load()
+    assert still.retired_at is None
+
+
 async def test_skewed_instance_does_not_make_the_first_key(pg_rings: Rings) -> None:
     ring = pg_rings(HostClock(offset=120.0))
     await ring.settle()

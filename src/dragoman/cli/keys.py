@@ -43,6 +43,9 @@ def _on_ring(config: Path | None, action: Callable[[Any], Awaitable[T]]) -> T:
             ring = open_key_ring(settings.keys, settings.store, engine)
             try:
                 await ring.refresh()
+                # The timeline is read, and new times written, by this host's clock: one
+                # off the store's past keys.max_clock_skew makes rotate and retire refuse.
+                await ring.measure_clock(log_changes=False)
                 return await action(ring)
             finally:
                 await ring.close()
@@ -85,6 +88,9 @@ def keys_list(config: Path | None, everything: bool) -> None:
     """List the key set, one JSON object per key, oldest first, with its state now."""
 
     async def action(ring: Any) -> list[dict[str, Any]]:
+        skewed = ring.skew_reason()
+        if skewed is not None:
+            click.echo(f"warning: {skewed}; the states below are by this host's clock", err=True)
         records = await ring.store.load() if everything else ring.keys
         return [_describe(ring, r) for r in records]
 

@@ -124,24 +124,30 @@ class KeyRing:
         """A fresh view with a current key that this instance's provider holds."""
         return self._unready_reason() is None
 
-    async def measure_clock(self) -> None:
+    async def measure_clock(self, *, log_changes: bool = True) -> None:
         """Compare this instance's clock with the key store's. Every instance reads the
         timeline (when a key signs, stops, is retired) by its own clock: one that is off
         signs with a key the others think pending or over, and its tokens' iat and exp are
         off by as much. Past ``max_clock_skew`` this instance signs nothing (503
-        key_unavailable) and /readyz says why, until the clocks agree again."""
+        key_unavailable) and /readyz says why, until the clocks agree again.
+        ``log_changes``: log when the skew passes the limit and when it ends (a serving
+        instance; the CLI says it in its own words)."""
         before = self._host_clock()
         server = await self.store.server_time()
         after = self._host_clock()
-        was_skewed = self._skew_reason() is not None
+        was_skewed = self.skew_reason() is not None
         self.clock_skew = None if server is None else (before + after) / 2 - server
-        skewed = self._skew_reason()
+        skewed = self.skew_reason()
+        if not log_changes:
+            return
         if skewed is not None and not was_skewed:
             log.warning("%s (keys.max_clock_skew); signing nothing", skewed)
         elif skewed is None and was_skewed:
             log.warning("this instance's clock agrees with the key store's again; signing")
 
-    def _skew_reason(self) -> str | None:
+    def skew_reason(self) -> str | None:
+        """Why this host's clock may not be trusted with the timeline (None: it may, or it
+        was never measured: SQLite has no clock of its own)."""
         skew = self.clock_skew
         if skew is None or abs(skew) <= self._max_clock_skew:
             return None
@@ -160,7 +166,7 @@ class KeyRing:
     def _signing_record(self) -> KeyRecord:
         """The key to sign with now, in this view; raises KeyUnavailableError saying why
         there is none (what /readyz and signing both refuse on)."""
-        skewed = self._skew_reason()
+        skewed = self.skew_reason()
         if skewed is not None:
             raise KeyUnavailableError(skewed)
         record = self.timeline.current(self._keys, self._clock())
@@ -255,7 +261,7 @@ class KeyRing:
     async def _rotate(
         self, *, forced: bool = False, immediately: bool = False, wait: bool
     ) -> KeyRecord | None:
-        skewed = self._skew_reason()
+        skewed = self.skew_reason()
         if skewed is not None:
             # Its times would put the successor where the other instances' clocks do not.
             if forced:
@@ -324,7 +330,13 @@ class KeyRing:
         A successor that was pending to follow the retired key is retired with it, unused:
         bringing its activation forward would have every verifier that cached its later
         ``active_from`` refuse its tokens as pending until its cache expires, while a new,
-        unknown kid makes verifiers fetch the key set again at once."""
+        unknown kid makes verifiers fetch the key set again at once.
+
+        Refused while this host's clock is off the store's: a retirement stamped ahead of
+        the other instances' clocks would leave the key signing there until that time."""
+        skewed = self.skew_reason()
+        if skewed is not None:
+            raise KeyUnavailableError(f"{skewed}: not retiring")
         retired = await self.store.retire(kid, self._clock())
         await self._disable(retired)
         await self.refresh()
