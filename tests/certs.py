@@ -1,5 +1,7 @@
 """Certificates made at test time with `cryptography`: a CA per trust domain, SPIFFE
-X.509-SVIDs and other client certificates, a server certificate for 127.0.0.1.
+X.509-SVIDs and other client certificates, a server certificate for 127.0.0.1, and the
+``Pki`` of a TLS listener (``make_pki``): what the mTLS tests (tests/identity) and the
+decision listener's TLS tests (tests/decision) build on.
 
 Everything is written as PEM under a directory the test owns (``tmp_path``).
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,3 +171,47 @@ class Authority:
                 .build()
             )
         return builder.sign(self.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass(slots=True)
+class Pki:
+    """A TLS listener's certificates: its own (for 127.0.0.1, from a server CA its clients
+    trust), the CA whose client certificates it accepts, and a stranger CA."""
+
+    directory: Path
+    server_ca: Path
+    trusted: Authority
+    """The CA whose client certificates are accepted; its certificate is `client_ca_file`."""
+    untrusted: Authority
+    """A CA the listener does not know (of the same trust domain, when there is one)."""
+    tls: dict[str, str]
+    """The listener's TLS table (`server.tls`, `decision.tls`)."""
+
+    def context(self, issued: Issued | None, stem: str = "client") -> ssl.SSLContext:
+        """A client context trusting the listener's server CA, presenting ``issued``."""
+        context = ssl.create_default_context(cafile=self.server_ca)
+        if issued is not None:
+            cert, key = issued.write(self.directory, stem)
+            context.load_cert_chain(cert, key)
+        return context
+
+
+def make_pki(tmp_path: Path, *, trust_domain: str | None = None) -> Pki:
+    """A Pki under ``tmp_path/pki``; ``trust_domain``: the SPIFFE trust domain of both client
+    CAs (None: plain CAs)."""
+    directory = tmp_path / "pki"
+    server_authority = Authority("dragoman tests server CA")
+    server = server_authority.issue(subject=name("127.0.0.1"), ips=["127.0.0.1"])
+    cert_file, key_file = server.write(directory, "server")
+    trusted = Authority("prod CA", trust_domain=trust_domain)
+    return Pki(
+        directory=directory,
+        server_ca=server_authority.write(directory, "server-ca"),
+        trusted=trusted,
+        untrusted=Authority("stranger CA", trust_domain=trust_domain),
+        tls={
+            "cert_file": str(cert_file),
+            "key_file": str(key_file),
+            "client_ca_file": str(trusted.write(directory, "client-ca")),
+        },
+    )

@@ -4,18 +4,29 @@ listener answers (counters, minted tokens) is not for the public side."""
 
 from __future__ import annotations
 
+import ssl
 from abc import ABC, abstractmethod
 
 from aiohttp import web
 
 
 class SideListener(ABC):
-    def __init__(self, host: str, port: int, *, shared: bool, backlog: int = 128) -> None:
-        """``shared``: several workers listen on the port (SO_REUSEPORT)."""
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        shared: bool,
+        backlog: int = 128,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """``shared``: several workers listen on the port (SO_REUSEPORT). ``ssl_context``:
+        serve HTTPS with it (None: plain HTTP)."""
         self._host = host
         self._port = port
         self._shared = shared
         self._backlog = backlog
+        self._ssl_context = ssl_context
         self._runner: web.AppRunner | None = None
 
     @abstractmethod
@@ -23,7 +34,7 @@ class SideListener(ABC):
         """The runner of the application this listener serves."""
 
     async def start(self) -> str:
-        """Listen; returns the base URL (``http://host:port``)."""
+        """Listen; returns the base URL (``http://host:port``, ``https://`` with TLS)."""
         runner = self.make_runner()
         await runner.setup()
         self._runner = runner
@@ -33,10 +44,12 @@ class SideListener(ABC):
             self._port,
             reuse_port=self._shared or None,
             backlog=self._backlog,
+            ssl_context=self._ssl_context,
         )
         await site.start()
         host, port = runner.addresses[0][:2]
-        return f"http://{host}:{port}"
+        scheme = "http" if self._ssl_context is None else "https"
+        return f"{scheme}://{host}:{port}"
 
     async def close(self) -> None:
         if self._runner is not None:

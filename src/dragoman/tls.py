@@ -1,4 +1,5 @@
-"""TLS termination in dragoman: the listener's SSL context, from ``server.tls``.
+"""TLS termination in dragoman: a listener's SSL context, from ``server.tls`` (the proxy) or
+``decision.tls`` (the decision listener).
 
 Python's ssl module cannot accept a client certificate first and judge it later: a client
 certificate that does not chain to ``client_ca_file``, or is outside its validity window,

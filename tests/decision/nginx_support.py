@@ -5,7 +5,8 @@ The shipped file is rendered by substituting its three documented addresses only
 must occur exactly once, so a change of the file cannot silently escape the test), and
 included in an ``http {}`` block that, as bench/nginx.py does, keeps everything nginx
 writes (pid, error log, temp paths) in the test's own directory and runs it in the
-foreground.
+foreground. With a ``DecisionTls``, the decision location's ``proxy_pass`` is also turned
+into the TLS one docs/decision.md shows.
 """
 
 from __future__ import annotations
@@ -30,6 +31,32 @@ NGINX = os.environ.get("DRAGOMAN_TEST_NGINX", "/usr/sbin/nginx")
 DECISION_PLACEHOLDER = "server 127.0.0.1:9191;"
 UPSTREAM_PLACEHOLDER = "server 127.0.0.1:8080;"
 LISTEN_PLACEHOLDER = "listen 8000;"
+DECISION_PASS = "proxy_pass http://dragoman_decision/auth_request;"
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionTls:
+    """nginx's side of TLS to the decision listener (docs/decision.md, "TLS and mutual
+    TLS"): the CA it trusts for dragoman's certificate, the name it checks in it, and its
+    own client certificate (None: it presents none)."""
+
+    trusted_ca: Path
+    name: str
+    certificate: tuple[Path, Path] | None
+    """nginx's client certificate and its key."""
+
+    def directives(self) -> list[str]:
+        lines = ["proxy_pass https://dragoman_decision/auth_request;"]
+        if self.certificate is not None:
+            cert, key = self.certificate
+            lines += [f"proxy_ssl_certificate {cert};", f"proxy_ssl_certificate_key {key};"]
+        return [
+            *lines,
+            f"proxy_ssl_trusted_certificate {self.trusted_ca};",
+            "proxy_ssl_verify on;",
+            f"proxy_ssl_name {self.name};",
+            "proxy_ssl_protocols TLSv1.2 TLSv1.3;",
+        ]
 
 
 def nginx_binary() -> str | None:
@@ -43,14 +70,18 @@ def host_port(url: str) -> str:
     return f"{parsed.host}:{parsed.port}"
 
 
-def render(*, decision: str, upstream: str, listen: str) -> str:
-    """The shipped server block with its addresses (``host:port``) replaced."""
+def render(*, decision: str, upstream: str, listen: str, tls: DecisionTls | None = None) -> str:
+    """The shipped server block with its addresses (``host:port``) replaced, asking the
+    decision listener over TLS with ``tls``."""
     text = SHIPPED.read_text("utf-8")
-    for placeholder, value in (
+    replacements = [
         (DECISION_PLACEHOLDER, f"server {decision};"),
         (UPSTREAM_PLACEHOLDER, f"server {upstream};"),
         (LISTEN_PLACEHOLDER, f"listen {listen};"),
-    ):
+    ]
+    if tls is not None:
+        replacements.append((DECISION_PASS, "\n        ".join(tls.directives())))
+    for placeholder, value in replacements:
         assert text.count(placeholder) == 1, f"{placeholder!r} is not once in {SHIPPED}"
         text = text.replace(placeholder, value)
     return text
@@ -83,10 +114,19 @@ http {{
 """
 
 
-def write_config(directory: Path, *, decision: str, upstream: str, listen: str) -> Path:
+def write_config(
+    directory: Path,
+    *,
+    decision: str,
+    upstream: str,
+    listen: str,
+    tls: DecisionTls | None = None,
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     server_block = directory / "dragoman-decision.conf"
-    server_block.write_text(render(decision=decision, upstream=upstream, listen=listen), "utf-8")
+    server_block.write_text(
+        render(decision=decision, upstream=upstream, listen=listen, tls=tls), "utf-8"
+    )
     conf = directory / "nginx.conf"
     conf.write_text(main_config(directory, server_block), "utf-8")
     return conf
@@ -130,11 +170,19 @@ def _accepts(port: int) -> bool:
 
 @asynccontextmanager
 async def running_nginx(
-    binary: str, directory: Path, *, decision: str, upstream: str
+    binary: str,
+    directory: Path,
+    *,
+    decision: str,
+    upstream: str,
+    tls: DecisionTls | None = None,
 ) -> AsyncIterator[str]:
-    """nginx on the shipped configuration; yields its base URL."""
+    """nginx on the shipped configuration (asking over TLS with ``tls``); yields its base
+    URL."""
     port = free_port()
-    conf = write_config(directory, decision=decision, upstream=upstream, listen=f"127.0.0.1:{port}")
+    conf = write_config(
+        directory, decision=decision, upstream=upstream, listen=f"127.0.0.1:{port}", tls=tls
+    )
     process = subprocess.Popen(
         command(binary, directory, conf), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )

@@ -24,8 +24,9 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from identity_helpers import ProxyClient
-from mtls_support import Pki, make_pki
+from mtls_support import TRUST_DOMAIN
 
+from certs import Pki, make_pki
 from dragoman.demo.issuer import DevIssuer
 from dragoman.demo.runner import DemoStack
 
@@ -66,7 +67,7 @@ def attacker_ec() -> ec.EllipticCurvePrivateKey:
 
 @pytest.fixture
 def pki(tmp_path: Path) -> Pki:
-    return make_pki(tmp_path)
+    return make_pki(tmp_path, trust_domain=TRUST_DOMAIN)
 
 
 @pytest.fixture

@@ -17,11 +17,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from certs import HOUR, name, now
 from cryptography.x509.oid import NameOID
 from identity_helpers import ProxyClient
 from mtls_support import BILLING, TRUST_DOMAIN, ClientWith, Pki, good_context, mtls_overrides
 
+from certs import HOUR, name, now
 from dragoman.demo.runner import DemoStack
 from dragoman.identity.mtls import parse_spiffe_id
 from settings_support import settings_problems

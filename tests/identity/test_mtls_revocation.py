@@ -13,10 +13,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from certs import Authority, now
 from identity_helpers import ProxyClient
 from mtls_support import BILLING, TRUST_DOMAIN, ClientWith, Pki, mtls_overrides
 
+from certs import Authority, now
 from dragoman.demo.runner import DemoStack
 from settings_support import settings_problems
 

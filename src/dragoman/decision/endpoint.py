@@ -19,7 +19,9 @@ and the same audit record (event ``decision``).
 Before any of it, the listener checks who is asking: a connection whose own address is not
 in ``decision.allowed_peers`` (or that has none) is refused 403 ``peer_not_allowed`` on
 every route, recorded like any refusal, and nothing else runs (:mod:`dragoman.decision.peers`).
-Only then is X-Forwarded-For believed.
+Only then is X-Forwarded-For believed. With ``decision.tls`` the listener speaks HTTPS only,
+and with its ``client_ca_file`` a gateway without a certificate from those CAs fails the
+handshake, before the address check ever sees a request.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from dragoman.pipeline.errors import (
 from dragoman.pipeline.stage import Stage
 from dragoman.settings import DecisionSettings
 from dragoman.side_listener import SideListener
+from dragoman.tls import server_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -196,11 +199,20 @@ def decision_app(proxy: Proxy, settings: DecisionSettings) -> web.Application:
 
 
 class DecisionListener(SideListener):
-    """The decision application on ``settings.host``:``settings.port``."""
+    """The decision application on ``settings.host``:``settings.port``, over TLS when
+    ``settings.tls`` is set (its client certificate check admits the gateway in the
+    handshake; nothing after it reads that certificate)."""
 
     def __init__(self, proxy: Proxy, settings: DecisionSettings, *, shared: bool) -> None:
         """``shared``: several workers listen on the port (SO_REUSEPORT)."""
-        super().__init__(settings.host, settings.port, shared=shared, backlog=2048)
+        tls = settings.tls
+        super().__init__(
+            settings.host,
+            settings.port,
+            shared=shared,
+            backlog=2048,
+            ssl_context=None if tls is None else server_ssl_context(tls),
+        )
         self._proxy = proxy
         self._settings = settings
 

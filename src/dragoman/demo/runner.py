@@ -185,7 +185,8 @@ class DemoStack:
         """Base URL of the proxy's metrics listener (GET /metrics; ``[metrics]``)."""
         self.decision_socket = _bind(host, 0)
         self.decision_url = f"http://{host}:{self.decision_socket.getsockname()[1]}"
-        """Base URL of the decision listener (``[decision]``, off unless enabled)."""
+        """Base URL of the decision listener (``[decision]``, off unless enabled; https
+        once started with ``decision.tls``)."""
         self.issuer = DevIssuer(issuer=self.urls["issuer"])
         self.platform = PaymentPlatform(self._platform_verifier())
         self.platform.seed()
@@ -266,7 +267,11 @@ class DemoStack:
         if settings.decision.enabled:
             runner = proxy_runner(decision_app(self.proxy, settings.decision), settings)
             await runner.setup()
-            await web.SockSite(runner, self.decision_socket).start()
+            tls = settings.decision.tls
+            context = None if tls is None else server_ssl_context(tls)
+            if context is not None:
+                self.decision_url = "https://" + self.decision_url.removeprefix("http://")
+            await web.SockSite(runner, self.decision_socket, ssl_context=context).start()
             self.runners.append(runner)  # stop() cleans up in reverse: before the proxy
         else:
             self.decision_socket.close()

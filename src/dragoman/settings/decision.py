@@ -7,6 +7,7 @@ import ipaddress
 from pydantic import Field, field_validator
 
 from dragoman.settings.base import Section
+from dragoman.settings.server import TlsSettings
 
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
@@ -85,8 +86,37 @@ class DecisionSettings(Section):
             " Believed from allowed_peers only."
         ),
     )
+    tls: TlsSettings | None = Field(
+        None,
+        description=(
+            "Serve the decision listener over HTTPS (TLS 1.2 at least) with a certificate of"
+            " its own, independent of `server.tls`; unset: plain http. Set it when the gateway"
+            " is on another host: otherwise the caller's bearer token and the minted token"
+            " cross the network in clear. With `client_ca_file` and"
+            ' `client_auth = "required"` (the only mode accepted here) a gateway without a'
+            " certificate from those CAs fails the handshake; allowed_peers still applies."
+            " The certificate admits the gateway only; it never authenticates a caller."
+        ),
+    )
 
     @field_validator("allowed_peers")
     @classmethod
     def _allowed_peers(cls, value: list[str]) -> list[str]:
         return check_peer_networks(value)
+
+    @field_validator("tls")
+    @classmethod
+    def _gateway_certificate_required(cls, value: TlsSettings | None) -> TlsSettings | None:
+        # Here a client certificate only admits the gateway: `optional` would admit anyone
+        # without one, so a client_ca_file would look like a fence and be none.
+        if (
+            value is not None
+            and value.client_ca_file is not None
+            and value.client_auth != "required"
+        ):
+            raise ValueError(
+                'client_auth must be "required" with client_ca_file (on the decision'
+                " listener a certificate only admits the gateway; optional would let"
+                " anyone without one in)"
+            )
+        return value

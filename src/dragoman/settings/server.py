@@ -20,16 +20,18 @@ class TlsSettings(Section):
     client_ca_file: Path | None = Field(
         None,
         description=(
-            "PEM bundle of the CAs whose client certificates are accepted; when set the server"
-            " asks every caller for a certificate (needed by `identity.mtls`). A certificate"
-            " that does not verify against it, or is expired, fails the handshake."
+            "PEM bundle of the CAs whose client certificates are accepted; when set the"
+            " listener asks every caller for a certificate (`server.tls`: needed by"
+            " `identity.mtls`; `decision.tls`: the gateway's). A certificate that does not"
+            " verify against it, or is expired, fails the handshake."
         ),
     )
     client_auth: Literal["optional", "required"] = Field(
         "optional",
         description=(
             "With `client_ca_file`: `optional` lets callers without a certificate connect (they"
-            " use bearer tokens); `required` refuses them in the handshake."
+            " use bearer tokens); `required` refuses them in the handshake (`decision.tls`"
+            " takes `required` only)."
         ),
     )
 
