@@ -41,7 +41,7 @@ from dragoman.mapping.maintenance import upgrade_store
 from dragoman.observability import MULTIPROC_ENV, MetricsListener, exposition
 from dragoman.settings import Settings
 from dragoman.state.sql import StoreUnavailable, make_engine
-from dragoman.tls import server_ssl_context
+from dragoman.tls import ServerTls, TlsWatch
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,8 @@ async def serve_worker(
     runner = proxy_runner(app, settings, shutdown_timeout=settings.server.shutdown_timeout)
     await runner.setup()
     heap.settle()  # built: what the worker keeps for life is now exempt from collections
-    tls = settings.server.tls
+    tls = None if settings.server.tls is None else ServerTls(settings.server.tls, listener="proxy")
+    tls_watch = TlsWatch(tls)
     site = web.TCPSite(
         runner,
         settings.server.host,
@@ -107,9 +108,10 @@ async def serve_worker(
         reuse_port=True,
         backlog=2048,
         shutdown_timeout=settings.server.shutdown_timeout,
-        ssl_context=None if tls is None else server_ssl_context(tls),
+        ssl_context=None if tls is None else tls.context,
     )
     await site.start()
+    tls_watch.start()
     metrics: MetricsListener | None = None
     if settings.metrics.enabled:
         metrics = MetricsListener(
@@ -134,6 +136,7 @@ async def serve_worker(
     log.info("worker %d stopping", os.getpid())
     if watchdog is not None:
         watchdog.cancel()
+    await tls_watch.stop()
     if decision is not None:
         await decision.close()  # before the proxy it shares is closed
     await runner.cleanup()

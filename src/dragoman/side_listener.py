@@ -4,10 +4,11 @@ listener answers (counters, minted tokens) is not for the public side."""
 
 from __future__ import annotations
 
-import ssl
 from abc import ABC, abstractmethod
 
 from aiohttp import web
+
+from dragoman.tls import ServerTls, TlsWatch
 
 
 class SideListener(ABC):
@@ -18,15 +19,16 @@ class SideListener(ABC):
         *,
         shared: bool,
         backlog: int = 128,
-        ssl_context: ssl.SSLContext | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
-        """``shared``: several workers listen on the port (SO_REUSEPORT). ``ssl_context``:
-        serve HTTPS with it (None: plain HTTP)."""
+        """``shared``: several workers listen on the port (SO_REUSEPORT). ``tls``: serve
+        HTTPS with it, reloading its files while the listener runs (None: plain HTTP)."""
         self._host = host
         self._port = port
         self._shared = shared
         self._backlog = backlog
-        self._ssl_context = ssl_context
+        self._tls = tls
+        self._tls_watch = TlsWatch(tls)
         self._runner: web.AppRunner | None = None
 
     @abstractmethod
@@ -44,14 +46,16 @@ class SideListener(ABC):
             self._port,
             reuse_port=self._shared or None,
             backlog=self._backlog,
-            ssl_context=self._ssl_context,
+            ssl_context=None if self._tls is None else self._tls.context,
         )
         await site.start()
+        self._tls_watch.start()
         host, port = runner.addresses[0][:2]
-        scheme = "http" if self._ssl_context is None else "https"
+        scheme = "http" if self._tls is None else "https"
         return f"{scheme}://{host}:{port}"
 
     async def close(self) -> None:
+        await self._tls_watch.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -5,13 +5,36 @@ Python's ssl module cannot accept a client certificate first and judge it later:
 certificate that does not chain to ``client_ca_file``, or is outside its validity window,
 fails the handshake. Everything about the certificate beyond that (its SPIFFE ID, its subject,
 whether it is a leaf, its validity at each request) is judged by :mod:`dragoman.identity.mtls`.
+
+Certificates are renewed while the listener runs (cert-manager, ACME, a mounted secret):
+:class:`ServerTls` reads the files again when they change. A listening socket keeps the SSL
+context it was made with, so that context only carries a callback, run at each ClientHello
+(with or without SNI), that hands the handshake to the context built from the files last
+read. A context is never changed in place: a certificate loaded beside the old key would
+break every handshake until the key followed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
 import ssl
+from pathlib import Path
 
 from dragoman.settings.server import TlsSettings
+
+log = logging.getLogger(__name__)
+
+FileStamp = tuple[int, int, int, int] | None
+"""What says a file changed: device, inode, size, modification time (None: missing)."""
+
+
+def _refuse_passphrase() -> str:
+    # Without a callback OpenSSL would prompt on the terminal for the passphrase of an
+    # encrypted key, and a worker would hang there.
+    raise ValueError("the private key is encrypted; give dragoman an unencrypted key file")
 
 
 def server_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
@@ -19,7 +42,9 @@ def server_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
     client certificates verified against ``client_ca_file`` when it is set."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(certfile=tls.cert_file, keyfile=tls.key_file)
+    context.load_cert_chain(
+        certfile=tls.cert_file, keyfile=tls.key_file, password=_refuse_passphrase
+    )
     if tls.client_ca_file is not None:
         context.load_verify_locations(cafile=tls.client_ca_file)
         context.verify_mode = (
@@ -28,3 +53,96 @@ def server_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
     else:
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def _stamp(path: Path) -> FileStamp:
+    try:
+        found = os.stat(path)  # follows symlinks: a mounted secret swaps a link to a new file
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)
+
+
+class ServerTls:
+    """A listener's TLS, following its files: :attr:`context` goes to the listening socket
+    once; :meth:`reload` (or :meth:`watch`, every ``tls.reload_interval``) reads the files
+    again when they changed. New handshakes get the new certificate; connections already
+    open keep theirs. Files that do not load (half written, a key that does not match, an
+    encrypted key) leave the listener serving what it served, said once per change."""
+
+    def __init__(self, tls: TlsSettings, *, listener: str) -> None:
+        """Raises like :func:`server_ssl_context` when the files do not load at start."""
+        self._tls = tls
+        self._listener = listener
+        self._stamps = self._read_stamps()
+        self._serving = server_ssl_context(tls)
+        self._refused: tuple[FileStamp, ...] | None = None
+        self.context = server_ssl_context(tls)
+        self.context.sni_callback = self._hand_over
+
+    @property
+    def interval(self) -> float:
+        return self._tls.reload_interval
+
+    def _files(self) -> list[Path]:
+        tls = self._tls
+        return [tls.cert_file, tls.key_file] + (
+            [tls.client_ca_file] if tls.client_ca_file is not None else []
+        )
+
+    def _read_stamps(self) -> tuple[FileStamp, ...]:
+        return tuple(_stamp(path) for path in self._files())
+
+    def _hand_over(
+        self, handshake: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
+    ) -> None:
+        handshake.context = self._serving
+
+    def reload(self) -> bool:
+        """Read the files again if any changed; True when new handshakes now use them."""
+        stamps = self._read_stamps()
+        if stamps == self._stamps or stamps == self._refused:
+            return False
+        try:
+            fresh = server_ssl_context(self._tls)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self._refused = stamps
+            log.warning(
+                "%s listener: its TLS files changed but do not load (%s); still serving the"
+                " certificate loaded before",
+                self._listener,
+                exc,
+            )
+            return False
+        self._serving, self._stamps, self._refused = fresh, stamps, None
+        log.info(
+            "%s listener: TLS certificate reloaded from %s", self._listener, self._tls.cert_file
+        )
+        return True
+
+    async def watch(self) -> None:
+        """Reload every ``reload_interval`` until cancelled (never, when it is 0)."""
+        if not self.interval:
+            return
+        while True:
+            await asyncio.sleep(self.interval)
+            self.reload()
+
+
+class TlsWatch:
+    """The :meth:`ServerTls.watch` task of a listener, started and stopped with it."""
+
+    def __init__(self, tls: ServerTls | None) -> None:
+        self._tls = tls
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._tls is not None and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._tls.watch())
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -57,7 +57,7 @@ from dragoman.pipeline.errors import (
 from dragoman.pipeline.stage import Stage
 from dragoman.settings import DecisionSettings
 from dragoman.side_listener import SideListener
-from dragoman.tls import server_ssl_context
+from dragoman.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class DecisionListener(SideListener):
             settings.port,
             shared=shared,
             backlog=2048,
-            ssl_context=None if tls is None else server_ssl_context(tls),
+            tls=None if tls is None else ServerTls(tls, listener="decision"),
         )
         self._proxy = proxy
         self._settings = settings

@@ -38,7 +38,7 @@ from dragoman.mapping.store import MappingExists
 from dragoman.observability import exposition
 from dragoman.observability.endpoint import metrics_app
 from dragoman.settings import Settings, TlsSettings, load_settings
-from dragoman.tls import server_ssl_context
+from dragoman.tls import ServerTls, TlsWatch
 from dragoman.tokens.replay import MemoryReplayCache
 from dragoman.tokens.verify import TokenVerifier
 
@@ -191,6 +191,9 @@ class DemoStack:
         self.platform = PaymentPlatform(self._platform_verifier())
         self.platform.seed()
         self.runners: list[web.AppRunner] = []
+        self.tls: dict[str, ServerTls] = {}
+        """The TLS of the listeners that serve it, by name (``proxy``, ``decision``)."""
+        self.tls_watches: list[TlsWatch] = []
         self.settings: Settings | None = None
         self.proxy: Proxy | None = None
 
@@ -254,7 +257,7 @@ class DemoStack:
                 runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             tls = settings.server.tls if name == "proxy" else None
-            context = None if tls is None else server_ssl_context(tls)
+            context = self._serve_tls(tls, name)
             await web.SockSite(runner, self.sockets[name], ssl_context=context).start()
             self.runners.append(runner)
         if settings.metrics.enabled:
@@ -267,8 +270,7 @@ class DemoStack:
         if settings.decision.enabled:
             runner = proxy_runner(decision_app(self.proxy, settings.decision), settings)
             await runner.setup()
-            tls = settings.decision.tls
-            context = None if tls is None else server_ssl_context(tls)
+            context = self._serve_tls(settings.decision.tls, "decision")
             if context is not None:
                 self.decision_url = "https://" + self.decision_url.removeprefix("http://")
             await web.SockSite(runner, self.decision_socket, ssl_context=context).start()
@@ -276,6 +278,17 @@ class DemoStack:
         else:
             self.decision_socket.close()
         await self.seed_mappings()
+
+    def _serve_tls(self, tls: TlsSettings | None, listener: str) -> ssl.SSLContext | None:
+        """The SSL context of a listener, its files watched like a worker's (``tls``)."""
+        if tls is None:
+            return None
+        served = ServerTls(tls, listener=listener)
+        self.tls[listener] = served
+        watch = TlsWatch(served)
+        watch.start()
+        self.tls_watches.append(watch)
+        return served.context
 
     async def seed_mappings(self) -> None:
         assert self.proxy is not None
@@ -306,6 +319,9 @@ class DemoStack:
                 )
 
     async def stop(self) -> None:
+        for watch in self.tls_watches:
+            await watch.stop()
+        self.tls_watches.clear()
         for runner in reversed(self.runners):
             await runner.cleanup()
         self.runners.clear()

@@ -35,6 +35,19 @@ class TlsSettings(Section):
         ),
     )
 
+    reload_interval: Duration = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        description=(
+            "How often the listener looks at `cert_file`, `key_file` and `client_ca_file` and,"
+            " when one changed, loads them again (a renewed certificate, a mounted secret):"
+            " new connections get the new certificate, open ones keep theirs. Files that do"
+            " not load leave the previous certificate serving, with a warning. 0: never (a"
+            " restart loads them)."
+        ),
+    )
+
     @field_validator("cert_file", "key_file", "client_ca_file")
     @classmethod
     def _files_exist(cls, value: Path | None) -> Path | None:

@@ -1,0 +1,346 @@
+"""A listener's certificate is renewed without a restart (`server.tls.reload_interval`,
+`decision.tls.reload_interval`; dragoman.tls.ServerTls).
+
+Real listeners on 127.0.0.1 and real TLS handshakes; certificates made at test time. What
+the renewing side does is what cert-manager or a mounted secret does: new files put in
+place (atomically, or one after the other), and sometimes files that do not go together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from certs import Authority, Issued, name
+from dragoman.demo.runner import demo_settings, write_toml
+from dragoman.keys.sealing import new_master_key
+from dragoman.settings import TlsSettings
+from dragoman.tls import ServerTls
+from settings_support import settings_problems
+
+DRAGOMAN = str(Path(sys.executable).with_name("dragoman"))
+
+
+class Files:
+    """The listener's certificate files, and the CA its clients trust."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.authority = Authority("dragoman tests server CA")
+        self.ca_file = self.authority.write(directory, "server-ca")
+        self.cert_file = directory / "server.pem"
+        self.key_file = directory / "server.key"
+
+    def issue(self, common_name: str) -> Issued:
+        return self.authority.issue(subject=name(common_name), ips=["127.0.0.1"])
+
+    def put(self, issued: Issued) -> None:
+        """Both files replaced atomically (written aside, renamed into place)."""
+        cert, key = issued.write(self.directory / "next", "server")
+        os.replace(cert, self.cert_file)
+        os.replace(key, self.key_file)
+
+    def put_cert_only(self, issued: Issued) -> None:
+        cert, _ = issued.write(self.directory / "next", "server")
+        os.replace(cert, self.cert_file)
+
+    def put_key_only(self, issued: Issued) -> None:
+        _, key = issued.write(self.directory / "next", "server")
+        os.replace(key, self.key_file)
+
+    def settings(self, **more: object) -> TlsSettings:
+        return TlsSettings.model_validate(
+            {"cert_file": str(self.cert_file), "key_file": str(self.key_file), **more}
+        )
+
+    def client(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.ca_file)
+
+
+async def presented(port: int, client: ssl.SSLContext) -> str:
+    """The common name of the certificate a new connection to ``port`` is shown."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        common_name = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+        return common_name.removeprefix("CN=")
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Files:
+    made = Files(tmp_path)
+    made.put(made.issue("first"))
+    return made
+
+
+Listen = Callable[[ServerTls], Awaitable[int]]
+
+
+@pytest.fixture
+async def listen() -> AsyncIterator[Listen]:
+    """Serve ``tls`` on a port of its own (aiohttp, as every dragoman listener)."""
+    runners: list[web.AppRunner] = []
+
+    async def serve(tls: ServerTls) -> int:
+        async def ok(request: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        app = web.Application()
+        app.router.add_get("/", ok)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        runners.append(runner)
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.context).start()
+        return int(runner.addresses[0][1])
+
+    yield serve
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def test_new_connections_get_the_renewed_certificate(files: Files, listen: Listen) -> None:
+    tls = ServerTls(files.settings(), listener="proxy")
+    port = await listen(tls)
+    assert await presented(port, files.client()) == "first"
+    files.put(files.issue("renewed"))
+    assert tls.reload()
+    assert await presented(port, files.client()) == "renewed"
+
+
+async def test_a_connection_open_before_the_renewal_keeps_working(
+    files: Files, listen: Listen
+) -> None:
+    tls = ServerTls(files.settings(), listener="proxy")
+    port = await listen(tls)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=files.client())
+    files.put(files.issue("renewed"))
+    assert tls.reload()
+    writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+    writer.close()
+
+
+async def test_unchanged_files_are_not_read_again(
+    files: Files, caplog: pytest.LogCaptureFixture
+) -> None:
+    tls = ServerTls(files.settings(), listener="proxy")
+    caplog.set_level(logging.INFO, "dragoman.tls")
+    assert not tls.reload()
+    assert caplog.records == []
+
+
+async def test_renewal_is_logged_naming_the_listener(
+    files: Files, caplog: pytest.LogCaptureFixture
+) -> None:
+    tls = ServerTls(files.settings(), listener="decision")
+    caplog.set_level(logging.INFO, "dragoman.tls")
+    files.put(files.issue("renewed"))
+    tls.reload()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"decision listener: TLS certificate reloaded from {files.cert_file}"
+    ]
+
+
+async def test_a_certificate_without_its_key_keeps_the_previous_one_serving(
+    files: Files, listen: Listen, caplog: pytest.LogCaptureFixture
+) -> None:
+    tls = ServerTls(files.settings(), listener="proxy")
+    port = await listen(tls)
+    files.put_cert_only(files.issue("renewed"))  # the old key stays: they do not match
+    assert not tls.reload()
+    assert await presented(port, files.client()) == "first"
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith("proxy listener: its TLS files changed but do not load (")
+    assert "still serving the certificate loaded before" in warning
+
+
+async def test_files_that_do_not_load_are_reported_once_until_they_change_again(
+    files: Files, caplog: pytest.LogCaptureFixture
+) -> None:
+    tls = ServerTls(files.settings(), listener="proxy")
+    files.put_cert_only(files.issue("renewed"))
+    for _ in range(3):
+        assert not tls.reload()
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+
+async def test_a_pair_written_one_file_at_a_time_loads_once_both_are_in_place(
+    files: Files, listen: Listen
+) -> None:
+    tls = ServerTls(files.settings(), listener="proxy")
+    port = await listen(tls)
+    renewed = files.issue("renewed")
+    files.put_cert_only(renewed)
+    assert not tls.reload()
+    files.put_key_only(renewed)
+    assert tls.reload()
+    assert await presented(port, files.client()) == "renewed"
+
+
+async def test_an_encrypted_key_is_refused_without_asking_for_a_passphrase(
+    files: Files, listen: Listen, caplog: pytest.LogCaptureFixture
+) -> None:
+    tls = ServerTls(files.settings(), listener="proxy")
+    port = await listen(tls)
+    renewed = files.issue("renewed")
+    files.put_cert_only(renewed)
+    files.key_file.write_bytes(
+        renewed.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"not given to dragoman"),
+        )
+    )
+    assert not tls.reload()  # returns: OpenSSL's prompt on the terminal would hang here
+    assert "the private key is encrypted" in caplog.text
+    assert await presented(port, files.client()) == "first"
+
+
+async def test_missing_files_keep_the_previous_certificate_serving(
+    files: Files, listen: Listen
+) -> None:
+    tls = ServerTls(files.settings(), listener="proxy")
+    port = await listen(tls)
+    files.key_file.unlink()
+    assert not tls.reload()
+    assert await presented(port, files.client()) == "first"
+
+
+async def test_a_renewed_client_ca_bundle_admits_the_new_ca_certificates(
+    files: Files, listen: Listen, tmp_path: Path
+) -> None:
+    old_ca, new_ca = Authority("old client CA"), Authority("new client CA")
+    bundle = old_ca.write(tmp_path / "ca", "clients")
+    tls = ServerTls(
+        files.settings(client_ca_file=str(bundle), client_auth="required"), listener="proxy"
+    )
+    port = await listen(tls)
+    client = files.client()
+    cert, key = new_ca.issue(subject=name("client")).write(tmp_path / "client", "client")
+    client.load_cert_chain(cert, key)
+
+    async def answered() -> bool:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+            writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            status = await reader.readline()
+            writer.close()
+            return status.startswith(b"HTTP/1.1 200")
+        except (ssl.SSLError, ConnectionError):
+            return False
+
+    assert not await answered()
+    os.replace(new_ca.write(tmp_path / "next-ca", "clients"), bundle)
+    assert tls.reload()
+    assert await answered()
+
+
+async def test_watch_reloads_every_interval(files: Files, listen: Listen) -> None:
+    tls = ServerTls(files.settings(reload_interval="50ms"), listener="proxy")
+    port = await listen(tls)
+    watch = asyncio.create_task(tls.watch())
+    try:
+        files.put(files.issue("renewed"))
+        while await presented(port, files.client()) != "renewed":
+            await asyncio.sleep(0.02)
+    finally:
+        watch.cancel()
+
+
+async def test_watch_with_interval_zero_never_reloads(files: Files) -> None:
+    tls = ServerTls(files.settings(reload_interval=0), listener="proxy")
+    await asyncio.wait_for(tls.watch(), timeout=5)  # returns at once instead of looping
+
+
+def test_reload_interval_defaults_to_a_minute(files: Files) -> None:
+    assert files.settings().reload_interval == 60.0
+
+
+@pytest.mark.parametrize("listener", ["server", "decision"])
+def test_negative_reload_interval_is_refused_naming_the_key(
+    files: Files, tmp_path: Path, listener: str
+) -> None:
+    def edit(data: dict[str, Any]) -> None:
+        data.setdefault(listener, {})["tls"] = {**files_table(files), "reload_interval": "-1s"}
+
+    problems = settings_problems(tmp_path, edit)
+    assert f"{listener}.tls.reload_interval" in problems
+
+
+def files_table(files: Files) -> dict[str, str]:
+    return {"cert_file": str(files.cert_file), "key_file": str(files.key_file)}
+
+
+# -- `dragoman serve`: every worker process follows the files ------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+async def test_every_worker_of_dragoman_serve_presents_the_renewed_certificate(
+    files: Files, tmp_path: Path
+) -> None:
+    port = free_port()
+    (tmp_path / "master.key").write_text(new_master_key())
+    settings = demo_settings(
+        proxy=f"https://127.0.0.1:{port}",
+        platform="http://127.0.0.1:1",
+        issuer="http://127.0.0.1:2",
+        console="http://127.0.0.1:3",
+        state_dir=tmp_path,
+    )
+    settings["server"].update(workers=2, tls={**files_table(files), "reload_interval": "100ms"})
+    settings["browser"]["csrf"] = "off"  # state in memory cannot span two workers
+    settings["limits"] = {"enabled": False}
+    settings["anomaly"] = {"enabled": False}
+    config = tmp_path / "dragoman.toml"
+    write_toml(settings, config)
+    log = tmp_path / "dragoman.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [DRAGOMAN, "serve", "--config", str(config)],
+            stdout=sink,
+            stderr=sink,
+            start_new_session=True,
+        )
+    try:
+        while log.read_text("utf-8").count(" serving on https://") < 2:  # both workers
+            assert process.poll() is None, log.read_text("utf-8")
+            await asyncio.sleep(0.05)
+        assert await presented(port, files.client()) == "first"
+        files.put(files.issue("renewed"))
+        # Connections spread over both workers (SO_REUSEPORT): once many in a row all
+        # show the renewed certificate, each worker has reloaded.
+        seen: list[str] = []
+        while seen[-40:] != ["renewed"] * 40:
+            seen.append(await presented(port, files.client()))
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert log.read_text("utf-8").count("proxy listener: TLS certificate reloaded") == 2
