@@ -297,19 +297,39 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.mark.slow
-async def test_every_worker_of_dragoman_serve_presents_the_renewed_certificate(
-    files: Files, tmp_path: Path
-) -> None:
-    port = free_port()
+def serve_settings(tmp_path: Path, port: int) -> dict[str, Any]:
     (tmp_path / "master.key").write_text(new_master_key())
-    settings = demo_settings(
+    return demo_settings(
         proxy=f"https://127.0.0.1:{port}",
         platform="http://127.0.0.1:1",
         issuer="http://127.0.0.1:2",
         console="http://127.0.0.1:3",
         state_dir=tmp_path,
     )
+
+
+def test_serve_with_a_certificate_and_key_that_do_not_match_exits_2_naming_the_setting(
+    files: Files, tmp_path: Path
+) -> None:
+    files.put_cert_only(files.issue("renewed"))
+    settings = serve_settings(tmp_path, free_port())
+    settings["server"]["tls"] = files_table(files)
+    config = tmp_path / "dragoman.toml"
+    write_toml(settings, config)
+    result = subprocess.run(
+        [DRAGOMAN, "serve", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "cannot start: server.tls: the certificate and key do not load (" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+async def test_every_worker_of_dragoman_serve_presents_the_renewed_certificate(
+    files: Files, tmp_path: Path
+) -> None:
+    port = free_port()
+    settings = serve_settings(tmp_path, port)
     settings["server"].update(workers=2, tls={**files_table(files), "reload_interval": "100ms"})
     settings["browser"]["csrf"] = "off"  # state in memory cannot span two workers
     settings["limits"] = {"enabled": False}

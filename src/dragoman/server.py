@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import ssl
 import sys
 import tempfile
 import time
@@ -41,7 +42,7 @@ from dragoman.mapping.maintenance import upgrade_store
 from dragoman.observability import MULTIPROC_ENV, MetricsListener, exposition
 from dragoman.settings import Settings
 from dragoman.state.sql import StoreUnavailable, make_engine
-from dragoman.tls import ServerTls, TlsWatch
+from dragoman.tls import ServerTls, TlsWatch, server_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,19 @@ def prepare(settings: Settings) -> None:
     """What runs once before workers start: schema migrations, and the key set (the first
     key is made here, so workers start with one)."""
     asyncio.run(_prepare(settings))
+
+
+def unloadable_tls(settings: Settings) -> str | None:
+    """Why a listener's TLS files do not load (None: they do, or there is no TLS): said
+    once, before any worker starts, rather than by every worker as it dies."""
+    for key, tls in (("server.tls", settings.server.tls), ("decision.tls", settings.decision.tls)):
+        if tls is None or (key == "decision.tls" and not settings.decision.enabled):
+            continue
+        try:
+            server_ssl_context(tls)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            return f"{key}: the certificate and key do not load ({exc})"
+    return None
 
 
 def worker_count(settings: Settings) -> int:
@@ -168,6 +182,10 @@ def _worker_main(settings: Settings, log_level: str, parent: int, metrics_dir: s
 def run(settings: Settings, *, log_level: str = "INFO") -> int:
     """Serve until SIGTERM or SIGINT. Returns the exit status."""
     configure_logging(log_level)
+    refused = unloadable_tls(settings)
+    if refused is not None:
+        log.error("cannot start: %s", refused)
+        return 2
     try:
         prepare(settings)
     except (KeyConfigError, KeyUnavailableError) as exc:
