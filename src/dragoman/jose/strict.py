@@ -91,6 +91,11 @@ def read_jws(token: str, max_token_bytes: int) -> UnverifiedJws:
     """Step 1: size, compact shape, and one reading of all three segments by PyJWT."""
     if len(token) > max_token_bytes:
         raise JoseError("token_too_large", "token longer than allowed")
+    if not token.isascii():
+        # A compact JWS is base64url and dots. A header byte that is not UTF-8 reaches here
+        # as a lone surrogate, which PyJWT's own encoding step would raise on (a 500); and
+        # only for ASCII is the length above a count of bytes.
+        raise JoseError("token_malformed", "not a compact JWS")
     if token.count(".") != 2:
         raise JoseError("token_malformed", "not a compact JWS")
     try:
@@ -117,7 +122,7 @@ def _read_checked(token: str, policy: HeaderPolicy) -> UnverifiedJws:
     try:
         return read_jws(token, policy.max_token_bytes)
     except JoseError as refused:
-        if refused.reason == "token_malformed" and token.count(".") == 2:
+        if refused.reason == "token_malformed" and token.isascii() and token.count(".") == 2:
             try:
                 header = jwt.get_unverified_header(token)
             except jwt.PyJWTError:
