@@ -223,33 +223,67 @@ async def test_missing_files_keep_the_previous_certificate_serving(
     assert await presented(port, files.client()) == "first"
 
 
-async def test_a_renewed_client_ca_bundle_admits_the_new_ca_certificates(
-    files: Files, listen: Listen, tmp_path: Path
-) -> None:
+def client_of(files: Files, authority: Authority, directory: Path) -> ssl.SSLContext:
+    """A client that trusts the listener and presents a certificate ``authority`` issued."""
+    client = files.client()
+    cert, key = authority.issue(subject=name("client")).write(directory, "client")
+    client.load_cert_chain(cert, key)
+    return client
+
+
+async def answered(port: int, client: ssl.SSLContext) -> bool:
+    """Whether a request on a new connection made with ``client`` gets its answer."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+        writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        status = await reader.readline()
+        writer.close()
+        return status.startswith(b"HTTP/1.1 200")
+    except (ssl.SSLError, ConnectionError):
+        return False
+
+
+@pytest.fixture
+def client_cas(files: Files, tmp_path: Path) -> tuple[ServerTls, Authority, Authority, Path]:
+    """A listener requiring client certificates from an old CA, which will be replaced."""
     old_ca, new_ca = Authority("old client CA"), Authority("new client CA")
     bundle = old_ca.write(tmp_path / "ca", "clients")
     tls = ServerTls(
         files.settings(client_ca_file=str(bundle), client_auth="required"), listener="proxy"
     )
+    return tls, old_ca, new_ca, bundle
+
+
+async def test_a_renewed_client_ca_bundle_admits_the_new_ca_certificates(
+    files: Files,
+    listen: Listen,
+    tmp_path: Path,
+    client_cas: tuple[ServerTls, Authority, Authority, Path],
+) -> None:
+    tls, _, new_ca, bundle = client_cas
     port = await listen(tls)
-    client = files.client()
-    cert, key = new_ca.issue(subject=name("client")).write(tmp_path / "client", "client")
-    client.load_cert_chain(cert, key)
-
-    async def answered() -> bool:
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
-            writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            status = await reader.readline()
-            writer.close()
-            return status.startswith(b"HTTP/1.1 200")
-        except (ssl.SSLError, ConnectionError):
-            return False
-
-    assert not await answered()
+    client = client_of(files, new_ca, tmp_path / "client")
+    assert not await answered(port, client)
     os.replace(new_ca.write(tmp_path / "next-ca", "clients"), bundle)
     assert tls.reload()
-    assert await answered()
+    assert await answered(port, client)
+
+
+async def test_a_ca_removed_from_the_bundle_admits_none_of_its_certificates_after_reload(
+    files: Files,
+    listen: Listen,
+    tmp_path: Path,
+    client_cas: tuple[ServerTls, Authority, Authority, Path],
+) -> None:
+    # A compromised client CA taken out of the bundle must stop admitting at once, not at
+    # the next restart: the handshake verifies against the reloaded context's CAs.
+    tls, old_ca, new_ca, bundle = client_cas
+    port = await listen(tls)
+    client = client_of(files, old_ca, tmp_path / "client")
+    assert await answered(port, client)
+    os.replace(new_ca.write(tmp_path / "next-ca", "clients"), bundle)
+    assert tls.reload()
+    assert not await answered(port, client)
 
 
 async def test_watch_reloads_every_interval(files: Files, listen: Listen) -> None:
