@@ -1,11 +1,23 @@
-"""Logging setup: every line passes through the same redaction as audit records."""
+"""Logging setup: every line passes through the same redaction as audit records.
+
+Two formats: ``text`` (one human-readable line) and ``json`` (one JSON object per line, for
+log pipelines that index fields: Loki, CloudWatch, Elasticsearch). Both are redacted after
+the message is formatted with its arguments and after a traceback is rendered, so neither a
+value passed to a log call nor an exception's text can carry a token or a card number out.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from datetime import UTC, datetime
+from typing import Literal
 
 from dragoman.audit.redact import redact_text
+
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 
 
 class RedactingFormatter(logging.Formatter):
@@ -13,10 +25,33 @@ class RedactingFormatter(logging.Formatter):
         return redact_text(super().format(record))
 
 
-def configure(level: str = "INFO") -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (UTC, RFC 3339 with milliseconds), ``level``,
+    ``pid``, ``logger``, ``message``, and ``exception`` when a traceback is attached."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "pid": record.process,
+            "logger": record.name,
+            "message": redact_text(record.getMessage()),
+        }
+        if record.exc_info:
+            line["exception"] = redact_text(self.formatException(record.exc_info))
+        elif record.exc_text:
+            line["exception"] = redact_text(record.exc_text)
+        if record.stack_info:
+            line["stack"] = redact_text(self.formatStack(record.stack_info))
+        return json.dumps(line, ensure_ascii=False)
+
+
+def configure(level: str = "INFO", log_format: LogFormat = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        RedactingFormatter("%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
+        JsonFormatter()
+        if log_format == "json"
+        else RedactingFormatter("%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -37,6 +37,7 @@ from dragoman.app import PROXY_KEY, build_app, proxy_runner
 from dragoman.decision import DecisionListener
 from dragoman.keys.factory import KeyConfigError, open_key_ring
 from dragoman.keys.provider import KeyUnavailableError
+from dragoman.logs import LogFormat
 from dragoman.logs import configure as configure_logging
 from dragoman.mapping.maintenance import upgrade_store
 from dragoman.observability import MULTIPROC_ENV, MetricsListener, exposition
@@ -174,14 +175,16 @@ async def _finish_stragglers(grace: float = 5.0) -> None:
         os._exit(1)
 
 
-def _worker_main(settings: Settings, log_level: str, parent: int, metrics_dir: str) -> None:
-    configure_logging(log_level)
+def _worker_main(
+    settings: Settings, log_level: str, log_format: LogFormat, parent: int, metrics_dir: str
+) -> None:
+    configure_logging(log_level, log_format)
     uvloop.run(serve_worker(settings, parent=parent, metrics_dir=metrics_dir))
 
 
-def run(settings: Settings, *, log_level: str = "INFO") -> int:
+def run(settings: Settings, *, log_level: str = "INFO", log_format: LogFormat = "text") -> int:
     """Serve until SIGTERM or SIGINT. Returns the exit status."""
-    configure_logging(log_level)
+    configure_logging(log_level, log_format)
     refused = unloadable_tls(settings)
     if refused is not None:
         log.error("cannot start: %s", refused)
@@ -213,27 +216,29 @@ def run(settings: Settings, *, log_level: str = "INFO") -> int:
     if count == 1:
         uvloop.run(serve_worker(settings))
         return 0
-    return _supervise(settings, count, log_level)
+    return _supervise(settings, count, log_level, log_format)
 
 
-def _supervise(settings: Settings, count: int, log_level: str) -> int:
+def _supervise(settings: Settings, count: int, log_level: str, log_format: LogFormat) -> int:
     # A fresh directory each run: files left by an earlier run would add its counts.
     metrics_dir = tempfile.mkdtemp(prefix="dragoman-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir  # spawned workers inherit it at their start
     try:
-        return _supervise_workers(settings, count, log_level, metrics_dir)
+        return _supervise_workers(settings, count, log_level, log_format, metrics_dir)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _supervise_workers(settings: Settings, count: int, log_level: str, metrics_dir: str) -> int:
+def _supervise_workers(
+    settings: Settings, count: int, log_level: str, log_format: LogFormat, metrics_dir: str
+) -> int:
     context = multiprocessing.get_context("spawn")
     stopping = False
 
     def start() -> BaseProcess:
         process = context.Process(
             target=_worker_main,
-            args=(settings, log_level, os.getpid(), metrics_dir),
+            args=(settings, log_level, log_format, os.getpid(), metrics_dir),
             name="dragoman-worker",
         )
         process.start()

@@ -432,6 +432,11 @@ def test_the_configmap_settings_load_with_the_secret(
     assert settings.browser.session_redis_url == values["dragoman"]["redis-url"]
 
 
+def test_the_deployment_logs_json_lines() -> None:
+    args = _container(_deployment())["args"]
+    assert args[args.index("--log-format") + 1] == "json"
+
+
 def test_the_production_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     deployment = _deployment()
     settings, _ = _load(deployment, tmp_path, monkeypatch)

@@ -8,17 +8,26 @@ from pathlib import Path
 import click
 
 from dragoman.cli.common import config_option, load, main
+from dragoman.logs import LOG_FORMATS, LogFormat
 from dragoman.settings import SettingsError, load_settings
 
 
 @main.command()
 @config_option
-@click.option("--log-level", default="INFO", show_default=True)
-def serve(config: Path | None, log_level: str) -> None:
+@click.option("--log-level", default="INFO", show_default=True, envvar="DRAGOMAN_LOG_LEVEL")
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    envvar="DRAGOMAN_LOG_FORMAT",
+    help="text: one readable line per event; json: one JSON object per line (both redacted).",
+)
+def serve(config: Path | None, log_level: str, log_format: LogFormat) -> None:
     """Run the proxy."""
     from dragoman.server import run
 
-    sys.exit(run(load(config), log_level=log_level))
+    sys.exit(run(load(config), log_level=log_level, log_format=log_format))
 
 
 @main.command("check-config")

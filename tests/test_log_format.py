@@ -1,0 +1,153 @@
+"""`dragoman serve --log-format json` (or DRAGOMAN_LOG_FORMAT=json): one JSON object per log
+line, redacted like the text format, from the supervisor and from every worker."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dragoman.demo.runner import demo_settings, write_toml
+from dragoman.keys.sealing import new_master_key
+from dragoman.logs import JsonFormatter, RedactingFormatter
+
+DRAGOMAN = str(Path(sys.executable).with_name("dragoman"))
+JWT = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
+CARD = "4111 1111 1111 1111"
+
+
+def record(message: str, *args: object, exc: BaseException | None = None) -> logging.LogRecord:
+    exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
+    return logging.LogRecord("dragoman.test", logging.WARNING, __file__, 1, message, args, exc_info)
+
+
+def test_json_line_holds_time_level_pid_logger_and_message() -> None:
+    line = json.loads(JsonFormatter().format(record("worker %d serving", 7)))
+    assert set(line) == {"time", "level", "pid", "logger", "message"}
+    assert line["message"] == "worker 7 serving"
+    assert (line["level"], line["logger"], line["pid"]) == ("WARNING", "dragoman.test", os.getpid())
+    assert line["time"].endswith("+00:00")
+
+
+def test_json_message_is_redacted_after_its_arguments_are_filled_in() -> None:
+    text = JsonFormatter().format(record("caller sent %s and card %s", JWT, CARD))
+    assert JWT not in text and CARD not in text
+    assert "[card]" in json.loads(text)["message"]
+
+
+def test_json_exception_text_is_redacted() -> None:
+    try:
+        raise ValueError(f"upstream echoed Bearer {JWT} for {CARD}")
+    except ValueError as exc:
+        text = JsonFormatter().format(record("unexpected error", exc=exc))
+    line = json.loads(text)
+    assert line["exception"].startswith("Traceback (most recent call last):")
+    assert JWT not in text and CARD not in text
+
+
+def test_json_line_is_one_line_even_with_a_traceback() -> None:
+    try:
+        raise RuntimeError("line one\nline two")
+    except RuntimeError as exc:
+        text = JsonFormatter().format(record("failed", exc=exc))
+    assert "\n" not in text
+
+
+def test_text_format_is_still_redacted() -> None:
+    formatter = RedactingFormatter("%(levelname)s %(name)s: %(message)s")
+    text = formatter.format(record("token %s card %s", JWT, CARD))
+    assert JWT not in text and CARD not in text
+
+
+# -- `dragoman serve` ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    (tmp_path / "master.key").write_text(new_master_key())
+    settings = demo_settings(
+        proxy=f"http://127.0.0.1:{free_port()}",
+        platform="http://127.0.0.1:1",
+        issuer="http://127.0.0.1:2",
+        console="http://127.0.0.1:3",
+        state_dir=tmp_path,
+    )
+    settings["server"]["workers"] = 2
+    settings["browser"]["csrf"] = "off"  # state in memory cannot span two workers
+    settings["limits"] = {"enabled": False}
+    settings["anomaly"] = {"enabled": False}
+    path = tmp_path / "dragoman.toml"
+    write_toml(settings, path)
+    return path
+
+
+def serve_lines(config: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run `dragoman serve` until both workers say they serve, stop it; its stderr lines."""
+    log = config.parent / "serve.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [DRAGOMAN, "serve", "--config", str(config), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    try:
+        while log.read_text("utf-8").count("serving on http://") < 2:
+            assert process.poll() is None, log.read_text("utf-8")
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    yield from log.read_text("utf-8").splitlines()
+
+
+def parsed(lines: Iterator[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in lines]  # every line, or the test fails here
+
+
+@pytest.mark.slow
+def test_serve_with_log_format_json_logs_only_json_objects_from_every_worker(
+    config: Path,
+) -> None:
+    lines = parsed(serve_lines(config, "--log-format", "json"))
+    serving = {line["pid"] for line in lines if line["message"].startswith("worker ")}
+    assert len(serving) == 2  # both workers, each in its own process
+    assert any(line["logger"] == "dragoman.keys.ring" for line in lines)  # the supervisor's
+
+
+@pytest.mark.slow
+def test_dragoman_log_format_in_the_environment_selects_json(config: Path) -> None:
+    lines = parsed(serve_lines(config, env={"DRAGOMAN_LOG_FORMAT": "json"}))
+    assert any("serving on http://" in line["message"] for line in lines)
+
+
+def test_unknown_log_format_is_a_usage_error(config: Path) -> None:
+    result = subprocess.run(
+        [DRAGOMAN, "serve", "--config", str(config), "--log-format", "xml"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "'xml' is not one of 'text', 'json'" in result.stderr
