@@ -17,9 +17,11 @@ import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from cryptography import x509
@@ -28,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from certs import Authority, Issued, name
 from dragoman.demo.runner import demo_settings, write_toml
 from dragoman.keys.sealing import new_master_key
+from dragoman.observability.tls import EXPIRY, TlsCollector
 from dragoman.settings import TlsSettings
 from dragoman.tls import ServerTls
 from settings_support import settings_problems
@@ -45,8 +48,10 @@ class Files:
         self.cert_file = directory / "server.pem"
         self.key_file = directory / "server.key"
 
-    def issue(self, common_name: str) -> Issued:
-        return self.authority.issue(subject=name(common_name), ips=["127.0.0.1"])
+    def issue(self, common_name: str, *, days: int = 1) -> Issued:
+        """A certificate for 127.0.0.1 that expires ``days`` from now."""
+        expires = datetime.now(UTC) + timedelta(days=days)
+        return self.authority.issue(subject=name(common_name), ips=["127.0.0.1"], not_after=expires)
 
     def put(self, issued: Issued) -> None:
         """Both files replaced atomically (written aside, renamed into place)."""
@@ -303,6 +308,47 @@ async def test_watch_with_interval_zero_never_reloads(files: Files) -> None:
     await asyncio.wait_for(tls.watch(), timeout=5)  # returns at once instead of looping
 
 
+def expiry(issued: Issued) -> float:
+    return issued.cert.not_valid_after_utc.timestamp()
+
+
+def scraped_expiry(tls: list[ServerTls]) -> dict[str, float]:
+    (family,) = TlsCollector(tls).collect()
+    assert family.name == EXPIRY
+    return {sample.labels["listener"]: sample.value for sample in family.samples}
+
+
+async def test_expiry_gauge_names_each_listener_and_its_certificates_expiry(
+    files: Files, tmp_path: Path
+) -> None:
+    proxy = ServerTls(files.settings(), listener="proxy")
+    other = Files(tmp_path / "decision")
+    issued = other.issue("decision", days=30)
+    other.put(issued)
+    decision = ServerTls(other.settings(), listener="decision")
+    gauge = scraped_expiry([proxy, decision])
+    assert gauge.keys() == {"proxy", "decision"}
+    assert gauge["decision"] == expiry(issued)
+
+
+async def test_expiry_gauge_follows_a_renewal(files: Files) -> None:
+    tls = ServerTls(files.settings(), listener="proxy")
+    renewed = files.issue("renewed", days=90)
+    files.put(renewed)
+    assert tls.reload()
+    assert scraped_expiry([tls]) == {"proxy": expiry(renewed)}
+
+
+async def test_expiry_gauge_keeps_the_served_certificate_when_a_renewal_does_not_load(
+    files: Files,
+) -> None:
+    tls = ServerTls(files.settings(), listener="proxy")
+    before = scraped_expiry([tls])
+    files.put_cert_only(files.issue("renewed", days=90))  # its key is not there
+    assert not tls.reload()
+    assert scraped_expiry([tls]) == before
+
+
 def test_reload_interval_defaults_to_a_minute(files: Files) -> None:
     assert files.settings().reload_interval == 60.0
 
@@ -365,6 +411,8 @@ async def test_every_worker_of_dragoman_serve_presents_the_renewed_certificate(
     port = free_port()
     settings = serve_settings(tmp_path, port)
     settings["server"].update(workers=2, tls={**files_table(files), "reload_interval": "100ms"})
+    metrics_port = free_port()
+    settings["metrics"] = {"enabled": True, "host": "127.0.0.1", "port": metrics_port}
     settings["browser"]["csrf"] = "off"  # state in memory cannot span two workers
     settings["limits"] = {"enabled": False}
     settings["anomaly"] = {"enabled": False}
@@ -383,12 +431,21 @@ async def test_every_worker_of_dragoman_serve_presents_the_renewed_certificate(
             assert process.poll() is None, log.read_text("utf-8")
             await asyncio.sleep(0.05)
         assert await presented(port, files.client()) == "first"
-        files.put(files.issue("renewed"))
+        renewed = files.issue("renewed", days=90)
+        files.put(renewed)
         # Connections spread over both workers (SO_REUSEPORT): once many in a row all
         # show the renewed certificate, each worker has reloaded.
         seen: list[str] = []
         while seen[-40:] != ["renewed"] * 40:
             seen.append(await presented(port, files.client()))
+        async with aiohttp.ClientSession() as http:
+            for _ in range(10):  # scrapes reach either worker: each reports the renewal
+                async with http.get(f"http://127.0.0.1:{metrics_port}/metrics") as scrape:
+                    text = await scrape.text()
+                (line,) = [s for s in text.splitlines() if s.startswith(EXPIRY + "{")]
+                labels, value = line.split(" ")
+                assert labels == f'{EXPIRY}{{listener="proxy"}}'
+                assert float(value) == expiry(renewed)
         assert process.poll() is None
     finally:
         process.send_signal(signal.SIGTERM)

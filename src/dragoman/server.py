@@ -127,18 +127,24 @@ async def serve_worker(
     )
     await site.start()
     tls_watch.start()
+    decision_tls = (
+        ServerTls(settings.decision.tls, listener="decision")
+        if settings.decision.enabled and settings.decision.tls is not None
+        else None
+    )
     metrics: MetricsListener | None = None
     if settings.metrics.enabled:
+        served_tls = [t for t in (tls, decision_tls) if t is not None]
         metrics = MetricsListener(
             settings.metrics,
-            exposition(app[PROXY_KEY].keys, metrics_dir),
+            exposition(app[PROXY_KEY].keys, metrics_dir, tls=served_tls),
             shared=metrics_dir is not None,
         )
         metrics_url = await metrics.start()
     decision: DecisionListener | None = None
     if settings.decision.enabled:
         decision = DecisionListener(
-            app[PROXY_KEY], settings.decision, shared=metrics_dir is not None
+            app[PROXY_KEY], settings.decision, shared=metrics_dir is not None, tls=decision_tls
         )
         decision_url = await decision.start()
     if announce:

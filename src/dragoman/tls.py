@@ -23,6 +23,8 @@ import os
 import ssl
 from pathlib import Path
 
+from cryptography import x509
+
 from dragoman.settings.server import TlsSettings
 
 log = logging.getLogger(__name__)
@@ -71,14 +73,28 @@ class ServerTls:
     encrypted key) leave the listener serving what it served, said once per change."""
 
     def __init__(self, tls: TlsSettings, *, listener: str) -> None:
-        """Raises like :func:`server_ssl_context` when the files do not load at start."""
+        """Raises like :func:`server_ssl_context` when the files do not load at start.
+        :attr:`not_after`: when the certificate served now expires (a POSIX time)."""
         self._tls = tls
-        self._listener = listener
+        self.listener = listener
         self._stamps = self._read_stamps()
-        self._serving = server_ssl_context(tls)
+        self._serving, self.not_after = self._load()
         self._refused: tuple[FileStamp, ...] | None = None
         self.context = server_ssl_context(tls)
         self.context.sni_callback = self._hand_over
+
+    def _load(self) -> tuple[ssl.SSLContext, float | None]:
+        """A context from the files, and when its certificate expires (None: unreadable by
+        ``cryptography``, which the context accepted)."""
+        pem = self._tls.cert_file.read_bytes()
+        context = server_ssl_context(self._tls)
+        # The stamps were read before the files: one replaced while they are read here
+        # changes them, and the next look loads everything again.
+        try:
+            expires = x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
+        except ValueError:
+            expires = None
+        return context, expires
 
     @property
     def interval(self) -> float:
@@ -104,19 +120,20 @@ class ServerTls:
         if stamps == self._stamps or stamps == self._refused:
             return False
         try:
-            fresh = server_ssl_context(self._tls)
+            fresh, expires = self._load()
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._refused = stamps
             log.warning(
                 "%s listener: its TLS files changed but do not load (%s); still serving the"
                 " certificate loaded before",
-                self._listener,
+                self.listener,
                 exc,
             )
             return False
-        self._serving, self._stamps, self._refused = fresh, stamps, None
+        self._serving, self.not_after = fresh, expires
+        self._stamps, self._refused = stamps, None
         log.info(
-            "%s listener: TLS certificate reloaded from %s", self._listener, self._tls.cert_file
+            "%s listener: TLS certificate reloaded from %s", self.listener, self._tls.cert_file
         )
         return True
 

@@ -203,16 +203,19 @@ class DecisionListener(SideListener):
     ``settings.tls`` is set (its client certificate check admits the gateway in the
     handshake; nothing after it reads that certificate)."""
 
-    def __init__(self, proxy: Proxy, settings: DecisionSettings, *, shared: bool) -> None:
-        """``shared``: several workers listen on the port (SO_REUSEPORT)."""
-        tls = settings.tls
-        super().__init__(
-            settings.host,
-            settings.port,
-            shared=shared,
-            backlog=2048,
-            tls=None if tls is None else ServerTls(tls, listener="decision"),
-        )
+    def __init__(
+        self,
+        proxy: Proxy,
+        settings: DecisionSettings,
+        *,
+        shared: bool,
+        tls: ServerTls | None = None,
+    ) -> None:
+        """``shared``: several workers listen on the port (SO_REUSEPORT). ``tls``: the
+        listener's TLS, when its owner made it already (None: made from ``settings.tls``)."""
+        if tls is None and settings.tls is not None:
+            tls = ServerTls(settings.tls, listener="decision")
+        super().__init__(settings.host, settings.port, shared=shared, backlog=2048, tls=tls)
         self._proxy = proxy
         self._settings = settings
 

@@ -193,6 +193,7 @@ class DemoStack:
         self.runners: list[web.AppRunner] = []
         self.tls: dict[str, ServerTls] = {}
         """The TLS of the listeners that serve it, by name (``proxy``, ``decision``)."""
+        self.served_tls: list[ServerTls] = []
         self.tls_watches: list[TlsWatch] = []
         self.settings: Settings | None = None
         self.proxy: Proxy | None = None
@@ -261,7 +262,9 @@ class DemoStack:
             await web.SockSite(runner, self.sockets[name], ssl_context=context).start()
             self.runners.append(runner)
         if settings.metrics.enabled:
-            runner = web.AppRunner(metrics_app(exposition(self.proxy.keys)), access_log=None)
+            # The list fills as TLS listeners start; the collector reads it at scrape time.
+            source = exposition(self.proxy.keys, tls=self.served_tls)
+            runner = web.AppRunner(metrics_app(source), access_log=None)
             await runner.setup()
             await web.SockSite(runner, self.metrics_socket).start()
             self.runners.append(runner)
@@ -285,6 +288,7 @@ class DemoStack:
             return None
         served = ServerTls(tls, listener=listener)
         self.tls[listener] = served
+        self.served_tls.append(served)
         watch = TlsWatch(served)
         watch.start()
         self.tls_watches.append(watch)

@@ -1,6 +1,7 @@
 """GET /metrics on a listener of its own (``[metrics]``), never on the proxy's port.
 
-With one worker the answer is this process's registry plus the worker's key ring. With
+With one worker the answer is this process's registry plus the worker's key ring and TLS
+certificates. With
 several (``server.workers`` > 1) the supervisor gives every worker one fresh directory in
 ``PROMETHEUS_MULTIPROC_DIR`` before starting it: each worker writes its counters there, all
 of them listen on the metrics port with SO_REUSEPORT, and whichever answers a scrape sums
@@ -20,8 +21,10 @@ from prometheus_client.registry import Collector
 
 from dragoman.keys.ring import KeyRing
 from dragoman.observability.keys import KeyRingCollector
+from dragoman.observability.tls import TlsCollector
 from dragoman.settings import MetricsSettings
 from dragoman.side_listener import SideListener
+from dragoman.tls import ServerTls
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 PATH = "/metrics"
@@ -38,13 +41,15 @@ class Exposition:
             yield from source.collect()
 
 
-def exposition(keys: KeyRing, multiproc_dir: str | None = None) -> Exposition:
+def exposition(
+    keys: KeyRing, multiproc_dir: str | None = None, tls: Sequence[ServerTls] = ()
+) -> Exposition:
     """This process's metrics (or, given ``multiproc_dir``, every worker's), and the key
-    ring's gauges, read from ``keys`` at scrape time."""
+    ring's and the TLS listeners' gauges, read from ``keys`` and ``tls`` at scrape time."""
     base: Collector = REGISTRY
     if multiproc_dir is not None:
         base = MultiProcessCollector(None, multiproc_dir)  # type: ignore[no-untyped-call]
-    return Exposition([base, KeyRingCollector(keys)])
+    return Exposition([base, KeyRingCollector(keys), TlsCollector(tls)])
 
 
 def metrics_app(source: Collector) -> web.Application:
