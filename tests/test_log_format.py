@@ -6,10 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +14,10 @@ from typing import Any
 
 import pytest
 
-from dragoman.demo.runner import demo_settings, write_toml
-from dragoman.keys.sealing import new_master_key
+from dragoman.demo.runner import write_toml
 from dragoman.logs import JsonFormatter, RedactingFormatter
+from serve_support import DRAGOMAN, free_port, serving, standalone_settings
 
-DRAGOMAN = str(Path(sys.executable).with_name("dragoman"))
 JWT = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
 CARD = "4111 1111 1111 1111"
 
@@ -72,53 +68,20 @@ def test_text_format_is_still_redacted() -> None:
 # -- `dragoman serve` ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    (tmp_path / "master.key").write_text(new_master_key())
-    settings = demo_settings(
-        proxy=f"http://127.0.0.1:{free_port()}",
-        platform="http://127.0.0.1:1",
-        issuer="http://127.0.0.1:2",
-        console="http://127.0.0.1:3",
-        state_dir=tmp_path,
-    )
-    settings["server"]["workers"] = 2
-    settings["browser"]["csrf"] = "off"  # state in memory cannot span two workers
-    settings["limits"] = {"enabled": False}
-    settings["anomaly"] = {"enabled": False}
     path = tmp_path / "dragoman.toml"
-    write_toml(settings, path)
+    write_toml(standalone_settings(tmp_path, free_port()), path)
     return path
 
 
 def serve_lines(config: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Run `dragoman serve` until both workers say they serve, stop it; its stderr lines."""
+    """Run `dragoman serve` until both workers say they serve, stop it; its log lines."""
     log = config.parent / "serve.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [DRAGOMAN, "serve", "--config", str(config), *args],
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
-    try:
+    with serving(config, log, *args, env=env, stdout_in_log=False) as process:
         while log.read_text("utf-8").count("serving on http://") < 2:
             assert process.poll() is None, log.read_text("utf-8")
             time.sleep(0.05)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
     yield from log.read_text("utf-8").splitlines()
 
 

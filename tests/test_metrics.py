@@ -9,14 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -28,12 +26,11 @@ from dragoman.demo.runner import (
     TOKEN_ISSUER,
     DemoPorts,
     DemoStack,
-    demo_settings,
     write_toml,
 )
-from dragoman.keys.sealing import new_master_key
 from dragoman.observability.metrics import DURATION_BUCKETS
 from dragoman.settings import MetricsSettings
+from serve_support import free_port, standalone_settings
 
 MakeStack = Callable[..., Awaitable[DemoStack]]
 PM = "/v1/customers/cus_alice/payment-methods"
@@ -308,26 +305,9 @@ async def test_metrics_can_be_turned_off(
 # -- several workers -------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def serve_two_workers(tmp_path: Path, proxy: int, metrics: int) -> subprocess.Popen[bytes]:
-    (tmp_path / "master.key").write_text(new_master_key())
-    settings: dict[str, Any] = demo_settings(
-        proxy=f"http://127.0.0.1:{proxy}",
-        platform="http://127.0.0.1:1",
-        issuer="http://127.0.0.1:1",
-        console="http://127.0.0.1:1",
-        state_dir=tmp_path,
-    )
-    settings["server"]["workers"] = 2
+    settings = standalone_settings(tmp_path, proxy)
     settings["metrics"] = {"enabled": True, "host": "127.0.0.1", "port": metrics}
-    settings["browser"]["csrf"] = "off"
-    settings["limits"] = {"enabled": False}
-    settings["anomaly"] = {"enabled": False}
     assert (settings["tokens"]["issuer"], settings["upstream"]["audience"]) == (
         TOKEN_ISSUER,
         AUDIENCE,

@@ -10,7 +10,6 @@ import hmac
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -30,17 +29,12 @@ from dragoman.demo.platform import PaymentPlatform
 from dragoman.demo.runner import AUDIENCE, TOKEN_ISSUER, demo_settings, write_toml
 from dragoman.keys.sealing import new_master_key
 from dragoman.tokens.verify import TokenVerifier
+from serve_support import free_port, stop
 
 pytestmark = pytest.mark.slow
 DRAGOMAN = str(Path(sys.executable).with_name("dragoman"))
 PM = "/v1/customers/cus_alice/payment-methods"
 CARD = "4111 1111 1111 1111"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class SlowablePlatform(PaymentPlatform):
@@ -135,13 +129,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
                 await asyncio.sleep(0.05)
         yield Served(proxy_url, process, issuer, platform, tmp_path, log)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop(process)
         for runner in runners:
             await runner.cleanup()
         await platform.verifier.close()

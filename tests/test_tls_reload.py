@@ -11,11 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
-import socket
 import ssl
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,14 +25,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from certs import Authority, Issued, name
-from dragoman.demo.runner import demo_settings, write_toml
-from dragoman.keys.sealing import new_master_key
+from dragoman.demo.runner import write_toml
 from dragoman.observability.tls import EXPIRY, TlsCollector
 from dragoman.settings import TlsSettings
 from dragoman.tls import ServerTls
+from serve_support import DRAGOMAN, free_port, serving, standalone_settings
 from settings_support import settings_problems
-
-DRAGOMAN = str(Path(sys.executable).with_name("dragoman"))
 
 
 class Files:
@@ -371,28 +366,11 @@ def files_table(files: Files) -> dict[str, str]:
 # -- `dragoman serve`: every worker process follows the files ------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def serve_settings(tmp_path: Path, port: int) -> dict[str, Any]:
-    (tmp_path / "master.key").write_text(new_master_key())
-    return demo_settings(
-        proxy=f"https://127.0.0.1:{port}",
-        platform="http://127.0.0.1:1",
-        issuer="http://127.0.0.1:2",
-        console="http://127.0.0.1:3",
-        state_dir=tmp_path,
-    )
-
-
 def test_serve_with_a_certificate_and_key_that_do_not_match_exits_2_naming_the_setting(
     files: Files, tmp_path: Path
 ) -> None:
     files.put_cert_only(files.issue("renewed"))
-    settings = serve_settings(tmp_path, free_port())
+    settings = standalone_settings(tmp_path, free_port(), scheme="https")
     settings["server"]["tls"] = files_table(files)
     config = tmp_path / "dragoman.toml"
     write_toml(settings, config)
@@ -408,25 +386,14 @@ def test_serve_with_a_certificate_and_key_that_do_not_match_exits_2_naming_the_s
 async def test_every_worker_of_dragoman_serve_presents_the_renewed_certificate(
     files: Files, tmp_path: Path
 ) -> None:
-    port = free_port()
-    settings = serve_settings(tmp_path, port)
-    settings["server"].update(workers=2, tls={**files_table(files), "reload_interval": "100ms"})
-    metrics_port = free_port()
+    port, metrics_port = free_port(), free_port()
+    settings = standalone_settings(tmp_path, port, scheme="https")
+    settings["server"]["tls"] = {**files_table(files), "reload_interval": "100ms"}
     settings["metrics"] = {"enabled": True, "host": "127.0.0.1", "port": metrics_port}
-    settings["browser"]["csrf"] = "off"  # state in memory cannot span two workers
-    settings["limits"] = {"enabled": False}
-    settings["anomaly"] = {"enabled": False}
     config = tmp_path / "dragoman.toml"
     write_toml(settings, config)
     log = tmp_path / "dragoman.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [DRAGOMAN, "serve", "--config", str(config)],
-            stdout=sink,
-            stderr=sink,
-            start_new_session=True,
-        )
-    try:
+    with serving(config, log) as process:
         while log.read_text("utf-8").count(" serving on https://") < 2:  # both workers
             assert process.poll() is None, log.read_text("utf-8")
             await asyncio.sleep(0.05)
@@ -447,11 +414,4 @@ async def test_every_worker_of_dragoman_serve_presents_the_renewed_certificate(
                 assert labels == f'{EXPIRY}{{listener="proxy"}}'
                 assert float(value) == expiry(renewed)
         assert process.poll() is None
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
     assert log.read_text("utf-8").count("proxy listener: TLS certificate reloaded") == 2
