@@ -57,6 +57,7 @@ from dragoman.keys.factory import open_key_ring
 from dragoman.keys.ring import KeyRing
 from dragoman.limits.factory import open_rate_limits
 from dragoman.limits.stage import RateLimitStage
+from dragoman.logs import quiet_parser_refusals
 from dragoman.mapping.factory import open_mapping_store
 from dragoman.mapping.http import REGISTRATION_PATH, open_registration
 from dragoman.mapping.maintenance import seal_plaintext
@@ -555,8 +556,10 @@ def proxy_runner(app: web.Application, settings: Settings, **options: Any) -> we
     bearer token, so an oversized token is refused by the authenticator (401, audited)
     rather than by the parser. Request bodies are never decompressed: a content-coded body
     is forwarded as sent, so its bytes always match the Content-Length the upstream is told
-    (a body inflated on the way would run past it, into a second request)."""
+    (a body inflated on the way would run past it, into a second request). What the parser
+    refuses is logged as one line, not a traceback (:class:`~dragoman.logs.ParserRefusalFilter`)."""
     field = max(8190, 2 * settings.identity.max_token_bytes + 1024)
+    quiet_parser_refusals()
     return web.AppRunner(
         app, access_log=None, max_field_size=field, auto_decompress=False, **options
     )

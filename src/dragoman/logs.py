@@ -14,6 +14,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Literal
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 from dragoman.audit.redact import redact_text
 
 LogFormat = Literal["text", "json"]
@@ -46,6 +48,34 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
+class ParserRefusalFilter(logging.Filter):
+    """aiohttp logs each request its HTTP parser refuses (a malformed request line or header:
+    a scanner, a byte that is not ASCII in the target) as an ERROR with the parser's
+    traceback, so anyone could fill the log with them. The client has had its 400 already;
+    such a refusal becomes one WARNING line naming the peer and the kind of error. Its text
+    is left out: it quotes the refused bytes, which are the client's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        refused = record.exc_info[1] if record.exc_info else None
+        if isinstance(refused, HttpProcessingError):
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = "refused a malformed request from %s (%s, %s)"
+            record.args = (peer, type(refused).__name__, refused.code)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_PARSER_REFUSALS = ParserRefusalFilter()
+
+
+def quiet_parser_refusals() -> None:
+    """Put :class:`ParserRefusalFilter` on aiohttp's server logger (once)."""
+    logger = logging.getLogger("aiohttp.server")
+    if _PARSER_REFUSALS not in logger.filters:
+        logger.addFilter(_PARSER_REFUSALS)
+
+
 def configure(level: str = "INFO", log_format: LogFormat = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
@@ -59,6 +89,7 @@ def configure(level: str = "INFO", log_format: LogFormat = "text") -> None:
     # aiohttp's access log would repeat each request line, query strings included;
     # the audit trail is the (redacted) record of requests.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    quiet_parser_refusals()
     # At DEBUG, botocore logs request headers (X-Amz-Security-Token among them).
     for chatty in ("botocore", "boto3", "urllib3"):
         logging.getLogger(chatty).setLevel(logging.WARNING)

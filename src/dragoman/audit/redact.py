@@ -5,6 +5,12 @@ the credential after ``Bearer``/``Basic``, values of secret-named parameters and
 (``token=``, ``password=``, ``api_key=``, ``x-csrf-token:``, ``cookie:``...), and card numbers:
 runs of 13-19 digits (spaces or dashes allowed between them) that pass the Luhn check and
 are not part of a longer identifier.
+
+A header byte that is not UTF-8 reaches Python as a lone surrogate (aiohttp decodes header
+values with ``surrogateescape``), which no UTF-8 encoder writes: one such value in a record
+(an ``Origin`` header) failed the audit write, so the request went unrecorded and the trail
+refused the next requests as broken. Every lone surrogate is written as an escape instead:
+``\\xNN`` for the byte it stands for, ``\\uNNNN`` for one that came from a JSON escape.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import functools
 import re
 from typing import Any
 
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
 _CSRF = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{43}")
 _AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
@@ -69,7 +76,16 @@ def _redact_short(text: str) -> str:
     return _redact(text)
 
 
+def _escaped(match: re.Match[str]) -> str:
+    point = ord(match.group(0))
+    if 0xDC80 <= point <= 0xDCFF:  # surrogateescape's stand-in for the byte point - 0xDC00
+        return f"\\x{point - 0xDC00:02x}"
+    return f"\\u{point:04x}"
+
+
 def _redact(text: str) -> str:
+    if not text.isascii():
+        text = _LONE_SURROGATE.sub(_escaped, text)
     text = _JWT.sub("[token]", text)
     text = _CSRF.sub("[csrf]", text)
     text = _AUTH_SCHEME.sub(lambda m: f"{m.group(1)} [redacted]", text)

@@ -7,8 +7,9 @@ For each binding of the matched operation:
 - ``path``: the decoded path parameter (the matcher has already refused encoded
   separators, dot segments and bad escapes, so the upstream decodes the same segment).
 - ``query``: :mod:`dragoman.catalog.binding_query` (one candidate, exactly spelled).
-- ``header``: one field line, no comma list; any other header whose name differs only by
-  ``_`` for ``-`` (CGI/WSGI servers read them alike) makes it ambiguous.
+- ``header``: one field line, no comma list, UTF-8 text (a byte that is not UTF-8 reads
+  differently to each server); any other header whose name differs only by ``_`` for
+  ``-`` (CGI/WSGI servers read them alike) makes it ambiguous.
 - ``body``: the JSON body is buffered (up to ``server.max_body_bytes``), must be
   ``application/json`` without content coding, strictly parsed
   (:mod:`dragoman.catalog.binding_json`), and the member at the pointer compared. What is
@@ -73,7 +74,21 @@ def refuse(reason: str) -> CustomerMismatch:
 def _same(value: object, customer: str) -> bool:
     if not isinstance(value, str):
         return False
-    return hmac.compare_digest(value.encode(), customer.encode())
+    # surrogatepass: a lone surrogate (a byte that was not UTF-8) encodes to bytes no valid
+    # customer id holds, so it compares unequal instead of raising.
+    return hmac.compare_digest(value.encode("utf-8", "surrogatepass"), customer.encode())
+
+
+def _not_utf8(value: str) -> bool:
+    """A value that held bytes that are not UTF-8 (aiohttp decodes header values with
+    ``surrogateescape``, so each such byte is a lone surrogate here)."""
+    if value.isascii():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 class CustomerBindingStage:
@@ -146,7 +161,8 @@ class CustomerBindingStage:
             ctx.forward_headers[binding.name] = customer
             return
         value = lines[0][1]
-        if "," in value:
+        # Bytes that are not UTF-8 read differently to each server (Latin-1, replaced, refused).
+        if "," in value or _not_utf8(value):
             raise refuse("customer_ambiguous")
         if not _same(value, customer):
             raise refuse("customer_other")

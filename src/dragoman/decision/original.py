@@ -11,7 +11,9 @@ the catalog matcher, the customer bindings and the token's ``htu`` all read the 
 the upstream will. A target that is not in origin form (RFC 9112 §3.2.1) is the caller's
 doing, and refused as a bad path (400 ``path_invalid``); a check request that does not name
 the original request once, or names a method that is no upper-case token, is the gateway's
-(400 ``decision_request_invalid``: its configuration is wrong).
+(400 ``decision_request_invalid``: its configuration is wrong). A header value that is not
+UTF-8 (the caller's bytes, passed on by the gateway) cannot be carried into the re-addressed
+request, and is refused 400 ``bad_request`` (reason ``header_not_utf8``).
 """
 
 from __future__ import annotations
@@ -72,15 +74,18 @@ def envoy_original(request: web.Request, prefix: str) -> Original:
 
 def client_address(request: web.Request, trust_forwarded_for: bool) -> str | None:
     """The caller's address: the last X-Forwarded-For entry, the one the gateway itself
-    appended, when it is an IP address; else the gateway's own."""
+    appended, when it is an IP address; else the gateway's own. An IPv6 zone
+    (``fe80::1%eth0``) is no part of an address a gateway writes there, and would carry any
+    text into the record: an entry with one is not believed."""
     if trust_forwarded_for:
         values = request.headers.getall("X-Forwarded-For", [])
         if values:
             last = values[-1].rsplit(",", 1)[-1].strip()
-            try:
-                return str(ipaddress.ip_address(last))
-            except ValueError:
-                pass
+            if "%" not in last:
+                try:
+                    return str(ipaddress.ip_address(last))
+                except ValueError:
+                    pass
     return request.remote
 
 
@@ -93,11 +98,16 @@ def as_original(
     for name in drop:
         headers.popall(name, None)
     target = URL(original.target, encoded=True)
-    if remote is None:
-        clone = request.clone(method=original.method, rel_url=target, headers=headers)
-    else:
-        clone = request.clone(
-            method=original.method, rel_url=target, headers=headers, remote=remote
-        )
+    try:
+        if remote is None:
+            clone = request.clone(method=original.method, rel_url=target, headers=headers)
+        else:
+            clone = request.clone(
+                method=original.method, rel_url=target, headers=headers, remote=remote
+            )
+    except UnicodeEncodeError:
+        # aiohttp re-encodes the headers of a clone as strict UTF-8; a header byte that is
+        # not UTF-8 (a lone surrogate here) raised, and the decision was a bare 500.
+        raise BadRequest("header_not_utf8", "A request header is not UTF-8 text.") from None
     assert isinstance(clone, web.Request)
     return clone

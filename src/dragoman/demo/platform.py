@@ -338,7 +338,7 @@ class PaymentPlatform:
     async def _json(request: web.Request) -> dict[str, Any]:
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, LookupError, RecursionError):  # an unknown charset; deep nesting
             raise _problem(400, "body_invalid", "The body must be a JSON object.") from None
         if not isinstance(body, dict):
             raise _problem(400, "body_invalid", "The body must be a JSON object.")

@@ -195,7 +195,7 @@ async def _customer_of(request: web.Request) -> str:
         raise PayloadTooLarge()
     try:
         body = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested a thousand deep
         raise BadRequest("body_invalid", "The body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise BadRequest("body_invalid", "The body must be a JSON object.")
