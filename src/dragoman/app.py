@@ -371,6 +371,14 @@ class Proxy:
             return problem_response(
                 denial, audit_id=ctx.audit_id, headers=self.base_headers(request, ctx)
             )
+        except Exception:
+            # As in handle(): a bug answers problem+json 500 and is recorded as one, never
+            # as an allowed whoami.
+            log.exception("unexpected error in whoami (audit id %s)", ctx.audit_id)
+            ctx.denial = InternalError()
+            return problem_response(
+                ctx.denial, audit_id=ctx.audit_id, headers=self.base_headers(request, ctx)
+            )
         finally:
             self.audit.write(request_record(ctx, event="whoami"))
 

@@ -281,3 +281,21 @@ async def test_a_whoami_record_names_the_mapping_it_read(
         mapping.id,
         mapping.customer_index,
     )
+
+
+async def test_a_whoami_that_fails_unexpectedly_is_500_internal_error_and_recorded_as_such(
+    stack: DemoStack, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert stack.proxy is not None
+
+    async def broken_lookup(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    stack.proxy.gate.find = broken_lookup  # type: ignore[method-assign]
+    async with http.get(stack.urls["proxy"] + "/_dragoman/whoami", headers=alice(stack)) as r:
+        assert r.status == 500
+        assert r.content_type == "application/problem+json"
+        assert (await r.json())["code"] == "internal_error"
+    [record] = records(stack, "whoami")
+    assert (record["decision"], record["code"]) == ("deny", "internal_error")
+    assert "unexpected error in whoami" in caplog.text
