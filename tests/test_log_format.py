@@ -7,15 +7,17 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.http_exceptions import BadHttpMethod
 
 from dragoman.demo.runner import write_toml
-from dragoman.logs import JsonFormatter, RedactingFormatter
+from dragoman.logs import JsonFormatter, ParserRefusalFilter, RedactingFormatter
 from serve_support import DRAGOMAN, free_port, serving, standalone_settings
 
 JWT = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
@@ -114,3 +116,52 @@ def test_unknown_log_format_is_a_usage_error(config: Path) -> None:
     )
     assert result.returncode == 2
     assert "'xml' is not one of 'text', 'json'" in result.stderr
+
+
+# -- line safety and aiohttp's parser refusals ------------------------------------------------
+
+
+def test_a_json_log_line_is_one_ascii_line_whatever_the_message_holds() -> None:
+    record = logging.LogRecord(
+        "dragoman.test", logging.WARNING, __file__, 1, "got %s", ("a\u2028b\x85c\u00e9",), None
+    )
+    text = JsonFormatter().format(record)
+    assert text.isascii()
+    assert len(text.splitlines()) == 1
+    assert json.loads(text)["message"] == "got a\u2028b\x85c\u00e9"
+
+
+def test_parser_refusal_filter_does_not_raise_a_debug_record() -> None:
+    refused = BadHttpMethod("\x16\x03\x01")
+    record = logging.LogRecord(
+        "aiohttp.server",
+        logging.DEBUG,
+        __file__,
+        1,
+        "Error handling request from %s",
+        ("192.0.2.1",),
+        (BadHttpMethod, refused, None),
+    )
+    assert ParserRefusalFilter().filter(record)
+    assert record.levelno == logging.DEBUG
+
+
+def test_an_uncaught_exception_is_logged_as_one_redacted_json_line() -> None:
+    program = (
+        "from dragoman.logs import configure\n"
+        "configure('INFO', 'json')\n"
+        f"raise ValueError('upstream said Bearer {JWT}')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    logged = json.loads(line)
+    assert (logged["level"], logged["logger"], logged["message"]) == (
+        "ERROR",
+        "dragoman.uncaught",
+        "uncaught exception",
+    )
+    assert "ValueError: upstream said Bearer [token]" in logged["exception"]
+    assert JWT not in result.stderr

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -45,7 +46,9 @@ class JsonFormatter(logging.Formatter):
             line["exception"] = redact_text(record.exc_text)
         if record.stack_info:
             line["stack"] = redact_text(self.formatStack(record.stack_info))
-        return json.dumps(line, ensure_ascii=False)
+        # ASCII only: a line separator (U+2028, U+0085) left raw would split the line for
+        # some readers, and an ASCII-only stderr would write non-JSON escapes.
+        return json.dumps(line)
 
 
 class ParserRefusalFilter(logging.Filter):
@@ -59,7 +62,10 @@ class ParserRefusalFilter(logging.Filter):
         refused = record.exc_info[1] if record.exc_info else None
         if isinstance(refused, HttpProcessingError):
             peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            # Never louder than aiohttp chose: it logs a first request that is not HTTP at
+            # all (TLS to a plain port, a scanner) at DEBUG.
+            record.levelno = min(record.levelno, logging.WARNING)
+            record.levelname = logging.getLevelName(record.levelno)
             record.msg = "refused a malformed request from %s (%s, %s)"
             record.args = (peer, type(refused).__name__, refused.code)
             record.exc_info, record.exc_text = None, None
@@ -90,6 +96,37 @@ def configure(level: str = "INFO", log_format: LogFormat = "text") -> None:
     # the audit trail is the (redacted) record of requests.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     quiet_parser_refusals()
+    _log_uncaught()
+
+
+def _log_uncaught() -> None:
+    """Exceptions nothing caught (in the main thread, another thread, or where Python can
+    only report them: an SSL callback, a finaliser) go through logging too, so they are
+    redacted and in the log's format like every other line."""
+    uncaught = logging.getLogger("dragoman.uncaught")
+
+    def excepthook(kind: type[BaseException], value: BaseException, trace: Any) -> None:
+        uncaught.error("uncaught exception", exc_info=(kind, value, trace))
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is not None:
+            uncaught.error(
+                "uncaught exception in thread %s",
+                args.thread.name if args.thread else "?",
+                exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+            )
+
+    def unraisable_hook(unraisable: Any) -> None:
+        uncaught.error(
+            "%s: %r",
+            unraisable.err_msg or "exception ignored",
+            unraisable.object,
+            exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback),
+        )
+
+    sys.excepthook = excepthook
+    threading.excepthook = thread_hook
+    sys.unraisablehook = unraisable_hook
     # At DEBUG, botocore logs request headers (X-Amz-Security-Token among them).
     for chatty in ("botocore", "boto3", "urllib3"):
         logging.getLogger(chatty).setLevel(logging.WARNING)

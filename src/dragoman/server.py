@@ -43,7 +43,7 @@ from dragoman.mapping.maintenance import upgrade_store
 from dragoman.observability import MULTIPROC_ENV, MetricsListener, exposition
 from dragoman.settings import Settings
 from dragoman.state.sql import StoreUnavailable, make_engine
-from dragoman.tls import ServerTls, TlsWatch, server_ssl_context
+from dragoman.tls import ServerTls, TlsWatch
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def unloadable_tls(settings: Settings) -> str | None:
         if tls is None or (key == "decision.tls" and not settings.decision.enabled):
             continue
         try:
-            server_ssl_context(tls)
+            ServerTls(tls, listener=key)  # what each worker does with them
         except (OSError, ssl.SSLError, ValueError) as exc:
             return f"{key}: the certificate and key do not load ({exc})"
     return None
@@ -185,7 +185,12 @@ def _worker_main(
     settings: Settings, log_level: str, log_format: LogFormat, parent: int, metrics_dir: str
 ) -> None:
     configure_logging(log_level, log_format)
-    uvloop.run(serve_worker(settings, parent=parent, metrics_dir=metrics_dir))
+    try:
+        uvloop.run(serve_worker(settings, parent=parent, metrics_dir=metrics_dir))
+    except Exception:
+        # Through logging (redacted, in the log's format), not multiprocessing's raw print.
+        log.exception("worker %d failed", os.getpid())
+        sys.exit(1)
 
 
 def run(settings: Settings, *, log_level: str = "INFO", log_format: LogFormat = "text") -> int:
@@ -220,7 +225,11 @@ def run(settings: Settings, *, log_level: str = "INFO", log_format: LogFormat = 
         flush=True,
     )
     if count == 1:
-        uvloop.run(serve_worker(settings))
+        try:
+            uvloop.run(serve_worker(settings))
+        except Exception:
+            log.exception("worker %d failed", os.getpid())
+            return 1
         return 0
     return _supervise(settings, count, log_level, log_format)
 

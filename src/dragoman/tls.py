@@ -17,10 +17,10 @@ break every handshake until the key followed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import ssl
+import time
 from pathlib import Path
 
 from cryptography import x509
@@ -52,6 +52,12 @@ def server_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
         context.verify_mode = (
             ssl.CERT_REQUIRED if tls.client_auth == "required" else ssl.CERT_OPTIONAL
         )
+        # A resumed session skips the client certificate's verification: a ticket would
+        # let a certificate in for hours after its CA left the bundle (or after it
+        # expired). Without tickets only TLS 1.2's session cache resumes (five minutes),
+        # and ServerTls refuses its sessions from before a change of the bundle.
+        context.options |= ssl.OP_NO_TICKET
+        context.num_tickets = 0
     else:
         context.verify_mode = ssl.CERT_NONE
     return context
@@ -80,7 +86,10 @@ class ServerTls:
         self._stamps = self._read_stamps()
         self._serving, self.not_after = self._load()
         self._refused: tuple[FileStamp, ...] | None = None
-        self.context = server_ssl_context(tls)
+        self._bundle_changed_at: float | None = None
+        # The listening socket's context: the first one served. Its session cache is
+        # the listener's for good, whichever context a handshake is handed to.
+        self.context = self._serving
         self.context.sni_callback = self._hand_over
 
     def _load(self) -> tuple[ssl.SSLContext, float | None]:
@@ -92,7 +101,7 @@ class ServerTls:
         # changes them, and the next look loads everything again.
         try:
             expires = x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
-        except ValueError:
+        except Exception:  # OpenSSL took it: only the expiry gauge goes without
             expires = None
         return context, expires
 
@@ -111,8 +120,20 @@ class ServerTls:
 
     def _hand_over(
         self, handshake: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
-    ) -> None:
+    ) -> int | None:
         handshake.context = self._serving
+        changed = self._bundle_changed_at
+        if changed is not None and handshake.session_reused:
+            # A session resumed is not verified again: one made before the client CA bundle
+            # changed may hold a certificate the bundle no longer admits. Refused; the
+            # client's next handshake is a full one, against the bundle of now.
+            try:
+                made = handshake.session.time if handshake.session is not None else None
+            except ValueError:
+                made = None
+            if made is None or made <= changed:
+                return ssl.ALERT_DESCRIPTION_ACCESS_DENIED
+        return None
 
     def reload(self) -> bool:
         """Read the files again if any changed; True when new handshakes now use them."""
@@ -130,6 +151,8 @@ class ServerTls:
                 exc,
             )
             return False
+        if self._tls.client_ca_file is not None and stamps[-1] != self._stamps[-1]:
+            self._bundle_changed_at = time.time()
         self._serving, self.not_after = fresh, expires
         self._stamps, self._refused = stamps, None
         log.info(
@@ -143,7 +166,10 @@ class ServerTls:
             return
         while True:
             await asyncio.sleep(self.interval)
-            self.reload()
+            try:
+                self.reload()
+            except Exception:  # the watch outlives whatever one look at the files raises
+                log.exception("%s listener: looking at its TLS files failed", self.listener)
 
 
 class TlsWatch:
@@ -159,7 +185,12 @@ class TlsWatch:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is None:
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # a stopping worker must go on closing its listeners
+            log.exception("the TLS watch had failed")
