@@ -286,6 +286,44 @@ async def test_responses_stream_back_intact(
     assert total == STREAM_CHUNKS * len(CHUNK)
 
 
+class FailingRequestRecords:
+    """Wraps the proxy's audit sink: the requests' records fail to write (a full disk)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def write_many(self, records: list[dict[str, Any]]) -> None:
+        if any(record.get("event") == "request" for record in records):
+            raise OSError("disk full")
+        self.inner.write_many(records)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+async def test_a_streamed_answer_whose_record_fails_never_reaches_the_caller_whole(
+    proxied: tuple[Echo, DemoStack], http: aiohttp.ClientSession
+) -> None:
+    _, stack = proxied
+    assert stack.proxy is not None
+    stack.proxy.audit._sink = FailingRequestRecords(stack.proxy.audit._sink)
+    async with http.get(f"{stack.urls['proxy']}/stream/{CUSTOMER}", headers=auth(stack)) as r:
+        assert r.status == 200  # the status line left before the last chunk...
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()  # ...which never does: the connection is cut instead
+
+
+async def test_a_small_answer_with_a_declared_length_arrives_whole_with_that_length(
+    proxied: tuple[Echo, DemoStack], http: aiohttp.ClientSession
+) -> None:
+    _, stack = proxied
+    async with http.get(f"{stack.urls['proxy']}/echo/{CUSTOMER}", headers=auth(stack)) as r:
+        body = await r.read()
+        assert r.headers["Content-Length"] == str(len(body))
+        assert "Transfer-Encoding" not in r.headers
+    assert json.loads(body)["path_qs"] == f"/echo/{CUSTOMER}"
+
+
 async def test_compressed_answers_pass_through_untouched(
     proxied: tuple[Echo, DemoStack], http: aiohttp.ClientSession
 ) -> None:

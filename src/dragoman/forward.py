@@ -117,6 +117,20 @@ def _abort(request: web.Request) -> None:
         request.transport.abort()
 
 
+def _small_and_whole(method: str, upstream: aiohttp.ClientResponse) -> bool:
+    """An answer worth reading whole: a body of at most one chunk whose length the
+    upstream declared. Not an answer without a body (HEAD, 204, 304: their Content-Length
+    names a body that is not sent) nor one of unknown length (streamed as it comes)."""
+    length = upstream.content_length
+    return (
+        length is not None
+        and 0 < length <= _CHUNK
+        and method != "HEAD"
+        and upstream.status >= 200
+        and upstream.status not in (204, 304)
+    )
+
+
 class Forwarder:
     def __init__(
         self,
@@ -222,6 +236,51 @@ class Forwarder:
         finally:
             slots.release()
 
+    def _copy_headers(
+        self,
+        ctx: RequestContext,
+        upstream: aiohttp.ClientResponse,
+        response: web.StreamResponse,
+        response_headers: Mapping[str, str],
+    ) -> None:
+        drop = _dropped(self._response_drop, upstream.headers)
+        for name, value in upstream.headers.items():
+            if name.lower() not in drop:
+                response.headers.add(name, value)
+        if "Cache-Control" not in response.headers:
+            response.headers["Cache-Control"] = "no-store"
+        response.headers.update(self._security_headers)
+        response.headers.update(response_headers)
+        response.headers["X-Request-Id"] = ctx.request_id
+
+    async def _whole(
+        self,
+        ctx: RequestContext,
+        upstream: aiohttp.ClientResponse,
+        response_headers: Mapping[str, str],
+        before_complete: Callable[[], Awaitable[bool]] | None,
+    ) -> web.StreamResponse:
+        """A small answer of known length (:func:`_small_and_whole`), read whole before any
+        of it goes out: its record is written before the caller can have any of it (not
+        only its last bytes), an upstream that stops short is a clean 502, and aiohttp
+        sends the head and the body in one write instead of streaming them."""
+        try:
+            body = await upstream.read()
+        except TimeoutError:
+            raise UpstreamTimeout("upstream_timeout") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(type(exc).__name__) from None
+        response = web.Response(status=upstream.status, reason=upstream.reason, body=body)
+        self._copy_headers(ctx, upstream, response, response_headers)
+        if _caller_gone(ctx.request):
+            # Nobody to answer: recorded as such by the pipeline, like a streamed answer
+            # whose caller left before its status line.
+            ctx.stream_error = "client_disconnected"
+            return response
+        if before_complete is not None and not await before_complete():
+            raise AuditUnavailable("audit_write_failed")
+        return response
+
     async def _exchange(
         self,
         ctx: RequestContext,
@@ -265,16 +324,10 @@ class Forwarder:
             raise UpstreamUnavailable(type(exc).__name__) from None
         try:
             ctx.upstream_status = upstream.status
+            if _small_and_whole(ctx.method, upstream):
+                return await self._whole(ctx, upstream, response_headers, before_complete)
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            drop = _dropped(self._response_drop, upstream.headers)
-            for name, value in upstream.headers.items():
-                if name.lower() not in drop:
-                    response.headers.add(name, value)
-            if "Cache-Control" not in response.headers:
-                response.headers["Cache-Control"] = "no-store"
-            response.headers.update(self._security_headers)
-            response.headers.update(response_headers)
-            response.headers["X-Request-Id"] = ctx.request_id
+            self._copy_headers(ctx, upstream, response, response_headers)
             try:
                 first = await upstream.content.readany()
             except TimeoutError:
