@@ -155,8 +155,8 @@ async def audit_unavailable(make: MakeStack, http: aiohttp.ClientSession) -> tup
     if not Path("/dev/full").exists():
         pytest.skip("/dev/full is needed to make the audit sink fail for real")
     stack = await make({"audit": {"path": "/dev/full"}})
-    async with http.get(stack.urls["proxy"] + PM, headers=alice(stack)) as first:
-        assert first.status == 200  # served; its record could not be written
+    # A small answer is read whole and its record written before any of it is sent: the
+    # record fails, and the answer is refused (dragoman.forward).
     return stack, await call(http, stack, "GET", PM, alice(stack))
 
 

@@ -25,6 +25,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import aiohttp
 from aiohttp import web
+from aiohttp.client_reqrep import ConnectionKey
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -89,8 +92,27 @@ _DROP_REQUEST = HOP_BY_HOP | {
     "x-forwarded-port",
     "x-real-ip",
     "x-request-id",
+    # Asking the upstream to run another method or path than the one authorised.
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
 }
+_DROP_RESPONSE = HOP_BY_HOP | {"set-cookie2"}
 _CHUNK = 64 * 1024
+
+
+def _upstream_spelling(name: str) -> str:
+    """A header name as a CGI/WSGI upstream reads it (``X_Request_Id`` is
+    ``X-Request-Id`` there, merged with it)."""
+    return name.lower().replace("_", "-")
+
+
+def _not_ours(name: str) -> bool:
+    """Access-Control-* headers are dragoman's to send (its CORS policy), never the
+    upstream's: an upstream that allowed any origin would open the API to it."""
+    return not name.lower().startswith("access-control-")
 
 
 class _BodyTooLarge(Exception):
@@ -131,6 +153,26 @@ def _small_and_whole(method: str, upstream: aiohttp.ClientResponse) -> bool:
     )
 
 
+class FreshConnector(aiohttp.TCPConnector):
+    """aiohttp's pool, which never hands out an idle connection that something arrived on.
+
+    aiohttp goes on reading a kept-alive connection after its answer, and queues what comes:
+    an upstream that answers twice (a late body after a 304, an answer nobody asked for)
+    would have that answer read as the next request's, which may be another customer's
+    (aio-libs/aiohttp#13656, not fixed in the pinned version). Such a connection is closed
+    when it is next asked for, and another is taken or made."""
+
+    async def _get(self, key: ConnectionKey, traces: list[Trace]) -> Connection | None:
+        idle = self._conns.get(key)
+        if idle:
+            for entry in [entry for entry in idle if entry[0].should_close]:
+                idle.remove(entry)
+                entry[0].close()
+            if not idle:
+                del self._conns[key]
+        return await super()._get(key, traces)
+
+
 class Forwarder:
     def __init__(
         self,
@@ -142,7 +184,7 @@ class Forwarder:
         self._base = settings.url
         self._max_body = max_body_bytes
         self._response_drop = (
-            HOP_BY_HOP | {"set-cookie"} if settings.strip_set_cookie else HOP_BY_HOP
+            _DROP_RESPONSE | {"set-cookie"} if settings.strip_set_cookie else _DROP_RESPONSE
         )
         self._security_headers = dict(security_headers)
         self._timeout = aiohttp.ClientTimeout(
@@ -164,9 +206,7 @@ class Forwarder:
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=self._pool_size, keepalive_timeout=30, ttl_dns_cache=60
-            ),
+            connector=FreshConnector(limit=self._pool_size, keepalive_timeout=30, ttl_dns_cache=60),
             timeout=self._timeout,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
@@ -182,11 +222,16 @@ class Forwarder:
         incoming = ctx.request.headers
         drop = _dropped(_DROP_REQUEST, incoming)
         headers: CIMultiDict[str] = CIMultiDict(
-            (name, value) for name, value in incoming.items() if name.lower() not in drop
+            (name, value)
+            for name, value in incoming.items()
+            if name.lower() not in drop and _upstream_spelling(name) not in drop
         )
         if ctx.forward_body is not None:
             # A buffered (checked, perhaps rewritten) body: the client sets its length.
             headers.popall("Content-Length", None)
+        elif "Content-Length" in headers:
+            # As the parser read it: "0003" or "+3" would be read otherwise by some upstream.
+            headers["Content-Length"] = str(ctx.request.content_length)
         for name, value in ctx.forward_headers.items():
             headers[name] = value
         assert ctx.minted is not None  # the mint stage ran
@@ -245,7 +290,7 @@ class Forwarder:
     ) -> None:
         drop = _dropped(self._response_drop, upstream.headers)
         for name, value in upstream.headers.items():
-            if name.lower() not in drop:
+            if name.lower() not in drop and _not_ours(name):
                 response.headers.add(name, value)
         if "Cache-Control" not in response.headers:
             response.headers["Cache-Control"] = "no-store"

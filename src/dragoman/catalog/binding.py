@@ -166,6 +166,9 @@ class CustomerBindingStage:
             raise refuse("customer_ambiguous")
         if not _same(value, customer):
             raise refuse("customer_other")
+        # What was checked is what the upstream gets: forwarded headers are set after the
+        # caller's hop-by-hop ones are dropped, so `Connection: <name>` cannot remove it.
+        ctx.forward_headers[binding.name] = value
 
     # -- body ------------------------------------------------------------------------------
 
@@ -175,6 +178,9 @@ class CustomerBindingStage:
             if request.body_exists:
                 # Before reading: aiohttp would decode a content coding while reading.
                 self._check_media_type(request)
+                # The type the body was checked as goes with it, whatever the caller's
+                # Connection header names (forwarded headers are set after that drop).
+                ctx.forward_headers["Content-Type"] = request.headers["Content-Type"]
             ctx.forward_body = await self._read(request) if request.body_exists else b""
         raw = ctx.forward_body
         document: Any = self._document(raw) if raw else ABSENT
