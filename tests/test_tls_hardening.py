@@ -11,70 +11,25 @@ import os
 import socket
 import ssl
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
 from certs import Authority, Issued, name
-from dragoman.settings import TlsSettings
 from dragoman.tls import ServerTls, TlsWatch
-
-
-class Pair:
-    """A listener's certificate and key files, from a server CA its clients trust."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.authority = Authority("review server CA")
-        self.ca_file = self.authority.write(directory, "server-ca")
-        self.cert_file, self.key_file = directory / "server.pem", directory / "server.key"
-        self.put(self.issue("first"))
-
-    def issue(self, common_name: str) -> Issued:
-        return self.authority.issue(
-            subject=name(common_name),
-            ips=["127.0.0.1"],
-            not_after=datetime.now(UTC) + timedelta(days=1),
-        )
-
-    def put(self, issued: Issued) -> None:
-        cert, key = issued.write(self.directory / "next", "server")
-        os.replace(cert, self.cert_file)
-        os.replace(key, self.key_file)
-
-    def settings(self, **more: object) -> TlsSettings:
-        return TlsSettings.model_validate(
-            {"cert_file": str(self.cert_file), "key_file": str(self.key_file), **more}
-        )
+from tls_support import Listen, ServerFiles, first_files, tls_listeners
 
 
 @pytest.fixture
-def pair(tmp_path: Path) -> Pair:
-    return Pair(tmp_path / "server")
+def pair(tmp_path: Path) -> ServerFiles:
+    return first_files(tmp_path / "server")
 
 
 @pytest.fixture
-async def runners() -> AsyncIterator[list[web.AppRunner]]:
-    made: list[web.AppRunner] = []
-    yield made
-    for runner in made:
-        await runner.cleanup()
-
-
-async def listen(tls: ServerTls, runners: list[web.AppRunner]) -> int:
-    async def ok(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_get("/", ok)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    runners.append(runner)
-    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.context).start()
-    return int(runner.addresses[0][1])
+async def listen() -> AsyncIterator[Listen]:
+    async with tls_listeners() as serve:
+        yield serve
 
 
 def get(
@@ -105,14 +60,14 @@ def get(
     "version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls1.2", "tls1.3"]
 )
 async def test_a_session_made_before_its_client_ca_was_removed_does_not_resume(
-    pair: Pair, tmp_path: Path, runners: list[web.AppRunner], version: ssl.TLSVersion
+    pair: ServerFiles, tmp_path: Path, listen: Listen, version: ssl.TLSVersion
 ) -> None:
     old_ca, new_ca = Authority("old client CA"), Authority("new client CA")
     bundle = old_ca.write(tmp_path / "ca", "clients")
     tls = ServerTls(
         pair.settings(client_ca_file=str(bundle), client_auth="required"), listener="decision"
     )
-    port = await listen(tls, runners)
+    port = await listen(tls)
     client = ssl.create_default_context(cafile=pair.ca_file)
     client.maximum_version = version
     client.load_cert_chain(*old_ca.issue(subject=name("gateway")).write(tmp_path, "client"))
@@ -126,14 +81,14 @@ async def test_a_session_made_before_its_client_ca_was_removed_does_not_resume(
 
 
 async def test_a_tls12_session_made_after_the_bundle_changed_resumes(
-    pair: Pair, tmp_path: Path, runners: list[web.AppRunner]
+    pair: ServerFiles, tmp_path: Path, listen: Listen
 ) -> None:
     old_ca, new_ca = Authority("old client CA"), Authority("new client CA")
     bundle = old_ca.write(tmp_path / "ca", "clients")
     tls = ServerTls(
         pair.settings(client_ca_file=str(bundle), client_auth="required"), listener="decision"
     )
-    port = await listen(tls, runners)
+    port = await listen(tls)
     os.replace(new_ca.write(tmp_path / "next-ca", "clients"), bundle)
     assert tls.reload()
     await asyncio.sleep(1.1)  # session times count whole seconds: one made after the change
@@ -147,14 +102,14 @@ async def test_a_tls12_session_made_after_the_bundle_changed_resumes(
 
 
 async def test_no_session_ticket_is_issued_where_client_certificates_are_asked_for(
-    pair: Pair, tmp_path: Path, runners: list[web.AppRunner]
+    pair: ServerFiles, tmp_path: Path, listen: Listen
 ) -> None:
     ca = Authority("client CA")
     bundle = ca.write(tmp_path / "ca", "clients")
     tls = ServerTls(
         pair.settings(client_ca_file=str(bundle), client_auth="required"), listener="proxy"
     )
-    port = await listen(tls, runners)
+    port = await listen(tls)
     client = ssl.create_default_context(cafile=pair.ca_file)
     client.load_cert_chain(*ca.issue(subject=name("client")).write(tmp_path, "client"))
     answered, session, _ = await asyncio.to_thread(get, port, client)
@@ -177,7 +132,9 @@ def version_4(issued: Issued) -> bytes:
     )
 
 
-def test_a_certificate_cryptography_cannot_read_still_starts_the_listener(pair: Pair) -> None:
+def test_a_certificate_cryptography_cannot_read_still_starts_the_listener(
+    pair: ServerFiles,
+) -> None:
     issued = pair.issue("odd")
     cert, key = issued.write(pair.directory / "odd", "server")
     cert.write_bytes(version_4(issued))
@@ -188,7 +145,7 @@ def test_a_certificate_cryptography_cannot_read_still_starts_the_listener(pair: 
     assert tls.not_after is None
 
 
-async def test_the_watch_survives_a_certificate_cryptography_cannot_read(pair: Pair) -> None:
+async def test_the_watch_survives_a_certificate_cryptography_cannot_read(pair: ServerFiles) -> None:
     tls = ServerTls(pair.settings(reload_interval="20ms"), listener="proxy")
     watch = TlsWatch(tls)
     watch.start()

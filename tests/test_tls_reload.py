@@ -13,62 +13,22 @@ import logging
 import os
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from certs import Authority, Issued, name
 from dragoman.demo.runner import write_toml
 from dragoman.observability.tls import EXPIRY, TlsCollector
-from dragoman.settings import TlsSettings
 from dragoman.tls import ServerTls
 from serve_support import DRAGOMAN, free_port, serving, standalone_settings
 from settings_support import settings_problems
-
-
-class Files:
-    """The listener's certificate files, and the CA its clients trust."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.authority = Authority("dragoman tests server CA")
-        self.ca_file = self.authority.write(directory, "server-ca")
-        self.cert_file = directory / "server.pem"
-        self.key_file = directory / "server.key"
-
-    def issue(self, common_name: str, *, days: int = 1) -> Issued:
-        """A certificate for 127.0.0.1 that expires ``days`` from now."""
-        expires = datetime.now(UTC) + timedelta(days=days)
-        return self.authority.issue(subject=name(common_name), ips=["127.0.0.1"], not_after=expires)
-
-    def put(self, issued: Issued) -> None:
-        """Both files replaced atomically (written aside, renamed into place)."""
-        cert, key = issued.write(self.directory / "next", "server")
-        os.replace(cert, self.cert_file)
-        os.replace(key, self.key_file)
-
-    def put_cert_only(self, issued: Issued) -> None:
-        cert, _ = issued.write(self.directory / "next", "server")
-        os.replace(cert, self.cert_file)
-
-    def put_key_only(self, issued: Issued) -> None:
-        _, key = issued.write(self.directory / "next", "server")
-        os.replace(key, self.key_file)
-
-    def settings(self, **more: object) -> TlsSettings:
-        return TlsSettings.model_validate(
-            {"cert_file": str(self.cert_file), "key_file": str(self.key_file), **more}
-        )
-
-    def client(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=self.ca_file)
+from tls_support import Listen, ServerFiles, first_files, tls_listeners
 
 
 async def presented(port: int, client: ssl.SSLContext) -> str:
@@ -84,38 +44,19 @@ async def presented(port: int, client: ssl.SSLContext) -> str:
 
 
 @pytest.fixture
-def files(tmp_path: Path) -> Files:
-    made = Files(tmp_path)
-    made.put(made.issue("first"))
-    return made
-
-
-Listen = Callable[[ServerTls], Awaitable[int]]
+def files(tmp_path: Path) -> ServerFiles:
+    return first_files(tmp_path)
 
 
 @pytest.fixture
 async def listen() -> AsyncIterator[Listen]:
-    """Serve ``tls`` on a port of its own (aiohttp, as every dragoman listener)."""
-    runners: list[web.AppRunner] = []
-
-    async def serve(tls: ServerTls) -> int:
-        async def ok(request: web.Request) -> web.Response:
-            return web.Response(text="ok")
-
-        app = web.Application()
-        app.router.add_get("/", ok)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        runners.append(runner)
-        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.context).start()
-        return int(runner.addresses[0][1])
-
-    yield serve
-    for runner in runners:
-        await runner.cleanup()
+    async with tls_listeners() as serve:
+        yield serve
 
 
-async def test_new_connections_get_the_renewed_certificate(files: Files, listen: Listen) -> None:
+async def test_new_connections_get_the_renewed_certificate(
+    files: ServerFiles, listen: Listen
+) -> None:
     tls = ServerTls(files.settings(), listener="proxy")
     port = await listen(tls)
     assert await presented(port, files.client()) == "first"
@@ -125,7 +66,7 @@ async def test_new_connections_get_the_renewed_certificate(files: Files, listen:
 
 
 async def test_a_connection_open_before_the_renewal_keeps_working(
-    files: Files, listen: Listen
+    files: ServerFiles, listen: Listen
 ) -> None:
     tls = ServerTls(files.settings(), listener="proxy")
     port = await listen(tls)
@@ -138,7 +79,7 @@ async def test_a_connection_open_before_the_renewal_keeps_working(
 
 
 async def test_unchanged_files_are_not_read_again(
-    files: Files, caplog: pytest.LogCaptureFixture
+    files: ServerFiles, caplog: pytest.LogCaptureFixture
 ) -> None:
     tls = ServerTls(files.settings(), listener="proxy")
     caplog.set_level(logging.INFO, "dragoman.tls")
@@ -147,7 +88,7 @@ async def test_unchanged_files_are_not_read_again(
 
 
 async def test_renewal_is_logged_naming_the_listener(
-    files: Files, caplog: pytest.LogCaptureFixture
+    files: ServerFiles, caplog: pytest.LogCaptureFixture
 ) -> None:
     tls = ServerTls(files.settings(), listener="decision")
     caplog.set_level(logging.INFO, "dragoman.tls")
@@ -159,7 +100,7 @@ async def test_renewal_is_logged_naming_the_listener(
 
 
 async def test_a_certificate_without_its_key_keeps_the_previous_one_serving(
-    files: Files, listen: Listen, caplog: pytest.LogCaptureFixture
+    files: ServerFiles, listen: Listen, caplog: pytest.LogCaptureFixture
 ) -> None:
     tls = ServerTls(files.settings(), listener="proxy")
     port = await listen(tls)
@@ -172,7 +113,7 @@ async def test_a_certificate_without_its_key_keeps_the_previous_one_serving(
 
 
 async def test_files_that_do_not_load_are_reported_once_until_they_change_again(
-    files: Files, caplog: pytest.LogCaptureFixture
+    files: ServerFiles, caplog: pytest.LogCaptureFixture
 ) -> None:
     tls = ServerTls(files.settings(), listener="proxy")
     files.put_cert_only(files.issue("renewed"))
@@ -182,7 +123,7 @@ async def test_files_that_do_not_load_are_reported_once_until_they_change_again(
 
 
 async def test_a_pair_written_one_file_at_a_time_loads_once_both_are_in_place(
-    files: Files, listen: Listen
+    files: ServerFiles, listen: Listen
 ) -> None:
     tls = ServerTls(files.settings(), listener="proxy")
     port = await listen(tls)
@@ -195,7 +136,7 @@ async def test_a_pair_written_one_file_at_a_time_loads_once_both_are_in_place(
 
 
 async def test_an_encrypted_key_is_refused_without_asking_for_a_passphrase(
-    files: Files, listen: Listen, caplog: pytest.LogCaptureFixture
+    files: ServerFiles, listen: Listen, caplog: pytest.LogCaptureFixture
 ) -> None:
     tls = ServerTls(files.settings(), listener="proxy")
     port = await listen(tls)
@@ -214,7 +155,7 @@ async def test_an_encrypted_key_is_refused_without_asking_for_a_passphrase(
 
 
 async def test_missing_files_keep_the_previous_certificate_serving(
-    files: Files, listen: Listen
+    files: ServerFiles, listen: Listen
 ) -> None:
     tls = ServerTls(files.settings(), listener="proxy")
     port = await listen(tls)
@@ -223,7 +164,7 @@ async def test_missing_files_keep_the_previous_certificate_serving(
     assert await presented(port, files.client()) == "first"
 
 
-def client_of(files: Files, authority: Authority, directory: Path) -> ssl.SSLContext:
+def client_of(files: ServerFiles, authority: Authority, directory: Path) -> ssl.SSLContext:
     """A client that trusts the listener and presents a certificate ``authority`` issued."""
     client = files.client()
     cert, key = authority.issue(subject=name("client")).write(directory, "client")
@@ -244,7 +185,7 @@ async def answered(port: int, client: ssl.SSLContext) -> bool:
 
 
 @pytest.fixture
-def client_cas(files: Files, tmp_path: Path) -> tuple[ServerTls, Authority, Authority, Path]:
+def client_cas(files: ServerFiles, tmp_path: Path) -> tuple[ServerTls, Authority, Authority, Path]:
     """A listener requiring client certificates from an old CA, which will be replaced."""
     old_ca, new_ca = Authority("old client CA"), Authority("new client CA")
     bundle = old_ca.write(tmp_path / "ca", "clients")
@@ -255,7 +196,7 @@ def client_cas(files: Files, tmp_path: Path) -> tuple[ServerTls, Authority, Auth
 
 
 async def test_a_renewed_client_ca_bundle_admits_the_new_ca_certificates(
-    files: Files,
+    files: ServerFiles,
     listen: Listen,
     tmp_path: Path,
     client_cas: tuple[ServerTls, Authority, Authority, Path],
@@ -270,7 +211,7 @@ async def test_a_renewed_client_ca_bundle_admits_the_new_ca_certificates(
 
 
 async def test_a_ca_removed_from_the_bundle_admits_none_of_its_certificates_after_reload(
-    files: Files,
+    files: ServerFiles,
     listen: Listen,
     tmp_path: Path,
     client_cas: tuple[ServerTls, Authority, Authority, Path],
@@ -286,7 +227,7 @@ async def test_a_ca_removed_from_the_bundle_admits_none_of_its_certificates_afte
     assert not await answered(port, client)
 
 
-async def test_watch_reloads_every_interval(files: Files, listen: Listen) -> None:
+async def test_watch_reloads_every_interval(files: ServerFiles, listen: Listen) -> None:
     tls = ServerTls(files.settings(reload_interval="50ms"), listener="proxy")
     port = await listen(tls)
     watch = asyncio.create_task(tls.watch())
@@ -298,7 +239,7 @@ async def test_watch_reloads_every_interval(files: Files, listen: Listen) -> Non
         watch.cancel()
 
 
-async def test_watch_with_interval_zero_never_reloads(files: Files) -> None:
+async def test_watch_with_interval_zero_never_reloads(files: ServerFiles) -> None:
     tls = ServerTls(files.settings(reload_interval=0), listener="proxy")
     await asyncio.wait_for(tls.watch(), timeout=5)  # returns at once instead of looping
 
@@ -314,10 +255,10 @@ def scraped_expiry(tls: list[ServerTls]) -> dict[str, float]:
 
 
 async def test_expiry_gauge_names_each_listener_and_its_certificates_expiry(
-    files: Files, tmp_path: Path
+    files: ServerFiles, tmp_path: Path
 ) -> None:
     proxy = ServerTls(files.settings(), listener="proxy")
-    other = Files(tmp_path / "decision")
+    other = ServerFiles(tmp_path / "decision")
     issued = other.issue("decision", days=30)
     other.put(issued)
     decision = ServerTls(other.settings(), listener="decision")
@@ -326,7 +267,7 @@ async def test_expiry_gauge_names_each_listener_and_its_certificates_expiry(
     assert gauge["decision"] == expiry(issued)
 
 
-async def test_expiry_gauge_follows_a_renewal(files: Files) -> None:
+async def test_expiry_gauge_follows_a_renewal(files: ServerFiles) -> None:
     tls = ServerTls(files.settings(), listener="proxy")
     renewed = files.issue("renewed", days=90)
     files.put(renewed)
@@ -335,7 +276,7 @@ async def test_expiry_gauge_follows_a_renewal(files: Files) -> None:
 
 
 async def test_expiry_gauge_keeps_the_served_certificate_when_a_renewal_does_not_load(
-    files: Files,
+    files: ServerFiles,
 ) -> None:
     tls = ServerTls(files.settings(), listener="proxy")
     before = scraped_expiry([tls])
@@ -344,13 +285,13 @@ async def test_expiry_gauge_keeps_the_served_certificate_when_a_renewal_does_not
     assert scraped_expiry([tls]) == before
 
 
-def test_reload_interval_defaults_to_a_minute(files: Files) -> None:
+def test_reload_interval_defaults_to_a_minute(files: ServerFiles) -> None:
     assert files.settings().reload_interval == 60.0
 
 
 @pytest.mark.parametrize("listener", ["server", "decision"])
 def test_negative_reload_interval_is_refused_naming_the_key(
-    files: Files, tmp_path: Path, listener: str
+    files: ServerFiles, tmp_path: Path, listener: str
 ) -> None:
     def edit(data: dict[str, Any]) -> None:
         data.setdefault(listener, {})["tls"] = {**files_table(files), "reload_interval": "-1s"}
@@ -359,7 +300,7 @@ def test_negative_reload_interval_is_refused_naming_the_key(
     assert f"{listener}.tls.reload_interval" in problems
 
 
-def files_table(files: Files) -> dict[str, str]:
+def files_table(files: ServerFiles) -> dict[str, str]:
     return {"cert_file": str(files.cert_file), "key_file": str(files.key_file)}
 
 
@@ -367,7 +308,7 @@ def files_table(files: Files) -> dict[str, str]:
 
 
 def test_serve_with_a_certificate_and_key_that_do_not_match_exits_2_naming_the_setting(
-    files: Files, tmp_path: Path
+    files: ServerFiles, tmp_path: Path
 ) -> None:
     files.put_cert_only(files.issue("renewed"))
     settings = standalone_settings(tmp_path, free_port(), scheme="https")
@@ -384,7 +325,7 @@ def test_serve_with_a_certificate_and_key_that_do_not_match_exits_2_naming_the_s
 
 @pytest.mark.slow
 async def test_every_worker_of_dragoman_serve_presents_the_renewed_certificate(
-    files: Files, tmp_path: Path
+    files: ServerFiles, tmp_path: Path
 ) -> None:
     port, metrics_port = free_port(), free_port()
     settings = standalone_settings(tmp_path, port, scheme="https")
