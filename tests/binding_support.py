@@ -144,12 +144,13 @@ async def send(
     status_line, _, rest = answer.partition(b"\r\n")
     header_block, _, payload = rest.partition(b"\r\n\r\n")
     if b"transfer-encoding: chunked" in header_block.lower():
-        payload = _unchunk(payload)
+        payload = unchunk(payload)
     is_json = b"json" in header_block.lower()
     return Answer(int(status_line.split()[1]), json.loads(payload) if is_json else {})
 
 
-def _unchunk(data: bytes) -> bytes:
+def unchunk(data: bytes) -> bytes:
+    """The body of a chunked message, from its first chunk-size line."""
     out = b""
     while True:
         size_line, _, data = data.partition(b"\r\n")

@@ -35,7 +35,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from binding_support import ALICE, Recorder, overrides
+from binding_support import ALICE, Recorder, overrides, unchunk
 from dragoman.demo.runner import DemoStack
 from dragoman.tokens.verify import Requirement, TokenMiddleware, TokenVerifier
 from tokens.support import run_uvicorn
@@ -68,16 +68,6 @@ class Answer:
         return self.status, self.problem["code"]
 
 
-def _unchunk(data: bytes) -> bytes:
-    out = b""
-    while True:
-        size_line, _, data = data.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            return out
-        out, data = out + data[:size], data[size + 2 :]
-
-
 async def send(
     url: str,
     method: str,
@@ -107,7 +97,7 @@ async def send(
         name, _, value = line.partition(b":")
         found[name.decode("latin-1").strip().lower()] = value.decode("latin-1").strip()
     if found.get("transfer-encoding", "").lower() == "chunked":
-        payload = _unchunk(payload)
+        payload = unchunk(payload)
     return Answer(int(status_line.split()[1]), found, payload)
 
 

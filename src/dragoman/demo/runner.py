@@ -191,9 +191,8 @@ class DemoStack:
         self.platform = PaymentPlatform(self._platform_verifier())
         self.platform.seed()
         self.runners: list[web.AppRunner] = []
-        self.tls: dict[str, ServerTls] = {}
-        """The TLS of the listeners that serve it, by name (``proxy``, ``decision``)."""
         self.served_tls: list[ServerTls] = []
+        """The TLS of the listeners that serve it (``proxy``, ``decision``)."""
         self.tls_watches: list[TlsWatch] = []
         self.settings: Settings | None = None
         self.proxy: Proxy | None = None
@@ -287,7 +286,6 @@ class DemoStack:
         if tls is None:
             return None
         served = ServerTls(tls, listener=listener)
-        self.tls[listener] = served
         self.served_tls.append(served)
         watch = TlsWatch(served)
         watch.start()
