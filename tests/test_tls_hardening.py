@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from certs import Authority, Issued, name
 from dragoman.tls import ServerTls, TlsWatch
-from tls_support import Listen, ServerFiles, first_files, tls_listeners
+from tls_support import Listen, ServerFiles, client_cas, client_of, first_files, tls_listeners
 
 
 @pytest.fixture
@@ -62,19 +62,13 @@ def get(
 async def test_a_session_made_before_its_client_ca_was_removed_does_not_resume(
     pair: ServerFiles, tmp_path: Path, listen: Listen, version: ssl.TLSVersion
 ) -> None:
-    old_ca, new_ca = Authority("old client CA"), Authority("new client CA")
-    bundle = old_ca.write(tmp_path / "ca", "clients")
-    tls = ServerTls(
-        pair.settings(client_ca_file=str(bundle), client_auth="required"), listener="decision"
-    )
-    port = await listen(tls)
-    client = ssl.create_default_context(cafile=pair.ca_file)
+    cas = client_cas(pair, tmp_path, listener="decision")
+    port = await listen(cas.tls)
+    client = client_of(pair, cas.old, tmp_path)
     client.maximum_version = version
-    client.load_cert_chain(*old_ca.issue(subject=name("gateway")).write(tmp_path, "client"))
     answered, session, _ = await asyncio.to_thread(get, port, client)
     assert answered and session is not None
-    os.replace(new_ca.write(tmp_path / "next-ca", "clients"), bundle)
-    assert tls.reload()
+    assert cas.swap()
     assert not (await asyncio.to_thread(get, port, client))[0]  # a full handshake: refused
     answered, _, resumed = await asyncio.to_thread(get, port, client, session)
     assert not answered, f"admitted (resumed: {resumed})"
@@ -83,18 +77,12 @@ async def test_a_session_made_before_its_client_ca_was_removed_does_not_resume(
 async def test_a_tls12_session_made_after_the_bundle_changed_resumes(
     pair: ServerFiles, tmp_path: Path, listen: Listen
 ) -> None:
-    old_ca, new_ca = Authority("old client CA"), Authority("new client CA")
-    bundle = old_ca.write(tmp_path / "ca", "clients")
-    tls = ServerTls(
-        pair.settings(client_ca_file=str(bundle), client_auth="required"), listener="decision"
-    )
-    port = await listen(tls)
-    os.replace(new_ca.write(tmp_path / "next-ca", "clients"), bundle)
-    assert tls.reload()
+    cas = client_cas(pair, tmp_path, listener="decision")
+    port = await listen(cas.tls)
+    assert cas.swap()
     await asyncio.sleep(1.1)  # session times count whole seconds: one made after the change
-    client = ssl.create_default_context(cafile=pair.ca_file)
+    client = client_of(pair, cas.new, tmp_path)
     client.maximum_version = ssl.TLSVersion.TLSv1_2
-    client.load_cert_chain(*new_ca.issue(subject=name("gateway")).write(tmp_path, "client"))
     answered, session, _ = await asyncio.to_thread(get, port, client)
     assert answered and session is not None
     answered, _, resumed = await asyncio.to_thread(get, port, client, session)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
@@ -22,13 +21,21 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certs import Authority, Issued, name
+from certs import Issued
 from dragoman.demo.runner import write_toml
 from dragoman.observability.tls import EXPIRY, TlsCollector
 from dragoman.tls import ServerTls
 from serve_support import DRAGOMAN, free_port, serving, standalone_settings
 from settings_support import settings_problems
-from tls_support import Listen, ServerFiles, first_files, tls_listeners
+from tls_support import (
+    ClientCas,
+    Listen,
+    ServerFiles,
+    client_cas,
+    client_of,
+    first_files,
+    tls_listeners,
+)
 
 
 async def presented(port: int, client: ssl.SSLContext) -> str:
@@ -164,14 +171,6 @@ async def test_missing_files_keep_the_previous_certificate_serving(
     assert await presented(port, files.client()) == "first"
 
 
-def client_of(files: ServerFiles, authority: Authority, directory: Path) -> ssl.SSLContext:
-    """A client that trusts the listener and presents a certificate ``authority`` issued."""
-    client = files.client()
-    cert, key = authority.issue(subject=name("client")).write(directory, "client")
-    client.load_cert_chain(cert, key)
-    return client
-
-
 async def answered(port: int, client: ssl.SSLContext) -> bool:
     """Whether a request on a new connection made with ``client`` gets its answer."""
     try:
@@ -185,28 +184,20 @@ async def answered(port: int, client: ssl.SSLContext) -> bool:
 
 
 @pytest.fixture
-def client_cas(files: ServerFiles, tmp_path: Path) -> tuple[ServerTls, Authority, Authority, Path]:
-    """A listener requiring client certificates from an old CA, which will be replaced."""
-    old_ca, new_ca = Authority("old client CA"), Authority("new client CA")
-    bundle = old_ca.write(tmp_path / "ca", "clients")
-    tls = ServerTls(
-        files.settings(client_ca_file=str(bundle), client_auth="required"), listener="proxy"
-    )
-    return tls, old_ca, new_ca, bundle
+def cas(files: ServerFiles, tmp_path: Path) -> ClientCas:
+    return client_cas(files, tmp_path, listener="proxy")
 
 
 async def test_a_renewed_client_ca_bundle_admits_the_new_ca_certificates(
     files: ServerFiles,
     listen: Listen,
     tmp_path: Path,
-    client_cas: tuple[ServerTls, Authority, Authority, Path],
+    cas: ClientCas,
 ) -> None:
-    tls, _, new_ca, bundle = client_cas
-    port = await listen(tls)
-    client = client_of(files, new_ca, tmp_path / "client")
+    port = await listen(cas.tls)
+    client = client_of(files, cas.new, tmp_path / "client")
     assert not await answered(port, client)
-    os.replace(new_ca.write(tmp_path / "next-ca", "clients"), bundle)
-    assert tls.reload()
+    assert cas.swap()
     assert await answered(port, client)
 
 
@@ -214,16 +205,14 @@ async def test_a_ca_removed_from_the_bundle_admits_none_of_its_certificates_afte
     files: ServerFiles,
     listen: Listen,
     tmp_path: Path,
-    client_cas: tuple[ServerTls, Authority, Authority, Path],
+    cas: ClientCas,
 ) -> None:
     # A compromised client CA taken out of the bundle must stop admitting at once, not at
     # the next restart: the handshake verifies against the reloaded context's CAs.
-    tls, old_ca, new_ca, bundle = client_cas
-    port = await listen(tls)
-    client = client_of(files, old_ca, tmp_path / "client")
+    port = await listen(cas.tls)
+    client = client_of(files, cas.old, tmp_path / "client")
     assert await answered(port, client)
-    os.replace(new_ca.write(tmp_path / "next-ca", "clients"), bundle)
-    assert tls.reload()
+    assert cas.swap()
     assert not await answered(port, client)
 
 

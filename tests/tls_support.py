@@ -8,6 +8,7 @@ import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -87,3 +88,36 @@ async def tls_listeners() -> AsyncIterator[Listen]:
     yield serve
     for runner in runners:
         await runner.cleanup()
+
+
+@dataclass(frozen=True)
+class ClientCas:
+    """A listener that requires client certificates from ``old``, and ``new`` to replace it
+    in the bundle."""
+
+    tls: ServerTls
+    old: Authority
+    new: Authority
+    bundle: Path
+
+    def swap(self) -> bool:
+        """The bundle replaced by ``new``'s certificate (renamed into place), reloaded."""
+        os.replace(self.new.write(self.bundle.parent.parent / "next-ca", "clients"), self.bundle)
+        return self.tls.reload()
+
+
+def client_cas(files: ServerFiles, directory: Path, *, listener: str) -> ClientCas:
+    old, new = Authority("old client CA"), Authority("new client CA")
+    bundle = old.write(directory / "ca", "clients")
+    tls = ServerTls(
+        files.settings(client_ca_file=str(bundle), client_auth="required"), listener=listener
+    )
+    return ClientCas(tls, old, new, bundle)
+
+
+def client_of(files: ServerFiles, authority: Authority, directory: Path) -> ssl.SSLContext:
+    """A client that trusts the listener and presents a certificate ``authority`` issued."""
+    client = files.client()
+    cert, key = authority.issue(subject=name("client")).write(directory, "client")
+    client.load_cert_chain(cert, key)
+    return client
