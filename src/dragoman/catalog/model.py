@@ -3,7 +3,7 @@ places where a request names the customer."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from dragoman.catalog.template import Segment, parse_template
@@ -43,6 +43,20 @@ class Operation:
     tier: RiskTier = "read"
     bindings: tuple[CustomerBinding, ...] = ()
     """Every place the request names the customer, the path binding included."""
+    names: frozenset[str] = field(init=False, repr=False, compare=False)
+    """The grant entries that name this operation: ``*``, its id, its scope and its
+    resource wildcard. Computed once: every request checks its grants against them."""
+    role_names: frozenset[str] = field(init=False, repr=False, compare=False)
+    """The role entries that name it: ``tier:<its tier>``, and those of :attr:`names` that
+    do not start with ``tier:`` (in a role, such an entry only ever names a tier)."""
+
+    def __post_init__(self) -> None:
+        resource = self.scope.split(":", 1)[0]
+        names = frozenset(("*", self.id, self.scope, f"{resource}:*"))
+        role_names = {name for name in names if not name.startswith("tier:")}
+        role_names.add(f"tier:{self.tier}")
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "role_names", frozenset(role_names))
 
     @property
     def is_write(self) -> bool:

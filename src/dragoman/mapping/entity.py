@@ -35,12 +35,14 @@ class Grant:
     operations: tuple[str, ...]
     principal: str | None = None
     role: str | None = None
+    _entries: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if (self.principal is None) == (self.role is None):
             raise ValueError("a grant names exactly one of principal and role")
         if not self.operations:
             raise ValueError("a grant names at least one operation")
+        object.__setattr__(self, "_entries", frozenset(self.operations))
 
     def applies_to(self, principal: Principal) -> bool:
         if self.principal is not None:
@@ -48,11 +50,7 @@ class Grant:
         return self.role in principal.roles
 
     def covers(self, operation: Operation) -> bool:
-        resource = operation.scope.split(":", 1)[0]
-        for entry in self.operations:
-            if entry in ("*", operation.id, operation.scope, f"{resource}:*"):
-                return True
-        return False
+        return not self._entries.isdisjoint(operation.names)
 
     def to_json(self) -> dict[str, Any]:
         who = {"principal": self.principal} if self.principal is not None else {"role": self.role}

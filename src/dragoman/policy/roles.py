@@ -27,17 +27,14 @@ if TYPE_CHECKING:
 
 def entry_covers(entry: str, operation: Operation) -> bool:
     """Whether one role entry names ``operation``."""
-    if entry.startswith("tier:"):
-        return entry == f"tier:{operation.tier}"
-    resource = operation.scope.split(":", 1)[0]
-    return entry in ("*", operation.id, operation.scope, f"{resource}:*")
+    return entry in operation.role_names
 
 
 class RolePolicy:
     """The roles of ``policy.roles``, and the decision a request is granted by."""
 
     def __init__(self, roles: Mapping[str, Sequence[str]], report_only: Iterable[str] = ()) -> None:
-        self._roles = {role: tuple(entries) for role, entries in roles.items()}
+        self._roles = {role: frozenset(entries) for role, entries in roles.items()}
         self._report_only = frozenset(report_only)
 
     @classmethod
@@ -49,7 +46,8 @@ class RolePolicy:
 
     def role_covers(self, role: str, operation: Operation) -> bool:
         """Whether ``role`` may ever ask for ``operation`` (an undefined role: never)."""
-        return any(entry_covers(e, operation) for e in self._roles.get(role, ()))
+        entries = self._roles.get(role)
+        return entries is not None and not entries.isdisjoint(operation.role_names)
 
     def grant_allows(self, grant: Grant, principal: Principal, operation: Operation) -> bool:
         if not (grant.applies_to(principal) and grant.covers(operation)):
