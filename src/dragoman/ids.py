@@ -1,9 +1,12 @@
-"""Random identifiers of requests and records (audit ids, generated request ids).
+"""Random identifiers of requests, records and minted tokens (audit ids, generated request
+ids, the tokens' ``jti``).
 
-``uuid.uuid4()`` reads the kernel's randomness once per id (a system call); a request needs
-two. These come from a buffer of ``os.urandom`` output refilled every 256 ids, and the
-buffer is dropped in a forked child so two processes never hand out the same ids. They
-name things; they protect nothing (the tokens' ``jti`` come from :mod:`secrets`).
+``uuid.uuid4()`` and :mod:`secrets` read the kernel's randomness once per id (a system
+call); a request needs three. These come from a buffer of ``os.urandom`` output (the source
+:mod:`secrets` reads) refilled every 4 KiB, each byte handed out once, and the buffer is
+dropped in a forked child so two processes never hand out the same ids. They identify
+things and must never repeat; none of them is a secret (a ``jti`` travels in its token).
+Keys, CSRF secrets and nonces come from :mod:`secrets` directly.
 """
 
 from __future__ import annotations
@@ -44,3 +47,8 @@ def random_uuid() -> str:
 def random_hex(size: int = 16) -> str:
     """``size`` random bytes as lower-case hex."""
     return _take(size).hex()
+
+
+def random_bytes(size: int) -> bytes:
+    """``size`` random bytes (at most 4 KiB)."""
+    return _take(size)

@@ -8,7 +8,6 @@ mints a fresh token with a fresh ``jti``: minted tokens are never cached or reus
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Protocol
 import orjson
 from jwt.utils import base64url_encode
 
+from dragoman.ids import random_bytes
 from dragoman.keys.provider import SigningKey
 
 TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type, not a secret)
@@ -88,7 +88,7 @@ class TokenMinter:
         return found
 
     async def mint(self, request: TokenRequest) -> MintedToken:
-        jti = base64url_encode(secrets.token_bytes(16)).decode("ascii")  # 128 random bits
+        jti = base64url_encode(random_bytes(16)).decode("ascii")  # 128 random bits
         signed: list[tuple[bytes, int]] = []
 
         def signing_input(key: SigningKey) -> bytes:
