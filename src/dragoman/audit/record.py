@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -18,8 +19,27 @@ from dragoman.pipeline.errors import (
 _FAILURES = (DependencyUnavailable, InternalError, UpstreamUnavailable, UpstreamTimeout)
 
 
+_formatted_second: tuple[int, str] = (0, "1970-01-01T00:00:00")
+"""The last second :func:`iso_time` formatted, and its text: one tuple, so a thread reads
+a second with its own text."""
+
+
 def iso_time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+    """``datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")``, the same
+    text to the character (microseconds rounded half to even, then truncated to
+    milliseconds), with the date and time of day formatted once per second: every record
+    carries one."""
+    global _formatted_second
+    second = math.floor(epoch)
+    micros = round((epoch - second) * 1e6)
+    if micros >= 1_000_000:
+        second += 1
+        micros -= 1_000_000
+    known, text = _formatted_second
+    if second != known:
+        text = datetime.fromtimestamp(second, UTC).isoformat()[:19]
+        _formatted_second = (second, text)
+    return f"{text}.{micros // 1000:03d}+00:00"
 
 
 def audited_path(raw_path: str, operation: Operation | None) -> str:
