@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -48,12 +48,20 @@ class Row:
 
 
 class PgLookup:
-    def __init__(self, url: URL, statement: Select[Any], *, pool_size: int) -> None:
+    def __init__(
+        self,
+        url: URL,
+        statement: Select[Any],
+        many: Select[Any] | None = None,
+        *,
+        pool_size: int,
+    ) -> None:
+        """``statement`` reads one row (:meth:`first`); ``many``, if given, many at once
+        (:meth:`rows`)."""
         self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        self._statement = CompiledStatement(
-            statement,
-            asyncpg_dialect.dialect(),  # type: ignore[no-untyped-call]
-        )
+        dialect = asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]
+        self._statement = CompiledStatement(statement, dialect)
+        self._many = None if many is None else CompiledStatement(many, dialect)
         self._slots = asyncio.Semaphore(pool_size)
         self._idle: list[asyncpg.Connection] = []
 
@@ -67,11 +75,23 @@ class PgLookup:
         never waited for nor reused (asyncpg's own pool would wait to reset it, past any
         timeout, when the server hangs)."""
         sql, args = self.statement(**params)
+        record = await self._query(lambda connection: connection.fetchrow(sql, *args))
+        return None if record is None else Row(record)
+
+    async def rows(self, **params: Any) -> list[Row]:
+        """Every row of the second statement, bounded and failing as :meth:`first` is."""
+        if self._many is None:
+            raise RuntimeError("this lookup has no statement for many rows")
+        sql, args = self._many.bind(**params)
+        records = await self._query(lambda connection: connection.fetch(sql, *args))
+        return [Row(record) for record in records]
+
+    async def _query(self, send: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
         async with self._slots:
             for attempt in (1, 2):
                 connection = self._idle.pop() if self._idle else await self._connect()
                 try:
-                    record = await connection.fetchrow(sql, *args)
+                    answer = await send(connection)
                 except BROKEN:
                     connection.terminate()
                     if attempt == 2:
@@ -81,7 +101,7 @@ class PgLookup:
                     connection.terminate()
                     raise
                 self._idle.append(connection)
-                return None if record is None else Row(record)
+                return answer
         raise AssertionError("unreachable")
 
     async def _connect(self) -> asyncpg.Connection:

@@ -53,16 +53,24 @@ class Row:
         return iter(self._values)
 
 
-class SqliteLookup:
-    """One read-only statement on a read-only connection of its own, run in place."""
+def _columns_of(statement: Select[Any], dialect: SQLiteDialect_pysqlite) -> _Columns:
+    return {
+        column.name: (index, column.type.dialect_impl(dialect).result_processor(dialect, None))
+        for index, column in enumerate(statement.selected_columns)
+    }
 
-    def __init__(self, url: URL, statement: Select[Any]) -> None:
+
+class SqliteLookup:
+    """A read-only statement (and optionally a second one, for many rows at once) on a
+    read-only connection of its own, run in place."""
+
+    def __init__(self, url: URL, statement: Select[Any], many: Select[Any] | None = None) -> None:
         dialect = SQLiteDialect_pysqlite()
         self._statement = CompiledStatement(statement, dialect)
-        self._columns: _Columns = {
-            column.name: (index, column.type.dialect_impl(dialect).result_processor(dialect, None))
-            for index, column in enumerate(statement.selected_columns)
-        }
+        self._columns = _columns_of(statement, dialect)
+        self._many = (
+            None if many is None else (CompiledStatement(many, dialect), _columns_of(many, dialect))
+        )
         args, kwargs = dialect.create_connect_args(url.set(drivername="sqlite+pysqlite"))
         # Autocommit: each lookup is a read transaction of its own, so it sees every write
         # committed before it (a transaction left open would pin an old snapshot).
@@ -83,13 +91,25 @@ class SqliteLookup:
         """The first row, or None. Raises ``sqlite3.Error`` (or OSError) when the file
         cannot be read; the connection is then closed and opened anew next time."""
         sql, args = self.statement(**params)
+        values = self._run(sql, args, many=False)
+        return None if values is None else Row(self._columns, values)
+
+    def rows(self, **params: Any) -> list[Row]:
+        """Every row of the second statement, failing as :meth:`first` does."""
+        if self._many is None:
+            raise RuntimeError("this lookup has no statement for many rows")
+        compiled, columns = self._many
+        sql, args = compiled.bind(**params)
+        return [Row(columns, values) for values in self._run(sql, args, many=True)]
+
+    def _run(self, sql: str, args: tuple[Any, ...], *, many: bool) -> Any:
         connection = self._connection or self._connect()
         try:
-            values = connection.execute(sql, args).fetchone()
+            cursor = connection.execute(sql, args)
+            return cursor.fetchall() if many else cursor.fetchone()
         except sqlite3.Error:
             self.close()
             raise
-        return None if values is None else Row(self._columns, values)
 
     def trace(self, callback: Callable[[str], None] | None) -> None:
         """Tests: ``callback`` gets every statement SQLite runs on this connection."""
@@ -117,9 +137,11 @@ class SqliteLookup:
         return connection
 
 
-def sqlite_lookup(url: URL, statement: Select[Any]) -> SqliteLookup | None:
+def sqlite_lookup(
+    url: URL, statement: Select[Any], many: Select[Any] | None = None
+) -> SqliteLookup | None:
     """The in-place lookup for a SQLite file (None for another database, or for a private
     in-memory database, which another connection would see empty)."""
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         return None
-    return SqliteLookup(url, statement)
+    return SqliteLookup(url, statement, many)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import random
 import sqlite3
 import time
@@ -19,7 +20,20 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, case, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    any_,
+    bindparam,
+    case,
+    func,
+    literal_column,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -37,15 +51,40 @@ from dragoman.state.sql import StoreUnavailable, make_engine
 __all__ = ["MappingStore", "StoreUnavailable", "make_engine"]
 
 
+LIVE_FIRST = (case((t.c.status == "revoked", 1), else_=0), t.c.created_at.desc())
+"""The order an account's rows are found in: the live link first; a revoked one is history
+(and says why it is refused)."""
+
 BY_ACCOUNT = (
-    select(t)
-    .where(t.c.cloud_account_index == bindparam("index"))
-    # The live link first; a revoked one is history (and says why it is refused).
-    .order_by(case((t.c.status == "revoked", 1), else_=0), t.c.created_at.desc())
-    .limit(1)
+    select(t).where(t.c.cloud_account_index == bindparam("index")).order_by(*LIVE_FIRST).limit(1)
 )
 """The lookup of every request that misses the cache: built once (SQLAlchemy would derive
 its cache key again for a statement built per call)."""
+
+
+def by_accounts(indexes: ColumnElement[bool]) -> Select[Any]:
+    """For each account whose index ``indexes`` admits, the row :data:`BY_ACCOUNT` finds:
+    the database ranks each account's rows in the same order."""
+    rank = func.row_number().over(partition_by=t.c.cloud_account_index, order_by=LIVE_FIRST)
+    ranked = select(t, rank.label("lookup_rank")).where(indexes).subquery()
+    return select(*(ranked.c[column.name] for column in t.columns)).where(ranked.c.lookup_rank == 1)
+
+
+BY_ACCOUNTS_SQLITE = by_accounts(
+    t.c.cloud_account_index.in_(
+        select(literal_column("value")).select_from(func.json_each(bindparam("indexes")))
+    )
+)
+"""The background refreshes' lookup of many accounts, on SQLite: the indexes as one JSON
+array."""
+
+BY_ACCOUNTS_PG = by_accounts(
+    t.c.cloud_account_index == any_(bindparam("indexes", type_=ARRAY(String)))
+)
+"""The same on PostgreSQL: the indexes as one array."""
+
+REFRESH_BATCH = 64
+"""At most this many entries re-read by one query of the background refresher."""
 
 
 class MappingExists(Exception):
@@ -84,9 +123,9 @@ class MappingStore:
         self._autocommit_reads = engine.dialect.name == "postgresql"
         # On SQLite the lookup runs in place on a connection of its own
         # (mapping.sqlite_lookup); on PostgreSQL through asyncpg directly (mapping.pg_lookup).
-        self._reads = sqlite_lookup(engine.url, BY_ACCOUNT)
+        self._reads = sqlite_lookup(engine.url, BY_ACCOUNT, BY_ACCOUNTS_SQLITE)
         self._pg_reads = (
-            PgLookup(engine.url, BY_ACCOUNT, pool_size=pool_size)
+            PgLookup(engine.url, BY_ACCOUNT, BY_ACCOUNTS_PG, pool_size=pool_size)
             if engine.dialect.name == "postgresql"
             else None
         )
@@ -102,6 +141,8 @@ class MappingStore:
         self._refresh_queue: collections.deque[str] = collections.deque()
         self._refresh_queued: set[str] = set()
         self._refresher: asyncio.Task[None] | None = None
+        self._refresh_gather = min(0.05 * cache_ttl, 0.25)
+        """Seconds the refresher waits for more entries to come due before a query."""
         self._jitter = random.Random()
         self._cache_entries = cache_entries
         self._cached_accounts: dict[str, str] = {}  # mapping id -> account, to forget by id
@@ -223,11 +264,18 @@ class MappingStore:
 
     def _refresh_soon(self, cloud_account: str) -> None:
         """Queue an entry in its last 30% of life for a re-read in the background, while it
-        is still served. One refresher works through the queue one query at a time, so
+        is still served. One refresher works through the queue, one query at a time, so
         refreshes never crowd out the lookups requests wait for; entries cached in one
         burst (a start, a failover) would otherwise expire together, and every request of
         those accounts would wait in one burst of queries. An entry is never served past
-        its own lifetime, and a failed refresh marks the store unreachable (fail closed)."""
+        its own lifetime, and a failed refresh marks the store unreachable (fail closed).
+
+        On SQLite files and PostgreSQL the refresher gathers the entries coming due for a
+        moment (:attr:`_refresh_gather`, a twentieth of ``cache_ttl`` at most) and re-reads
+        up to :data:`REFRESH_BATCH` of them with one query: with a thousand callers and the
+        default 5 s, one query in a quarter of a second instead of three hundred a second
+        (one per entry cost a tenth of the worker's CPU on SQLite, a sixth on PostgreSQL).
+        The wait is well inside the 30% of life left."""
         if cloud_account in self._refresh_queued:
             return
         self._refresh_queued.add(cloud_account)
@@ -236,17 +284,87 @@ class MappingStore:
             self._refresher = asyncio.get_running_loop().create_task(self._refresh_queued_entries())
 
     async def _refresh_queued_entries(self) -> None:
+        batched = self._reads is not None or self._pg_reads is not None
+        size = REFRESH_BATCH if batched else 1
         while self._refresh_queue:
-            cloud_account = self._refresh_queue.popleft()
+            if batched and len(self._refresh_queue) < size:
+                await asyncio.sleep(self._refresh_gather)
+            accounts: list[str] = []
+            while self._refresh_queue and len(accounts) < size:
+                account = self._refresh_queue.popleft()
+                if account not in self._in_flight and self._cache.get(account):
+                    accounts.append(account)
+                else:
+                    self._refresh_queued.discard(account)
             try:
-                if cloud_account not in self._in_flight and self._cache.get(cloud_account):
-                    with contextlib.suppress(Exception):
-                        await self._look_up(cloud_account)
+                with contextlib.suppress(Exception):
+                    if batched and accounts:
+                        await self._look_up_many(accounts)
+                    elif accounts:
+                        await self._look_up(accounts[0])
             finally:
-                self._refresh_queued.discard(cloud_account)
-            # A SQLite lookup never suspends: without this, a queue of a few hundred
-            # refreshes would hold the loop, and every request waiting on it, for tens of ms.
+                self._refresh_queued.difference_update(accounts)
+            # A SQLite lookup never suspends: without this, a queue of refreshes would hold
+            # the loop, and every request waiting on it, until it is empty.
             await asyncio.sleep(0)
+
+    async def _look_up_many(self, accounts: list[str]) -> None:
+        """:meth:`_look_up` for many accounts with one query (none of them in flight), each
+        shared with whoever asks for it meanwhile."""
+        loop = asyncio.get_running_loop()
+        pending = {account: loop.create_future() for account in accounts}
+        self._in_flight.update(pending)
+        writes = self._writes
+        try:
+            found = await self._find_many(accounts)
+        except Exception as exc:
+            for future in pending.values():
+                future.set_exception(exc)
+                future.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        except BaseException:
+            for future in pending.values():
+                future.cancel()
+            raise
+        else:
+            for account, future in pending.items():
+                outcome = found[account]
+                if isinstance(outcome, MappingCryptoError):
+                    future.set_exception(outcome)
+                    future.exception()
+                else:
+                    future.set_result(outcome)
+        finally:
+            for account in accounts:
+                del self._in_flight[account]
+        for account, outcome in found.items():
+            if not isinstance(outcome, MappingCryptoError):
+                self._remember(account, outcome, writes)
+
+    async def _find_many(
+        self, accounts: list[str]
+    ) -> dict[str, AccountMapping | MappingCryptoError | None]:
+        """What :meth:`_find_by_account` finds for each of ``accounts``; a row that does not
+        open is that account's error alone."""
+        by_index = {self.codec.account_index(account): account for account in accounts}
+        if self._reads is not None:
+            try:
+                rows: list[Any] = self._reads.rows(indexes=json.dumps(list(by_index)))
+            except (sqlite3.Error, OSError) as exc:
+                self.reachable = False
+                raise StoreUnavailable(type(exc).__name__) from None
+            self.reachable = True
+        else:
+            assert self._pg_reads is not None
+            rows = await self._run(self._pg_reads.rows(indexes=list(by_index)))
+        found: dict[str, AccountMapping | MappingCryptoError | None] = dict.fromkeys(accounts)
+        for row in rows:
+            account = by_index[row.cloud_account_index]
+            try:
+                found[account] = self._open(row)
+            except MappingCryptoError as exc:
+                found[account] = exc
+        return found
 
     def _remember(self, cloud_account: str, found: AccountMapping | None, writes: int) -> None:
         """Cache what a lookup found, unless this store wrote a mapping while the lookup was
