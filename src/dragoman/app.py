@@ -82,6 +82,7 @@ from dragoman.pipeline.errors import (
     OriginDenied,
     Overloaded,
 )
+from dragoman.pipeline.expect import close_if_waiting, defer_continue
 from dragoman.pipeline.problem import problem_response
 from dragoman.pipeline.stage import Stage
 from dragoman.policy.roles import RolePolicy
@@ -212,6 +213,11 @@ class Proxy:
         return self.in_flight, peak
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        response = await self._handle(request)
+        close_if_waiting(request, response)
+        return response
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         ctx = self.context(request)
         event = "request"
         admitted = self.admit()
@@ -618,9 +624,9 @@ def build_app(
             limit=proxy.rate_limits.check_account if proxy.rate_limits else None,
             clock=clock,
         )
-        app.router.add_post(REGISTRATION_PATH, registration.create)
+        app.router.add_post(REGISTRATION_PATH, registration.create, expect_handler=defer_continue)
         app.router.add_delete(REGISTRATION_PATH, registration.delete)
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    app.router.add_route("*", "/{tail:.*}", proxy.handle, expect_handler=defer_continue)
     do_migrate = settings.store.auto_migrate if migrate_store is None else migrate_store
 
     async def on_startup(_: web.Application) -> None:

@@ -5,8 +5,9 @@ Header hygiene, both ways:
   headers (and any header ``Connection`` names), ``Host``, ``Expect`` and client-sent
   ``Forwarded``/``X-Forwarded-*`` are dropped; ``Authorization: Bearer <scoped token>``,
   ``X-Request-Id`` and our own ``X-Forwarded-For``/``-Proto`` are set.
-- to the caller: hop-by-hop headers and (by default) ``Set-Cookie`` are dropped; the
-  security headers are set.
+- to the caller: hop-by-hop headers, (by default) ``Set-Cookie`` and the CDN-targeted
+  cache headers are dropped; ``Cache-Control`` is made private (:func:`private_cache_control`)
+  or set to ``no-store``; the security headers are set. An upstream ``101`` is refused 502.
 
 Bodies stream both ways in chunks (no unbounded buffering); a request body over the limit
 stops the request (413). What a customer binding checked or wrote is forwarded instead of the
@@ -34,13 +35,16 @@ from yarl import URL
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import (
     AuditUnavailable,
+    BadRequest,
     PayloadTooLarge,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from dragoman.pipeline.expect import send_continue
 from dragoman.settings import UpstreamSettings
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_NO_BODY_METHODS = frozenset({"GET", "HEAD"})
 
 
 class WriteConnectionLost(aiohttp.ClientConnectionError):
@@ -99,7 +103,10 @@ _DROP_REQUEST = HOP_BY_HOP | {
     "x-original-url",
     "x-rewrite-url",
 }
-_DROP_RESPONSE = HOP_BY_HOP | {"set-cookie2"}
+# Set-Cookie2 is obsolete; the other two tell a CDN in front of dragoman how long to keep
+# an answer for everyone (RFC 9213), and no answer here is for everyone.
+_DROP_RESPONSE = HOP_BY_HOP | {"set-cookie2", "cdn-cache-control", "surrogate-control"}
+_SHARED_CACHE_DIRECTIVES = frozenset({"public", "s-maxage"})
 _CHUNK = 64 * 1024
 
 
@@ -113,6 +120,27 @@ def _not_ours(name: str) -> bool:
     """Access-Control-* headers are dragoman's to send (its CORS policy), never the
     upstream's: an upstream that allowed any origin would open the API to it."""
     return not name.lower().startswith("access-control-")
+
+
+def private_cache_control(values: list[str]) -> str:
+    """The upstream's ``Cache-Control`` made private to the caller: ``public`` and
+    ``s-maxage`` are dropped and ``private`` is added, so no shared cache (a CDN, a
+    corporate proxy) keeps one customer's answer for the next caller. The answer may
+    carry an upstream's ``public`` by mistake, and RFC 9111 §3.5 lets a shared cache store
+    an answer to an authenticated request when it says so. What only the caller's own
+    cache reads (``max-age``, ``no-cache``...) is kept as sent. With ``no-store`` nothing is
+    stored anywhere, and ``private`` is not added."""
+    directives = [
+        directive.strip()
+        for value in values
+        for directive in value.split(",")
+        if directive.strip()
+        and directive.split("=", 1)[0].strip().lower() not in _SHARED_CACHE_DIRECTIVES
+    ]
+    names = {directive.split("=", 1)[0].strip().lower() for directive in directives}
+    if not names & {"private", "no-store"}:
+        directives.insert(0, "private")
+    return ", ".join(directives)
 
 
 class _BodyTooLarge(Exception):
@@ -243,6 +271,9 @@ class Forwarder:
         return headers
 
     async def _body(self, request: web.Request) -> AsyncIterator[bytes]:
+        # Pulled once the upstream connection is open and the head is sent: a caller
+        # waiting for 100 (Continue) is invited now, and only now.
+        await send_continue(request)
         sent = 0
         async for chunk in request.content.iter_chunked(_CHUNK):
             sent += len(chunk)
@@ -251,9 +282,16 @@ class Forwarder:
             yield chunk
 
     def check_declared_length(self, request: web.Request) -> None:
+        """Refuse a body declared over the limit (413), and any body on a GET or HEAD
+        (400 ``body_not_allowed``). Such a body means nothing (RFC 9110 §9.3.1), and
+        upstreams disagree on whether to read it. One that does not read it takes the
+        body for the next request on its connection, and that request could be another
+        caller's."""
         length = request.content_length
         if length is not None and length > self._max_body:
             raise PayloadTooLarge("body_too_large")
+        if request.method in _NO_BODY_METHODS and request.body_exists:
+            raise BadRequest("body_not_allowed", "A GET or HEAD request carries no body.")
 
     async def forward(
         self,
@@ -292,7 +330,10 @@ class Forwarder:
         for name, value in upstream.headers.items():
             if name.lower() not in drop and _not_ours(name):
                 response.headers.add(name, value)
-        if "Cache-Control" not in response.headers:
+        cache_control = upstream.headers.getall("Cache-Control", ())
+        if cache_control:
+            response.headers["Cache-Control"] = private_cache_control(cache_control)
+        else:
             response.headers["Cache-Control"] = "no-store"
         response.headers.update(self._security_headers)
         response.headers.update(response_headers)
@@ -369,6 +410,12 @@ class Forwarder:
             raise UpstreamUnavailable(type(exc).__name__) from None
         try:
             ctx.upstream_status = upstream.status
+            if upstream.status == 101:
+                # Nothing asked to switch protocols (Upgrade is never forwarded). A 101
+                # relayed to a front proxy makes it pass raw bytes both ways from then on,
+                # past whatever it checks.
+                upstream.close()
+                raise UpstreamUnavailable("upstream_switched_protocols")
             if _small_and_whole(ctx.method, upstream):
                 return await self._whole(ctx, upstream, response_headers, before_complete)
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)

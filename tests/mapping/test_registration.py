@@ -502,3 +502,49 @@ async def test_registration_can_be_switched_off(
     status, problem = await register(http, stack, caller(stack), "cus_carol")
     assert (status, problem["code"]) == (404, "operation_unknown")
     assert await mapping_of(stack, "acct-3003") is None
+
+
+# -- Expect: 100-continue --------------------------------------------------------------------
+
+
+async def _post_expecting_100(stack: DemoStack, headers: dict[str, str], body: bytes) -> bytes:
+    """A registration POST that waits for 100 before writing its body, as curl does; what
+    dragoman sends, up to the end of its final answer. A caller refused without a 100
+    never writes its body."""
+    host, port = stack.urls["proxy"].removeprefix("http://").rsplit(":", 1)
+    lines = [f"{name}: {value}" for name, value in headers.items()]
+    head = "\r\n".join(
+        [
+            "POST /_dragoman/registration HTTP/1.1",
+            "Host: dragoman",
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+            "Expect: 100-continue",
+            *lines,
+        ]
+    )
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head.encode() + b"\r\n\r\n")
+        async with asyncio.timeout(10):
+            received = await reader.readuntil(b"\r\n\r\n")
+            if received.startswith(b"HTTP/1.1 100 "):
+                writer.write(body)
+                received += await reader.readuntil(b"\r\n\r\n")
+            size = re.search(rb"\r\nContent-Length: (\d+)\r\n", received, re.IGNORECASE)
+            assert size is not None
+            return received + await reader.readexactly(int(size.group(1)))
+    finally:
+        writer.close()
+
+
+async def test_registration_invites_the_body_of_an_authenticated_caller_only(
+    stack: DemoStack,
+) -> None:
+    stack.platform.add_customer("cus_carol", "acct-3003")
+    body = b'{"customer": "cus_carol"}'
+    refused = await _post_expecting_100(stack, {}, body)
+    assert refused.startswith(b"HTTP/1.1 401 ")
+    assert b"\r\nConnection: close\r\n" in refused
+    linked_now = await _post_expecting_100(stack, caller(stack), body)
+    assert linked_now.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 ")

@@ -54,6 +54,7 @@ from dragoman.pipeline.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from dragoman.pipeline.expect import send_continue
 from dragoman.pipeline.report_only import report
 
 _CHUNK = 64 * 1024
@@ -205,6 +206,7 @@ class CustomerBindingStage:
 
     async def _read(self, request: web.Request) -> bytes:
         """The whole body, refused (413) past the limit; the stream is consumed once."""
+        await send_continue(request)
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.content.iter_chunked(_CHUNK):

@@ -49,6 +49,7 @@ from dragoman.pipeline.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from dragoman.pipeline.expect import close_if_waiting, send_continue
 from dragoman.pipeline.problem import refusal
 from dragoman.pipeline.stage import Stage, guard_stages
 from dragoman.settings import Settings
@@ -146,6 +147,15 @@ class RegistrationEndpoint:
         request: web.Request,
         action: Callable[[_Exchange], Awaitable[AccountMapping]],
     ) -> web.StreamResponse:
+        response = await self._answer(request, action)
+        close_if_waiting(request, response)
+        return response
+
+    async def _answer(
+        self,
+        request: web.Request,
+        action: Callable[[_Exchange], Awaitable[AccountMapping]],
+    ) -> web.StreamResponse:
         exchange = _Exchange(self._context(request))
         ctx = exchange.ctx
         try:
@@ -185,6 +195,7 @@ async def _customer_of(request: web.Request) -> str:
         raise UnsupportedMediaType("content_type_not_json")
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise PayloadTooLarge()
+    await send_continue(request)
     data = bytearray()
     while len(data) <= MAX_BODY_BYTES:
         chunk = await request.content.read(MAX_BODY_BYTES + 1 - len(data))
