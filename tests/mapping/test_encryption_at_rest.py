@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from mapping_helpers import assert_searches_the_account_index
 from sqlalchemy import select, update
 from sqlalchemy.engine import make_url
 
@@ -507,14 +508,4 @@ async def test_a_lookup_by_account_searches_an_index_never_scans_the_table(
     if store.engine.dialect.name == "sqlite":
         assert len(sent) == 1 and "FROM account_mappings" in sent[0], sent
 
-    async with store.engine.connect() as conn:
-        if store.engine.dialect.name == "sqlite":
-            explain = "EXPLAIN QUERY PLAN "
-        else:
-            await conn.exec_driver_sql("SET enable_seqscan = off")  # the table is tiny
-            explain = "EXPLAIN "
-        plan = " ".join(
-            str(row[-1]) for row in await conn.exec_driver_sql(explain + statement, parameters)
-        )
-    assert "ix_account_mappings_cloud_account_index" in plan, plan
-    assert "SCAN account_mappings" not in plan and "Seq Scan" not in plan, plan
+    await assert_searches_the_account_index(store, statement, parameters)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from mapping_helpers import link
+from mapping_helpers import assert_searches_the_account_index, link
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
@@ -389,14 +389,4 @@ async def test_the_batched_refresh_query_reads_by_the_account_index(
     else:
         compiled = CompiledStatement(BY_ACCOUNTS_PG, asyncpg_dialect.dialect())  # type: ignore[no-untyped-call]
         statement, parameters = compiled.bind(indexes=indexes)
-    async with cached.engine.connect() as conn:
-        if sqlite:
-            explain = "EXPLAIN QUERY PLAN "
-        else:
-            await conn.exec_driver_sql("SET enable_seqscan = off")  # the table is tiny
-            explain = "EXPLAIN "
-        plan = " ".join(
-            str(row[-1]) for row in await conn.exec_driver_sql(explain + statement, parameters)
-        )
-    assert "ix_account_mappings_cloud_account_index" in plan, plan
-    assert "SCAN account_mappings" not in plan and "Seq Scan" not in plan, plan
+    await assert_searches_the_account_index(cached, statement, parameters)
