@@ -272,10 +272,10 @@ class MappingStore:
 
         On SQLite files and PostgreSQL the refresher gathers the entries coming due for a
         moment (:attr:`_refresh_gather`, a twentieth of ``cache_ttl`` at most) and re-reads
-        up to :data:`REFRESH_BATCH` of them with one query: with a thousand callers and the
-        default 5 s, one query in a quarter of a second instead of three hundred a second
-        (one per entry cost a tenth of the worker's CPU on SQLite, a sixth on PostgreSQL).
-        The wait is well inside the 30% of life left."""
+        up to :data:`REFRESH_BATCH` of them with one query. With a thousand callers and the
+        default 5 s that is about five queries a second instead of three hundred; one query
+        per entry cost ~7% of a busy worker's CPU on SQLite and ~16% on PostgreSQL
+        (bench/ab.py). The wait is well inside the 30% of life left."""
         if cloud_account in self._refresh_queued:
             return
         self._refresh_queued.add(cloud_account)
