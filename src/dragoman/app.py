@@ -229,7 +229,7 @@ class Proxy:
             if CorsPolicy.is_preflight(request):
                 event = "preflight"
                 return self._preflight(request, ctx)
-            self.forwarder.check_declared_length(request)
+            self.forwarder.check_body(request)
             for stage in self.stages:
                 await stage(ctx)
             # The record is written before the caller can hold the whole answer, so an

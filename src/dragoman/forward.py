@@ -281,7 +281,7 @@ class Forwarder:
                 raise _BodyTooLarge()
             yield chunk
 
-    def check_declared_length(self, request: web.Request) -> None:
+    def check_body(self, request: web.Request) -> None:
         """Refuse a body declared over the limit (413), and any body on a GET or HEAD
         (400 ``body_not_allowed``). Such a body means nothing (RFC 9110 §9.3.1), and
         upstreams disagree on whether to read it. One that does not read it takes the

@@ -164,7 +164,7 @@ class DecisionEndpoint:
             if envoy and request.headers.get(PARTIAL_BODY, "").lower() == "true":
                 # A body cut at the gateway's limit would be checked short of what is sent.
                 raise PayloadTooLarge("body_partial")
-            proxy.forwarder.check_declared_length(asked)
+            proxy.forwarder.check_body(asked)
             for stage in self._stages:
                 await stage(ctx)
         except Denial as denial:
