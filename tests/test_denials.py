@@ -57,6 +57,11 @@ async def body_too_large(make: MakeStack, http: aiohttp.ClientSession) -> tuple[
     return stack, await call(http, stack, "POST", PM, alice(stack), data=body)
 
 
+async def expectation_failed(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    stack = await make()
+    return stack, await call(http, stack, "GET", PM, {**alice(stack), "Expect": "early-data"})
+
+
 async def unauthenticated(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
     stack = await make()
     return stack, await call(http, stack, "GET", PM, {})
@@ -369,6 +374,7 @@ PROVOKE: dict[str, tuple[int, Callable[[MakeStack, aiohttp.ClientSession], Await
     "peer_not_allowed": (403, peer_not_allowed),
     "path_invalid": (400, path_invalid),
     "body_too_large": (413, body_too_large),
+    "expectation_failed": (417, expectation_failed),
     "unauthenticated": (401, unauthenticated),
     "insufficient_user_authentication": (401, insufficient_user_authentication),
     "scope_denied": (403, scope_denied),

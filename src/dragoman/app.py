@@ -82,7 +82,7 @@ from dragoman.pipeline.errors import (
     OriginDenied,
     Overloaded,
 )
-from dragoman.pipeline.expect import close_if_waiting, defer_continue
+from dragoman.pipeline.expect import check_expectation, close_if_waiting, defer_continue
 from dragoman.pipeline.problem import problem_response
 from dragoman.pipeline.stage import Stage
 from dragoman.policy.roles import RolePolicy
@@ -229,6 +229,7 @@ class Proxy:
             if CorsPolicy.is_preflight(request):
                 event = "preflight"
                 return self._preflight(request, ctx)
+            check_expectation(request)
             self.forwarder.check_body(request)
             for stage in self.stages:
                 await stage(ctx)

@@ -49,7 +49,7 @@ from dragoman.pipeline.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from dragoman.pipeline.expect import close_if_waiting, send_continue
+from dragoman.pipeline.expect import check_expectation, close_if_waiting, send_continue
 from dragoman.pipeline.problem import refusal
 from dragoman.pipeline.stage import Stage, guard_stages
 from dragoman.settings import Settings
@@ -161,6 +161,7 @@ class RegistrationEndpoint:
         try:
             if self._audit.broken:
                 raise AuditUnavailable()
+            check_expectation(request)
             for guard in self._guards:
                 await guard(ctx)
             if self._limit is not None:

@@ -87,6 +87,12 @@ class PathInvalid(BadRequest):
     title = "The request path is ambiguous or malformed."
 
 
+class ExpectationFailed(Denial):
+    status = 417
+    code = "expectation_failed"
+    title = "The request's Expect header asks for something other than 100-continue."
+
+
 class PayloadTooLarge(Denial):
     status = 413
     code = "body_too_large"
