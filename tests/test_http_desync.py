@@ -980,6 +980,8 @@ async def test_an_upstream_switching_protocols_is_refused_502_and_never_pooled(
         (b"private, max-age=60", b"private, max-age=60"),
         (b"no-store", b"no-store"),
         (b"public, no-store", b"no-store"),
+        (b'private="Set-Cookie", max-age=60', b"private, max-age=60"),
+        (b'no-cache="Set-Cookie, X-Note", public', b'private, no-cache="Set-Cookie, X-Note"'),
     ],
 )
 async def test_an_upstream_answer_is_never_left_to_shared_caches(

@@ -128,15 +128,20 @@ def private_cache_control(values: list[str]) -> str:
     corporate proxy) keeps one customer's answer for the next caller. The answer may
     carry an upstream's ``public`` by mistake, and RFC 9111 §3.5 lets a shared cache store
     an answer to an authenticated request when it says so. What only the caller's own
-    cache reads (``max-age``, ``no-cache``...) is kept as sent. With ``no-store`` nothing is
-    stored anywhere, and ``private`` is not added."""
-    directives = [
-        directive.strip()
-        for value in values
-        for directive in value.split(",")
-        if directive.strip()
-        and directive.split("=", 1)[0].strip().lower() not in _SHARED_CACHE_DIRECTIVES
-    ]
+    cache reads (``max-age``, ``no-cache``...) is kept as sent. A qualified
+    ``private="field"`` goes too: it lets a shared cache store the rest of the answer.
+    With ``no-store`` nothing is stored anywhere, and ``private`` is not added."""
+    directives = []
+    for value in values:
+        for piece in value.split(","):
+            directive = piece.strip()
+            name, qualified, _ = directive.partition("=")
+            name = name.strip().lower()
+            if not directive or name in _SHARED_CACHE_DIRECTIVES:
+                continue
+            if name == "private" and qualified:
+                continue
+            directives.append(directive)
     names = {directive.split("=", 1)[0].strip().lower() for directive in directives}
     if not names & {"private", "no-store"}:
         directives.insert(0, "private")
