@@ -132,15 +132,61 @@ def steady_table(rows: list[SteadyRow]) -> str:
     return _fmt_table(header, lines, left=1)
 
 
-def goals(rows: list[Row], steady_rows: list[SteadyRow]) -> list[str]:
-    """The issue's goals against this run's figures (reported, never asserted)."""
+UNSTEADY = 1.15
+"""Two measurements of one reference further apart than this (req/s, the larger over the
+smaller) make the ratios to it unreliable: the machine was disturbed during one of them."""
+
+
+def recheck_lines(rows: list[Row], rechecks: list[Row]) -> list[str]:
+    """Each reference measured again at the end of the run, beside its first figure."""
+    out = []
+    for again in rechecks:
+        first = _find(rows, again.target.label, again.target.workers)
+        if first is None or not (first.ok and again.ok):
+            continue
+        assert first.result is not None and again.result is not None
+        a, b = first.result.requests_per_s, again.result.requests_per_s
+        steady = "steady" if max(a, b) / min(a, b) <= UNSTEADY else "UNSTEADY"
+        out.append(
+            f"{again.target.label} x{again.target.workers}: {a:,.0f} then {b:,.0f} req/s,"
+            f" {first.cpu_us or 0:.0f} then {again.cpu_us or 0:.0f} µs/req ({steady})"
+        )
+    return out
+
+
+def _unsteady(rows: list[Row], rechecks: list[Row], label: str, workers: int) -> bool:
+    """Whether ``label`` with ``workers`` was measured twice with figures too far apart."""
+    first = _find(rows, label, workers)
+    for again in rechecks:
+        if (again.target.label, again.target.workers) != (label, workers):
+            continue
+        if first is None or not (first.ok and again.ok):
+            return True  # one of the two failed: nothing to trust a ratio to
+        assert first.result is not None and again.result is not None
+        a, b = first.result.requests_per_s, again.result.requests_per_s
+        return max(a, b) / min(a, b) > UNSTEADY
+    return False
+
+
+def _verdict(met: bool, unsteady: bool) -> str:
+    if unsteady:
+        return "UNRELIABLE (the reference disagreed with its re-measurement: run again)"
+    return "met" if met else "NOT met"
+
+
+def goals(
+    rows: list[Row], steady_rows: list[SteadyRow], rechecks: list[Row] | None = None
+) -> list[str]:
+    """The issue's goals against this run's figures (reported, never asserted). A ratio to
+    a reference whose re-measurement (``rechecks``) disagreed is reported unreliable."""
+    rechecks = rechecks or []
     out = []
     memory = _find(rows, DRAGOMAN_MEMORY, 1)
     if memory is not None:
         for ref, goal in ((PASSTHROUGH, 0.60), (NGINX, 0.15)):
             value = ratio(rows, memory, ref)
             if value is not None:
-                verdict = "met" if value >= goal else "NOT met"
+                verdict = _verdict(value >= goal, _unsteady(rows, rechecks, ref, 1))
                 out.append(
                     f"dragoman (memory) x1 / {ref} x1 = {value:.2f} (goal >= {goal}): {verdict}"
                 )
@@ -162,7 +208,8 @@ def goals(rows: list[Row], steady_rows: list[SteadyRow]) -> list[str]:
         if row.target.label == DRAGOMAN_PG_REDIS:
             value = ratio(rows, row, PASSTHROUGH)
             if value is not None:
-                verdict = "met" if value >= 0.45 else "NOT met"
+                unsteady = _unsteady(rows, rechecks, PASSTHROUGH, row.target.workers)
+                verdict = _verdict(value >= 0.45, unsteady)
                 out.append(
                     f"dragoman (PostgreSQL + Redis) x{row.target.workers} / pass-through"
                     f" x{row.target.workers} = {value:.2f} (goal >= 0.45): {verdict}"
@@ -308,6 +355,7 @@ def write_json(
     env: dict[str, Any],
     audits: dict[str, AuditSummary],
     goal_lines: list[str],
+    rechecks: list[Row] | None = None,
 ) -> None:
     document = {
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -324,6 +372,7 @@ def write_json(
             }
             for r in steady_rows
         ],
+        "rechecks": [row_json(rows, row) for row in rechecks or []],
         "goals": goal_lines,
         "dragoman_audit": {name: a.to_json() for name, a in audits.items()},
     }
