@@ -137,16 +137,29 @@ UNSTEADY = 1.15
 smaller) make the ratios to it unreliable: the machine was disturbed during one of them."""
 
 
+def _both(rows: list[Row], again: Row) -> tuple[Row, float, float] | None:
+    """The first measurement of ``again``'s target and both req/s figures (None when
+    either measurement failed)."""
+    first = _find(rows, again.target.label, again.target.workers)
+    if first is None or not (first.ok and again.ok):
+        return None
+    assert first.result is not None and again.result is not None
+    return first, first.result.requests_per_s, again.result.requests_per_s
+
+
+def _apart(a: float, b: float) -> bool:
+    return max(a, b) / min(a, b) > UNSTEADY
+
+
 def recheck_lines(rows: list[Row], rechecks: list[Row]) -> list[str]:
     """Each reference measured again at the end of the run, beside its first figure."""
     out = []
     for again in rechecks:
-        first = _find(rows, again.target.label, again.target.workers)
-        if first is None or not (first.ok and again.ok):
+        both = _both(rows, again)
+        if both is None:
             continue
-        assert first.result is not None and again.result is not None
-        a, b = first.result.requests_per_s, again.result.requests_per_s
-        steady = "steady" if max(a, b) / min(a, b) <= UNSTEADY else "UNSTEADY"
+        first, a, b = both
+        steady = "UNSTEADY" if _apart(a, b) else "steady"
         out.append(
             f"{again.target.label} x{again.target.workers}: {a:,.0f} then {b:,.0f} req/s,"
             f" {first.cpu_us or 0:.0f} then {again.cpu_us or 0:.0f} µs/req ({steady})"
@@ -155,16 +168,12 @@ def recheck_lines(rows: list[Row], rechecks: list[Row]) -> list[str]:
 
 
 def _unsteady(rows: list[Row], rechecks: list[Row], label: str, workers: int) -> bool:
-    """Whether ``label`` with ``workers`` was measured twice with figures too far apart."""
-    first = _find(rows, label, workers)
+    """Whether ``label`` with ``workers`` was measured twice with figures too far apart
+    (or one of the two failed: nothing to trust a ratio to)."""
     for again in rechecks:
-        if (again.target.label, again.target.workers) != (label, workers):
-            continue
-        if first is None or not (first.ok and again.ok):
-            return True  # one of the two failed: nothing to trust a ratio to
-        assert first.result is not None and again.result is not None
-        a, b = first.result.requests_per_s, again.result.requests_per_s
-        return max(a, b) / min(a, b) > UNSTEADY
+        if (again.target.label, again.target.workers) == (label, workers):
+            both = _both(rows, again)
+            return both is None or _apart(both[1], both[2])
     return False
 
 
