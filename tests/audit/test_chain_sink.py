@@ -203,3 +203,53 @@ def test_a_line_torn_by_another_writer_fails_the_next_write(tmp_path: Path) -> N
     with pytest.raises(ChainError):
         audit.write(request(1))
     audit.close()
+
+
+def test_a_group_is_written_with_one_stat_one_write_and_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under steady traffic most groups hold one record: each system call is paid per request.
+    import dragoman.audit.chained as chained
+
+    audit = sink(tmp_path / "audit.jsonl")
+    audit.write(request(0))
+    calls: list[str] = []
+    for name in ("stat", "fstat", "write", "pread"):
+        real = getattr(chained.os, name)
+        monkeypatch.setattr(
+            chained.os, name, lambda *a, _n=name, _f=real: (calls.append(_n), _f(*a))[1]
+        )
+    audit.write_many([request(1), request(2)])
+    monkeypatch.undo()
+    audit.close()
+    assert sorted(calls) == ["stat", "write"]
+
+
+def test_a_line_appended_right_after_a_write_is_chained_from_not_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The size a writer remembers is its own write's end, not the file's size read after
+    # it: a line that lands in between (a writer ignoring the lock) is found and chained
+    # from by the next write, not overwritten in the chain by a second seq 1.
+    import dragoman.audit.chained as chained
+    from dragoman.audit.chain import Tail, link
+
+    log = tmp_path / "audit.jsonl"
+    audit = sink(log)
+    real_write = chained.os.write
+
+    def write_then_intrude(fd: int, data: bytes) -> int:
+        written = real_write(fd, data)
+        monkeypatch.setattr(chained.os, "write", real_write)
+        line, _ = link(chained.prepare(request(1)), Tail.after(lines(log)[-1].rstrip(b"\n")))
+        with log.open("ab") as intruder:
+            intruder.write(line)
+        return written
+
+    monkeypatch.setattr(chained.os, "write", write_then_intrude)
+    audit.write(request(0))
+    audit.write(request(2))
+    audit.close()
+    assert [r["audit_id"] for r in records(log)] == ["a-0", "a-1", "a-2"]
+    assert [r["seq"] for r in records(log)] == [0, 1, 2]
+    assert verify([log]).intact

@@ -210,13 +210,15 @@ class ChainedFileSink:
     def _sync(self) -> Tail:
         """Point at the live file and at the chain's real tail (other writers move both)."""
         try:
-            live = os.stat(self._path)
-            inode: tuple[int, int] | None = (live.st_dev, live.st_ino)
+            live: os.stat_result | None = os.stat(self._path)
         except FileNotFoundError:
-            inode = None
-        if self._fd < 0 or inode != self._inode:
+            live = None
+        inode = None if live is None else (live.st_dev, live.st_ino)
+        if live is None or self._fd < 0 or inode != self._inode:
             self._reopen()
-        size = os.fstat(self._fd).st_size
+            size = os.fstat(self._fd).st_size
+        else:
+            size = live.st_size  # the inode this writer has open: one stat, not two
         if self._tail is None or size != self._size:
             self._tail = self._read_tail()
             self._size = size
@@ -247,11 +249,15 @@ class ChainedFileSink:
         return Tail.genesis() if line is None else Tail.after(line)
 
     def _append(self, line: bytes, tail: Tail) -> None:
-        self._size = -1  # unknown until the write is known to be whole: re-read next time
+        # Unknown until the write is known to be whole: re-read next time.
+        before, self._size = self._size, -1
         written = os.write(self._fd, line)
         if written != len(line):
             raise ChainError(f"short write to the audit file ({written} of {len(line)} bytes)")
-        self._size = os.fstat(self._fd).st_size
+        # Under the lock nobody else appends: the size is the one this writer left plus
+        # its line. Bytes appended by anything that ignores the lock then differ from it,
+        # and the next write reads the tail again instead of chaining past them.
+        self._size = before + written if before >= 0 else os.fstat(self._fd).st_size
         self._tail = tail
 
     def _rotate(self, tail: Tail) -> Tail:
