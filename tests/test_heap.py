@@ -14,8 +14,10 @@ from dragoman import heap
 
 @pytest.fixture
 def thawed() -> Iterator[None]:
+    thresholds = gc.get_threshold()
     yield
     gc.unfreeze()  # the test process goes on as it was
+    gc.set_threshold(*thresholds)
 
 
 class Node:
@@ -39,3 +41,32 @@ def test_cycles_made_after_settle_are_still_collected(thawed: None) -> None:
     del a, b
     gc.collect()
     assert gone() is None
+
+
+def test_settle_lets_the_youngest_generation_outgrow_the_requests_in_flight(
+    thawed: None,
+) -> None:
+    older = gc.get_threshold()[1:]
+    heap.settle()
+    assert gc.get_threshold() == (heap.YOUNG_THRESHOLD, *older)
+    assert heap.YOUNG_THRESHOLD >= 128 * 70  # ~70 young objects per request in flight
+
+
+def test_young_objects_of_requests_in_flight_set_off_no_collection_after_settle(
+    thawed: None,
+) -> None:
+    heap.settle()
+    gc.collect(0)  # start counting from an empty youngest generation
+    passes: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            passes.append(info["generation"])
+
+    gc.callbacks.append(count)
+    try:
+        in_flight = [[{"n": n}, [n]] for n in range(2_000)]  # ~6,000 tracked objects held
+        del in_flight
+    finally:
+        gc.callbacks.remove(count)
+    assert passes == []
