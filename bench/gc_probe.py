@@ -9,7 +9,8 @@ moment the worker has settled its heap (``dragoman.heap.settle``), a ``gc.callba
 counts the collector's passes per generation and the worker thread's CPU time in them.
 wrk drives the caller mix; at the end the worker exits and the probe's figures are
 printed beside the requests served: passes, CPU per pass, GC CPU per request and its
-share of the worker's CPU.
+share of the worker's CPU, and the worker's resident and peak memory at exit (a long
+``--seconds`` shows whether the garbage a rarer pass leaves waiting adds up).
 
 ``--young-threshold N`` runs the worker with the youngest generation's threshold at N
 instead of dragoman's (:data:`dragoman.heap.YOUNG_THRESHOLD`; 700 is CPython's default),
@@ -76,10 +77,17 @@ if "serve" in sys.argv:
             return
         now, then = os.times(), _since[0]
         cpu = (now.user + now.system) - (then.user + then.system)
+        memory = {}
+        with open("/proc/self/status") as status:
+            for line in status:
+                name, _, value = line.partition(":")
+                if name in ("VmHWM", "VmRSS"):
+                    memory[name] = int(value.split()[0]) // 1024
         figures = {
             "threshold": gc.get_threshold()[0],
             "cpu_s": cpu,
             "passes": {g: tuple(v) for g, v in _passes.items()},
+            "memory_mb": memory,
         }
         with open(os.environ["GC_PROBE_OUT"], "w") as out:
             out.write(repr(figures))
@@ -110,6 +118,11 @@ def report(figures: dict[str, object], requests: int) -> str:
     share = 100 * total_ns / 1e9 / cpu_s if cpu_s else 0.0
     per_request = total_ns / requests / 1000 if requests else 0.0
     lines.append(f"all: {per_request:.2f} µs per request, {share:.1f}% of the worker's CPU")
+    memory = figures.get("memory_mb")
+    if isinstance(memory, dict) and memory:
+        lines.append(
+            f"worker memory at exit: {memory['VmRSS']} MB resident, peak {memory['VmHWM']} MB"
+        )
     return "\n".join(lines)
 
 
