@@ -1,6 +1,7 @@
 """What each step of dragoman's pipeline costs, in process, without the network.
 
     .venv/bin/python bench/stages.py [--requests 20000] [--callers 1000] [--writes 20]
+        [--concurrency 1] [--cprofile tottime]
 
 Starts the upstream and the issuer as ``make bench`` does, builds one worker's proxy from
 the same settings (memory backends), seeds the callers, and then, in this process, runs
@@ -11,11 +12,18 @@ mean microseconds per request and the share of the total. What the table leaves 
 what every proxy pays: parsing the caller's request, the upstream exchange and writing the
 answer (the pass-through row of ``make bench``). The first pass over every caller is a
 warm-up (JWKS fetch, verification and mapping caches), not counted.
+
+``--concurrency N`` runs the requests N at a time, as a loaded worker has them in flight:
+their objects are alive together (what sets the garbage collector off) and their records
+share a group. Then only the wall time per request is printed. Under valgrind's callgrind
+it gives a machine-independent count of instructions per request for two builds
+(bench/README.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import cProfile
 import gc
@@ -108,25 +116,38 @@ async def measure(config: Path, found: list[callers_mod.Caller], args: argparse.
             made += len(batches[-1])
             seed += 1
         profiler = cProfile.Profile() if args.cprofile else None
+        started = time.perf_counter_ns()
         for batch in batches:
             if profiler is not None:
                 profiler.enable()
-            for request in batch:
-                await one(proxy, request, spent)
+            if args.concurrency > 1:
+                for at in range(0, len(batch), args.concurrency):
+                    group = batch[at : at + args.concurrency]
+                    await asyncio.gather(*(one(proxy, request, spent) for request in group))
+            else:
+                for request in batch:
+                    await one(proxy, request, spent)
             if profiler is not None:
                 profiler.disable()
+        wall = time.perf_counter_ns() - started
     finally:
         await runner.cleanup()
     if profiler is not None:
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats(args.cprofile).print_stats(40)
         print(out.getvalue())
+    gc_note = f"gc: {gc.get_freeze_count()} objects frozen at start"
+    if args.concurrency > 1:
+        # The steps of requests in flight together overlap: only the whole is meaningful.
+        return (
+            f"{wall / made / 1000:.1f} µs per request (wall), {args.concurrency} at a time;"
+            f" {made} requests, {args.writes:g}% writes; {gc_note}"
+        )
     total = sum(spent.values())
     rows = [f"{'step':<24} | µs/req | share", f"{'-' * 24}-+--------+------"]
     for name, ns in spent.most_common():
         rows.append(f"{name:<24} | {ns / made / 1000:6.1f} | {100 * ns / total:4.0f}%")
     rows.append(f"{'total':<24} | {total / made / 1000:6.1f} |")
-    gc_note = f"gc: {gc.get_freeze_count()} objects frozen at start"
     return "\n".join(rows) + f"\n\n{made} requests, {args.writes:g}% writes; {gc_note}"
 
 
@@ -135,6 +156,14 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--callers", type=int, default=1000)
     parser.add_argument("--writes", type=float, default=20.0, help="Percent of POST writes.")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="Requests in flight together (asyncio.gather): their young objects live at once,"
+        " as in a loaded worker, and their records share a group. Above 1 only the total per"
+        " request is printed (the steps overlap).",
+    )
     parser.add_argument(
         "--cprofile",
         metavar="SORT",

@@ -14,9 +14,9 @@ collects that generation whenever the objects made since its last pass, less tho
 pass the threshold (700 by default). A busy worker's requests in flight hold some 70 young
 objects each, ~4,500 at 64 connections, so their ordinary coming and going crossed 700
 about every 50 requests. Each pass walked every live object of every request in flight
-(~0.7 ms), found almost nothing to free (requests rarely make cycles; their objects go by
+(~1 ms), found almost nothing to free (requests rarely make cycles; their objects go by
 reference counting) and promoted the survivors, which the older generations then walked
-again: ~4% of a loaded worker's CPU (``bench/gc_probe.py``). Above the in-flight set, a pass
+again: ~5% of a loaded worker's CPU (``bench/gc_probe.py``). Above the in-flight set, a pass
 comes only when cycles have really piled up.
 """
 
