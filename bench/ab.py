@@ -63,14 +63,8 @@ def main() -> int:
     parser.add_argument("--base", required=True, help="The git revision to compare against.")
     parser.add_argument("--head", help="The git revision measured (default: the working tree).")
     parser.add_argument("--pairs", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=8.0, help="Measured seconds per run.")
+    stack_mod.add_mix_arguments(parser, seconds=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--callers", type=int, default=1000)
-    parser.add_argument("--writes", type=float, default=20.0, help="Percent of POST writes.")
-    parser.add_argument(
-        "--backends", choices=("memory", "sqlite-redis", "pg-redis"), default="memory"
-    )
     args = parser.parse_args()
     if args.pairs < 1:
         raise SystemExit("--pairs must be at least 1")

@@ -128,16 +128,7 @@ def report(figures: dict[str, object], requests: int) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--writes", type=float, default=20.0, help="Percent of POST writes.")
-    parser.add_argument("--callers", type=int, default=1000)
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument(
-        "--backends",
-        choices=("memory", "sqlite-redis", "pg-redis"),
-        default="memory",
-        help="The state backends, as in make bench's rows (Redis, PostgreSQL: this machine's).",
-    )
+    stack_mod.add_mix_arguments(parser, seconds=10.0)
     parser.add_argument(
         "--young-threshold",
         type=int,

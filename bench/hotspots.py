@@ -72,17 +72,8 @@ def top(raw: Path, count: int) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--py-spy", required=True, help="Path of the py-spy binary.")
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--writes", type=float, default=20.0, help="Percent of POST writes.")
-    parser.add_argument("--callers", type=int, default=1000)
-    parser.add_argument("--connections", type=int, default=64)
+    stack_mod.add_mix_arguments(parser, seconds=20.0)
     parser.add_argument("--top", type=int, default=40)
-    parser.add_argument(
-        "--backends",
-        choices=("memory", "sqlite-redis", "pg-redis"),
-        default="memory",
-        help="The state backends, as in make bench's rows (Redis, PostgreSQL: this machine's).",
-    )
     parser.add_argument(
         "--target",
         choices=("dragoman", "passthrough"),

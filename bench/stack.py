@@ -29,6 +29,7 @@ run, and sessions/limits/anomaly in Redis).
 
 from __future__ import annotations
 
+import argparse
 import base64
 import os
 import secrets
@@ -237,6 +238,25 @@ def fresh_postgres_database() -> str | None:
         return None
     base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
     return f"{base}/{PG_DATABASE}"
+
+
+BACKENDS = ("memory", "sqlite-redis", "pg-redis")
+"""The state backends of ``make bench``'s dragoman rows, as the tools' ``--backends`` names
+them."""
+
+
+def add_mix_arguments(parser: argparse.ArgumentParser, *, seconds: float) -> None:
+    """The options of the tools that load one dragoman worker with the caller mix."""
+    parser.add_argument("--seconds", type=float, default=seconds)
+    parser.add_argument("--writes", type=float, default=20.0, help="Percent of POST writes.")
+    parser.add_argument("--callers", type=int, default=1000)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--backends",
+        choices=BACKENDS,
+        default="memory",
+        help="The state backends, as in make bench's rows (Redis, PostgreSQL: this machine's).",
+    )
 
 
 def backends_database(backends: str) -> str | None:
