@@ -65,7 +65,7 @@ def test_young_objects_of_requests_in_flight_set_off_no_collection_after_settle(
 
     gc.callbacks.append(count)
     try:
-        in_flight = [[{"n": n}, [n]] for n in range(2_000)]  # ~6,000 tracked objects held
+        in_flight = [[{"n": n}, [n]] for n in range(2_000)]  # 4,000 lists the GC tracks
         del in_flight
     finally:
         gc.callbacks.remove(count)

@@ -214,15 +214,16 @@ def test_a_group_is_written_with_one_stat_one_write_and_the_lock(
     audit = sink(tmp_path / "audit.jsonl")
     audit.write(request(0))
     calls: list[str] = []
-    for name in ("stat", "fstat", "write", "pread"):
-        real = getattr(chained.os, name)
+    watched = [(chained.os, name) for name in ("stat", "fstat", "write", "pread")]
+    for module, name in [*watched, (chained.fcntl, "flock")]:
+        real = getattr(module, name)
         monkeypatch.setattr(
-            chained.os, name, lambda *a, _n=name, _f=real: (calls.append(_n), _f(*a))[1]
+            module, name, lambda *a, _n=name, _f=real: (calls.append(_n), _f(*a))[1]
         )
     audit.write_many([request(1), request(2)])
     monkeypatch.undo()
     audit.close()
-    assert sorted(calls) == ["stat", "write"]
+    assert sorted(calls) == ["flock", "flock", "stat", "write"]
 
 
 def test_a_line_appended_right_after_a_write_is_chained_from_not_over(
