@@ -132,6 +132,7 @@ def private_cache_control(values: list[str]) -> str:
     ``private="field"`` goes too: it lets a shared cache store the rest of the answer.
     With ``no-store`` nothing is stored anywhere, and ``private`` is not added."""
     directives = []
+    names = set()
     for value in values:
         for piece in value.split(","):
             directive = piece.strip()
@@ -142,7 +143,7 @@ def private_cache_control(values: list[str]) -> str:
             if name == "private" and qualified:
                 continue
             directives.append(directive)
-    names = {directive.split("=", 1)[0].strip().lower() for directive in directives}
+            names.add(name)
     if not names & {"private", "no-store"}:
         directives.insert(0, "private")
     return ", ".join(directives)
