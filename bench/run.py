@@ -288,9 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             build_targets(stack, urls, args)
             with running(stack.services):
                 rows, steady_rows, rechecks = run_all(stack, args)
-        ok = publish(
-            stack, rows, steady_rows, rechecks, args
-        )  # after the stop: audit files complete
+        # After the stop: the audit files are complete.
+        ok = publish(stack, rows, steady_rows, rechecks, args)
     except (ServiceError, loadgen.WrkError, OSError) as exc:
         print(f"\n!!! BENCHMARK FAILED: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
