@@ -8,8 +8,14 @@ Starts the upstream, the issuer and dragoman (one worker; memory backends unless
 callers, drives the caller mix with wrk and, after a warm-up (``--warmup``: every caller's
 first token verification is done by then), records the worker with `py-spy record
 --format raw` (collapsed stacks; py-spy is not a pinned dependency: install it anywhere,
-`pip install py-spy`). Prints the functions with the most samples, by their own
-time and by the time spent in them and below, and keeps the raw stacks
+`pip install py-spy`). Samples of aiosqlite's worker thread waiting on its queue are left
+out: py-spy counts a thread blocked in C as busy (they were ~11% of the samples). py-spy's
+``--gil`` would drop them too, but also the worker's own time in C code that releases the
+GIL, such as OpenSSL's signature (half of its samples). Prints the functions with the most
+samples, by their own time and by the time spent in them and below, then **by dragoman
+function**: each sample charged to the deepest of dragoman's frames in its stack, so a
+function's figure holds the libraries it calls (orjson, hashlib, OpenSSL,
+prometheus_client) but not aiohttp's client and server, shown apart. Keeps the raw stacks
 (bench/results/hotspots-<target>.txt) for a flame graph (speedscope, inferno,
 flamegraph.pl).
 
@@ -22,11 +28,13 @@ from __future__ import annotations
 
 import argparse
 import collections
+import inspect
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -46,27 +54,77 @@ def by_function(frame: str) -> str:
     return f"{name} ({where.rpartition(':')[0]})" if where else frame
 
 
+def idle_frames() -> frozenset[str]:
+    """Frames where a helper thread waits in C for work, which py-spy samples as busy: the
+    line of aiosqlite's worker thread that blocks on its queue (found in the installed
+    version's source, so an upgrade that moves it is followed)."""
+    import aiosqlite.core
+
+    lines, start = inspect.getsourcelines(aiosqlite.core._connection_worker_thread)
+    return frozenset(
+        f"_connection_worker_thread (aiosqlite/core.py:{start + offset})"
+        for offset, text in enumerate(lines)
+        if "tx.get()" in text
+    )
+
+
+def stacks(raw: Path) -> Iterator[tuple[list[str], int]]:
+    """py-spy's collapsed stacks (frames, samples), without the idle ones."""
+    idle = idle_frames()
+    for line in raw.read_text("utf-8").splitlines():
+        stack, _, weight = line.rpartition(" ")
+        frames = stack.split(";")
+        if weight.isdigit() and frames[-1] not in idle:
+            yield frames, int(weight)
+
+
 def top(raw: Path, count: int) -> str:
     """The heaviest functions of py-spy's collapsed stacks, by self and by total samples."""
     own: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
     samples = 0
-    for line in raw.read_text("utf-8").splitlines():
-        stack, _, weight = line.rpartition(" ")
-        if not weight.isdigit():
-            continue
-        n = int(weight)
+    for stack, n in stacks(raw):
         samples += n
-        frames = [by_function(f) for f in stack.split(";")]
+        frames = [by_function(f) for f in stack]
         own[frames[-1]] += n
         for frame in set(frames):
             total[frame] += n
     lines = [f"{samples} samples"]
-    for title, counter in (("self", own), ("total", total)):
+    for title, counter in (
+        ("self", own),
+        ("total", total),
+        ("dragoman function (with the libraries it calls)", by_dragoman(raw)),
+    ):
         lines.append(f"\n-- by {title} --")
         for frame, n in counter.most_common(count):
             lines.append(f"{100 * n / samples:5.1f}%  {frame}")
     return "\n".join(lines)
+
+
+AIOHTTP = ("aiohttp/", "yarl/", "multidict/", "propcache/")
+"""The server and client stack the pass-through has too (``--target passthrough``)."""
+OUTSIDE = "(no dragoman frame: aiohttp's server, the event loop)"
+UNDER = "(aiohttp under a dragoman frame: the upstream client, the response)"
+
+
+def _is_dragoman(frame: str) -> bool:
+    # The command line and the server's start are in every stack: not a step.
+    return "(dragoman/" in frame and "(dragoman/cli/" not in frame and "server.py" not in frame
+
+
+def by_dragoman(raw: Path) -> collections.Counter[str]:
+    """Samples per dragoman function, each charged to the deepest dragoman frame of its
+    stack unless aiohttp's code lies right below that frame (then to :data:`UNDER`)."""
+    charged: collections.Counter[str] = collections.Counter()
+    for frames, n in stacks(raw):
+        deepest = max((i for i, f in enumerate(frames) if _is_dragoman(f)), default=None)
+        if deepest is None:
+            charged[OUTSIDE] += n
+        elif deepest + 1 < len(frames) and any(p in frames[deepest + 1] for p in AIOHTTP):
+            charged[UNDER] += n
+        else:
+            charged[by_function(frames[deepest])] += n
+    return charged
 
 
 def main() -> int:
