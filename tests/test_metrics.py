@@ -18,6 +18,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -300,6 +301,36 @@ async def test_metrics_can_be_turned_off(
     with pytest.raises(aiohttp.ClientConnectionError):
         async with http.get(stack.metrics_url + "/metrics"):
             pass
+
+
+def registry_requests() -> float:
+    """Every request counted in this process's registry, whatever its labels."""
+    return sum(
+        sample.value
+        for family in REGISTRY.collect()
+        if family.name == "dragoman_requests"
+        for sample in family.samples
+        if sample.name == "dragoman_requests_total"
+    )
+
+
+async def test_with_metrics_off_an_answered_request_counts_nothing(
+    make_stack: MakeStack, http: aiohttp.ClientSession
+) -> None:
+    stack = await make_stack({"metrics": {"enabled": False}})
+    before = registry_requests()
+    assert await get(http, stack.urls["proxy"] + PM, bearer(stack)) == 200
+    assert await get(http, stack.urls["proxy"] + PM) == 401
+    assert registry_requests() == before
+
+
+async def test_with_metrics_on_the_same_requests_count_in_the_registry(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    before = registry_requests()
+    assert await get(http, stack.urls["proxy"] + PM, bearer(stack)) == 200
+    assert await get(http, stack.urls["proxy"] + PM) == 401
+    assert registry_requests() == before + 2
 
 
 # -- several workers -------------------------------------------------------------------------
