@@ -8,9 +8,11 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from dragoman.demo.runner import DemoStack
+from dragoman.forward import FreshConnector
 from overload_support import HeldUpstream
 
 MakeStack = Callable[..., Awaitable[DemoStack]]
@@ -98,3 +100,71 @@ async def test_a_wait_for_the_pool_past_read_timeout_is_refused_504(
         answer.release()
     finally:
         await runner.cleanup()
+
+
+class TwoConnectionUpstream:
+    """Answers every request on a raw connection (``ok``), holding the first two answers
+    until both requests are in, so a pool ends up with two idle connections; keeps each
+    connection's writer by the client's port, to send an answer nobody asked for."""
+
+    def __init__(self) -> None:
+        self.writers: dict[int, asyncio.StreamWriter] = {}
+        self.closed: set[int] = set()
+        self._first_two = asyncio.Barrier(2)
+        self._answered = 0
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/"
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self.writers.values():
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        port = writer.get_extra_info("peername")[1]
+        self.writers[port] = writer
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                self._answered += 1
+                if self._answered <= 2:
+                    await self._first_two.wait()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.closed.add(port)
+
+
+@pytest.mark.parametrize("dirty", [(0,), (1,), (0, 1)], ids=["first", "second", "both"])
+async def test_an_idle_connection_something_arrived_on_is_never_handed_out_whatever_its_place(
+    dirty: tuple[int, ...],
+) -> None:
+    upstream = TwoConnectionUpstream()
+    await upstream.start()
+    connector = FreshConnector(limit=10)
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def fetch() -> bytes:
+                async with session.get(upstream.url) as answer:
+                    return await answer.read()
+
+            assert await asyncio.gather(fetch(), fetch()) == [b"ok", b"ok"]
+            (idle,) = connector._conns.values()
+            ports = [proto.transport.get_extra_info("sockname")[1] for proto, _ in idle]
+            assert len(ports) == 2
+            for place in dirty:
+                upstream.writers[ports[place]].write(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSECRET"
+                )
+            await asyncio.sleep(0.2)  # the stray answers are read into the idle connections
+            assert [await fetch(), await fetch()] == [b"ok", b"ok"]
+            await asyncio.sleep(0.1)
+            assert {ports[place] for place in dirty} <= upstream.closed
+    finally:
+        await upstream.stop()
