@@ -3,6 +3,7 @@ dragoman.limits.gcra), over several rules at once; Redis keys are hashed and exp
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 from collections.abc import AsyncIterator
@@ -176,6 +177,27 @@ async def test_an_unreachable_redis_cannot_decide() -> None:
     with pytest.raises(LimiterUnavailable):
         await limiter.decide([Check(rule("writes", rate="60/min", burst=1), ALICE)])
     await limiter.close()
+
+
+async def test_a_redis_that_never_answers_cannot_decide_within_the_timeout() -> None:
+    """A server that accepts and stays silent (a hung Redis): the decision is refused once
+    the limiter's timeout has passed, never waited for without end."""
+    silent: list[asyncio.StreamWriter] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    limiter = RedisLimiter.from_url(f"redis://127.0.0.1:{port}/0", timeout=0.2)
+    try:
+        with pytest.raises(LimiterUnavailable, match="TimeoutError"):
+            await limiter.decide([Check(rule("writes", rate="60/min", burst=1), ALICE)])
+    finally:
+        for writer in silent:
+            writer.close()
+        server.close()
+        await limiter.close()
 
 
 # -- memory only -------------------------------------------------------------------------

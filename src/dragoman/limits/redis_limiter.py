@@ -17,7 +17,6 @@ counted, and the timeout bounds what one decision can add to a request.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -107,8 +106,9 @@ class RedisLimiter:
         for check in checks:
             args += [check.rule.interval, check.rule.tolerance]
         try:
-            async with asyncio.timeout(self._timeout):
-                flat: Any = await self._script([key_of(c) for c in checks], args)
+            # The script's batch is bounded by the same timeout and fails its calls when
+            # it runs out: a timer of the caller's own would cost every request ~4 µs more.
+            flat: Any = await self._script([key_of(c) for c in checks], args)
         except (RedisError, OSError, TimeoutError) as exc:
             raise LimiterUnavailable(type(exc).__name__) from exc
         try:
