@@ -1,0 +1,103 @@
+"""dragoman against the plain pass-through in alternated pairs: the throughput goals read
+from medians instead of from one row each.
+
+    .venv/bin/python bench/pairs.py [--pairs 6] [--seconds 8] [--backends memory|pg-redis]
+
+``make bench`` measures the pass-through and dragoman once each, a minute or more apart.
+On a shared two-core machine the pass-through alone moved from 126 to 196 µs of CPU per
+request within minutes (2026-12-02), so the ``x pass`` of one table says as much about
+when each row ran as about dragoman, and the goal lines often read UNRELIABLE. This runs
+both at once, one worker each, against one upstream and issuer with the caller mix and
+``make bench``'s wrk settings, and measures them in turns, each after a warm-up. The order
+alternates from pair to pair (pass-through first, then dragoman first), so a machine that
+slows down or speeds up steadily weighs on both sides alike. Each pair gives dragoman's
+req/s over the pass-through's (the goals' ``x pass``) and its CPU per request over the
+pass-through's; the medians are the answer and every pair is printed so the spread shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import callers as callers_mod  # noqa: E402
+import scenario  # noqa: E402
+import stack as stack_mod  # noqa: E402
+
+GOALS = {"memory": 0.60, "sqlite-redis": 0.45, "pg-redis": 0.45}
+"""The issue's throughput goal against the pass-through, by backends (SQLite + Redis has
+none of its own: the Redis rows' goal is shown)."""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=6)
+    stack_mod.add_mix_arguments(parser, seconds=8.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    args = parser.parse_args()
+    if args.pairs < 1:
+        raise SystemExit("--pairs must be at least 1")
+    with tempfile.TemporaryDirectory(prefix="dragoman-pairs-") as tmp:
+        return compare(args, Path(tmp))
+
+
+def compare(args: argparse.Namespace, state: Path) -> int:
+    database = stack_mod.backends_database(args.backends)
+    stack, urls = stack_mod.plan_base(state)
+    stack_mod.add_passthrough(stack, urls, 1)
+    passthrough = stack.targets[-1]
+    config = stack_mod.add_dragoman(stack, urls, "dragoman", 1, args.backends, database)
+    dragoman = stack.targets[-1]
+    with stack_mod.running(stack.base):
+        stack_mod.write_callers(stack, urls["issuer"], args.callers)
+        callers_mod.seed(config, args.callers)
+        assert stack.callers_file is not None
+        load = scenario.LoadSettings(
+            threads=1,
+            connections=args.connections,
+            warmup_s=args.warmup,
+            duration_s=args.seconds,
+            callers_file=stack.callers_file,
+            writes=args.writes,
+        )
+        with stack_mod.running(stack.services):
+            throughput: list[float] = []
+            cpu: list[float] = []
+            for pair in range(1, args.pairs + 1):
+                order = (passthrough, dragoman) if pair % 2 else (dragoman, passthrough)
+                measured: dict[str, tuple[float, float]] = {}
+                for target in order:
+                    row = scenario.Row(target, f"pair {pair}")
+                    scenario.measure(row, load, check=pair == 1)
+                    if not row.ok or row.cpu_us is None or row.result is None:
+                        return 1
+                    measured[target.label] = (row.result.requests_per_s, row.cpu_us)
+                (pass_rate, pass_cpu) = measured[passthrough.label]
+                (rate, cpu_us) = measured[dragoman.label]
+                throughput.append(rate / pass_rate)
+                cpu.append(cpu_us / pass_cpu)
+                print(
+                    f"pair {pair}: req/s {rate:.0f} / {pass_rate:.0f}"
+                    f" (x pass {throughput[-1]:.2f});"
+                    f" CPU µs/req {cpu_us:.0f} / {pass_cpu:.0f} ({cpu[-1]:.2f}x)",
+                    flush=True,
+                )
+    goal = GOALS[args.backends]
+    median = statistics.median(throughput)
+    print(
+        f"\ndragoman ({args.backends}) x1 / pass-through x1, median of {len(throughput)} "
+        f"alternated pairs: {median:.2f} (from {min(throughput):.2f} to {max(throughput):.2f};"
+        f" goal >= {goal:.2f}: {'met' if median >= goal else 'NOT met'}); CPU per request "
+        f"{statistics.median(cpu):.2f}x the pass-through's"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
