@@ -94,14 +94,7 @@ def compare(args: argparse.Namespace, state: Path, base_src: Path, head_src: Pat
         if database is None:
             callers_mod.seed(configs["head"], args.callers)
         assert stack.callers_file is not None
-        load = scenario.LoadSettings(
-            threads=1,
-            connections=args.connections,
-            warmup_s=args.warmup,
-            duration_s=args.seconds,
-            callers_file=stack.callers_file,
-            writes=args.writes,
-        )
+        load = scenario.mix_load(args, stack.callers_file)
         with stack_mod.running(stack.services):
             ratios = []
             for pair in range(1, args.pairs + 1):

@@ -58,14 +58,7 @@ def compare(args: argparse.Namespace, state: Path) -> int:
         stack_mod.write_callers(stack, urls["issuer"], args.callers)
         callers_mod.seed(config, args.callers)
         assert stack.callers_file is not None
-        load = scenario.LoadSettings(
-            threads=1,
-            connections=args.connections,
-            warmup_s=args.warmup,
-            duration_s=args.seconds,
-            callers_file=stack.callers_file,
-            writes=args.writes,
-        )
+        load = scenario.mix_load(args, stack.callers_file)
         with stack_mod.running(stack.services):
             throughput: list[float] = []
             cpu: list[float] = []

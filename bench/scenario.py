@@ -52,6 +52,19 @@ class LoadSettings:
     path: str = LIST_PATH
 
 
+def mix_load(args: Any, callers_file: Path) -> LoadSettings:
+    """The load of the tools that compare targets in turns (``ab.py``, ``pairs.py``): one
+    wrk thread, the options of ``stack.add_mix_arguments`` and their ``--warmup``."""
+    return LoadSettings(
+        threads=1,
+        connections=args.connections,
+        warmup_s=args.warmup,
+        duration_s=args.seconds,
+        callers_file=callers_file,
+        writes=args.writes,
+    )
+
+
 @dataclass
 class Row:
     """One wrk measurement of one target."""

@@ -22,10 +22,11 @@ from redis.exceptions import RedisError
 def open_redis(
     url: str, *, timeout: float, decode_responses: bool = False, bounded_by_caller: bool = False
 ) -> redis.Redis:
-    """``bounded_by_caller``: every command is sent under the caller's own
-    ``asyncio.timeout(timeout)``, so redis-py need not bound each socket read and write
-    itself. It does that with ``asyncio.wait_for``, one task per command, about 8 µs of CPU
-    each on the hot path; a command the caller's timeout cancels drops its connection."""
+    """``bounded_by_caller``: every command is sent under an ``asyncio.timeout(timeout)``
+    of the code that sends it (a script's batch, a ping), so redis-py need not bound each
+    socket read and write itself. It does that with ``asyncio.wait_for``, one task per
+    command, about 8 µs of CPU each on the hot path; a command that timeout cancels drops
+    its connection."""
     return redis.Redis.from_url(
         url,
         decode_responses=decode_responses,

@@ -78,8 +78,10 @@ class RedisScript:
         keep_idle: int = KEEP_IDLE,
         max_batch: int = MAX_BATCH,
     ) -> None:
-        """``timeout``: what one batch may take, from its connection to its last answer
-        (callers bound their own wait too)."""
+        """``timeout``: what one batch may take, from its connection to its last answer.
+        It bounds its callers' wait too (they set no timer of their own): a call is
+        answered or failed within ``timeout`` of its batch's start, at the next turn of
+        the loop."""
         self._pool = client.connection_pool
         self._source = source
         # EVALSHA names the script by the SHA-1 of its source: Redis's own naming.
