@@ -18,7 +18,6 @@ pass-through's; the medians are the answer and every pair is printed so the spre
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -60,34 +59,18 @@ def compare(args: argparse.Namespace, state: Path) -> int:
         assert stack.callers_file is not None
         load = scenario.mix_load(args, stack.callers_file)
         with stack_mod.running(stack.services):
-            throughput: list[float] = []
-            cpu: list[float] = []
-            for pair in range(1, args.pairs + 1):
-                order = (passthrough, dragoman) if pair % 2 else (dragoman, passthrough)
-                measured: dict[str, tuple[float, float]] = {}
-                for target in order:
-                    row = scenario.Row(target, f"pair {pair}")
-                    scenario.measure(row, load, check=pair == 1)
-                    if not row.ok or row.cpu_us is None or row.result is None:
-                        return 1
-                    measured[target.label] = (row.result.requests_per_s, row.cpu_us)
-                (pass_rate, pass_cpu) = measured[passthrough.label]
-                (rate, cpu_us) = measured[dragoman.label]
-                throughput.append(rate / pass_rate)
-                cpu.append(cpu_us / pass_cpu)
-                print(
-                    f"pair {pair}: req/s {rate:.0f} / {pass_rate:.0f}"
-                    f" (x pass {throughput[-1]:.2f});"
-                    f" CPU µs/req {cpu_us:.0f} / {pass_cpu:.0f} ({cpu[-1]:.2f}x)",
-                    flush=True,
-                )
+            paired = scenario.alternated(dragoman, passthrough, load, args.pairs)
+    if paired is None:
+        return 1
+    for pair, (ratio, cpu) in enumerate(zip(paired.ratios, paired.cpu_ratios, strict=True), 1):
+        print(f"pair {pair}: x pass {ratio:.2f}, CPU per request {cpu:.2f}x the pass-through's")
     goal = GOALS[args.backends]
-    median = statistics.median(throughput)
     print(
-        f"\ndragoman ({args.backends}) x1 / pass-through x1, median of {len(throughput)} "
-        f"alternated pairs: {median:.2f} (from {min(throughput):.2f} to {max(throughput):.2f};"
-        f" goal >= {goal:.2f}: {'met' if median >= goal else 'NOT met'}); CPU per request "
-        f"{statistics.median(cpu):.2f}x the pass-through's"
+        f"\ndragoman ({args.backends}) x1 / pass-through x1, median of {len(paired.ratios)} "
+        f"alternated pairs: {paired.median:.2f} (from {min(paired.ratios):.2f} to "
+        f"{max(paired.ratios):.2f}; goal >= {goal:.2f}: "
+        f"{'met' if paired.median >= goal else 'NOT met'}); CPU per request "
+        f"{paired.cpu_median:.2f}x the pass-through's"
     )
     return 0
 

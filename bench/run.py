@@ -1,6 +1,6 @@
 """dragoman's benchmark: the full pipeline next to the proxies a team would otherwise run.
 
-One command, loopback only, bounded in time (about 3 minutes by default, 80 s with
+One command, loopback only, bounded in time (about 6 minutes by default, 100 s with
 ``--quick``): it prints one table and writes bench/results/latest.json. Everything is in
 bench/README.md; in short:
 
@@ -16,8 +16,10 @@ count as the dragoman rows it is compared with.
 Workload: the caller mix (``mix.lua``): 1,000 callers, each its own token and mapping,
 round-robin, 20 % POST writes; wrk ``-t1 -c64``. Per row: one checked GET and POST, a
 warm-up, then the measured run, with the target's CPU time (all its processes, /proc)
-around it. Then Poisson arrivals at 1,500 req/s (``arrivals.py``, open loop, latency from
-the scheduled send) against the upstream, the pass-through and dragoman.
+around it. Then dragoman x1 and the pass-through x1 in alternated pairs (``--pairs``), which
+the throughput goals are read from, and Poisson arrivals at 1,500 req/s (``arrivals.py``,
+open loop, latency from the scheduled send) against the upstream, the pass-through and
+dragoman.
 
 Usage: ``make bench`` or ``.venv/bin/python bench/run.py [--quick] [--duration 8] ...``
 """
@@ -39,7 +41,7 @@ import nginx
 import report
 import stack as stack_mod
 from procs import ServiceError
-from scenario import LoadSettings, Row, SteadyRow, measure, steady
+from scenario import LoadSettings, Paired, Row, SteadyRow, alternated, measure, steady
 from stack import (
     DRAGOMAN_MEMORY,
     DRAGOMAN_PG_REDIS,
@@ -48,6 +50,7 @@ from stack import (
     PASSTHROUGH,
     UPSTREAM,
     Stack,
+    Target,
     running,
 )
 
@@ -90,11 +93,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="Also the decision API rows on PostgreSQL + Redis (one more row per worker count).",
     )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=3,
+        help="Alternated pairs of dragoman x1 and the pass-through x1 for the throughput"
+        " goals (0: none; --quick: 1).",
+    )
     parser.add_argument("--keep", action="store_true", help="Keep the temporary state dir.")
     parser.add_argument("--json", type=Path, default=RESULTS, help="Where to write results.")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.warmup, args.steady = 3.0, 1.0, min(args.steady, 4.0)
+        args.pairs = min(args.pairs, 1)
     if args.no_write:
         args.writes = 0.0
     try:
@@ -105,6 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--workers and --threads must be >= 1, --connections >= --threads")
     if not 1 <= args.duration <= 120 or not 0 <= args.warmup <= 60 or not 0 <= args.steady <= 60:
         parser.error("--duration must be 1-120 s, --warmup 0-60 s, --steady 0-60 s")
+    if not 0 <= args.pairs <= 20:
+        parser.error("--pairs must be 0-20")
     if not 1 <= args.callers <= 100_000 or not 0 <= args.writes <= 100:
         parser.error("--callers must be 1-100000, --writes 0-100")
     return args
@@ -154,7 +167,31 @@ STEADY_TARGETS = {
 """The steady-arrival rows: the references and dragoman, one worker and one per core."""
 
 
-def run_all(stack: Stack, args: argparse.Namespace) -> tuple[list[Row], list[SteadyRow], list[Row]]:
+def _target(stack: Stack, label: str, workers: int) -> Target | None:
+    return next((t for t in stack.targets if (t.label, t.workers) == (label, workers)), None)
+
+
+def run_pairs(stack: Stack, args: argparse.Namespace, settings: LoadSettings) -> list[Paired]:
+    """dragoman x1 (memory, and PostgreSQL + Redis) and the pass-through x1 in alternated
+    pairs: the throughput goals' ratios, measured side by side rather than minutes apart."""
+    passthrough = _target(stack, PASSTHROUGH, 1)
+    found: list[Paired] = []
+    if not args.pairs or passthrough is None:
+        return found
+    for label in (DRAGOMAN_MEMORY, DRAGOMAN_PG_REDIS):
+        dragoman = _target(stack, label, 1)
+        if dragoman is None:
+            continue
+        print(f"\n{label} x1 and {PASSTHROUGH} x1 in {args.pairs} alternated pairs", flush=True)
+        paired = alternated(dragoman, passthrough, settings, args.pairs, check=False)
+        if paired is not None:
+            found.append(paired)
+    return found
+
+
+def run_all(
+    stack: Stack, args: argparse.Namespace
+) -> tuple[list[Row], list[SteadyRow], list[Row], list[Paired]]:
     assert stack.callers_file is not None
     settings = LoadSettings(
         threads=args.threads,
@@ -183,6 +220,7 @@ def run_all(stack: Stack, args: argparse.Namespace) -> tuple[list[Row], list[Ste
         for target in stack.targets
         if target.label == PASSTHROUGH or (target.label == NGINX and target.workers == 1)
     ]
+    paired = run_pairs(stack, args, settings)
     steady_rows: list[SteadyRow] = []
     if args.steady > 0:
         print(f"\nPoisson arrivals at {args.rate:g}/s for {args.steady:g}s, 64 connections")
@@ -191,7 +229,7 @@ def run_all(stack: Stack, args: argparse.Namespace) -> tuple[list[Row], list[Ste
                 row = SteadyRow(target, args.rate)
                 steady(row, settings, args.steady, 64)
                 steady_rows.append(row)
-    return rows, steady_rows, rechecks
+    return rows, steady_rows, rechecks, paired
 
 
 def publish(
@@ -199,6 +237,7 @@ def publish(
     rows: list[Row],
     steady_rows: list[SteadyRow],
     rechecks: list[Row],
+    paired: list[Paired],
     args: argparse.Namespace,
 ) -> bool:
     """Print the tables (and the audit outcomes if needed), write the JSON; True if all ok."""
@@ -236,7 +275,9 @@ def publish(
         print(f"note: {note}")
     for line in report.recheck_lines(rows, rechecks):
         print(f"reference re-measured: {line}")
-    goal_lines = report.goals(rows, steady_rows, rechecks)
+    for line in report.paired_lines(paired):
+        print(f"alternated pairs: {line}")
+    goal_lines = report.goals(rows, steady_rows, rechecks, paired)
     if goal_lines:
         print("\ngoals (reported, not asserted):")
         for line in goal_lines:
@@ -248,7 +289,7 @@ def publish(
             audit = report.summarise_audit(row.target.audit_path)
             audits[row.target.key] = audit
             audits_ok &= report.audit_verdict(row.target.key, audit, row.wrk_runs, args.connections)
-    report.write_json(args.json, rows, steady_rows, env, audits, goal_lines, rechecks)
+    report.write_json(args.json, rows, steady_rows, env, audits, goal_lines, rechecks, paired)
     print(f"\nresults: {args.json}")
     failed = [r.name for r in rows if not r.ok] + [
         f"steady {r.target.key}" for r in steady_rows if not r.ok
@@ -287,9 +328,9 @@ def main(argv: list[str] | None = None) -> int:
             stack_mod.write_callers(stack, urls["issuer"], args.callers)
             build_targets(stack, urls, args)
             with running(stack.services):
-                rows, steady_rows, rechecks = run_all(stack, args)
+                rows, steady_rows, rechecks, paired = run_all(stack, args)
         # After the stop: the audit files are complete.
-        ok = publish(stack, rows, steady_rows, rechecks, args)
+        ok = publish(stack, rows, steady_rows, rechecks, paired, args)
     except (ServiceError, loadgen.WrkError, OSError) as exc:
         print(f"\n!!! BENCHMARK FAILED: {exc}", file=sys.stderr)
     except KeyboardInterrupt:

@@ -19,6 +19,7 @@ import asyncio
 import json
 import re
 import secrets
+import statistics
 import subprocess
 import sys
 import urllib.error
@@ -238,6 +239,51 @@ def measure(row: Row, settings: LoadSettings, *, check: bool = True) -> Row:
         for problem in row.problems:
             print("\n".join("      " + line for line in problem.splitlines()), flush=True)
     return row
+
+
+@dataclass
+class Paired:
+    """A target measured in turns with a reference (:func:`alternated`)."""
+
+    target: Target
+    reference: Target
+    ratios: list[float] = field(default_factory=list)
+    """The target's req/s over the reference's, one per pair."""
+    cpu_ratios: list[float] = field(default_factory=list)
+    """The target's CPU per request over the reference's, one per pair."""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu_ratios)
+
+
+def alternated(
+    target: Target, reference: Target, settings: LoadSettings, pairs: int, *, check: bool = True
+) -> Paired | None:
+    """``pairs`` measurements of ``target`` and ``reference`` in turns, the order
+    alternating from pair to pair (the reference first, then the target first), so that a
+    machine that steadily slows down or speeds up weighs on both alike; rows measured a
+    minute or more apart on a shared machine can differ by more than the effect sought.
+    None if a measurement failed (its row printed why)."""
+    paired = Paired(target, reference)
+    for pair in range(1, pairs + 1):
+        order = (reference, target) if pair % 2 else (target, reference)
+        rows = {}
+        for one in order:
+            row = measure(Row(one, f"pair {pair}"), settings, check=check and pair == 1)
+            if not row.ok or row.cpu_us is None or row.result is None:
+                return None
+            rows[id(one)] = row
+        ours, theirs = rows[id(target)], rows[id(reference)]
+        assert ours.result is not None and theirs.result is not None
+        assert ours.cpu_us is not None and theirs.cpu_us is not None
+        paired.ratios.append(ours.result.requests_per_s / theirs.result.requests_per_s)
+        paired.cpu_ratios.append(ours.cpu_us / theirs.cpu_us)
+    return paired
 
 
 def steady(row: SteadyRow, settings: LoadSettings, duration_s: float, connections: int) -> None:
