@@ -60,7 +60,7 @@ def compare(args: argparse.Namespace, state: Path) -> int:
         load = scenario.mix_load(args, stack.callers_file)
         with stack_mod.running(stack.services):
             paired = scenario.alternated(dragoman, passthrough, load, args.pairs)
-    if paired is None:
+    if not paired.complete:
         return 1
     for pair, (ratio, cpu) in enumerate(zip(paired.ratios, paired.cpu_ratios, strict=True), 1):
         print(f"pair {pair}: x pass {ratio:.2f}, CPU per request {cpu:.2f}x the pass-through's")

@@ -194,6 +194,7 @@ def paired_lines(paired: list[Paired]) -> list[str]:
         f" median {p.median:.2f} over {_count(p)} (from {min(p.ratios):.2f} to"
         f" {max(p.ratios):.2f}); CPU per request {p.cpu_median:.2f}x the reference's"
         for p in paired
+        if p.complete
     ]
 
 
@@ -206,7 +207,12 @@ def _pass_goal(
     value = ratio(rows, row, PASSTHROUGH)
     name = f"{row.target.label} x{row.target.workers} / {PASSTHROUGH} x{row.target.workers}"
     pairs = next(
-        (p for p in paired if p.target is row.target and p.reference.label == PASSTHROUGH), None
+        (
+            p
+            for p in paired
+            if p.complete and p.target is row.target and p.reference.label == PASSTHROUGH
+        ),
+        None,
     )
     if pairs is not None:
         table = "" if value is None else f"{value:.2f} in the table, "
@@ -432,6 +438,7 @@ def write_json(
                 "cpu_median": p.cpu_median,
             }
             for p in paired or []
+            if p.complete
         ],
         "goals": goal_lines,
         "dragoman_audit": {name: a.to_json() for name, a in audits.items()},

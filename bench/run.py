@@ -183,9 +183,7 @@ def run_pairs(stack: Stack, args: argparse.Namespace, settings: LoadSettings) ->
         if dragoman is None:
             continue
         print(f"\n{label} x1 and {PASSTHROUGH} x1 in {args.pairs} alternated pairs", flush=True)
-        paired = alternated(dragoman, passthrough, settings, args.pairs, check=False)
-        if paired is not None:
-            found.append(paired)
+        found.append(alternated(dragoman, passthrough, settings, args.pairs, check=False))
     return found
 
 
@@ -288,12 +286,15 @@ def publish(
         if row.target.audit_path is not None:
             audit = report.summarise_audit(row.target.audit_path)
             audits[row.target.key] = audit
-            audits_ok &= report.audit_verdict(row.target.key, audit, row.wrk_runs, args.connections)
+            # The pairs' runs against the same target are written to the same audit file.
+            runs = row.wrk_runs + sum(p.target_wrk_runs for p in paired if p.target is row.target)
+            audits_ok &= report.audit_verdict(row.target.key, audit, runs, args.connections)
     report.write_json(args.json, rows, steady_rows, env, audits, goal_lines, rechecks, paired)
     print(f"\nresults: {args.json}")
     failed = [r.name for r in rows if not r.ok] + [
         f"steady {r.target.key}" for r in steady_rows if not r.ok
     ]
+    failed += [f"pairs {p.target.key}" for p in paired if not p.complete]
     if failed:
         print(f"\n!!! BENCHMARK FAILED: {', '.join(failed)} (details above) !!!", file=sys.stderr)
     return not failed and audits_ok

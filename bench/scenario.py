@@ -251,6 +251,10 @@ class Paired:
     """The target's req/s over the reference's, one per pair."""
     cpu_ratios: list[float] = field(default_factory=list)
     """The target's CPU per request over the reference's, one per pair."""
+    target_wrk_runs: int = 0
+    """wrk runs against the target (its audit file counts their cut-off requests)."""
+    complete: bool = True
+    """False when a measurement failed (its row printed why): the pairs stop there."""
 
     @property
     def median(self) -> float:
@@ -263,20 +267,23 @@ class Paired:
 
 def alternated(
     target: Target, reference: Target, settings: LoadSettings, pairs: int, *, check: bool = True
-) -> Paired | None:
+) -> Paired:
     """``pairs`` measurements of ``target`` and ``reference`` in turns, the order
     alternating from pair to pair (the reference first, then the target first), so that a
     machine that steadily slows down or speeds up weighs on both alike; rows measured a
     minute or more apart on a shared machine can differ by more than the effect sought.
-    None if a measurement failed (its row printed why)."""
+    A failed measurement ends the pairs, the result marked incomplete."""
     paired = Paired(target, reference)
     for pair in range(1, pairs + 1):
         order = (reference, target) if pair % 2 else (target, reference)
         rows = {}
         for one in order:
             row = measure(Row(one, f"pair {pair}"), settings, check=check and pair == 1)
+            if one is target:
+                paired.target_wrk_runs += row.wrk_runs
             if not row.ok or row.cpu_us is None or row.result is None:
-                return None
+                paired.complete = False
+                return paired
             rows[id(one)] = row
         ours, theirs = rows[id(target)], rows[id(reference)]
         assert ours.result is not None and theirs.result is not None
