@@ -156,15 +156,19 @@ async def test_an_idle_connection_something_arrived_on_is_never_handed_out_whate
 
             assert await asyncio.gather(fetch(), fetch()) == [b"ok", b"ok"]
             (idle,) = connector._conns.values()
-            ports = [proto.transport.get_extra_info("sockname")[1] for proto, _ in idle]
+            protocols = [proto for proto, _ in idle]
+            ports = [proto.transport.get_extra_info("sockname")[1] for proto in protocols]
             assert len(ports) == 2
             for place in dirty:
                 upstream.writers[ports[place]].write(
                     b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSECRET"
                 )
-            await asyncio.sleep(0.2)  # the stray answers are read into the idle connections
+            async with asyncio.timeout(10):  # until the stray answers are read in
+                while not all(protocols[place].should_close for place in dirty):
+                    await asyncio.sleep(0.01)
             assert [await fetch(), await fetch()] == [b"ok", b"ok"]
-            await asyncio.sleep(0.1)
-            assert {ports[place] for place in dirty} <= upstream.closed
+            async with asyncio.timeout(10):  # until the upstream sees them closed
+                while not {ports[place] for place in dirty} <= upstream.closed:
+                    await asyncio.sleep(0.01)
     finally:
         await upstream.stop()
