@@ -26,12 +26,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import callers as callers_mod  # noqa: E402
+import report  # noqa: E402
 import scenario  # noqa: E402
 import stack as stack_mod  # noqa: E402
-
-GOALS = {"memory": 0.60, "sqlite-redis": 0.45, "pg-redis": 0.45}
-"""The issue's throughput goal against the pass-through, by backends (SQLite + Redis has
-none of its own: the Redis rows' goal is shown)."""
 
 
 def main() -> int:
@@ -51,7 +48,8 @@ def compare(args: argparse.Namespace, state: Path) -> int:
     stack, urls = stack_mod.plan_base(state)
     stack_mod.add_passthrough(stack, urls, 1)
     passthrough = stack.targets[-1]
-    config = stack_mod.add_dragoman(stack, urls, "dragoman", 1, args.backends, database)
+    label = stack_mod.LABEL_OF_BACKENDS[args.backends]
+    config = stack_mod.add_dragoman(stack, urls, label, 1, args.backends, database)
     dragoman = stack.targets[-1]
     with stack_mod.running(stack.base):
         stack_mod.write_callers(stack, urls["issuer"], args.callers)
@@ -64,14 +62,11 @@ def compare(args: argparse.Namespace, state: Path) -> int:
         return 1
     for pair, (ratio, cpu) in enumerate(zip(paired.ratios, paired.cpu_ratios, strict=True), 1):
         print(f"pair {pair}: x pass {ratio:.2f}, CPU per request {cpu:.2f}x the pass-through's")
-    goal = GOALS[args.backends]
-    print(
-        f"\ndragoman ({args.backends}) x1 / pass-through x1, median of {len(paired.ratios)} "
-        f"alternated pairs: {paired.median:.2f} (from {min(paired.ratios):.2f} to "
-        f"{max(paired.ratios):.2f}; goal >= {goal:.2f}: "
-        f"{'met' if paired.median >= goal else 'NOT met'}); CPU per request "
-        f"{paired.cpu_median:.2f}x the pass-through's"
-    )
+    print()
+    for line in report.paired_lines([paired]):
+        print(line)
+    goal = report.paired_goal(paired, report.PASS_GOALS[label])
+    print(f"{label} x1 / {stack_mod.PASSTHROUGH} x1 = {goal}")
     return 0
 
 

@@ -276,7 +276,7 @@ def alternated(
     paired = Paired(target, reference)
     for pair in range(1, pairs + 1):
         order = (reference, target) if pair % 2 else (target, reference)
-        rows = {}
+        measured: dict[int, tuple[float, float]] = {}  # id of the target: req/s, CPU µs/req
         for one in order:
             row = measure(Row(one, f"pair {pair}"), settings, check=check and pair == 1)
             if one is target:
@@ -284,12 +284,10 @@ def alternated(
             if not row.ok or row.cpu_us is None or row.result is None:
                 paired.complete = False
                 return paired
-            rows[id(one)] = row
-        ours, theirs = rows[id(target)], rows[id(reference)]
-        assert ours.result is not None and theirs.result is not None
-        assert ours.cpu_us is not None and theirs.cpu_us is not None
-        paired.ratios.append(ours.result.requests_per_s / theirs.result.requests_per_s)
-        paired.cpu_ratios.append(ours.cpu_us / theirs.cpu_us)
+            measured[id(one)] = (row.result.requests_per_s, row.cpu_us)
+        (rate, cpu), (reference_rate, reference_cpu) = measured[id(target)], measured[id(reference)]
+        paired.ratios.append(rate / reference_rate)
+        paired.cpu_ratios.append(cpu / reference_cpu)
     return paired
 
 

@@ -243,6 +243,12 @@ def fresh_postgres_database() -> str | None:
 BACKENDS = ("memory", "sqlite-redis", "pg-redis")
 """The state backends of ``make bench``'s dragoman rows, as the tools' ``--backends`` names
 them."""
+LABEL_OF_BACKENDS = {
+    "memory": DRAGOMAN_MEMORY,
+    "sqlite-redis": DRAGOMAN_SQLITE_REDIS,
+    "pg-redis": DRAGOMAN_PG_REDIS,
+}
+"""The row label of dragoman on each of :data:`BACKENDS`."""
 
 
 def add_mix_arguments(parser: argparse.ArgumentParser, *, seconds: float) -> None:
