@@ -7,10 +7,12 @@ On a shared two-core machine one row of ``make bench`` moves by ±15% between ru
 dragoman's row moves more than the pass-through's (its larger working set suffers more
 from a neighbour's use of the caches), so a change worth 5% cannot be read from two
 tables. This runs both builds at once, one worker each, against one upstream and issuer
-with the caller mix, and measures them in turns: base, head, base, head... each after a
-warm-up, with the same wrk settings as ``make bench``. Each pair is read as head's CPU per
-request over base's, measured minutes apart at most, and the median of the pairs is the
-answer; every pair is printed so the spread shows.
+with the caller mix, and measures them in turns, each after a warm-up, with the same wrk
+settings as ``make bench``. The order alternates from pair to pair (base first, then head
+first: ``scenario.alternated``), so a machine that slows down or speeds up steadily weighs
+on both alike. Each pair is read as head's CPU per request over base's, measured minutes
+apart at most, and the median of the pairs is the answer; every pair is printed so the
+spread shows.
 
 ``--base`` and ``--head`` are any git revisions; each is checked out in a temporary
 worktree and served from it with ``PYTHONPATH=<worktree>/src`` (this venv's packages:
@@ -22,7 +24,6 @@ once: their migrations must be the same.
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,6 +78,15 @@ def main() -> int:
                 return compare(args, state, base_src, head_src)
 
 
+def _print_pair(number: int, pair: scenario.Pair) -> None:
+    print(
+        f"pair {number}: CPU µs/req base {pair.reference_cpu_us:.0f}, head "
+        f"{pair.target_cpu_us:.0f} (head/base {pair.cpu_ratio:.3f}); req/s "
+        f"{pair.reference_rate:.0f} / {pair.target_rate:.0f}",
+        flush=True,
+    )
+
+
 def compare(args: argparse.Namespace, state: Path, base_src: Path, head_src: Path) -> int:
     database = stack_mod.backends_database(args.backends)
     stack, urls = stack_mod.plan_base(state)
@@ -96,27 +106,16 @@ def compare(args: argparse.Namespace, state: Path, base_src: Path, head_src: Pat
         assert stack.callers_file is not None
         load = scenario.mix_load(args, stack.callers_file)
         with stack_mod.running(stack.services):
-            ratios = []
-            for pair in range(1, args.pairs + 1):
-                measured = {}
-                for name in ("base", "head"):
-                    row = scenario.Row(targets[name], f"pair {pair}")
-                    scenario.measure(row, load, check=pair == 1)
-                    if not row.ok or row.cpu_us is None or row.result is None:
-                        return 1
-                    measured[name] = (row.cpu_us, row.result.requests_per_s)
-                ratio = measured["head"][0] / measured["base"][0]
-                ratios.append(ratio)
-                print(
-                    f"pair {pair}: CPU µs/req base {measured['base'][0]:.0f}, head "
-                    f"{measured['head'][0]:.0f} (head/base {ratio:.3f}); req/s "
-                    f"{measured['base'][1]:.0f} / {measured['head'][1]:.0f}",
-                    flush=True,
-                )
-    low, high = min(ratios), max(ratios)
+            paired = scenario.alternated(
+                targets["head"], targets["base"], load, args.pairs, on_pair=_print_pair
+            )
+    if not paired.complete:
+        return 1
+    ratios = paired.cpu_ratios
     print(
         f"\nhead/base CPU per request, {args.backends}, 1 worker: median "
-        f"{statistics.median(ratios):.3f} over {len(ratios)} pairs (from {low:.3f} to {high:.3f})"
+        f"{paired.cpu_median:.3f} over {len(ratios)} pairs (from {min(ratios):.3f} to "
+        f"{max(ratios):.3f})"
     )
     return 0
 

@@ -43,6 +43,14 @@ def main() -> int:
         return compare(args, Path(tmp))
 
 
+def _print_pair(number: int, pair: scenario.Pair) -> None:
+    print(
+        f"pair {number}: x pass {pair.ratio:.2f}, CPU per request {pair.cpu_ratio:.2f}x the"
+        " pass-through's",
+        flush=True,
+    )
+
+
 def compare(args: argparse.Namespace, state: Path) -> int:
     database = stack_mod.backends_database(args.backends)
     stack, urls = stack_mod.plan_base(state)
@@ -57,11 +65,11 @@ def compare(args: argparse.Namespace, state: Path) -> int:
         assert stack.callers_file is not None
         load = scenario.mix_load(args, stack.callers_file)
         with stack_mod.running(stack.services):
-            paired = scenario.alternated(dragoman, passthrough, load, args.pairs)
+            paired = scenario.alternated(
+                dragoman, passthrough, load, args.pairs, on_pair=_print_pair
+            )
     if not paired.complete:
         return 1
-    for pair, (ratio, cpu) in enumerate(zip(paired.ratios, paired.cpu_ratios, strict=True), 1):
-        print(f"pair {pair}: x pass {ratio:.2f}, CPU per request {cpu:.2f}x the pass-through's")
     print()
     for line in report.paired_lines([paired]):
         print(line)

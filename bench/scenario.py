@@ -24,6 +24,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,20 +242,47 @@ def measure(row: Row, settings: LoadSettings, *, check: bool = True) -> Row:
     return row
 
 
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """One pair of :func:`alternated`: each side's req/s and CPU microseconds per request."""
+
+    target_rate: float
+    target_cpu_us: float
+    reference_rate: float
+    reference_cpu_us: float
+
+    @property
+    def ratio(self) -> float:
+        """The target's req/s over the reference's."""
+        return self.target_rate / self.reference_rate
+
+    @property
+    def cpu_ratio(self) -> float:
+        """The target's CPU per request over the reference's."""
+        return self.target_cpu_us / self.reference_cpu_us
+
+
 @dataclass
 class Paired:
     """A target measured in turns with a reference (:func:`alternated`)."""
 
     target: Target
     reference: Target
-    ratios: list[float] = field(default_factory=list)
-    """The target's req/s over the reference's, one per pair."""
-    cpu_ratios: list[float] = field(default_factory=list)
-    """The target's CPU per request over the reference's, one per pair."""
+    pairs: list[Pair] = field(default_factory=list)
     target_wrk_runs: int = 0
     """wrk runs against the target (its audit file counts their cut-off requests)."""
     complete: bool = True
     """False when a measurement failed (its row printed why): the pairs stop there."""
+
+    @property
+    def ratios(self) -> list[float]:
+        """The target's req/s over the reference's, one per pair."""
+        return [pair.ratio for pair in self.pairs]
+
+    @property
+    def cpu_ratios(self) -> list[float]:
+        """The target's CPU per request over the reference's, one per pair."""
+        return [pair.cpu_ratio for pair in self.pairs]
 
     @property
     def median(self) -> float:
@@ -266,28 +294,36 @@ class Paired:
 
 
 def alternated(
-    target: Target, reference: Target, settings: LoadSettings, pairs: int, *, check: bool = True
+    target: Target,
+    reference: Target,
+    settings: LoadSettings,
+    pairs: int,
+    *,
+    check: bool = True,
+    on_pair: Callable[[int, Pair], None] | None = None,
 ) -> Paired:
     """``pairs`` measurements of ``target`` and ``reference`` in turns, the order
     alternating from pair to pair (the reference first, then the target first), so that a
     machine that steadily slows down or speeds up weighs on both alike; rows measured a
     minute or more apart on a shared machine can differ by more than the effect sought.
-    A failed measurement ends the pairs, the result marked incomplete."""
+    ``on_pair`` is told each pair as soon as it is measured. A failed measurement ends the
+    pairs, the result marked incomplete."""
     paired = Paired(target, reference)
-    for pair in range(1, pairs + 1):
-        order = (reference, target) if pair % 2 else (target, reference)
+    for number in range(1, pairs + 1):
+        order = (reference, target) if number % 2 else (target, reference)
         measured: dict[int, tuple[float, float]] = {}  # id of the target: req/s, CPU µs/req
         for one in order:
-            row = measure(Row(one, f"pair {pair}"), settings, check=check and pair == 1)
+            row = measure(Row(one, f"pair {number}"), settings, check=check and number == 1)
             if one is target:
                 paired.target_wrk_runs += row.wrk_runs
             if not row.ok or row.cpu_us is None or row.result is None:
                 paired.complete = False
                 return paired
             measured[id(one)] = (row.result.requests_per_s, row.cpu_us)
-        (rate, cpu), (reference_rate, reference_cpu) = measured[id(target)], measured[id(reference)]
-        paired.ratios.append(rate / reference_rate)
-        paired.cpu_ratios.append(cpu / reference_cpu)
+        pair = Pair(*measured[id(target)], *measured[id(reference)])
+        paired.pairs.append(pair)
+        if on_pair is not None:
+            on_pair(number, pair)
     return paired
 
 
