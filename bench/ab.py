@@ -63,12 +63,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="The git revision to compare against.")
     parser.add_argument("--head", help="The git revision measured (default: the working tree).")
-    parser.add_argument("--pairs", type=int, default=4)
-    stack_mod.add_mix_arguments(parser, seconds=8.0)
-    parser.add_argument("--warmup", type=float, default=2.0)
+    stack_mod.add_pairs_arguments(parser, pairs=4)
     args = parser.parse_args()
-    if args.pairs < 1:
-        raise SystemExit("--pairs must be at least 1")
     with tempfile.TemporaryDirectory(prefix="dragoman-ab-") as tmp:
         state = Path(tmp)
         with worktree(args.base, state / "base-src") as base_src:

@@ -33,12 +33,8 @@ import stack as stack_mod  # noqa: E402
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=6)
-    stack_mod.add_mix_arguments(parser, seconds=8.0)
-    parser.add_argument("--warmup", type=float, default=2.0)
+    stack_mod.add_pairs_arguments(parser, pairs=6)
     args = parser.parse_args()
-    if args.pairs < 1:
-        raise SystemExit("--pairs must be at least 1")
     with tempfile.TemporaryDirectory(prefix="dragoman-pairs-") as tmp:
         return compare(args, Path(tmp))
 

@@ -265,6 +265,21 @@ def add_mix_arguments(parser: argparse.ArgumentParser, *, seconds: float) -> Non
     )
 
 
+def add_pairs_arguments(parser: argparse.ArgumentParser, *, pairs: int) -> None:
+    """The options of the tools that measure two targets in alternated pairs
+    (``scenario.alternated``): the caller mix's, the number of pairs and the warm-up."""
+    parser.add_argument("--pairs", type=_at_least_one, default=pairs)
+    add_mix_arguments(parser, seconds=8.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def backends_database(backends: str) -> str | None:
     """For one of the rows' backends (``memory``, ``sqlite-redis``, ``pg-redis``): check
     that what it needs answers, and return a fresh PostgreSQL database's URL for
