@@ -190,6 +190,40 @@ async def test_caller_credentials_and_hop_by_hop_headers_are_not_forwarded(
     assert got["authorization"] != headers["Authorization"]
 
 
+async def test_caller_sent_forwarding_and_client_address_headers_never_reach_the_upstream(
+    proxied: tuple[Echo, DemoStack], http: aiohttp.ClientSession
+) -> None:
+    upstream, stack = proxied
+    spoofed = {
+        "X-Forwarded-Prefix": "/admin",
+        "X-Forwarded-Server": "evil.example",
+        "X-Forwarded-Ssl": "on",
+        "X-Forwarded-Scheme": "https",
+        "X-Forwarded-Uri": "/v1/customers/cus_other",
+        "X_Forwarded_Prefix": "/admin",
+        "X-Original-URI": "/v1/customers/cus_other",
+        "True-Client-IP": "6.6.6.6",
+        "X-Client-IP": "6.6.6.6",
+        "Client-IP": "6.6.6.6",
+        "CF-Connecting-IP": "6.6.6.6",
+        "Fastly-Client-IP": "6.6.6.6",
+        "X-Cluster-Client-IP": "6.6.6.6",
+        "Cookie2": "$Version=1",
+    }
+    headers = auth(stack, **spoofed, **{"X-Custom": "kept"})
+    async with http.get(f"{stack.urls['proxy']}/echo/{CUSTOMER}", headers=headers) as response:
+        assert response.status == 200
+    got = upstream.received[-1]["headers"]
+    names = set(upstream.received[-1]["header_names"])
+    assert names.isdisjoint(name.lower() for name in spoofed)
+    assert {name for name in names if name.startswith("x-forwarded-")} == {
+        "x-forwarded-for",
+        "x-forwarded-proto",
+    }
+    assert got["x-forwarded-for"] == "127.0.0.1"
+    assert got["x-custom"] == "kept"
+
+
 async def test_the_upstream_gets_a_minted_token_for_this_operation_and_customer(
     proxied: tuple[Echo, DemoStack], http: aiohttp.ClientSession
 ) -> None:

@@ -2,8 +2,9 @@
 
 Header hygiene, both ways:
 - to the upstream: the caller's ``Authorization``, ``Cookie``, CSRF header, hop-by-hop
-  headers (and any header ``Connection`` names), ``Host``, ``Expect`` and client-sent
-  ``Forwarded``/``X-Forwarded-*`` are dropped; ``Authorization: Bearer <scoped token>``,
+  headers (and any header ``Connection`` names), ``Host``, ``Expect``, client-sent
+  ``Forwarded``/``X-Forwarded-*`` and client-address headers (``X-Real-IP``,
+  ``True-Client-IP``...) are dropped; ``Authorization: Bearer <scoped token>``,
   ``X-Request-Id`` and our own ``X-Forwarded-For``/``-Proto`` are set.
 - to the caller: hop-by-hop headers, (by default) ``Set-Cookie`` and the CDN-targeted
   cache headers are dropped; ``Cache-Control`` is made private (:func:`private_cache_control`)
@@ -89,18 +90,25 @@ _DROP_REQUEST = HOP_BY_HOP | {
     "cookie",
     "x-csrf-token",
     "expect",
+    "cookie2",
     "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
+    # Client addresses as proxies and CDNs pass them on: a caller sending its own would
+    # have the upstream log, limit or trust an address of its choosing. (X-Forwarded-*,
+    # all of them, go too: _forwarded_by_caller.)
     "x-real-ip",
+    "x-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
     "x-request-id",
     # Asking the upstream to run another method or path than the one authorised.
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
     "x-original-url",
+    "x-original-uri",
     "x-rewrite-url",
 }
 # Set-Cookie2 is obsolete; the other two tell a CDN in front of dragoman how long to keep
@@ -114,6 +122,13 @@ def _upstream_spelling(name: str) -> str:
     """A header name as a CGI/WSGI upstream reads it (``X_Request_Id`` is
     ``X-Request-Id`` there, merged with it)."""
     return name.lower().replace("_", "-")
+
+
+def _forwarded_by_caller(name: str) -> bool:
+    """``X-Forwarded-For``, ``-Host``, ``-Proto``, ``-Prefix``, ``-Uri``... a caller's own:
+    each tells an upstream where the request came from or which URL, scheme or prefix it
+    was for, and dragoman sets the two it vouches for itself."""
+    return name.startswith("x-forwarded-")
 
 
 def _not_ours(name: str) -> bool:
@@ -260,7 +275,9 @@ class Forwarder:
         headers: CIMultiDict[str] = CIMultiDict(
             (name, value)
             for name, value in incoming.items()
-            if name.lower() not in drop and _upstream_spelling(name) not in drop
+            if (spelled := _upstream_spelling(name)) not in drop
+            and name.lower() not in drop
+            and not _forwarded_by_caller(spelled)
         )
         if ctx.forward_body is not None:
             # A buffered (checked, perhaps rewritten) body: the client sets its length.
