@@ -32,7 +32,7 @@ from aiohttp import web
 from dragoman.alerts import AlertSink, open_alert_sinks
 from dragoman.anomaly import AnomalyStage, open_anomaly_stage
 from dragoman.audit.postgres import AuditShipper, open_audit_shipper
-from dragoman.audit.record import request_record
+from dragoman.audit.record import masked_path, request_record
 from dragoman.audit.sink import AuditSink, open_audit_sink
 from dragoman.audit.trail import AuditTrail
 from dragoman.audit.write_ahead import WriteAheadStage
@@ -271,12 +271,15 @@ class Proxy:
     def _final_record(self, ctx: RequestContext, event: str) -> dict[str, object]:
         """The request's one record; from here on it counts as recorded."""
         ctx.recorded = True
-        return request_record(ctx, event=event, route=self._route_of(ctx))
+        if ctx.operation is not None:
+            return request_record(ctx, event=event)
+        route = self._route_of(ctx)
+        if route is not None:
+            return request_record(ctx, event=event, route=route)
+        return request_record(ctx, event=event, path=masked_path(ctx.raw_path, self.catalog))
 
     def _route_of(self, ctx: RequestContext) -> Operation | None:
         """The operation a refused request's path names, for its audit record only."""
-        if ctx.operation is not None:
-            return None
         try:
             match = self.routes.match(ctx.method, ctx.raw_path)
         except InvalidPath:

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import aiohttp
+import pytest
 
 from dragoman.demo.runner import DemoStack
 
@@ -118,3 +119,46 @@ async def test_a_path_that_matches_no_operation_is_recorded_as_sent(
         pass
     (record,) = records(stack)
     assert (record["code"], record["path"]) == ("operation_unknown", "/v1/nothing-here")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "recorded"),
+    [
+        (
+            "PUT",
+            "/v1/customers/cus_bob/payment-methods",
+            "/v1/customers/{customer_id}/payment-methods",
+        ),
+        ("GET", "/v1/customers/cus_bob/x/y/z", "/v1/customers/{customer_id}/x/y/z"),
+        (
+            "GET",
+            "/v1/customers/cus_bob/payment-methods/",
+            "/v1/customers/{customer_id}/payment-methods/",
+        ),
+        ("GET", "/v1/Customers/cus_bob/nothing", "/v1/Customers/{customer_id}/nothing"),
+    ],
+)
+async def test_a_customer_named_by_a_path_that_matches_no_operation_is_not_written_in_plaintext(
+    stack: DemoStack, http: aiohttp.ClientSession, method: str, path: str, recorded: str
+) -> None:
+    token = stack.issuer.token("alice", "acct-1001", roles=["billing_admin"])
+    headers = {"Authorization": f"Bearer {token}"}
+    async with http.request(method, stack.urls["proxy"] + path, headers=headers):
+        pass
+    (record,) = records(stack)
+    assert (record["decision"], record["path"]) == ("deny", recorded)
+    assert "cus_bob" not in (stack.state_dir / "audit.jsonl").read_text("utf-8")
+
+
+async def test_a_card_number_percent_encoded_in_a_path_never_reaches_the_record(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    token = stack.issuer.token("alice", "acct-1001", roles=["billing_admin"])
+    path = f"{PM}/4111%201111%201111%201111"
+    async with http.delete(
+        stack.urls["proxy"] + path, headers={"Authorization": f"Bearer {token}"}
+    ):
+        pass
+    text = (stack.state_dir / "audit.jsonl").read_text("utf-8")
+    assert "[card]" in text
+    assert "1111" not in text

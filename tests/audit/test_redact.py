@@ -155,3 +155,27 @@ def test_ids_dragoman_makes_pass_unchanged_exactly_as_the_patterns_would_leave_t
 )
 def test_values_near_the_id_shapes_are_still_redacted(text: str) -> None:
     assert redact_text(text) != text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("/v1/payment-methods/4111%201111%201111%201111", "/v1/payment-methods/[card]"),
+        ("/v1/payment-methods/4111%2D1111%2d1111-1111/x", "/v1/payment-methods/[card]/x"),
+        ("/v1/payment-methods/%204111%201111%201111%201111", "/v1/payment-methods/ [card]"),
+        ("/v1/payment-methods/%34%31%31%31111111111111", "/v1/payment-methods/[card]"),
+        ("/pm/4111%25201111%25201111%25201111", "/pm/[card]"),
+        ("/cb?access_token%3Dsecret", "/cb?access_token=[redacted]"),
+    ],
+)
+def test_percent_encoded_secrets_and_card_numbers_are_redacted(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+
+
+def test_percent_encoded_text_with_nothing_to_redact_keeps_its_encoding() -> None:
+    assert redact_text("/v1/customers/cus_a/notes/a%20b%2Fc") == "/v1/customers/cus_a/notes/a%20b%2Fc"
+
+
+def test_a_percent_encoded_jwt_is_redacted() -> None:
+    encoded = JWT.replace(".", "%2E")
+    assert redact_text(f"/cb/{encoded}") == "/cb/[token]"

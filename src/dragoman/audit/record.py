@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import time
 from datetime import UTC, datetime
+from collections.abc import Sequence
 from typing import Any
+from urllib.parse import unquote
 
 from dragoman.catalog.model import Operation
 from dragoman.pipeline.context import RequestContext
@@ -57,6 +59,26 @@ def audited_path(raw_path: str, operation: Operation | None) -> str:
     )
 
 
+def masked_path(raw_path: str, catalog: Sequence[Operation]) -> str:
+    """A path no operation matched (another method, more or fewer segments, a trailing
+    ``/``), as the record keeps it: a segment standing where some operation's path names
+    its customer, after the same literal segments, is replaced by that parameter, so a
+    customer asked for by a path that is refused is not written in plain text either.
+    Literal segments compare as an upstream might read them: decoded, in any case."""
+    raw = raw_path.split("/")[1:]
+    for operation in catalog:
+        if operation.customer_param is None:
+            continue
+        for index, segment in enumerate(operation.segments[: len(raw)]):
+            if not segment.is_param:
+                if unquote(raw[index]).casefold() != segment.text.casefold():
+                    break
+            elif segment.text == operation.customer_param:
+                raw[index] = "{" + segment.text + "}"
+                break
+    return "/" + "/".join(raw)
+
+
 def outcome_of(ctx: RequestContext) -> str:
     """PCI 10.2.2.4, in the mapping trail's words: ``ok`` (success), ``refused`` (a rule
     said no) or ``failed`` (a dependency, the upstream or the answer's stream broke)."""
@@ -66,16 +88,22 @@ def outcome_of(ctx: RequestContext) -> str:
 
 
 def request_record(
-    ctx: RequestContext, *, event: str = "request", route: Operation | None = None
+    ctx: RequestContext,
+    *,
+    event: str = "request",
+    route: Operation | None = None,
+    path: str | None = None,
 ) -> dict[str, Any]:
     """Every field of a request's record; values are redacted by the sink, not here.
 
     ``route`` is the operation the path matches when the request was refused before it was
-    resolved (step 3): only its template is used, to keep the customer out of the path."""
+    resolved (step 3): only its template is used, to keep the customer out of the path.
+    ``path`` is the path to record when the caller has made it already (:func:`masked_path`)."""
     principal, operation, mapping, minted = ctx.principal, ctx.operation, ctx.mapping, ctx.minted
     denial = ctx.denial
     peer = ctx.request.remote
-    path = audited_path(ctx.raw_path, operation or route)
+    if path is None:
+        path = audited_path(ctx.raw_path, operation or route)
     record: dict[str, Any] = {
         "time": iso_time(ctx.received_at),
         "event": event,
