@@ -173,7 +173,8 @@ def test_percent_encoded_secrets_and_card_numbers_are_redacted(text: str, expect
 
 
 def test_percent_encoded_text_with_nothing_to_redact_keeps_its_encoding() -> None:
-    assert redact_text("/v1/customers/cus_a/notes/a%20b%2Fc") == "/v1/customers/cus_a/notes/a%20b%2Fc"
+    path = "/v1/customers/cus_a/notes/a%20b%2Fc"
+    assert redact_text(path) == path
 
 
 def test_a_percent_encoded_jwt_is_redacted() -> None:

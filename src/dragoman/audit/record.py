@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import UTC, datetime
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
