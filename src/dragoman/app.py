@@ -358,39 +358,55 @@ class Proxy:
         any request.
         """
         ctx = self.context(request)
+        recorded = False
         try:
-            await self.stages[0](ctx)
-            assert ctx.principal is not None
-            ctx.mapping = await self.gate.find(ctx.principal)
-            self.gate.check(ctx.mapping)  # after: the audit record names a refusing mapping
-            operations = ctx.mapping.allowed_operations(ctx.principal, self.catalog, self.policy)
-            response = self._json(
-                {
-                    "principal": ctx.principal.subject,
-                    "cloud_account": ctx.principal.cloud_account,
-                    "customer": ctx.mapping.payment_customer,
-                    "operations": operations,
-                    "step_up": self._step_up_hints(ctx.principal, operations),
-                }
-            )
-            response.headers.update(self.cors.response_headers(request))
-            response.headers["X-Request-Id"] = ctx.request_id
+            try:
+                if self.audit.broken:
+                    raise AuditUnavailable()
+                response = await self._whoami(request, ctx)
+            except Denial as denial:
+                ctx.denial = denial
+                response = problem_response(
+                    denial, audit_id=ctx.audit_id, headers=self.base_headers(request, ctx)
+                )
+            except Exception:
+                # As in handle(): a bug answers problem+json 500 and is recorded as one,
+                # never as an allowed whoami.
+                log.exception("unexpected error in whoami (audit id %s)", ctx.audit_id)
+                ctx.denial = InternalError()
+                response = problem_response(
+                    ctx.denial, audit_id=ctx.audit_id, headers=self.base_headers(request, ctx)
+                )
+            recorded = True
+            if not self.audit.write(request_record(ctx, event="whoami")) and ctx.denial is None:
+                # It names the caller's customer: a read of the mapping no record names.
+                ctx.denial = AuditUnavailable("audit_write_failed")
+                return problem_response(
+                    ctx.denial, audit_id=ctx.audit_id, headers=self.base_headers(request, ctx)
+                )
             return response
-        except Denial as denial:
-            ctx.denial = denial
-            return problem_response(
-                denial, audit_id=ctx.audit_id, headers=self.base_headers(request, ctx)
-            )
-        except Exception:
-            # As in handle(): a bug answers problem+json 500 and is recorded as one, never
-            # as an allowed whoami.
-            log.exception("unexpected error in whoami (audit id %s)", ctx.audit_id)
-            ctx.denial = InternalError()
-            return problem_response(
-                ctx.denial, audit_id=ctx.audit_id, headers=self.base_headers(request, ctx)
-            )
         finally:
-            self.audit.write(request_record(ctx, event="whoami"))
+            if not recorded:  # cancelled: the caller is gone, the record is still written
+                self.audit.write(request_record(ctx, event="whoami"))
+
+    async def _whoami(self, request: web.Request, ctx: RequestContext) -> web.Response:
+        await self.stages[0](ctx)
+        assert ctx.principal is not None
+        ctx.mapping = await self.gate.find(ctx.principal)
+        self.gate.check(ctx.mapping)  # after: the audit record names a refusing mapping
+        operations = ctx.mapping.allowed_operations(ctx.principal, self.catalog, self.policy)
+        response = self._json(
+            {
+                "principal": ctx.principal.subject,
+                "cloud_account": ctx.principal.cloud_account,
+                "customer": ctx.mapping.payment_customer,
+                "operations": operations,
+                "step_up": self._step_up_hints(ctx.principal, operations),
+            }
+        )
+        response.headers.update(self.cors.response_headers(request))
+        response.headers["X-Request-Id"] = ctx.request_id
+        return response
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -138,3 +138,32 @@ async def test_session_audit_records_carry_the_codes_and_never_the_token(
     ).items()
     denied = records[-1]
     assert (denied["code"], denied["reason"]) == ("csrf_invalid", "bad_mac")
+
+
+class FailingSessionRecords:
+    """Wraps the proxy's audit sink: the session endpoint's records fail (a full disk)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def write_many(self, batch: list[dict[str, Any]]) -> None:
+        if any(record.get("event") == "session" for record in batch):
+            raise OSError("disk full")
+        self.inner.write_many(batch)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+async def test_a_handshake_whose_record_cannot_be_written_hands_out_no_token_or_cookie(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    assert stack.proxy is not None
+    stack.proxy.audit._sink = FailingSessionRecords(stack.proxy.audit._sink)
+    async with http.post(
+        stack.urls["proxy"] + "/_dragoman/session", headers=bearer(stack)
+    ) as response:
+        assert response.status == 503
+        assert (await response.json())["code"] == "audit_unavailable"
+        assert "Set-Cookie" not in response.headers
+        assert "csrf_token" not in await response.text()

@@ -299,3 +299,42 @@ async def test_a_whoami_that_fails_unexpectedly_is_500_internal_error_and_record
     [record] = records(stack, "whoami")
     assert (record["decision"], record["code"]) == ("deny", "internal_error")
     assert "unexpected error in whoami" in caplog.text
+
+
+class FailingEvent:
+    """Wraps the proxy's audit sink: records of one event fail to write (a full disk)."""
+
+    def __init__(self, inner: Any, event: str) -> None:
+        self.inner, self.event = inner, event
+
+    def write_many(self, batch: list[dict[str, Any]]) -> None:
+        if any(record.get("event") == self.event for record in batch):
+            raise OSError("disk full")
+        self.inner.write_many(batch)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+async def test_a_whoami_whose_record_cannot_be_written_is_refused_without_the_customer(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    assert stack.proxy is not None
+    stack.proxy.audit._sink = FailingEvent(stack.proxy.audit._sink, "whoami")
+    async with http.get(stack.urls["proxy"] + "/_dragoman/whoami", headers=alice(stack)) as r:
+        assert (r.status, (await r.json())["code"]) == (503, "audit_unavailable")
+        assert "cus_alice" not in await r.text()
+
+
+async def test_a_whoami_while_the_audit_trail_is_broken_is_refused_before_any_lookup(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    assert stack.proxy is not None
+    stack.proxy.audit.broken = True
+
+    async def no_lookup(*args: object) -> None:
+        raise AssertionError("the mapping was read")
+
+    stack.proxy.gate.find = no_lookup  # type: ignore[method-assign]
+    async with http.get(stack.urls["proxy"] + "/_dragoman/whoami", headers=alice(stack)) as r:
+        assert (r.status, (await r.json())["code"]) == (503, "audit_unavailable")

@@ -49,12 +49,13 @@ class AuditTrail:
         self._group: _Group | None = None
         self.broken = False
 
-    def write(self, record: dict[str, object]) -> None:
-        """Write ``record`` now (after the records waiting for their group, in order)."""
+    def write(self, record: dict[str, object]) -> bool:
+        """Write ``record`` now (after the records waiting for their group, in order); True
+        once it is written, False if the sink failed it (the trail is then broken)."""
         group = self._group
         if group is not None:
             self._write_group(group)
-        self._write([record])
+        return self._write([record])
 
     async def commit(self, record: dict[str, object]) -> bool:
         """Write ``record`` with the others committed in this turn of the loop; True once

@@ -165,38 +165,51 @@ class SessionEndpoint:
     ) -> web.StreamResponse:
         ctx = self._context(request)
         status: int | None = None
+        recorded = False
         try:
-            if self._audit.broken:
-                raise AuditUnavailable()
-            for guard in self._guards:
-                await guard(ctx)
-            refuse_forgeable_body(request)
             try:
-                answer = await run(ctx)
-            except SessionStoreUnavailable as exc:
-                raise SessionUnavailable(str(exc)) from exc
-            status = answer.status
-            if answer.body is None:
-                response = web.Response(status=answer.status)
-            else:
-                response = web.Response(
-                    status=answer.status,
-                    body=json.dumps(answer.body).encode(),
-                    content_type="application/json",
-                )
-            response.headers.update(self._response_headers(request, ctx))
-            response.headers["Cache-Control"] = "no-store"
-            response.headers["Set-Cookie"] = answer.cookie
+                if self._audit.broken:
+                    raise AuditUnavailable()
+                for guard in self._guards:
+                    await guard(ctx)
+                refuse_forgeable_body(request)
+                try:
+                    answer = await run(ctx)
+                except SessionStoreUnavailable as exc:
+                    raise SessionUnavailable(str(exc)) from exc
+                status = answer.status
+                if answer.body is None:
+                    response = web.Response(status=answer.status)
+                else:
+                    response = web.Response(
+                        status=answer.status,
+                        body=json.dumps(answer.body).encode(),
+                        content_type="application/json",
+                    )
+                response.headers.update(self._response_headers(request, ctx))
+                response.headers["Cache-Control"] = "no-store"
+                response.headers["Set-Cookie"] = answer.cookie
+            except Exception as error:
+                headers = self._response_headers(request, ctx)
+                response = refusal(ctx, error, headers=headers, where="the session endpoint")
+            recorded = True
+            if not self._record(ctx, action, status) and ctx.denial is None:
+                # The answer carries a session's token or its end: none leaves unrecorded.
+                unrecorded = AuditUnavailable("audit_write_failed")
+                headers = self._response_headers(request, ctx)
+                return refusal(ctx, unrecorded, headers=headers, where="the session endpoint")
             return response
-        except Exception as error:
-            headers = self._response_headers(request, ctx)
-            return refusal(ctx, error, headers=headers, where="the session endpoint")
         finally:
-            record = request_record(ctx, event=EVENT)
-            record["action"] = action
-            if ctx.denial is None:
-                record["status"] = status
-            self._audit.write(record)
+            if not recorded:  # cancelled: the caller is gone, the record is still written
+                self._record(ctx, action, status)
+
+    def _record(self, ctx: RequestContext, action: str, status: int | None) -> bool:
+        """Write the request's record; False if it could not be written."""
+        record = request_record(ctx, event=EVENT)
+        record["action"] = action
+        if ctx.denial is None:
+            record["status"] = status
+        return self._audit.write(record)
 
     def _response_headers(self, request: web.Request, ctx: RequestContext) -> dict[str, str]:
         return answer_headers(self._headers, self._cors, request, ctx.request_id)

@@ -73,7 +73,7 @@ class MappingAuditor:
 
     def __init__(
         self,
-        write: Callable[[dict[str, Any]], None],
+        write: Callable[[dict[str, Any]], object],
         codec: RowCodec,
         *,
         clock: Callable[[], float] = time.time,

@@ -64,11 +64,12 @@ GUARDS = ("authenticate", "browser_checks", "csrf")
 
 
 class AuditWriter(Protocol):
-    """The proxy's audit trail: writes records; ``broken`` while its sink fails."""
+    """The proxy's audit trail: writes records (True once written); ``broken`` while its
+    sink fails."""
 
     broken: bool
 
-    def write(self, record: dict[str, object]) -> None: ...
+    def write(self, record: dict[str, object]) -> bool: ...
 
 
 def mapping_view(mapping: AccountMapping) -> dict[str, Any]:
