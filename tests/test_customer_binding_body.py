@@ -72,6 +72,24 @@ REFUSED: dict[str, tuple[str, bytes, tuple[tuple[str, str], ...], tuple[int, str
         JSON,
         (*MISMATCH, "customer_ambiguous"),
     ),
+    "duplicate-key-in-another-case": (
+        "/body/things",
+        b'{"customer": "cus_alice", "Customer": "cus_bob"}',
+        JSON,
+        (*MISMATCH, "customer_ambiguous"),
+    ),
+    "duplicate-key-in-capitals": (
+        "/body/things",
+        b'{"customer": "cus_alice", "CUSTOMER": "cus_bob"}',
+        JSON,
+        (*MISMATCH, "customer_ambiguous"),
+    ),
+    "nested-duplicate-key-in-another-case": (
+        "/body-nested/things",
+        b'{"owner": {"customer": "cus_alice", "cUstomer": "cus_bob"}}',
+        JSON,
+        (*MISMATCH, "customer_ambiguous"),
+    ),
     "duplicate-key-nested-elsewhere": (
         "/body/things",
         b'{"customer": "cus_alice", "meta": {"a": 1, "a": 2}}',

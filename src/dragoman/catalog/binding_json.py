@@ -3,7 +3,7 @@ RFC 6901 pointer.
 
 A body the proxy checks must read the same to the upstream. So a document is refused when
 two parsers could disagree about it: a member name twice in one object (at any depth, also
-when spelled with different escapes), ``NaN``/``Infinity``, a number beyond the range of a
+when spelled with different escapes or in another case), ``NaN``/``Infinity``, a number beyond the range of a
 double or an integer too long to convert, an escaped lone surrogate, bytes that are not
 UTF-8 (a byte-order mark included).
 """
@@ -29,9 +29,14 @@ class PointerUnplaceable(ValueError):
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     found: dict[str, Any] = {}
+    folded: set[str] = set()
     for name, value in pairs:
-        if name in found:
+        fold = name.casefold()
+        if fold in folded:
+            # "customer" and "Customer" are one member to a reader that ignores case
+            # (ASP.NET Core's, Jackson's with that option), the last one winning there.
             raise AmbiguousJson(name)
+        folded.add(fold)
         found[name] = value
     return found
 
