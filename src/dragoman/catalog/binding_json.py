@@ -3,9 +3,9 @@ RFC 6901 pointer.
 
 A body the proxy checks must read the same to the upstream. So a document is refused when
 two parsers could disagree about it: a member name twice in one object (at any depth, also
-when spelled with different escapes or in another case), ``NaN``/``Infinity``, a number beyond the range of a
-double or an integer too long to convert, an escaped lone surrogate, bytes that are not
-UTF-8 (a byte-order mark included).
+when spelled with different escapes or in another case), ``NaN``/``Infinity``, a number
+beyond the range of a double or an integer too long to convert, an escaped lone surrogate,
+bytes that are not UTF-8 (a byte-order mark included).
 """
 
 from __future__ import annotations
