@@ -57,6 +57,18 @@ async def body_too_large(make: MakeStack, http: aiohttp.ClientSession) -> tuple[
     return stack, await call(http, stack, "POST", PM, alice(stack), data=body)
 
 
+async def bad_request(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    stack = await make()
+    host, port = stack.urls["proxy"].removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET " + PM.encode() + b" HTTP/1.1\r\nHost: a\r\nX-Bad: a\x01b\r\n\r\n")
+    answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"application/problem+json" in head
+    return stack, (int(head.split()[1]), json.loads(body))
+
+
 async def expectation_failed(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
     stack = await make()
     return stack, await call(http, stack, "GET", PM, {**alice(stack), "Expect": "early-data"})
@@ -375,6 +387,7 @@ PROVOKE: dict[str, tuple[int, Callable[[MakeStack, aiohttp.ClientSession], Await
     "path_invalid": (400, path_invalid),
     "body_too_large": (413, body_too_large),
     "expectation_failed": (417, expectation_failed),
+    "bad_request": (400, bad_request),
     "unauthenticated": (401, unauthenticated),
     "insufficient_user_authentication": (401, insufficient_user_authentication),
     "scope_denied": (403, scope_denied),

@@ -25,9 +25,11 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_server import Server
 
 from dragoman.alerts import AlertSink, open_alert_sinks
 from dragoman.anomaly import AnomalyStage, open_anomaly_stage
@@ -81,6 +83,7 @@ from dragoman.pipeline.errors import (
     InternalError,
     OriginDenied,
     Overloaded,
+    RequestUnreadable,
 )
 from dragoman.pipeline.expect import check_expectation, close_if_waiting, defer_continue
 from dragoman.pipeline.problem import problem_response
@@ -261,6 +264,19 @@ class Proxy:
             if not ctx.recorded:
                 self.record(ctx, event)
 
+    def refuse_unreadable(self, request: web.BaseRequest, status: int) -> web.StreamResponse:
+        """What the HTTP parser refused (status as it chose, 400 mostly): answered
+        problem+json ``bad_request`` and recorded like any refusal, with what could be read
+        of it (the peer's address; no method or path)."""
+        # The application's request factory makes every request a web.Request, the
+        # refused ones included.
+        ctx = self.context(cast(web.Request, request))
+        ctx.denial = RequestUnreadable()
+        self.record(ctx, "request")
+        return problem_response(
+            ctx.denial, audit_id=ctx.audit_id, headers=self.headers, status=status
+        )
+
     def record(self, ctx: RequestContext, event: str) -> None:
         self.audit.write(self._final_record(ctx, event))
 
@@ -357,12 +373,19 @@ class Proxy:
         rather than after its refusal. It runs authentication and the mapping checks like
         any request.
         """
+        response = await self._whoami_recorded(request)
+        close_if_waiting(request, response)
+        return response
+
+    async def _whoami_recorded(self, request: web.Request) -> web.StreamResponse:
+        """:meth:`whoami`'s answer or refusal, with its record written first."""
         ctx = self.context(request)
         recorded = False
         try:
             try:
                 if self.audit.broken:
                     raise AuditUnavailable()
+                check_expectation(request)
                 response = await self._whoami(request, ctx)
             except Denial as denial:
                 ctx.denial = denial
@@ -390,6 +413,7 @@ class Proxy:
                 self.audit.write(request_record(ctx, event="whoami"))
 
     async def _whoami(self, request: web.Request, ctx: RequestContext) -> web.Response:
+        """The answer of :meth:`whoami`, or the denial that stops it."""
         await self.stages[0](ctx)
         assert ctx.principal is not None
         ctx.mapping = await self.gate.find(ctx.principal)
@@ -588,6 +612,59 @@ def build_proxy(
 PROXY_KEY = web.AppKey("proxy", Proxy)
 
 
+RefusalAnswer = Callable[[web.BaseRequest, int], web.StreamResponse]
+"""The answer to a request the HTTP parser refused, and the status aiohttp chose."""
+
+
+def _problem_server(answer: RefusalAnswer) -> type[Server]:
+    """A :class:`~aiohttp.web_server.Server` whose connections answer what the HTTP parser
+    refuses with ``answer``. aiohttp's own answer is the parser's message as text/plain,
+    and that message quotes the refused line: a bearer token, a cookie (SEMANTICS §7)."""
+
+    class ProblemRequestHandler(RequestHandler):
+        def handle_error(
+            self,
+            request: web.BaseRequest,
+            status: int = 500,
+            exc: BaseException | None = None,
+            message: str | None = None,
+        ) -> web.StreamResponse:
+            # aiohttp's own logs the refusal (one line: ParserRefusalFilter) and raises
+            # when part of an answer has left already; its text answer is not used.
+            super().handle_error(request, status, exc, message)
+            response = answer(request, status)
+            response.force_close()
+            return response
+
+    class ProblemServer(Server):
+        def __call__(self) -> RequestHandler:
+            return ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+
+    return ProblemServer
+
+
+class ProxyRunner(web.AppRunner):
+    """An :class:`~aiohttp.web.AppRunner` whose server answers what the HTTP parser
+    refuses with ``answer`` (:func:`_problem_server`)."""
+
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        answer: RefusalAnswer,
+        **options: Any,
+    ) -> None:
+        super().__init__(app, **options)
+        self._server_class = _problem_server(answer)
+
+    async def _make_server(self) -> Server:
+        server = await super()._make_server()
+        # aiohttp builds its Server itself (Application._make_handler); the subclass only
+        # changes which request handler a new connection gets.
+        server.__class__ = self._server_class
+        return server
+
+
 def proxy_runner(app: web.Application, settings: Settings, **options: Any) -> web.AppRunner:
     """The runner of a worker's application, without aiohttp's access log (the audit trail
     records requests, redacted). The header parser lets through twice the longest accepted
@@ -598,9 +675,22 @@ def proxy_runner(app: web.Application, settings: Settings, **options: Any) -> we
     refuses is logged as one line, not a traceback (:class:`~dragoman.logs.ParserRefusalFilter`)."""
     field = max(8190, 2 * settings.identity.max_token_bytes + 1024)
     quiet_parser_refusals()
-    return web.AppRunner(
-        app, access_log=None, max_field_size=field, auto_decompress=False, **options
+    proxy = app.get(PROXY_KEY)
+    answer = proxy.refuse_unreadable if proxy is not None else _unreadable
+    return ProxyRunner(
+        app,
+        answer=answer,
+        access_log=None,
+        max_field_size=field,
+        auto_decompress=False,
+        **options,
     )
+
+
+def _unreadable(request: web.BaseRequest, status: int) -> web.StreamResponse:
+    """What the parser refused, answered without a proxy to record it (a listener of
+    its own): problem+json, no record."""
+    return problem_response(RequestUnreadable(), audit_id=random_uuid(), headers={}, status=status)
 
 
 def build_app(
@@ -617,7 +707,9 @@ def build_app(
     app.router.add_get("/livez", proxy.livez, allow_head=False)
     app.router.add_get("/readyz", proxy.readyz, allow_head=False)
     app.router.add_get("/.well-known/jwks.json", proxy.jwks, allow_head=False)
-    app.router.add_get("/_dragoman/whoami", proxy.whoami, allow_head=False)
+    app.router.add_get(
+        "/_dragoman/whoami", proxy.whoami, allow_head=False, expect_handler=defer_continue
+    )
     sessions = SessionEndpoint(
         proxy.csrf,
         lifetime=settings.browser.session_lifetime,
@@ -631,9 +723,10 @@ def build_app(
         clock=clock,
     )
     PageServer(settings.browser, proxy.headers).add_routes(app)
-    app.router.add_post(SESSION_PATH, sessions.handshake)
-    app.router.add_post(REFRESH_PATH, sessions.refresh)
-    app.router.add_delete(SESSION_PATH, sessions.logout)
+    # Each refuses an expectation itself (417 problem+json, recorded), never aiohttp's text.
+    app.router.add_post(SESSION_PATH, sessions.handshake, expect_handler=defer_continue)
+    app.router.add_post(REFRESH_PATH, sessions.refresh, expect_handler=defer_continue)
+    app.router.add_delete(SESSION_PATH, sessions.logout, expect_handler=defer_continue)
     if settings.mapping.registration.enabled:
         registration = open_registration(
             settings,
@@ -649,7 +742,7 @@ def build_app(
             clock=clock,
         )
         app.router.add_post(REGISTRATION_PATH, registration.create, expect_handler=defer_continue)
-        app.router.add_delete(REGISTRATION_PATH, registration.delete)
+        app.router.add_delete(REGISTRATION_PATH, registration.delete, expect_handler=defer_continue)
     app.router.add_route("*", "/{tail:.*}", proxy.handle, expect_handler=defer_continue)
     do_migrate = settings.store.auto_migrate if migrate_store is None else migrate_store
 

@@ -51,6 +51,7 @@ from dragoman.pipeline.errors import (
     CsrfTokenRotated,
     SessionUnavailable,
 )
+from dragoman.pipeline.expect import check_expectation, close_if_waiting
 from dragoman.pipeline.problem import refusal
 from dragoman.pipeline.stage import Stage, guard_stages
 
@@ -163,6 +164,17 @@ class SessionEndpoint:
         action: str,
         run: Callable[[RequestContext], Awaitable[_Answer]],
     ) -> web.StreamResponse:
+        response = await self._recorded(request, action, run)
+        close_if_waiting(request, response)
+        return response
+
+    async def _recorded(
+        self,
+        request: web.Request,
+        action: str,
+        run: Callable[[RequestContext], Awaitable[_Answer]],
+    ) -> web.StreamResponse:
+        """``run``'s answer, or its refusal, with the request's record written first."""
         ctx = self._context(request)
         status: int | None = None
         recorded = False
@@ -170,6 +182,7 @@ class SessionEndpoint:
             try:
                 if self._audit.broken:
                     raise AuditUnavailable()
+                check_expectation(request)
                 for guard in self._guards:
                     await guard(ctx)
                 refuse_forgeable_body(request)

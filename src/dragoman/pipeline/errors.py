@@ -82,6 +82,13 @@ class BadRequest(Denial):
     title = "The request is malformed."
 
 
+class RequestUnreadable(BadRequest):
+    """What the HTTP parser refused (a malformed request line or header, a duplicate
+    Content-Length): answered without the parser's words, which quote the caller's bytes."""
+
+    title = "The request could not be read as HTTP."
+
+
 class PathInvalid(BadRequest):
     code = "path_invalid"
     title = "The request path is ambiguous or malformed."

@@ -1,0 +1,79 @@
+"""What aiohttp's HTTP parser refuses (SEMANTICS §7): a problem+json ``bad_request`` that
+never quotes the refused bytes (a bearer token, a cookie), recorded like any refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from yarl import URL
+
+from dragoman.demo.runner import DemoStack
+
+TOKEN = b"eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
+
+
+async def raw(url: str, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    parts = URL(url)
+    assert parts.host is not None and parts.port is not None
+    reader, writer = await asyncio.open_connection(parts.host, parts.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        answer = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.split(b"\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(b":")
+        headers[name.decode("latin-1").strip().lower()] = value.decode("latin-1").strip()
+    return int(status_line.split()[1]), headers, body
+
+
+def records(stack: DemoStack) -> list[dict[str, Any]]:
+    text = (stack.state_dir / "audit.jsonl").read_text("utf-8")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+MALFORMED = {
+    "control-byte-in-the-token": b"GET /v1/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer "
+    + TOKEN
+    + b"\x01\r\n\r\n",
+    "control-byte-in-a-cookie": b"GET /v1/x HTTP/1.1\r\nHost: a\r\nCookie: s="
+    + TOKEN
+    + b"\x7f\r\n\r\n",
+    "content-length-twice": b"POST /v1/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer "
+    + TOKEN
+    + b"\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+}
+
+
+@pytest.mark.parametrize("data", MALFORMED.values(), ids=MALFORMED.keys())
+async def test_a_request_the_parser_refuses_is_answered_problem_json_without_its_bytes(
+    stack: DemoStack, data: bytes
+) -> None:
+    status, headers, body = await raw(stack.urls["proxy"], data)
+    assert status == 400
+    assert headers["content-type"] == "application/problem+json"
+    problem = json.loads(body)
+    assert problem["code"] == "bad_request"
+    assert TOKEN not in body and b"eyJ" not in body
+
+
+async def test_a_request_the_parser_refuses_is_recorded_under_the_audit_id_it_was_given(
+    stack: DemoStack,
+) -> None:
+    _, _, body = await raw(stack.urls["proxy"], MALFORMED["control-byte-in-the-token"])
+    (record,) = records(stack)
+    assert record["audit_id"] == json.loads(body)["audit_id"]
+    assert (record["decision"], record["code"], record["client_ip"]) == (
+        "deny",
+        "bad_request",
+        "127.0.0.1",
+    )
+    assert "eyJ" not in (stack.state_dir / "audit.jsonl").read_text("utf-8")
