@@ -271,7 +271,8 @@ class Proxy:
         # The application's request factory makes every request a web.Request, the
         # refused ones included.
         ctx = self.context(cast(web.Request, request))
-        ctx.denial = RequestUnreadable()
+        # aiohttp comes here with 500 too, for an exception a handler let through.
+        ctx.denial = InternalError() if status >= 500 else RequestUnreadable()
         self.record(ctx, "request")
         return problem_response(
             ctx.denial, audit_id=ctx.audit_id, headers=self.headers, status=status
@@ -690,7 +691,8 @@ def proxy_runner(app: web.Application, settings: Settings, **options: Any) -> we
 def _unreadable(request: web.BaseRequest, status: int) -> web.StreamResponse:
     """What the parser refused, answered without a proxy to record it (a listener of
     its own): problem+json, no record."""
-    return problem_response(RequestUnreadable(), audit_id=random_uuid(), headers={}, status=status)
+    denial = InternalError() if status >= 500 else RequestUnreadable()
+    return problem_response(denial, audit_id=random_uuid(), headers={}, status=status)
 
 
 def build_app(
