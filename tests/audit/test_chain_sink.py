@@ -205,6 +205,58 @@ def test_a_line_torn_by_another_writer_fails_the_next_write(tmp_path: Path) -> N
     audit.close()
 
 
+def test_records_cut_from_the_live_file_under_its_writer_stop_the_sink(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    audit = sink(log)
+    for n in range(20):
+        audit.write(request(n))
+    log.write_bytes(b"".join(lines(log)[:8]))  # the same file, its last 12 records gone
+    for n in range(20, 23):
+        with pytest.raises(ChainError, match="went back"):
+            audit.write(request(n))
+    assert len(lines(log)) == 8  # nothing linked over the gap
+
+
+def test_a_live_file_removed_under_its_writer_stops_the_sink(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    audit = sink(log)
+    for n in range(5):
+        audit.write(request(n))
+    log.unlink()
+    with pytest.raises(ChainError, match="went back"):
+        audit.write(request(5))
+    assert lines(log) == []  # no second chain started
+
+
+def test_a_last_record_replaced_under_its_writer_stops_the_sink(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    audit = sink(log)
+    for n in range(3):
+        audit.write(request(n))
+    *kept, last = lines(log)
+    forged = json.loads(last) | {"decision": "deny"}
+    log.write_bytes(b"".join(kept) + canonical(forged) + b"\n")
+    with pytest.raises(ChainError, match="went back"):
+        audit.write(request(3))
+
+
+def test_a_torn_file_moved_aside_lets_the_running_writer_start_a_new_chain(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    audit = sink(log)
+    audit.write(request(0))
+    with log.open("ab") as handle:
+        handle.write(b'{"event":"req')
+    with pytest.raises(ChainError):
+        audit.write(request(1))
+    log.rename(tmp_path / "audit.damaged.jsonl")  # the repair docs/audit.md describes
+    audit.write(request(2))
+    audit.close()
+    (first,) = records(log)
+    assert (first["audit_id"], first["seq"]) == ("a-2", 0)
+
+
 def test_a_group_is_written_with_one_stat_one_write_and_the_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

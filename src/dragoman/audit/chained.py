@@ -18,7 +18,9 @@ directory) and on close; records in between reach the disk when the kernel write
 
 A tail that cannot be read (a torn last line, a record without chain fields) raises
 :class:`~dragoman.audit.chain.ChainError`, an OSError: the proxy refuses requests until an
-operator looks, rather than start a second chain that would hide the damage.
+operator looks, rather than start a second chain that would hide the damage. So does a
+tail behind the one this writer last knew (records cut from the live file, the file
+removed or replaced under it): that one holds until the process restarts.
 """
 
 from __future__ import annotations
@@ -85,6 +87,18 @@ def last_line(fd: int) -> bytes | None:
         if cut >= 0:
             return tail[cut + 1 :]
     return tail
+
+
+def _went_back(tail: Tail, known: Tail) -> bool:
+    """Whether the chain's end read from the files is behind, or other than, an end this
+    writer knew: another chain, an earlier seq, or the same seq with another hash. An
+    empty log's end is no reference: each writer makes up a chain id for it until the
+    first record fixes one."""
+    if known.next_seq == 0:
+        return False
+    if tail.chain != known.chain or tail.next_seq < known.next_seq:
+        return True
+    return tail.next_seq == known.next_seq and tail.last_hash != known.last_hash
 
 
 class _Checkpoints:
@@ -220,8 +234,21 @@ class ChainedFileSink:
         else:
             size = live.st_size  # the inode this writer has open: one stat, not two
         if self._tail is None or size != self._size:
-            self._tail = self._read_tail()
-            self._size = size
+            known, self._tail = self._tail, None  # unknown until the file is read
+            tail = self._read_tail()
+            if known is not None and _went_back(tail, known):
+                # Writers only ever add: the chain's end goes back only when records were
+                # cut from the live file, or it was replaced or removed. Carrying on from
+                # there would link over the gap, and later checkpoints would sign it. The
+                # end this writer knew stays the reference, so every write refuses until
+                # an operator looks (verify, then restart).
+                self._tail = known
+                raise ChainError(
+                    f"the audit chain went back (its last record is seq {tail.next_seq - 1}"
+                    f" of chain {tail.chain}, this writer knew seq {known.next_seq - 1} of"
+                    f" chain {known.chain}): records were removed or the file replaced"
+                )
+            self._tail, self._size = tail, size
         return self._tail
 
     def _reopen(self) -> None:
