@@ -357,6 +357,38 @@ async def test_verifier_accepts_the_replacement_of_a_retired_key_at_once(
     assert (await deployment.verify(fresh.value)).kid == fresh.kid
 
 
+async def test_current_keys_tokens_verify_after_its_pending_successor_is_retired_late(
+    deployment: Deployment,
+) -> None:
+    # The verifier cached K1 ending at R (K2 pending). K2 is retired 20 s before R: K1 goes
+    # on signing past R. Its tokens must verify although the cached copy says K1 ended:
+    # the verifier fetches the key set again before refusing on a timeline.
+    k2 = await deployment.rotate()
+    deployment.clock.now = R - 25
+    await deployment.verify((await deployment.mint()).value)  # cached: K1 until R, K2
+    deployment.clock.now = R - 20
+    await deployment.ring.retire(k2.kid)
+    deployment.clock.now = R + 31  # past K1's cached end and the leeway, within the cache
+    late = await deployment.mint()
+    assert late.kid != k2.kid
+    assert (await deployment.verify(late.value)).kid == late.kid
+
+
+async def test_a_timeline_refusal_still_holds_after_the_key_set_is_fetched_again(
+    deployment: Deployment,
+) -> None:
+    # A stale signer's K1 token after the switch: refused, fresh key set or not.
+    k1 = deployment.record((await deployment.mint()).kid)
+    await deployment.rotate()
+    deployment.clock.now = R + 40
+    fetches = deployment.verifier.keys.fetches
+    forged = await deployment.forge_with(k1, iat=deployment.clock())
+    assert await deployment.refusal(forged) == "key_not_current"
+    assert deployment.verifier.keys.fetches == fetches + 1
+    assert await deployment.refusal(forged) == "key_not_current"
+    assert deployment.verifier.keys.fetches == fetches + 1  # at most once per refetch interval
+
+
 async def _async(value: bytes) -> bytes:
     return value
 

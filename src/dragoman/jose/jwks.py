@@ -173,6 +173,15 @@ class JwksCache:
             raise JoseError("kid_unknown", "token names a key that is not in the key set")
         return found
 
+    async def refetched_key(self, kid: str) -> TrustedKey:
+        """The key named ``kid`` after a fetch of the key set (at most one per refetch
+        interval, as for an unknown kid). For a token the cached key's timeline refuses:
+        the timeline may have moved since the fetch (a pending successor retired gives its
+        predecessor's end back), and a genuine token must not be refused for as long as a
+        stale copy is cached."""
+        await self._refresh()
+        return await self.key(kid)
+
     def _check_usable(self) -> None:
         now = self._clock()
         if self._fetched_at is None or now - self._fetched_at > self._ttl + self._max_stale:

@@ -44,7 +44,13 @@ import aiohttp
 from aiohttp import web
 
 from dragoman.jose.jwks import HttpKeySetFetcher, JwksCache, JwksUnavailable
-from dragoman.jose.strict import HeaderPolicy, JoseError, check_key_timeline, verify_jws
+from dragoman.jose.strict import (
+    HeaderPolicy,
+    JoseError,
+    TrustedKey,
+    check_key_timeline,
+    verify_jws,
+)
 from dragoman.tokens.replay import ReplayCache, ReplayCacheFull, ReplayCacheUnavailable, replay_key
 
 MAX_LIFETIME = 900.0
@@ -154,6 +160,25 @@ class TokenVerifier:
         if self._replay is not None:
             await self._replay.close()
 
+    async def _check_timeline(self, key: TrustedKey, kid: str, claims: dict[str, Any]) -> None:
+        """SEMANTICS §3 against the cached key set, and once more against a fresh one
+        before a refusal (:meth:`JwksCache.refetched_key`): the key set's timeline can move
+        after it was fetched."""
+        try:
+            check_key_timeline(key, claims, now=self._clock(), leeway=self._leeway)
+            return
+        except JoseError:
+            pass
+        try:
+            fresh = await self.keys.refetched_key(kid)
+            if fresh.public_key != key.public_key:  # the signature was checked with the other
+                raise JoseError("key_mismatch", "the key named by kid changed")
+            check_key_timeline(fresh, claims, now=self._clock(), leeway=self._leeway)
+        except JoseError as exc:
+            raise TokenRejected(exc.reason) from None
+        except JwksUnavailable:
+            raise TokenRejected("jwks_unavailable", status=503) from None
+
     async def verify(
         self,
         token: str | None,
@@ -188,10 +213,7 @@ class TokenVerifier:
         except JwksUnavailable:
             raise TokenRejected("jwks_unavailable", status=503) from None
         claims, header = verified.claims, verified.header
-        try:
-            check_key_timeline(verified.key, claims, now=self._clock(), leeway=self._leeway)
-        except JoseError as exc:
-            raise TokenRejected(exc.reason) from None
+        await self._check_timeline(verified.key, header.kid, claims)
         jti = claims.get("jti")
         if jti is None:
             raise TokenRejected("claim_missing")
