@@ -964,6 +964,32 @@ async def test_an_instance_whose_provider_does_not_hold_the_current_key_is_not_r
     assert signing.ready()
 
 
+async def test_an_instance_started_with_another_provider_makes_its_key_and_signs_at_once(
+    cluster: Cluster,
+) -> None:
+    await first_key(cluster)
+    other = cluster.ring(provider=lambda engine: OtherProvider(engine, cluster.master_key))
+    await other.settle()
+    assert other.ready()
+    current = TIMELINE.current(other.keys, cluster.clock())
+    assert current is not None and current.provider == "other"
+
+
+async def test_a_provider_switch_while_a_successor_is_pending_signs_at_once(
+    cluster: Cluster,
+) -> None:
+    ring, _ = await first_key(cluster)
+    pending = await schedule_successor(ring, cluster.clock)
+    cluster.clock.advance(10)
+    other = cluster.ring(provider=lambda engine: OtherProvider(engine, cluster.master_key))
+    await other.settle()
+    assert other.ready()
+    current = TIMELINE.current(other.keys, cluster.clock())
+    assert current is not None and current.provider == "other"
+    [retired] = [k for k in await cluster.stored() if k.kid == pending.kid]
+    assert retired.retired_at is not None  # the old provider's successor never signs
+
+
 class OtherProvider(LocalProvider):
     """A provider of another name (as a replica configured for another KMS would be)."""
 

@@ -392,6 +392,15 @@ class KeyRing:
                 current.provider,
                 self.provider.name,
             )
+            now = self._clock()
+            for pending in self.timeline.pending(self._keys, now):
+                # A successor on its way stops an immediate rotation, and this instance
+                # could not sign until it activates (with the old provider's, not even
+                # then): it is retired unused, as retire() does with a key's successor.
+                retired = await self.store.retire(pending.kid, now)
+                if retired.provider == self.provider.name:
+                    await self._disable(retired)
+            await self.refresh()
             await self.rotate(immediately=True)
 
     async def _keep_fresh(self) -> None:
