@@ -313,12 +313,14 @@ def check_time_claims(
     require_iat: bool = True,
     max_lifetime: float | None = None,
 ) -> None:
-    """Step 5a: ``exp`` (required), ``nbf``, ``iat`` against ``now``, with ``leeway``."""
+    """Step 5a: ``exp`` (required), ``nbf``, ``iat`` against ``now``. The ``leeway`` is for
+    a ``nbf`` or ``iat`` in the future (a clock a little ahead of ours); an ``exp`` that has
+    passed is passed (SEMANTICS §2): no leeway lengthens a token's life."""
     exp = _numeric(payload, "exp", required=True)
     iat = _numeric(payload, "iat", required=require_iat)
     nbf = _numeric(payload, "nbf", required=False)
     assert exp is not None  # required above
-    if now >= exp + leeway:
+    if now >= exp:
         raise JoseError("token_expired", "token has expired")
     if nbf is not None and now + leeway < nbf:
         raise JoseError("token_not_yet_valid", "token is not valid yet")

@@ -79,7 +79,15 @@ class OidcIssuerSettings(Section):
     account_prefix: str = Field(
         "", description="Prepended to the cloud account, to keep issuers' namespaces apart."
     )
-    leeway: Duration = Field(30.0, ge=0, le=120, description="Clock leeway for exp, nbf and iat.")
+    leeway: Duration = Field(
+        30.0,
+        ge=0,
+        le=120,
+        description=(
+            "Clock leeway for a nbf or iat in the future; an exp that has passed gets none"
+            " (SEMANTICS §2)."
+        ),
+    )
     jwks_cache_ttl: Duration = Field(
         300.0, ge=1, le=86400, description="How long fetched keys are used before a refresh."
     )

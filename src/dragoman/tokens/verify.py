@@ -15,10 +15,11 @@ A service behind dragoman (the payment platform) uses this library to check ever
 
 ``verify`` checks, in order: header policy (ES256/EdDSA only, ``typ: at+jwt``, no
 ``jku``/``x5u``/``jwk``/``x5c`` headers, a ``kid`` from the JWKS), the signature, ``iss``,
-``aud``, ``exp``/``nbf``/``iat`` with 30 s leeway and a 15-minute lifetime cap, a ``jti``,
-``scope`` equal to the operation being served, ``sub`` equal to the customer touched, and the
-request binding ``htm``/``htu``. ``scope`` and ``customer`` are required arguments so a
-handler cannot forget them; pass ``customer=None`` only for operations that touch no customer.
+``aud``, ``exp`` (passed is passed), ``nbf``/``iat`` with 30 s leeway, a 15-minute lifetime
+cap, a ``jti``, ``scope`` equal to the operation being served, ``sub`` equal to the customer
+touched, and the request binding ``htm``/``htu``. ``scope`` and ``customer`` are required
+arguments so a handler cannot forget them; pass ``customer=None`` only for operations that
+touch no customer.
 
 With a ``replay_cache`` (:mod:`dragoman.tokens.replay`), a token is usable once for every
 state-changing method (anything but GET, HEAD, OPTIONS; ``once=`` overrides per call): its
@@ -254,7 +255,8 @@ class TokenVerifier:
             raise TokenRejected("replay_cache_unavailable", status=503)
         if not ONCE_JTI.fullmatch(jti):
             raise TokenRejected("claim_invalid")
-        # The entry must outlive every moment the token still verifies: exp plus the leeway.
+        # The entry must outlive every moment the token still verifies on any instance: its
+        # exp by a clock up to the leeway behind this one.
         ttl = expires_at + self._leeway - self._clock()
         try:
             first = await self._replay.first_use(replay_key(self._issuer, jti), ttl)
