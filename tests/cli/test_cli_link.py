@@ -220,7 +220,8 @@ async def test_link_writes_a_link_attempt_record(
     await link(dragoman, config, "acct-3003", "cus_carol")
     mapping = await mapping_of(stack, "acct-3003")
     assert mapping is not None
-    [record] = [r for r in audit_records(stack) if r["event"] == "mapping"]
+    started, record = [r for r in audit_records(stack) if r["event"] == "mapping"]
+    assert (started["action"], started["outcome"]) == ("link_attempt", "started")
     assert (record["action"], record["outcome"]) == ("link_attempt", "ok")
     assert (record["actor"], record["purpose"]) == ("ops:carol", "cli mappings link")
     assert (record["mapping_id"], record["customer"]) == (mapping.id, mapping.customer_index)

@@ -45,7 +45,12 @@ def add(dragoman: Any, config: Path, account: str = "acct-1001") -> dict[str, An
 
 def test_add_writes_a_create_record(dragoman: Any, config: Path) -> None:
     created = add(dragoman, config)
-    [record] = mapping_records(config)
+    started, record = mapping_records(config)
+    assert (started["action"], started["outcome"], started["actor"]) == (
+        "create",
+        "started",
+        "ops:carol",
+    )
     assert (record["action"], record["outcome"], record["code"]) == ("create", "ok", None)
     assert (record["actor"], record["purpose"]) == ("ops:carol", "cli mappings add")
     assert (record["mapping_id"], record["mapping_status"], record["version"]) == (
@@ -104,7 +109,7 @@ def test_list_writes_a_list_record_and_a_read_record_per_mapping(
     first = add(dragoman, config, "acct-1001")
     second = add(dragoman, config, "acct-2002")
     dragoman("mappings", "list", "-c", config, "--by", "ops:erin")
-    listed = mapping_records(config)[2:]
+    listed = mapping_records(config)[4:]  # after two adds: started and ok each
     assert [(r["action"], r["mapping_id"]) for r in listed] == [
         ("list", None),
         ("read", first["id"]),
@@ -176,7 +181,7 @@ def test_no_cli_record_holds_a_plaintext_customer_or_account(dragoman: Any, conf
     dragoman("mappings", "suspend", "-c", config, "acct-1001", "--by", "ops")
     dragoman("mappings", "show", "-c", config, "acct-4242")
     text = audit_path(config).read_text("utf-8")
-    assert len(text.splitlines()) == 6
+    assert len(text.splitlines()) == 8  # add and suspend: started, then ok
     assert "cus_" not in text
     assert "acct-" not in text
 

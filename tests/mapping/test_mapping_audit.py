@@ -104,7 +104,10 @@ async def test_a_registration_writes_a_link_attempt_record_joined_to_its_request
     await register(http, stack, caller(stack), "cus_carol")
     mapping = await linked(stack, "acct-3003")
     [request] = records(stack, "registration")
-    [record] = records(stack, "mapping")
+    started, record = records(stack, "mapping")
+    assert (started["action"], started["outcome"]) == ("link_attempt", "started")
+    assert (started["request"], started["customer"]) == (request["audit_id"], record["customer"])
+    assert started["account_index"] == record["account_index"]
     assert (record["action"], record["outcome"], record["code"]) == ("link_attempt", "ok", None)
     assert (record["actor"], record["purpose"]) == ("carol", "registration")
     assert record["request"] == request["audit_id"]
@@ -141,7 +144,8 @@ async def test_a_second_link_is_recorded_naming_the_mapping_in_the_way(
 ) -> None:
     existing = await linked(stack, "acct-1001")
     await register(http, stack, alice(stack), "cus_alice")
-    [record] = records(stack, "mapping")
+    started, record = records(stack, "mapping")
+    assert started["outcome"] == "started"
     assert (record["outcome"], record["code"]) == ("refused", "mapping_exists")
     assert record["mapping_id"] == existing.id
 
@@ -176,7 +180,8 @@ async def test_an_unlink_writes_a_revoke_record(
 ) -> None:
     mapping = await linked(stack, "acct-1001")
     await unlink(http, stack, alice(stack))
-    [record] = records(stack, "mapping")
+    started, record = records(stack, "mapping")
+    assert (started["action"], started["outcome"]) == ("revoke", "started")
     assert (record["action"], record["outcome"], record["actor"]) == ("revoke", "ok", "alice")
     assert (record["mapping_id"], record["mapping_status"], record["version"]) == (
         mapping.id,
@@ -187,7 +192,7 @@ async def test_an_unlink_writes_a_revoke_record(
 
 async def test_a_refused_unlink_is_recorded(stack: DemoStack, http: aiohttp.ClientSession) -> None:
     await unlink(http, stack, caller(stack))  # acct-3003 has no link
-    [record] = records(stack, "mapping")
+    _, record = records(stack, "mapping")
     assert (record["action"], record["outcome"], record["code"]) == (
         "revoke",
         "refused",
@@ -205,7 +210,7 @@ async def test_no_audit_record_holds_a_plaintext_customer_or_account(
     await register(http, stack, caller(stack), "cus_carol")  # mapping_exists
     await register(http, stack, caller(stack, roles=["viewer"]), "cus_bob")  # forbidden
     await unlink(http, stack, caller(stack))  # revoked
-    assert len(records(stack, "mapping")) == 5
+    assert len(records(stack, "mapping")) == 8  # with the 3 started before a change
     assert "cus_" not in audit_text(stack)
     mapping_records = json.dumps(records(stack, "mapping"))
     assert "acct-" not in mapping_records
@@ -338,3 +343,33 @@ async def test_a_whoami_while_the_audit_trail_is_broken_is_refused_before_any_lo
     stack.proxy.gate.find = no_lookup  # type: ignore[method-assign]
     async with http.get(stack.urls["proxy"] + "/_dragoman/whoami", headers=alice(stack)) as r:
         assert (r.status, (await r.json())["code"]) == (503, "audit_unavailable")
+
+
+async def test_a_link_whose_started_record_cannot_be_written_is_not_made(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    assert stack.proxy is not None
+    stack.platform.add_customer("cus_carol", "acct-3003")
+    stack.proxy.audit._sink = FailingEvent(stack.proxy.audit._sink, "mapping")
+    status, body = await register(http, stack, caller(stack), "cus_carol")
+    assert (status, body["code"]) == (503, "audit_unavailable")
+    assert await live_store(stack).find_by_account("acct-3003") is None
+
+
+async def test_a_link_read_back_failing_after_its_insert_leaves_no_link(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    store = live_store(stack)
+    stack.platform.add_customer("cus_carol", "acct-3003")
+    codec_entity = store.codec.entity
+
+    def failing_entity(row: Any) -> Any:
+        raise OSError("connection lost")  # the read back inside the insert's transaction
+
+    store.codec.entity = failing_entity  # type: ignore[method-assign]
+    try:
+        status, _ = await register(http, stack, caller(stack), "cus_carol")
+    finally:
+        store.codec.entity = codec_entity  # type: ignore[method-assign]
+    assert status >= 500
+    assert await store.find_by_account("acct-3003") is None

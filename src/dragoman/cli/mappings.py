@@ -118,6 +118,7 @@ def mappings_add(
         sys.exit(2)
 
     async def work(store: Any, audit: Any) -> Any:
+        audit.started(MappingAction.CREATE)
         try:
             mapping = await store.add(
                 cloud_account=account,
@@ -331,6 +332,7 @@ def _set_status(config: Path | None, ref: str, actor: str, status: str) -> None:
 
     async def work(store: Any, audit: Any) -> Any:
         mapping = await _find(store, audit, action, ref)
+        audit.started(action, mapping=mapping)
         try:
             changed = await store.update(
                 mapping.id, expected_version=mapping.version, actor=actor, status=status

@@ -18,7 +18,10 @@ records (redacted, appended)::
   the action is about (the mapping's, or the ones asked for when nothing was written). A
   record never holds a plaintext customer id or cloud account.
 - ``outcome``: ``ok``, ``refused`` (a rule said no) or ``failed`` (a dependency was down);
-  ``code`` and ``reason`` are the stable denial code and its finer reason.
+  ``code`` and ``reason`` are the stable denial code and its finer reason. A change (create,
+  link, suspend, revoke) is recorded ``started`` before it is tried, so a change the store
+  committed has a record whatever happens to its outcome's; if that record cannot be
+  written, nothing is tried.
 - ``evidence``: the verification reference of a new link (how and when it was verified).
 
 Reads by the request pipeline (step 4, and ``/_dragoman/whoami``) are not recorded here:
@@ -40,7 +43,12 @@ from typing import Any
 from dragoman.audit.record import iso_time
 from dragoman.mapping.entity import AccountMapping
 from dragoman.mapping.rows import RowCodec
-from dragoman.pipeline.errors import Denial, DependencyUnavailable, InternalError
+from dragoman.pipeline.errors import (
+    AuditUnavailable,
+    Denial,
+    DependencyUnavailable,
+    InternalError,
+)
 
 EVENT = "mapping"
 
@@ -55,6 +63,8 @@ class MappingAction(StrEnum):
 
 
 class Outcome(StrEnum):
+    STARTED = "started"
+    """Written before a change is tried (:meth:`AuditScope.started`); its outcome follows."""
     OK = "ok"
     REFUSED = "refused"
     FAILED = "failed"
@@ -130,7 +140,9 @@ class MappingAuditor:
             "reason": reason,
             "evidence": evidence,
         }
-        self._write(record)
+        written = self._write(record)
+        if outcome is Outcome.STARTED and written is False:  # the proxy's trail says so; a
+            raise AuditUnavailable("audit_write_failed")  # sink raises by itself
         return record
 
     def scope(
@@ -154,6 +166,14 @@ class AuditScope:
     request: str | None = None
     customer: str | None = None
     account: str | None = None
+
+    def started(self, action: MappingAction, *, mapping: AccountMapping | None = None) -> None:
+        """The record of a change about to be tried, before it is: a change the store
+        commits is then recorded even if its outcome's record cannot be written (a full
+        disk, a crash). Raises when it cannot be written (the proxy's trail:
+        :class:`AuditUnavailable`; the CLI's writer: AuditTrailFailed), so nothing is
+        tried unrecorded."""
+        self.auditor.record(action, outcome=Outcome.STARTED, **self._fields(mapping))
 
     def ok(
         self,

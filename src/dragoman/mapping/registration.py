@@ -233,6 +233,7 @@ class Registrar:
         )
         account = self._account_of(principal, MappingAction.REVOKE, audit)
         try:
+            audit.started(MappingAction.REVOKE)
             revoked = await self._revoke(account, actor=principal.subject)
         except Denial as refusal:
             audit.denied(MappingAction.REVOKE, refusal)
@@ -287,6 +288,7 @@ class Registrar:
             if self._verifier is None:
                 raise PlatformRecordsUnavailable("verifier_not_configured")
             evidence = await self._verifier.verify(cloud_account, customer)
+            audit.started(action)
             mapping = await self._store.add(
                 cloud_account=cloud_account,
                 payment_customer=customer,

@@ -505,17 +505,21 @@ class MappingStore:
             "grants": [g.to_json() for g in grants],
         }
 
-        async def go() -> None:
+        async def go() -> AccountMapping:
+            # The row is read back in the insert's own transaction: a read that fails then
+            # undoes the insert, so a caller told "failed" never leaves a link behind.
             try:
                 async with self.engine.begin() as conn:
                     await conn.execute(t.insert().values(**values))
+                    row = (await conn.execute(select(t).where(t.c.id == mapping_id))).one()
+                    return self.codec.entity(row)
             except IntegrityError:
                 raise MappingExists(cloud_account) from None
 
-        await self._run(go())
+        added: AccountMapping = await self._run(go())
         self._writes += 1
         self._cache.discard(cloud_account)
-        return await self.get(str(values["id"]))
+        return added
 
     async def update(
         self, mapping_id: str, *, expected_version: int, actor: str, **changes: Any
