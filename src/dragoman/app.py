@@ -597,7 +597,7 @@ def build_proxy(
         minter=minter,
         platform=platform,
         alerts=alerts,
-        reconcile=open_scheduler(settings, store, platform, alerts, clock=clock),
+        reconcile=open_scheduler(settings, store, platform, alerts, audit=audit.write, clock=clock),
         stages=stages,
         headers=headers,
         routes=routes,

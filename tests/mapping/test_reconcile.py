@@ -18,12 +18,14 @@ import pytest
 from sqlalchemy import text, update
 
 from dragoman.demo.runner import DemoStack
+from dragoman.mapping.audit import MappingAuditor
 from dragoman.mapping.entity import Grant, MappingStatus
 from dragoman.mapping.platform import CustomerRecord, PlatformUnavailable
 from dragoman.mapping.reconcile import LeaseLost, NothingToResume, Reconciler, RunnerBusy
 from dragoman.mapping.reconcile_lease import ADVISORY_ID
 from dragoman.mapping.reconcile_records import reconcile_lease
 from dragoman.mapping.reconcile_schedule import is_due, latest_slot
+from dragoman.pipeline.errors import AuditUnavailable
 from reconcile_support import (
     KINDS,
     Planted,
@@ -191,6 +193,43 @@ async def test_drift_never_softens_a_status_and_merged_then_restored(quiet: Demo
     assert (await store.get(merged)).status is MappingStatus.ACTIVE
     assert (await store.get(human)).status is MappingStatus.SUSPENDED
     assert (await store.get(plain)).status is MappingStatus.ACTIVE
+
+
+async def test_every_mapping_a_run_checks_and_writes_gets_a_mapping_record(
+    quiet: DemoStack,
+) -> None:
+    assert quiet.proxy is not None
+    store = quiet.proxy.store
+    merged, plain = (await seed(store, quiet.platform, 2)).ids
+    quiet.platform.customers[customer_of(0)].merged_into = "cus_survivor"
+    written: list[dict[str, Any]] = []
+    run = reconciler(quiet, RecordingSink())
+    run.auditor = MappingAuditor(written.append, store.codec)
+    report = await run.run()
+    assert report is not None
+    by_mapping = {r["mapping_id"]: r for r in written}
+    assert set(by_mapping) == {merged, plain}
+    assert {r["action"] for r in written} == {"reconcile"}
+    assert {r["actor"] for r in written} == {f"reconcile:{report.run_id}"}
+    assert (by_mapping[merged]["code"], by_mapping[merged]["reason"]) == (
+        "customer_merged",
+        "active -> stale",
+    )
+    assert (by_mapping[plain]["code"], by_mapping[plain]["reason"]) == (None, None)
+    assert "cus_" not in json.dumps(written)
+
+
+async def test_a_run_whose_records_cannot_be_written_stops_resumable(quiet: DemoStack) -> None:
+    assert quiet.proxy is not None
+    store = quiet.proxy.store
+    await seed(store, quiet.platform, 3)
+    run = reconciler(quiet, RecordingSink())
+    run.auditor = MappingAuditor(lambda record: False, store.codec)  # a broken trail
+    with pytest.raises(AuditUnavailable):
+        await run.run()
+    again = reconciler(quiet, RecordingSink())
+    report = await again.run(resume="only")
+    assert report is not None and report.completed
 
 
 async def test_a_known_discrepancy_is_alerted_again_after_the_mapping_matched(

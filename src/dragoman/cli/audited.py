@@ -47,18 +47,18 @@ class AuditTrailFailed(Exception):
     """The audit sink could not be opened or written."""
 
 
-def _audit_failed(exc: BaseException) -> NoReturn:
+def audit_failed(exc: BaseException) -> NoReturn:
     click.echo(f"the audit trail cannot be written ({exc}); see audit.sink", err=True)
     sys.exit(EXIT_UNAVAILABLE)
 
 
-def _open_writer(settings: Settings) -> tuple[Callable[[dict[str, Any]], None], Any]:
+def open_writer(settings: Settings) -> tuple[Callable[[dict[str, Any]], None], Any]:
     from dragoman.audit.sink import open_audit_sink
 
     try:
         sink = open_audit_sink(settings.audit)
     except OSError as exc:
-        _audit_failed(exc)
+        audit_failed(exc)
 
     def write(record: dict[str, Any]) -> None:
         try:
@@ -86,7 +86,7 @@ async def with_store(
     from dragoman.mapping.store import StoreUnavailable
     from dragoman.state import migrate
 
-    write, sink = _open_writer(settings)
+    write, sink = open_writer(settings)
     store = _store(settings)
     audit = MappingAuditor(write, store.codec).scope(
         actor=actor, purpose=f"cli mappings {command}", customer=customer, account=account
@@ -110,4 +110,4 @@ def run_audited(make: Callable[[], Awaitable[T]]) -> T:
     try:
         return run(make)
     except AuditTrailFailed as exc:
-        _audit_failed(exc)
+        audit_failed(exc)

@@ -94,7 +94,9 @@ async def _reconcile(
     from dragoman.alerts import open_alert_sinks
     from dragoman.app import open_platform_client
     from dragoman.catalog.model import operations_from_settings
+    from dragoman.cli.audited import open_writer
     from dragoman.keys.factory import open_key_ring
+    from dragoman.mapping.audit import MappingAuditor
     from dragoman.mapping.factory import open_mapping_store
     from dragoman.mapping.maintenance import seal_plaintext
     from dragoman.mapping.reconcile import Reconciler
@@ -134,6 +136,7 @@ async def _reconcile(
                 )
             alerts = open_alert_sinks(settings.alerts)
             await alerts.start()
+            write, sink = open_writer(settings)
             try:
                 reconciler = Reconciler(
                     store,
@@ -143,6 +146,7 @@ async def _reconcile(
                     trigger="cli",
                     concurrency=concurrency,
                     timeout=max(30.0, 10 * settings.store.query_timeout),
+                    auditor=MappingAuditor(write, store.codec),
                 )
                 return await reconciler.run(
                     resume=resume,
@@ -153,6 +157,7 @@ async def _reconcile(
                     ),
                 )
             finally:
+                sink.close()
                 await alerts.close()
                 await platform.close()
         finally:
@@ -237,6 +242,7 @@ def reconcile(
     unchecked: resume it), 2 a settings problem, 3 the state store is unreachable, 4
     another runner is at work, 130/143 interrupted (resumable).
     """
+    from dragoman.cli.audited import AuditTrailFailed, audit_failed
     from dragoman.mapping.reconcile import LeaseLost, NothingToResume, RunnerBusy
     from dragoman.state.sql import StoreUnavailable
 
@@ -256,6 +262,8 @@ def reconcile(
         )
     except StoreUnavailable as exc:
         store_unavailable(exc)
+    except AuditTrailFailed as exc:  # what the run wrote is recorded; it stopped there
+        audit_failed(exc)
     except KeyConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_CONFIG)

@@ -7,7 +7,9 @@ records (redacted, appended)::
     time, event, audit_id, action, actor, purpose, request, mapping_id, customer,
     account_index, mapping_status, version, outcome, code, reason, evidence
 
-- ``action``: read, list, create, link_attempt, suspend, revoke (:class:`MappingAction`).
+- ``action``: read, list, create, link_attempt, suspend, revoke, reconcile
+  (:class:`MappingAction`; reconcile: one record per mapping a reconciliation run checked
+  and wrote, its ``code`` the drift found, its ``reason`` the status change).
 - ``actor``: who asked: the verified principal (registration over HTTP) or the operator
   named by ``--by`` (the CLI; reads without ``--by`` name the operating-system user).
 - ``purpose``: why: ``registration``, ``cli mappings show``...; ``request`` is the audit id
@@ -60,6 +62,7 @@ class MappingAction(StrEnum):
     LINK_ATTEMPT = "link_attempt"
     SUSPEND = "suspend"
     REVOKE = "revoke"
+    RECONCILE = "reconcile"
 
 
 class Outcome(StrEnum):
@@ -106,9 +109,12 @@ class MappingAuditor:
         code: str | None = None,
         reason: str | None = None,
         evidence: str | None = None,
+        required: bool = False,
     ) -> dict[str, Any]:
         """Write one record and return it. ``customer`` and ``account`` are the plaintext
         values asked for (when no mapping says them); only their blind indexes are written.
+        ``required``: raise :class:`AuditUnavailable` when the proxy's trail could not
+        write it (as it always does for a ``started`` record), so the work stops there.
         """
         # What was asked for wins over the mapping: a refused link names the customer asked
         # for, and the mapping that stood in the way links another.
@@ -141,8 +147,9 @@ class MappingAuditor:
             "evidence": evidence,
         }
         written = self._write(record)
-        if outcome is Outcome.STARTED and written is False:  # the proxy's trail says so; a
-            raise AuditUnavailable("audit_write_failed")  # sink raises by itself
+        if (required or outcome is Outcome.STARTED) and written is False:
+            # The proxy's trail says so; the CLI's writer raises by itself.
+            raise AuditUnavailable("audit_write_failed")
         return record
 
     def scope(

@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from dragoman.alerts.base import AlertSink
+from dragoman.mapping.audit import MappingAuditor
 from dragoman.mapping.reconcile_lease import RunnerBusy, RunnerLock, instance_id, runner_lock
 from dragoman.mapping.reconcile_policy import Policy, decide, drift_alert
 from dragoman.mapping.reconcile_records import UNFINISHED, RunRecord
@@ -86,8 +87,13 @@ class Reconciler:
         concurrency: int | None = None,
         timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
+        auditor: MappingAuditor | None = None,
     ) -> None:
+        """``auditor`` records each mapping a batch wrote (SEMANTICS §4: every read and
+        write of a mapping is audited); a record that cannot be written stops the run
+        (resumable)."""
         self.store = store
+        self.auditor = auditor
         self.platform = platform
         self.settings = settings
         self.alerts = alerts

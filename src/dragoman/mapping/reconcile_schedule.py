@@ -25,8 +25,10 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from dragoman.alerts.base import AlertSink
+from dragoman.mapping.audit import MappingAuditor
 from dragoman.mapping.reconcile import CustomerRecords, LeaseLost, Reconciler, RunnerBusy
 from dragoman.mapping.reconcile_records import INCOMPLETE, UNFINISHED
 from dragoman.mapping.reconcile_report import Report
@@ -173,6 +175,7 @@ def open_scheduler(
     platform: CustomerRecords | None,
     alerts: AlertSink,
     *,
+    audit: Callable[[dict[str, Any]], object] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> ReconcileScheduler | None:
     """The proxy's scheduler, or None when the schedule is off or there is no way to read
@@ -193,5 +196,6 @@ def open_scheduler(
         trigger="schedule",
         timeout=max(30.0, 10 * settings.store.query_timeout),
         clock=clock,
+        auditor=None if audit is None else MappingAuditor(audit, store.codec, clock=clock),
     )
     return ReconcileScheduler(reconciler, settings.reconcile, clock=clock)

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from dragoman.mapping.audit import MappingAction
 from dragoman.mapping.crypto import MappingCryptoError
 from dragoman.mapping.entity import AccountMapping, MappingStatus
 from dragoman.mapping.platform import CustomerRecord, Drift, PlatformUnavailable
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dragoman.mapping.reconcile")
 
+RECONCILE_PURPOSE = "reconciliation"
+"""The ``purpose`` of a run's mapping records."""
 MAX_ERROR_SAMPLES = 50
 CONFLICT_ROUNDS = 3
 FLUSH_INTERVAL = 1.0
@@ -265,6 +268,7 @@ class Session:
                 self.run.id, outcomes, actor=self.actor, counts=totals, now=self.o.now()
             )
             self.counts = Counter(totals(result))
+            self._record(result.written)
             await self._alert(o for o in result.written if o.drift is not None and not o.known)
             if not result.conflicts:
                 return
@@ -273,6 +277,25 @@ class Session:
                 return
         for outcome in outcomes:
             self._error(outcome.mapping.id, "changed repeatedly during the run", lookup=False)
+
+    def _record(self, written: Iterable[Outcome]) -> None:
+        """One mapping record per mapping the batch wrote: who (this run), which mapping,
+        the drift found (``code``) and the status it moved to (``reason``)."""
+        auditor = self.o.auditor
+        if auditor is None:
+            return
+        for outcome in written:
+            mapping = outcome.mapping
+            moved = outcome.new_status is not mapping.status
+            auditor.record(
+                MappingAction.RECONCILE,
+                actor=self.actor,
+                purpose=RECONCILE_PURPOSE,
+                mapping=mapping,
+                code=outcome.drift,
+                reason=f"{mapping.status.value} -> {outcome.new_status.value}" if moved else None,
+                required=True,
+            )
 
     async def _decide(self, items: list[tuple[AccountMapping, Drift]]) -> list[Outcome]:
         wanted = [
