@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import aiohttp
 import pytest
 
@@ -115,6 +117,30 @@ async def test_every_answer_carries_the_security_headers(
             assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
             assert response.headers["Referrer-Policy"] == "no-referrer"
             assert response.headers["Cache-Control"] == "no-store"
+
+
+async def test_every_kind_of_answer_carries_hsts(
+    make_stack: Callable[..., Awaitable[DemoStack]], http: aiohttp.ClientSession
+) -> None:
+    # The demo turns HSTS off (plain HTTP on loopback); a deployment has it by default.
+    stack = await make_stack({"browser": {"hsts_max_age": 31_536_000}})
+    proxy = stack.urls["proxy"]
+    preflight = {
+        "Origin": stack.urls["console"],
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    answers = [
+        lambda: http.get(proxy + PM, headers=alice(stack)),  # forwarded
+        lambda: http.get(proxy + PM),  # refused: problem+json
+        lambda: http.post(proxy + "/_dragoman/session", headers=alice(stack)),
+        lambda: http.get(proxy + "/_dragoman/whoami", headers=alice(stack)),
+        lambda: http.options(proxy + PM, headers=preflight),
+    ]
+    for answer in answers:
+        async with answer() as response:
+            hsts = response.headers.get("Strict-Transport-Security")
+            assert hsts == "max-age=31536000; includeSubDomains", response.url
 
 
 async def test_the_console_can_preflight_and_call_whoami(

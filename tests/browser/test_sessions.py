@@ -167,3 +167,34 @@ async def test_a_handshake_whose_record_cannot_be_written_hands_out_no_token_or_
         assert (await response.json())["code"] == "audit_unavailable"
         assert "Set-Cookie" not in response.headers
         assert "csrf_token" not in await response.text()
+
+
+async def test_another_caller_cannot_refresh_or_end_a_session_with_its_pair(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    proxy = stack.urls["proxy"]
+    alice, bob = bearer(stack), bearer(stack, "bob", "acct-2002")
+    token = (await handshake(http, proxy, alice)).token
+    for method, path in (("POST", "/_dragoman/session/refresh"), ("DELETE", "/_dragoman/session")):
+        async with http.request(method, proxy + path, headers=with_pair(bob, token, token)) as r:
+            assert r.status == 403
+            assert (await r.json())["code"] == "csrf_invalid"
+            assert "Set-Cookie" not in r.headers
+    async with http.post(proxy + PM, headers=with_pair(alice, token, token), json=CARD) as r:
+        assert r.status == 201  # alice's pair is as it was: neither rotated nor ended
+
+
+async def test_a_refresh_with_a_dead_token_is_refused_rotated_and_issues_nothing(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    proxy, alice = stack.urls["proxy"], bearer(stack)
+    refresh = proxy + "/_dragoman/session/refresh"
+    t0 = (await handshake(http, proxy, alice)).token
+    async with http.post(refresh, headers=with_pair(alice, t0, t0)) as response:
+        t1 = (await response.json())["csrf_token"]
+    async with http.post(refresh, headers=with_pair(alice, t1, t1)) as response:
+        t2 = (await response.json())["csrf_token"]
+    async with http.post(refresh, headers=with_pair(alice, t2, t0)) as response:  # T(n-1)
+        assert response.status == 403
+        assert (await response.json())["code"] == "csrf_token_rotated"
+        assert "Set-Cookie" not in response.headers

@@ -355,6 +355,28 @@ async def test_missing_jti_is_refused(tokens: Tokens, verifier: TokenVerifier) -
     assert (rejected.reason, rejected.status) == ("claim_missing", 401)
 
 
+@pytest.mark.parametrize(
+    ("claim", "reason", "status"),
+    [
+        ("iss", "issuer_mismatch", 401),
+        ("aud", "audience_mismatch", 401),
+        ("sub", "customer_mismatch", 403),
+        ("scope", "scope_mismatch", 403),
+        ("exp", "claim_missing", 401),
+        ("iat", "claim_missing", 401),
+        ("htm", "method_mismatch", 401),
+        ("htu", "url_mismatch", 401),
+    ],
+)
+async def test_a_claim_removed_and_the_token_re_signed_with_the_genuine_key_is_refused(
+    tokens: Tokens, verifier: TokenVerifier, claim: str, reason: str, status: int
+) -> None:
+    # A missing claim is never "no restriction": each one the token binds is required.
+    token = await tokens.forge(drop_claims=[claim])
+    rejected = await refusal(verifier, token)
+    assert (rejected.reason, rejected.status) == (reason, status)
+
+
 async def test_jti_shorter_than_122_random_bits_is_refused(
     tokens: Tokens, verifier: TokenVerifier
 ) -> None:
