@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 
 from dragoman.demo.runner import DemoStack
+from failing_sink import FailingEvent
 
 CUSTOMER = "cus_alice"
 ECHO_OPS = [
@@ -320,27 +321,12 @@ async def test_responses_stream_back_intact(
     assert total == STREAM_CHUNKS * len(CHUNK)
 
 
-class FailingRequestRecords:
-    """Wraps the proxy's audit sink: the requests' records fail to write (a full disk)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def write_many(self, records: list[dict[str, Any]]) -> None:
-        if any(record.get("event") == "request" for record in records):
-            raise OSError("disk full")
-        self.inner.write_many(records)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 async def test_a_streamed_answer_whose_record_fails_never_reaches_the_caller_whole(
     proxied: tuple[Echo, DemoStack], http: aiohttp.ClientSession
 ) -> None:
     _, stack = proxied
     assert stack.proxy is not None
-    stack.proxy.audit._sink = FailingRequestRecords(stack.proxy.audit._sink)
+    stack.proxy.audit._sink = FailingEvent(stack.proxy.audit._sink, "request")
     async with http.get(f"{stack.urls['proxy']}/stream/{CUSTOMER}", headers=auth(stack)) as r:
         assert r.status == 200  # the status line left before the last chunk...
         with pytest.raises(aiohttp.ClientPayloadError):

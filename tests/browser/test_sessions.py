@@ -20,6 +20,7 @@ from session_support import (
 
 from dragoman.app import build_app
 from dragoman.demo.runner import DemoStack
+from failing_sink import FailingEvent
 
 Backend = tuple[str, str | None]
 
@@ -140,26 +141,11 @@ async def test_session_audit_records_carry_the_codes_and_never_the_token(
     assert (denied["code"], denied["reason"]) == ("csrf_invalid", "bad_mac")
 
 
-class FailingSessionRecords:
-    """Wraps the proxy's audit sink: the session endpoint's records fail (a full disk)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def write_many(self, batch: list[dict[str, Any]]) -> None:
-        if any(record.get("event") == "session" for record in batch):
-            raise OSError("disk full")
-        self.inner.write_many(batch)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 async def test_a_handshake_whose_record_cannot_be_written_hands_out_no_token_or_cookie(
     stack: DemoStack, http: aiohttp.ClientSession
 ) -> None:
     assert stack.proxy is not None
-    stack.proxy.audit._sink = FailingSessionRecords(stack.proxy.audit._sink)
+    stack.proxy.audit._sink = FailingEvent(stack.proxy.audit._sink, "session")
     async with http.post(
         stack.urls["proxy"] + "/_dragoman/session", headers=bearer(stack)
     ) as response:

@@ -25,6 +25,7 @@ from registration_helpers import (
 )
 
 from dragoman.demo.runner import DemoStack
+from failing_sink import FailingEvent
 
 MakeStack = Callable[..., Awaitable[DemoStack]]
 
@@ -304,21 +305,6 @@ async def test_a_whoami_that_fails_unexpectedly_is_500_internal_error_and_record
     [record] = records(stack, "whoami")
     assert (record["decision"], record["code"]) == ("deny", "internal_error")
     assert "unexpected error in whoami" in caplog.text
-
-
-class FailingEvent:
-    """Wraps the proxy's audit sink: records of one event fail to write (a full disk)."""
-
-    def __init__(self, inner: Any, event: str) -> None:
-        self.inner, self.event = inner, event
-
-    def write_many(self, batch: list[dict[str, Any]]) -> None:
-        if any(record.get("event") == self.event for record in batch):
-            raise OSError("disk full")
-        self.inner.write_many(batch)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 async def test_a_whoami_whose_record_cannot_be_written_is_refused_without_the_customer(
