@@ -86,7 +86,7 @@ from dragoman.pipeline.errors import (
     RequestUnreadable,
 )
 from dragoman.pipeline.expect import check_expectation, close_if_waiting, defer_continue
-from dragoman.pipeline.problem import problem_response
+from dragoman.pipeline.problem import problem_response, refusal
 from dragoman.pipeline.stage import Stage
 from dragoman.policy.roles import RolePolicy
 from dragoman.policy.step_up import StepUpStage
@@ -271,8 +271,7 @@ class Proxy:
         # The application's request factory makes every request a web.Request, the
         # refused ones included.
         ctx = self.context(cast(web.Request, request))
-        # aiohttp comes here with 500 too, for an exception a handler let through.
-        ctx.denial = InternalError() if status >= 500 else RequestUnreadable()
+        ctx.denial = _parser_denial(status)
         self.record(ctx, "request")
         return problem_response(
             ctx.denial, audit_id=ctx.audit_id, headers=self.headers, status=status
@@ -388,25 +387,18 @@ class Proxy:
                     raise AuditUnavailable()
                 check_expectation(request)
                 response = await self._whoami(request, ctx)
-            except Denial as denial:
-                ctx.denial = denial
-                response = problem_response(
-                    denial, audit_id=ctx.audit_id, headers=self.base_headers(request, ctx)
-                )
-            except Exception:
+            except Exception as error:
                 # As in handle(): a bug answers problem+json 500 and is recorded as one,
                 # never as an allowed whoami.
-                log.exception("unexpected error in whoami (audit id %s)", ctx.audit_id)
-                ctx.denial = InternalError()
-                response = problem_response(
-                    ctx.denial, audit_id=ctx.audit_id, headers=self.base_headers(request, ctx)
+                response = refusal(
+                    ctx, error, headers=self.base_headers(request, ctx), where="whoami"
                 )
             recorded = True
             if not self.audit.write(request_record(ctx, event="whoami")) and ctx.denial is None:
                 # It names the caller's customer: a read of the mapping no record names.
-                ctx.denial = AuditUnavailable("audit_write_failed")
-                return problem_response(
-                    ctx.denial, audit_id=ctx.audit_id, headers=self.base_headers(request, ctx)
+                unrecorded = AuditUnavailable("audit_write_failed")
+                return refusal(
+                    ctx, unrecorded, headers=self.base_headers(request, ctx), where="whoami"
                 )
             return response
         finally:
@@ -691,8 +683,14 @@ def proxy_runner(app: web.Application, settings: Settings, **options: Any) -> we
 def _unreadable(request: web.BaseRequest, status: int) -> web.StreamResponse:
     """What the parser refused, answered without a proxy to record it (a listener of
     its own): problem+json, no record."""
-    denial = InternalError() if status >= 500 else RequestUnreadable()
+    denial = _parser_denial(status)
     return problem_response(denial, audit_id=random_uuid(), headers={}, status=status)
+
+
+def _parser_denial(status: int) -> Denial:
+    """The denial of what aiohttp answers itself: a request its parser refused, or (500)
+    an exception a handler let through."""
+    return InternalError() if status >= 500 else RequestUnreadable()
 
 
 def build_app(

@@ -84,6 +84,10 @@ def _escaped(match: re.Match[str]) -> str:
     return f"\\u{point:04x}"
 
 
+_DECODINGS = 3
+"""Percent-decodings tried on a text holding ``%`` ("%2520" is an encoded "%20")."""
+
+
 def _redact(text: str) -> str:
     redacted = _redact_literal(text)
     if "%" not in redacted:
@@ -100,9 +104,6 @@ def _redact(text: str) -> str:
         decoded = once
     found = _redact_literal(decoded)
     return redacted if found == decoded else found
-
-
-_DECODINGS = 3
 
 
 def _redact_literal(text: str) -> str:
