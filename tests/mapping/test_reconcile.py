@@ -232,6 +232,78 @@ async def test_a_run_whose_records_cannot_be_written_stops_resumable(quiet: Demo
     assert report is not None and report.completed
 
 
+async def test_a_status_change_is_recorded_started_before_its_batch_commits(
+    quiet: DemoStack,
+) -> None:
+    """The trail refuses ``started`` records: the run stops before its batch commits, so
+    no mapping changes unrecorded."""
+    assert quiet.proxy is not None
+    store = quiet.proxy.store
+    merged, _ = (await seed(store, quiet.platform, 2)).ids
+    quiet.platform.customers[customer_of(0)].merged_into = "cus_survivor"
+    run = reconciler(quiet, RecordingSink())
+    run.auditor = MappingAuditor(lambda record: record["outcome"] != "started", store.codec)
+    with pytest.raises(AuditUnavailable):
+        await run.run()
+    mapping = await store.get(merged)
+    assert mapping.status is MappingStatus.ACTIVE and mapping.version == 1
+
+
+async def test_a_committed_status_change_keeps_its_record_when_later_records_fail(
+    quiet: DemoStack,
+) -> None:
+    """The records after the commit cannot be written (a full disk, a crash): the change
+    the store committed still has its ``started`` record, naming the change."""
+    assert quiet.proxy is not None
+    store = quiet.proxy.store
+    merged, plain = (await seed(store, quiet.platform, 2)).ids
+    quiet.platform.customers[customer_of(0)].merged_into = "cus_survivor"
+    kept: list[dict[str, Any]] = []
+
+    def write(record: dict[str, Any]) -> bool:
+        if record["outcome"] != "started":
+            return False
+        kept.append(record)
+        return True
+
+    run = reconciler(quiet, RecordingSink())
+    run.auditor = MappingAuditor(write, store.codec)
+    with pytest.raises(AuditUnavailable):
+        await run.run()
+    assert (await store.get(merged)).status is MappingStatus.STALE
+    assert [(r["mapping_id"], r["action"], r["code"], r["reason"]) for r in kept] == [
+        (merged, "reconcile", "customer_merged", "active -> stale")
+    ]
+
+
+async def test_a_status_change_a_concurrent_write_beat_is_recorded_refused(
+    quiet: DemoStack,
+) -> None:
+    assert quiet.proxy is not None
+    store = quiet.proxy.store
+    (merged,) = (await seed(store, quiet.platform, 1)).ids
+    quiet.platform.customers[customer_of(0)].merged_into = "cus_survivor"
+    real = quiet.proxy.platform
+    assert real is not None
+
+    class ChangesMeanwhile:
+        async def customer(self, customer: str, *, cloud_account: str) -> CustomerRecord:
+            record = await real.customer(customer, cloud_account=cloud_account)
+            await store.update(merged, expected_version=1, actor="ops", status="suspended")
+            return record
+
+    written: list[dict[str, Any]] = []
+    run = reconciler(quiet, RecordingSink(), ChangesMeanwhile())
+    run.auditor = MappingAuditor(written.append, store.codec)
+    report = await run.run()
+    assert report is not None and report.counts["conflicts"] == 1
+    assert [(r["outcome"], r["code"], r["reason"], r["version"]) for r in written] == [
+        ("started", "customer_merged", "active -> stale", 1),
+        ("refused", "conflict", "active -> stale", 1),
+        ("ok", "customer_merged", None, 2),  # suspended already: merged leaves it so
+    ]
+
+
 async def test_a_known_discrepancy_is_alerted_again_after_the_mapping_matched(
     quiet: DemoStack,
 ) -> None:

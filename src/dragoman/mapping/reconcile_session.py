@@ -13,6 +13,7 @@ from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dragoman.mapping.audit import MappingAction
+from dragoman.mapping.audit import Outcome as AuditOutcome
 from dragoman.mapping.crypto import MappingCryptoError
 from dragoman.mapping.entity import AccountMapping, MappingStatus
 from dragoman.mapping.platform import CustomerRecord, Drift, PlatformUnavailable
@@ -26,6 +27,7 @@ from dragoman.mapping.reconcile_records import (
     RunRecord,
 )
 from dragoman.mapping.reconcile_report import Report
+from dragoman.pipeline.errors import Conflict
 from dragoman.timeouts import within
 
 if TYPE_CHECKING:
@@ -264,11 +266,18 @@ class Session:
                 new["conflicts"] += len(result.conflicts)
                 return dict(new)
 
+            changes = [o for o in outcomes if _changes_status(o)]
+            self._record(changes, AuditOutcome.STARTED)
             result = await self.o.runs.write(
                 self.run.id, outcomes, actor=self.actor, counts=totals, now=self.o.now()
             )
             self.counts = Counter(totals(result))
-            self._record(result.written)
+            self._record(result.written, AuditOutcome.OK)
+            self._record(
+                (o for o in result.conflicts if _changes_status(o)),
+                AuditOutcome.REFUSED,
+                code=Conflict.code,
+            )
             await self._alert(o for o in result.written if o.drift is not None and not o.known)
             if not result.conflicts:
                 return
@@ -278,21 +287,31 @@ class Session:
         for outcome in outcomes:
             self._error(outcome.mapping.id, "changed repeatedly during the run", lookup=False)
 
-    def _record(self, written: Iterable[Outcome]) -> None:
-        """One mapping record per mapping the batch wrote: who (this run), which mapping,
-        the drift found (``code``) and the status it moved to (``reason``)."""
+    def _record(
+        self,
+        outcomes: Iterable[Outcome],
+        result: AuditOutcome,
+        *,
+        code: str | None = None,
+    ) -> None:
+        """One mapping record per mapping: who (this run), which mapping, the drift found
+        (``code``) and the status change (``reason``). A status change is recorded
+        ``started`` before its batch commits, so a change the store committed has a record
+        even if the process dies before the batch's ``ok`` records are written; a change
+        a concurrent write beat is recorded ``refused`` (``conflict``) and decided again."""
         auditor = self.o.auditor
         if auditor is None:
             return
-        for outcome in written:
+        for outcome in outcomes:
             mapping = outcome.mapping
-            moved = outcome.new_status is not mapping.status
+            moved = _changes_status(outcome)
             auditor.record(
                 MappingAction.RECONCILE,
                 actor=self.actor,
                 purpose=RECONCILE_PURPOSE,
                 mapping=mapping,
-                code=outcome.drift,
+                outcome=result,
+                code=code or outcome.drift,
                 reason=f"{mapping.status.value} -> {outcome.new_status.value}" if moved else None,
                 required=True,
             )
@@ -340,6 +359,10 @@ class Session:
         for finding in unsent:
             self.o.alerts.emit(drift_alert(self.run.id, finding))
         await self.o.runs.mark_sent(self.run.id, [u.mapping_id for u in unsent], self.o.now())
+
+
+def _changes_status(outcome: Outcome) -> bool:
+    return outcome.new_status is not outcome.mapping.status
 
 
 async def _uninterrupted(work: Coroutine[Any, Any, None]) -> None:
