@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -77,3 +78,16 @@ async def test_a_request_the_parser_refuses_is_recorded_under_the_audit_id_it_wa
         "127.0.0.1",
     )
     assert "eyJ" not in (stack.state_dir / "audit.jsonl").read_text("utf-8")
+
+
+async def test_a_request_the_decision_listeners_parser_refuses_is_recorded_as_a_decision(
+    make_stack: Callable[..., Awaitable[DemoStack]],
+) -> None:
+    stack = await make_stack({"decision": {"enabled": True}})
+    data = MALFORMED["control-byte-in-the-token"].replace(b"/v1/x", b"/auth_request")
+    status, headers, body = await raw(stack.decision_url, data)
+    assert (status, headers["content-type"]) == (400, "application/problem+json")
+    assert TOKEN not in body
+    (record,) = records(stack)
+    assert (record["event"], record["audit_id"]) == ("decision", json.loads(body)["audit_id"])
+    assert (record["decision"], record["code"]) == ("deny", "bad_request")

@@ -264,15 +264,18 @@ class Proxy:
             if not ctx.recorded:
                 self.record(ctx, event)
 
-    def refuse_unreadable(self, request: web.BaseRequest, status: int) -> web.StreamResponse:
+    def refuse_unreadable(
+        self, request: web.BaseRequest, status: int, event: str = "request"
+    ) -> web.StreamResponse:
         """What the HTTP parser refused (status as it chose, 400 mostly): answered
-        problem+json ``bad_request`` and recorded like any refusal, with what could be read
-        of it (the peer's address; no method or path)."""
+        problem+json ``bad_request`` and recorded like any refusal (as ``event``: the
+        decision listener's are decisions), with what could be read of it (the peer's
+        address; no method or path)."""
         # The application's request factory makes every request a web.Request, the
         # refused ones included.
         ctx = self.context(cast(web.Request, request))
         ctx.denial = _parser_denial(status)
-        self.record(ctx, "request")
+        self.record(ctx, event)
         return problem_response(
             ctx.denial, audit_id=ctx.audit_id, headers=self.headers, status=status
         )
@@ -658,18 +661,26 @@ class ProxyRunner(web.AppRunner):
         return server
 
 
-def proxy_runner(app: web.Application, settings: Settings, **options: Any) -> web.AppRunner:
+def proxy_runner(
+    app: web.Application,
+    settings: Settings,
+    *,
+    answer: RefusalAnswer | None = None,
+    **options: Any,
+) -> web.AppRunner:
     """The runner of a worker's application, without aiohttp's access log (the audit trail
     records requests, redacted). The header parser lets through twice the longest accepted
     bearer token, so an oversized token is refused by the authenticator (401, audited)
     rather than by the parser. Request bodies are never decompressed: a content-coded body
     is forwarded as sent, so its bytes always match the Content-Length the upstream is told
     (a body inflated on the way would run past it, into a second request). What the parser
-    refuses is logged as one line, not a traceback (:class:`~dragoman.logs.ParserRefusalFilter`)."""
+    refuses is logged as one line, not a traceback (:class:`~dragoman.logs.ParserRefusalFilter`),
+    and answered by ``answer`` (default: the application's proxy records it)."""
     field = max(8190, 2 * settings.identity.max_token_bytes + 1024)
     quiet_parser_refusals()
-    proxy = app.get(PROXY_KEY)
-    answer = proxy.refuse_unreadable if proxy is not None else _unreadable
+    if answer is None:
+        proxy = app.get(PROXY_KEY)
+        answer = proxy.refuse_unreadable if proxy is not None else _unreadable
     return ProxyRunner(
         app,
         answer=answer,

@@ -2,6 +2,11 @@
 runs the pipeline except forwarding, and answers allow with the minted token or deny with
 the problem the caller should see (docs/decision.md)."""
 
-from dragoman.decision.endpoint import DecisionEndpoint, DecisionListener, decision_app
+from dragoman.decision.endpoint import (
+    DecisionEndpoint,
+    DecisionListener,
+    decision_app,
+    decision_runner,
+)
 
-__all__ = ["DecisionEndpoint", "DecisionListener", "decision_app"]
+__all__ = ["DecisionEndpoint", "DecisionListener", "decision_app", "decision_runner"]

@@ -27,6 +27,7 @@ handshake, before the address check ever sees a request.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 
 from aiohttp import web
@@ -220,4 +221,14 @@ class DecisionListener(SideListener):
         self._settings = settings
 
     def make_runner(self) -> web.AppRunner:
-        return proxy_runner(decision_app(self._proxy, self._settings), self._proxy.settings)
+        return decision_runner(self._proxy, self._settings)
+
+
+def decision_runner(proxy: Proxy, settings: DecisionSettings) -> web.AppRunner:
+    """The decision application's runner: what its HTTP parser refuses is answered and
+    recorded as a refused decision, as the proxy's own listener records its."""
+    return proxy_runner(
+        decision_app(proxy, settings),
+        proxy.settings,
+        answer=functools.partial(proxy.refuse_unreadable, event=EVENT),
+    )

@@ -27,7 +27,7 @@ import uvloop
 from aiohttp import web
 
 from dragoman.app import PROXY_KEY, Proxy, build_app, proxy_runner
-from dragoman.decision import decision_app
+from dragoman.decision import decision_runner
 from dragoman.demo.console import console_app
 from dragoman.demo.issuer import DEV_WARNING, DevIssuer
 from dragoman.demo.platform import PaymentPlatform, catalog_settings
@@ -270,7 +270,7 @@ class DemoStack:
         else:
             self.metrics_socket.close()  # refused, rather than accepted and never answered
         if settings.decision.enabled:
-            runner = proxy_runner(decision_app(self.proxy, settings.decision), settings)
+            runner = decision_runner(self.proxy, settings.decision)
             await runner.setup()
             context = self._serve_tls(settings.decision.tls, "decision")
             if context is not None:
