@@ -171,6 +171,12 @@ async def session_token(stack: DemoStack) -> bytes:
         return token.encode()
 
 
+async def pair(stack: DemoStack) -> list[tuple[bytes, bytes]]:
+    """The CSRF pair of a live session of alice's, as a browser sends it."""
+    token = await session_token(stack)
+    return [(b"Cookie", CSRF_COOKIE + b"=" + token), (b"X-CSRF-Token", token)]
+
+
 # -- Origin: refused or served, always recorded ----------------------------------------------
 
 
@@ -199,9 +205,8 @@ async def test_refusal_of_a_non_utf8_origin_is_recorded_with_the_byte_escaped(
 
 
 async def test_read_with_a_non_utf8_origin_is_served_and_recorded(stack: DemoStack) -> None:
-    answer = await send(
-        stack.urls["proxy"], "GET", PM, [bearer(stack), (b"Origin", b"https://a" + NOT_UTF8)]
-    )
+    headers = [bearer(stack), (b"Origin", b"https://a" + NOT_UTF8), *await pair(stack)]
+    answer = await send(stack.urls["proxy"], "GET", PM, headers)
     assert answer.status == 200
     mine = record_of(stack, answer)
     assert (mine["decision"], mine["origin"]) == ("allow", "https://a\\xff")
@@ -228,9 +233,8 @@ async def test_preflight_with_a_non_utf8_origin_is_refused_origin_denied(
 
 
 async def test_whoami_with_a_non_utf8_origin_is_answered_and_recorded(stack: DemoStack) -> None:
-    answer = await send(
-        stack.urls["proxy"], "GET", b"/_dragoman/whoami", [bearer(stack), (b"Origin", NOT_UTF8)]
-    )
+    headers = [bearer(stack), (b"Origin", NOT_UTF8), *await pair(stack)]
+    answer = await send(stack.urls["proxy"], "GET", b"/_dragoman/whoami", headers)
     assert answer.status == 200
     assert record_of(stack, answer)["event"] == "whoami"
 

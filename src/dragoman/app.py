@@ -87,7 +87,7 @@ from dragoman.pipeline.errors import (
 )
 from dragoman.pipeline.expect import check_expectation, close_if_waiting, defer_continue
 from dragoman.pipeline.problem import problem_response, refusal
-from dragoman.pipeline.stage import Stage
+from dragoman.pipeline.stage import Stage, guard_stages
 from dragoman.policy.roles import RolePolicy
 from dragoman.policy.step_up import StepUpStage
 from dragoman.settings import Settings
@@ -97,6 +97,9 @@ from dragoman.tokens.mint import TokenMinter
 from dragoman.tokens.stage import MintTokenStage
 
 log = logging.getLogger(__name__)
+
+WHOAMI_GUARDS = ("authenticate", "browser_checks", "csrf")
+"""The pipeline stages /_dragoman/whoami runs before it answers, in this order."""
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
@@ -149,9 +152,12 @@ class Proxy:
     """The step-up stage (policy.step_up): whoami names what a sign-in lacks."""
     readiness: Readiness = field(init=False)
     """The named checks of /readyz, built once from the components."""
+    whoami_guards: tuple[Stage, ...] = field(init=False)
+    """The first stages, which whoami runs (:data:`WHOAMI_GUARDS`)."""
 
     def __post_init__(self) -> None:
         self.readiness = Readiness(self._readiness_checks())
+        self.whoami_guards = guard_stages(self.stages[:3], WHOAMI_GUARDS, "whoami")
 
     def _readiness_checks(self) -> list[Check]:
         """In the order /readyz lists failures. Backends kept in this process (memory)
@@ -409,8 +415,11 @@ class Proxy:
                 self.audit.write(request_record(ctx, event="whoami"))
 
     async def _whoami(self, request: web.Request, ctx: RequestContext) -> web.Response:
-        """The answer of :meth:`whoami`, or the denial that stops it."""
-        await self.stages[0](ctx)
+        """The answer of :meth:`whoami`, or the denial that stops it. It runs the
+        pipeline's guards as any request does: authentication, then (from a browser) the
+        CSRF pair, since the answer names the caller's customer."""
+        for stage in self.whoami_guards:
+            await stage(ctx)
         assert ctx.principal is not None
         ctx.mapping = await self.gate.find(ctx.principal)
         self.gate.check(ctx.mapping)  # after: the audit record names a refusing mapping

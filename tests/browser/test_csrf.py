@@ -33,10 +33,17 @@ async def test_a_write_with_cookie_and_header_reaches_the_upstream(
     assert len(stack.platform.seen) == 1
 
 
+@pytest.mark.parametrize("method", ["POST", "GET"])
 @pytest.mark.parametrize("forgery", sorted(FORGERIES))
 async def test_a_forged_pair_is_refused_and_the_upstream_sees_nothing(
-    make_stack: MakeStack, http: aiohttp.ClientSession, backend: Backend, forgery: str
+    make_stack: MakeStack,
+    http: aiohttp.ClientSession,
+    backend: Backend,
+    forgery: str,
+    method: str,
 ) -> None:
+    """Reads as writes: SEMANTICS §5 asks every API request after the handshake for the
+    pair."""
     stack = await make_stack(browser_overrides(*backend))
     proxy, alice = stack.urls["proxy"], bearer(stack, Origin=stack.urls["console"])
     mine = (await handshake(http, proxy, alice)).token
@@ -53,7 +60,9 @@ async def test_a_forged_pair_is_refused_and_the_upstream_sees_nothing(
         "token_macd_with_another_key": (foreign, foreign),
         "another_principals_session": (bobs, bobs),
     }[forgery]
-    async with http.post(proxy + PM, headers=with_pair(alice, cookie, header), json=CARD) as r:
+    body_json = CARD if method == "POST" else None
+    headers = with_pair(alice, cookie, header)
+    async with http.request(method, proxy + PM, headers=headers, json=body_json) as r:
         assert r.status == 403
         body = await r.json()
     code = "csrf_missing" if FORGERIES[forgery].startswith("missing_") else "csrf_invalid"
@@ -69,6 +78,62 @@ async def test_a_browser_write_without_a_csrf_pair_is_refused_in_browser_mode(
     async with http.post(stack.urls["proxy"] + PM, headers=headers, json=CARD) as r:
         assert r.status == 403
     assert stack.platform.seen == []
+
+
+BROWSER_SIGNALS = {
+    "origin": {"Origin": "http://console.example"},
+    "sec-fetch": {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"},
+    "csrf-cookie-only": {"Cookie": "__Host-dragoman-csrf=x"},
+}
+
+
+@pytest.mark.parametrize("signal", sorted(BROWSER_SIGNALS))
+async def test_a_browser_read_without_a_csrf_pair_is_refused_in_browser_mode(
+    make_stack: MakeStack, http: aiohttp.ClientSession, signal: str
+) -> None:
+    stack = await make_stack(browser_overrides("memory", None))
+    headers = bearer(stack, **BROWSER_SIGNALS[signal])
+    async with http.get(stack.urls["proxy"] + PM, headers=headers) as r:
+        assert r.status == 403
+        assert (await r.json())["code"] == "csrf_missing"
+    assert stack.platform.seen == []
+
+
+async def test_a_browser_read_with_its_pair_reaches_the_upstream(
+    make_stack: MakeStack, http: aiohttp.ClientSession, backend: Backend
+) -> None:
+    stack = await make_stack(browser_overrides(*backend))
+    proxy, alice = stack.urls["proxy"], bearer(stack, Origin=stack.urls["console"])
+    t = (await handshake(http, proxy, alice)).token
+    async with http.get(proxy + PM, headers=with_pair(alice, t, t)) as r:
+        assert r.status == 200
+    assert len(stack.platform.seen) == 1
+
+
+async def test_whoami_from_a_browser_needs_the_pair(
+    make_stack: MakeStack, http: aiohttp.ClientSession
+) -> None:
+    """Its answer names the caller's customer: a read like any other."""
+    stack = await make_stack(browser_overrides("memory", None))
+    proxy, alice = stack.urls["proxy"], bearer(stack, Origin=stack.urls["console"])
+    async with http.get(proxy + "/_dragoman/whoami", headers=alice) as r:
+        assert r.status == 403
+        body = await r.json()
+    assert (body["code"], "customer" in body) == ("csrf_missing", False)
+    t = (await handshake(http, proxy, alice)).token
+    async with http.get(proxy + "/_dragoman/whoami", headers=with_pair(alice, t, t)) as r:
+        assert r.status == 200
+        assert (await r.json())["customer"] == "cus_alice"
+
+
+async def test_a_server_read_without_browser_signals_needs_only_its_bearer(
+    make_stack: MakeStack, http: aiohttp.ClientSession
+) -> None:
+    stack = await make_stack(browser_overrides("memory", None))
+    async with http.get(stack.urls["proxy"] + PM, headers=bearer(stack)) as r:
+        assert r.status == 200
+    async with http.get(stack.urls["proxy"] + "/_dragoman/whoami", headers=bearer(stack)) as r:
+        assert r.status == 200
 
 
 async def test_a_server_write_without_browser_signals_needs_only_its_bearer(

@@ -1,5 +1,5 @@
-"""``browser.csrf = "required"`` (SEMANTICS §5): every state-changing request needs a valid
-CSRF pair, browser signals or not; reads do not. Sessions in memory and in Redis."""
+"""``browser.csrf = "required"`` (SEMANTICS §5): every request needs a valid CSRF pair,
+browser signals or not, reads included. Sessions in memory and in Redis."""
 
 from __future__ import annotations
 
@@ -64,10 +64,22 @@ async def test_a_browser_write_with_the_pair_reaches_the_upstream(
     assert len(stack.platform.seen) == 1
 
 
-async def test_a_read_needs_no_pair(
+async def test_a_server_read_without_a_pair_is_refused(
     make_stack: MakeStack, http: aiohttp.ClientSession, backend: Backend
 ) -> None:
     stack = await make_stack(required(backend))
     async with http.get(stack.urls["proxy"] + PM, headers=bearer(stack)) as r:
+        assert r.status == 403
+        assert (await r.json())["code"] == "csrf_missing"
+    assert stack.platform.seen == []
+
+
+async def test_a_server_read_with_the_pair_reaches_the_upstream(
+    make_stack: MakeStack, http: aiohttp.ClientSession, backend: Backend
+) -> None:
+    stack = await make_stack(required(backend))
+    proxy, alice = stack.urls["proxy"], bearer(stack)
+    t = (await handshake(http, proxy, alice)).token
+    async with http.get(proxy + PM, headers=with_pair(alice, t, t)) as r:
         assert r.status == 200, await r.text()
     assert len(stack.platform.seen) == 1

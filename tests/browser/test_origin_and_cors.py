@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
+from session_support import handshake, with_pair
 
 from dragoman.demo.runner import DemoStack
 
@@ -101,10 +102,11 @@ async def test_a_preflight_outside_the_policy_is_refused(
 async def test_cors_never_answers_with_a_wildcard(
     stack: DemoStack, http: aiohttp.ClientSession
 ) -> None:
-    async with http.get(
-        stack.urls["proxy"] + PM, headers=alice(stack, Origin="https://evil.example")
-    ) as response:
-        assert response.status == 200
+    proxy = stack.urls["proxy"]
+    pair = await handshake(http, proxy, alice(stack, Origin=stack.urls["console"]))
+    evil = with_pair(alice(stack, Origin="https://evil.example"), pair.token, pair.token)
+    async with http.get(proxy + PM, headers=evil) as response:
+        assert response.status == 200  # a read checks no Origin: CORS keeps its answer
         assert "Access-Control-Allow-Origin" not in response.headers
 
 
@@ -155,8 +157,11 @@ async def test_the_console_can_preflight_and_call_whoami(
     async with http.options(stack.urls["proxy"] + "/_dragoman/whoami", headers=preflight) as r:
         assert r.status == 204
         assert r.headers["Access-Control-Allow-Origin"] == console
+    headers = alice(stack, Origin=console)
+    pair = await handshake(http, stack.urls["proxy"], headers)
     async with http.get(
-        stack.urls["proxy"] + "/_dragoman/whoami", headers=alice(stack, Origin=console)
+        stack.urls["proxy"] + "/_dragoman/whoami",
+        headers=with_pair(headers, pair.token, pair.token),
     ) as response:
         assert response.status == 200
         assert response.headers["Access-Control-Allow-Origin"] == console

@@ -188,10 +188,14 @@ async def test_cookie_and_csrf_header_never_reach_the_upstream(
     recorded: tuple[Route, Recorder], http: aiohttp.ClientSession
 ) -> None:
     route, upstream = recorded
+    authorization = bearer(route.stack)
+    session = route.stack.urls["proxy"] + "/_dragoman/session"
+    async with http.post(session, headers={"Authorization": authorization}) as r:
+        token = (await r.json())["csrf_token"]
     headers = {
-        "Authorization": bearer(route.stack),
-        "Cookie": "__Host-dragoman-csrf=abc; session=s3cret",
-        "X-CSRF-Token": "abc",
+        "Authorization": authorization,
+        "Cookie": f"__Host-dragoman-csrf={token}; session=s3cret",
+        "X-CSRF-Token": token,
     }
     path = f"/v1/customers/{ALICE}/things"
     async with http.get(route.url + path, headers=headers) as r:
@@ -199,6 +203,7 @@ async def test_cookie_and_csrf_header_never_reach_the_upstream(
     assert upstream.header("cookie") == []
     assert upstream.header("x-csrf-token") == []
     assert "s3cret" not in json.dumps(upstream.received)
+    assert token not in json.dumps(upstream.received)
 
 
 async def test_an_underscore_twin_of_a_header_never_reaches_the_upstream(

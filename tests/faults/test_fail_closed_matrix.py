@@ -241,7 +241,7 @@ async def test_rate_limit_store_down_with_fallback_local_serves_reads_within_loc
 
 
 @pytest.mark.parametrize("fault", FAULTS)
-async def test_session_store_down_refuses_browser_writes(
+async def test_session_store_down_refuses_browser_reads_and_writes(
     make_faulty: MakeFaulty, fault: str
 ) -> None:
     f = await make_faulty()
@@ -250,9 +250,11 @@ async def test_session_store_down_refuses_browser_writes(
     forwarded = len(f.seen)
     await break_(f.sessions, fault)
 
-    for method, path, body in [*WRITES, await delete_call(f)]:
+    for method, path, body in [("GET", PM, None), *WRITES, await delete_call(f)]:
         answer = await f.call(method, path, body=body, headers=pair.headers())
         await f.assert_refused(answer, 503, "session_unavailable")
+    answer = await f.call("GET", "/_dragoman/whoami", headers=pair.headers())
+    await f.assert_refused(answer, 503, "session_unavailable")
     handshake = await f.call(
         "POST",
         "/_dragoman/session",
@@ -263,9 +265,9 @@ async def test_session_store_down_refuses_browser_writes(
     await f.assert_refused(refresh, 503, "session_unavailable")
     assert len(f.seen) == forwarded
 
-    # What needs no session is served: a browser's read (no CSRF check on GET), and a
-    # server-to-server write (no browser signal: browser.csrf = browser).
-    assert (await f.call("GET", PM, headers=pair.headers())).status == 200
+    # What needs no session is served: server-to-server calls (no browser signal:
+    # browser.csrf = browser).
+    assert (await f.call("GET", PM)).status == 200
     assert (await f.call("PUT", ADDRESS, body=NEW_ADDRESS)).status == 200
     assert len(f.seen) == forwarded + 2
 

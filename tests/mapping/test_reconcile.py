@@ -256,7 +256,7 @@ async def test_a_committed_status_change_keeps_its_record_when_later_records_fai
     the store committed still has its ``started`` record, naming the change."""
     assert quiet.proxy is not None
     store = quiet.proxy.store
-    merged, plain = (await seed(store, quiet.platform, 2)).ids
+    merged, _ = (await seed(store, quiet.platform, 2)).ids
     quiet.platform.customers[customer_of(0)].merged_into = "cus_survivor"
     kept: list[dict[str, Any]] = []
 

@@ -22,13 +22,18 @@ a page elsewhere cannot learn T. A request then holds when, in this order:
 Failures of 1 are 403 ``csrf_missing``, of 2-5 403 ``csrf_invalid``, with that reason. The
 store being down is 503 ``session_unavailable``.
 
-Which requests must pass (``browser.csrf``): in ``browser`` mode (the default), every
-state-changing request (not GET, HEAD, OPTIONS) that carries a browser signal: the CSRF
-cookie, an ``Origin`` header or any ``Sec-Fetch-*`` header. Servers and CLIs send none of
-them and keep working with their bearer credential alone; browsers always send one on the
-requests a page can forge. In ``required`` mode every state-changing request must pass; in
-``off`` none. Independently of the mode, a state-changing browser request whose body is
-one of the types a page can send without a CORS preflight (``text/plain``, a form) is
+Which requests must pass (``browser.csrf``): in ``browser`` mode (the default), every API
+request after the handshake, reads included (SEMANTICS §5: "every later API request"),
+that carries a browser signal: the CSRF cookie, an ``Origin`` header or any ``Sec-Fetch-*``
+header. Servers and CLIs send none of them and keep working with their bearer credential
+alone; browsers always send one on the requests a page can make. A read needs the pair
+too because the credential a browser attaches by itself (a client certificate, a cookie
+of the host's identity system) would otherwise let a page elsewhere, or script injected
+into this one that cannot read the cookie, read a customer's data; and so a browser read
+depends on the session store as a write does (refused while it is down, SEMANTICS §6). In
+``required`` mode every request must pass; in ``off`` none. CORS preflights are answered
+before this stage. Independently of the mode, a state-changing browser request whose body
+is one of the types a page can send without a CORS preflight (``text/plain``, a form) is
 refused with 415: the proxy's endpoints take JSON.
 """
 
@@ -230,7 +235,7 @@ class CsrfVerifier:
 
 
 class CsrfStage:
-    """Step 2 (after the Origin checks): the CSRF pair of state-changing browser requests."""
+    """Step 2 (after the Origin checks): the CSRF pair of browser requests."""
 
     name = "csrf"
 
@@ -239,11 +244,9 @@ class CsrfStage:
         self._mode = mode
 
     async def __call__(self, ctx: RequestContext) -> None:
-        if ctx.method in SAFE_METHODS:
-            return
         request = ctx.request
         browser = is_browser_request(request)
-        if browser:
+        if browser and ctx.method not in SAFE_METHODS:
             refuse_forgeable_body(request)
         if self._mode == "required" or (self._mode == "browser" and browser):
             verified = await self._verifier.verify(request, ctx.principal)

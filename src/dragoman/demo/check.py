@@ -299,6 +299,18 @@ async def _browser_steps(walk: Walk, alice: str) -> list[str]:
         lambda: walk.call(proxy, "POST", pm, alice, card, headers=pair(token, token)),
     )
     await walk.step(
+        "a browser read without the CSRF pair",
+        403,
+        "csrf_missing",
+        lambda: walk.call(proxy, "GET", pm, alice, headers=widget),
+    )
+    await walk.step(
+        "a browser read with the session's pair",
+        200,
+        None,
+        lambda: walk.call(proxy, "GET", pm, alice, headers=pair(token, token)),
+    )
+    await walk.step(
         "logout",
         204,
         None,
@@ -310,7 +322,7 @@ async def _browser_steps(walk: Walk, alice: str) -> list[str]:
         "csrf_invalid",
         lambda: walk.call(proxy, "POST", pm, alice, card, headers=pair(token, token)),
     )
-    refused_reached = len(stack.platform.seen) - seen_before - 1
+    refused_reached = len(stack.platform.seen) - seen_before - 2  # the write and the read
     print(
         f"  [{'ok  ' if refused_reached == 0 else 'FAIL'}] refused browser requests that"
         f" reached the platform: {refused_reached}"

@@ -45,10 +45,10 @@ class BrowserSettings(Section):
     csrf: CsrfMode = Field(
         "browser",
         description=(
-            "When a state-changing request needs a valid CSRF pair (`__Host-dragoman-csrf`"
-            " cookie + `X-CSRF-Token` header, SEMANTICS §5): `browser` when it carries the"
-            " session cookie, an `Origin` or any `Sec-Fetch-*` header; `required` always;"
-            " `off` never (for APIs no browser calls)."
+            "When an API request (reads included) needs a valid CSRF pair"
+            " (`__Host-dragoman-csrf` cookie + `X-CSRF-Token` header, SEMANTICS §5):"
+            " `browser` when it carries the session cookie, an `Origin` or any `Sec-Fetch-*`"
+            " header; `required` always; `off` never (for APIs no browser calls)."
         ),
     )
     csrf_key: SecretStr | None = Field(

@@ -4,14 +4,14 @@
 //   const client = new DragomanClient({ credential: () => accessToken });
 //   const answer = await client.request("GET", "/v1/customers/cus_1/payment-methods");
 //
-// It performs the session handshake, keeps the CSRF token in memory only (never in
-// storage or a readable cookie: the cookie dragoman sets is HttpOnly), sends the caller's
-// own credential and, on state-changing requests, the X-CSRF-Token header. When dragoman
+// It performs the session handshake before its first call, keeps the CSRF token in memory
+// only (never in storage or a readable cookie: the cookie dragoman sets is HttpOnly), and
+// sends the caller's own credential and the X-CSRF-Token header on every call (dragoman
+// asks a browser for the pair on reads as on writes, SEMANTICS §5). When dragoman
 // answers 403 csrf_token_rotated (the token was rotated past its grace, by another tab or
 // a refresh), it performs exactly one re-handshake and retries the request once; a second
 // refusal is returned to the caller, never looped on.
 
-const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
 const ROTATED = "csrf_token_rotated";
 
 export class DragomanError extends Error {
@@ -84,16 +84,15 @@ export class DragomanClient {
    */
   async request(method, path, { body, headers } = {}) {
     method = method.toUpperCase();
-    const needsToken = !SAFE_METHODS.has(method);
-    if (needsToken && this.#csrf === null) await this.handshake();
+    if (this.#csrf === null) await this.handshake();
     const used = this.#csrf;
-    let response = await this.#send(method, path, body, needsToken, headers);
-    if (needsToken && (await isRotated(response))) {
+    let response = await this.#send(method, path, body, true, headers);
+    if (await isRotated(response)) {
       // Another tab or a refresh rotated past our token: one re-handshake, one retry,
       // unless a handshake elsewhere in this page already replaced the token meanwhile.
       if (this.#csrf === used) await this.handshake();
       this.stats.retries += 1;
-      response = await this.#send(method, path, body, needsToken, headers);
+      response = await this.#send(method, path, body, true, headers);
     }
     return response;
   }
