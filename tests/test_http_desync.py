@@ -43,6 +43,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import pytest
 
 from binding_support import BOUND_OPS
@@ -914,7 +915,16 @@ async def test_upstream_cors_headers_never_reach_a_caller_from_another_origin(
         b"Access-Control-Allow-Credentials: true\r\n"
     )
     _alice_then_bob(upstream, answer(b"alice", headers=cors))
-    data = get(proxy, ALICE_PATH, b"Origin: https://evil.example")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            proxy.urls["proxy"] + "/_dragoman/session",
+            headers={"Authorization": bearer(proxy).decode().partition(": ")[2]},
+        ) as session,
+    ):
+        token = (await session.json())["csrf_token"].encode()
+    pair = (b"Cookie: __Host-dragoman-csrf=" + token, b"X-CSRF-Token: " + token)
+    data = get(proxy, ALICE_PATH, b"Origin: https://evil.example", *pair)
     (got,) = answers(await exchange(proxy, data))
     assert got.status == 200
     assert not [line for line in got.head.split(b"\r\n") if line.lower().startswith(b"access-")]
