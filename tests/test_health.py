@@ -7,9 +7,7 @@ With ``limits.fallback = "local"`` the Redis backends only degrade a replica (20
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from dragoman.demo.runner import DemoStack
 from dragoman.observability.readiness import Check, Readiness, sync_probe
 from dragoman.state import migrate
 from dragoman.state.sql import make_engine
+from tcp_relay import TcpRelay, free_port
 
 
 async def test_livez_answers_while_the_process_works(
@@ -62,51 +61,6 @@ CLOSED_REDIS = "redis://127.0.0.1:1/0"
 """A Redis URL nothing listens on."""
 
 
-class Relay:
-    """A TCP relay to the test Redis on a port of its own, which the test opens and closes:
-    a Redis that is unreachable, then answers, at one unchanging URL."""
-
-    def __init__(self, target: str) -> None:
-        parts = urlsplit(target)
-        self._target = (parts.hostname or "127.0.0.1", parts.port or 6379)
-        self._db = parts.path
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}{self._db}"
-
-    async def open(self) -> None:
-        self._server = await asyncio.start_server(
-            self._relay, "127.0.0.1", self.port, reuse_address=True
-        )
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._target)
-        self._writers |= {writer, up_writer}
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while chunk := await source.read(65536):
-                    sink.write(chunk)
-                    await sink.drain()
-            sink.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for writer in self._writers:
-                writer.close()
-            await self._server.wait_closed()
-            self._server = None
-
-
 async def readyz(http: aiohttp.ClientSession, stack: DemoStack) -> tuple[int, Any]:
     async with http.get(stack.urls["proxy"] + "/readyz") as response:
         return response.status, await response.json()
@@ -117,17 +71,19 @@ async def test_readyz_names_rate_limits_while_their_redis_is_unreachable_and_rec
     http: aiohttp.ClientSession,
     redis_url: str,
 ) -> None:
-    relay = Relay(redis_url)
-    stack = await make_stack({"limits": {"backend": "redis", "redis_url": relay.url}})
+    target = urlsplit(redis_url)
+    relay = TcpRelay(target.hostname or "127.0.0.1", target.port or 6379, port=free_port())
+    url = f"redis://127.0.0.1:{relay.port}{target.path}"  # nothing listens there yet
+    stack = await make_stack({"limits": {"backend": "redis", "redis_url": url}})
     try:
         assert await readyz(http, stack) == (
             503,
             {"status": "unavailable", "failing": ["rate_limits"]},
         )
-        await relay.open()
+        await relay.start()
         assert await readyz(http, stack) == (200, {"status": "ready"})
     finally:
-        await relay.close()
+        await relay.cut()
 
 
 async def test_readyz_names_browser_sessions_while_their_redis_is_unreachable(

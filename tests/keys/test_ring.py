@@ -30,6 +30,7 @@ from dragoman.keys.timeline import KeyRecord, KeyState, Timeline
 from dragoman.state import migrate
 from dragoman.state.sql import StoreUnavailable, make_engine
 from postgres_support import empty_database
+from tcp_relay import TcpRelay
 
 from .support import jwk_verifies
 
@@ -689,64 +690,15 @@ async def test_retiring_the_current_key_from_a_ring_with_another_master_key_adds
 # -- a stale view signs nothing ------------------------------------------------------------------
 
 
-class Relay:
-    """A TCP relay on loopback to the PostgreSQL server that the test can cut and mend on the
-    same port, so a ring's engine sees its store vanish and come back."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self._target = (target_host, target_port)
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.port = 0
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._accept, "127.0.0.1", self.port, reuse_address=True
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self._target)
-        except OSError:
-            writer.close()
-            return
-        self._writers.update((writer, up_writer))
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    @staticmethod
-    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
-        sink.close()
-
-    async def cut(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        for writer in self._writers:
-            writer.transport.abort()
-        self._writers.clear()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if server is not None:
-            await server.wait_closed()
-
-
 @pytest.fixture
-async def relayed(pg_url: str, master_key: bytes) -> AsyncIterator[tuple[Cluster, Relay, KeyRing]]:
+async def relayed(
+    pg_url: str, master_key: bytes
+) -> AsyncIterator[tuple[Cluster, TcpRelay, KeyRing]]:
     """PostgreSQL only: a ring whose store is reached through a relay, with a current key."""
     database_url = pg_url
     await empty_database(database_url)
     target = make_url(database_url)
-    relay = Relay(target.host or "127.0.0.1", target.port or 5432)
+    relay = TcpRelay(target.host or "127.0.0.1", target.port or 5432)
     await relay.start()
     relay_url = target.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
     made = Cluster(database_url, master_key, Clock(T0), Clock(0.0))
@@ -762,7 +714,7 @@ async def relayed(pg_url: str, master_key: bytes) -> AsyncIterator[tuple[Cluster
 
 
 async def test_view_within_three_refresh_intervals_signs_while_the_store_is_unreachable(
-    relayed: tuple[Cluster, Relay, KeyRing],
+    relayed: tuple[Cluster, TcpRelay, KeyRing],
 ) -> None:
     cluster, relay, ring = relayed
     [first] = await cluster.stored()
@@ -772,7 +724,7 @@ async def test_view_within_three_refresh_intervals_signs_while_the_store_is_unre
 
 
 async def test_view_older_than_three_refresh_intervals_refuses_to_sign_while_store_unreachable(
-    relayed: tuple[Cluster, Relay, KeyRing],
+    relayed: tuple[Cluster, TcpRelay, KeyRing],
 ) -> None:
     cluster, relay, ring = relayed
     await relay.cut()
@@ -783,7 +735,7 @@ async def test_view_older_than_three_refresh_intervals_refuses_to_sign_while_sto
 
 
 async def test_ring_signs_again_once_it_re_reads_the_store(
-    relayed: tuple[Cluster, Relay, KeyRing],
+    relayed: tuple[Cluster, TcpRelay, KeyRing],
 ) -> None:
     cluster, relay, ring = relayed
     await relay.cut()
@@ -801,7 +753,7 @@ async def test_ring_signs_again_once_it_re_reads_the_store(
 
 
 async def test_stale_ring_never_signs_with_a_key_retired_meanwhile(
-    relayed: tuple[Cluster, Relay, KeyRing],
+    relayed: tuple[Cluster, TcpRelay, KeyRing],
 ) -> None:
     cluster, relay, ring = relayed
     [first] = await cluster.stored()

@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from mapping_helpers import Relay
 from sqlalchemy.engine import make_url
 
 from dragoman.demo.runner import DemoStack
@@ -15,6 +14,7 @@ from dragoman.mapping.crypto import MappingCipher
 from dragoman.mapping.store import MappingStore, make_engine
 from dragoman.state import migrate
 from postgres_support import empty_database
+from tcp_relay import TcpRelay
 
 
 @pytest.fixture
@@ -40,10 +40,10 @@ def postgres_url(pg_url: str) -> str:
 
 
 @pytest.fixture
-async def pg_relay(postgres_url: str) -> AsyncIterator[Relay]:
+async def pg_relay(postgres_url: str) -> AsyncIterator[TcpRelay]:
     """A relay to the test PostgreSQL server; ``relay.url`` reaches the test database."""
     target = make_url(postgres_url)
-    relay = Relay(target.host or "127.0.0.1", target.port or 5432)
+    relay = TcpRelay(target.host or "127.0.0.1", target.port or 5432)
     await relay.start()
     relay.url = target.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
     yield relay

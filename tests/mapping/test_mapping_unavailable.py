@@ -12,12 +12,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from mapping_helpers import Relay
 
 from dragoman.demo.runner import DemoStack
 from dragoman.mapping.crypto import MappingCipher
 from dragoman.mapping.store import MappingStore, StoreUnavailable, make_engine
 from dragoman.state import migrate
+from tcp_relay import TcpRelay
 
 PM = "/v1/customers/cus_alice/payment-methods"
 CARD = {"card_number": "4111111111111111", "exp_month": 1, "exp_year": 2031}
@@ -171,7 +171,7 @@ async def test_readiness_while_the_store_is_down_names_the_mapping_store(
 
 async def test_store_lost_after_start_turns_requests_into_503_and_forwards_nothing(
     make_stack: Callable[..., Awaitable[DemoStack]],
-    pg_relay: Relay,
+    pg_relay: TcpRelay,
     http: aiohttp.ClientSession,
 ) -> None:
     # Without the lookup cache every request asks the store: the first one after the cut
@@ -194,7 +194,7 @@ async def test_store_lost_after_start_turns_requests_into_503_and_forwards_nothi
 
 async def test_with_the_cache_a_lost_store_is_noticed_by_the_next_ping(
     make_stack: Callable[..., Awaitable[DemoStack]],
-    pg_relay: Relay,
+    pg_relay: TcpRelay,
     http: aiohttp.ClientSession,
 ) -> None:
     stack = await make_stack(
