@@ -17,7 +17,9 @@ from anomaly_support import (
     anomaly_overrides,
 )
 
+from dragoman.anomaly.redis_state import _verdict
 from dragoman.anomaly.rules import RuleBook
+from dragoman.anomaly.state import StateUnavailable
 from dragoman.catalog.model import operations_from_settings
 from dragoman.demo.runner import demo_settings
 from dragoman.keys.sealing import new_master_key
@@ -76,6 +78,16 @@ def demo(tmp_path: Path, anomaly: dict[str, object]) -> dict[str, object]:
         state_dir=tmp_path,
     )
     return {**data, "anomaly": anomaly}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [None, "", "ok", "ok 0", "ok 0 - 3 - 1", "maybe 0 -", "blocked soon burst", b"ok 0 -"],
+)
+def test_a_redis_answer_not_of_the_scripts_shape_is_the_store_failing(answer: object) -> None:
+    """Never a verdict (and never a 500): the stage then fails closed, as when Redis is down."""
+    with pytest.raises(StateUnavailable):
+        _verdict(answer, [])
 
 
 def test_the_redis_backend_needs_a_redis_url(tmp_path: Path) -> None:

@@ -33,17 +33,20 @@ _ARGS_PER_FEED = 12
 # ARGV[1] now (ms), ARGV[2] nonce (unique member), ARGV[3] baseline memory (windows); then
 # 12 per feed: rule, kind, role, window, threshold, factor, min_count, smoothing, pairs,
 # pair_within, action, block_for (times in ms).
-# Answers {'blocked', until, rule} or {'ok', until or 0, rule or '', then count, baseline
-# or '', fired (0/1) per feed}.
+# Answers one string of words separated by spaces (one bulk reply to parse instead of an
+# array of three and three per feed: the client's RESP parser costs a few microseconds per
+# element): 'blocked until rule', or 'ok until-or-0 rule-or--' then 'count baseline-or--
+# fired(0/1)' per feed. Rule names are lower-case letters, digits, _ and - (settings), so
+# '-' alone is no rule's name.
 OBSERVE = """
 local now = tonumber(ARGV[1])
 local nonce = ARGV[2]
 local memory = tonumber(ARGV[3])
 local block = redis.call('HMGET', KEYS[1], 'until', 'rule')
 if block[1] and tonumber(block[1]) > now then
-  return {'blocked', tonumber(block[1]), block[2]}
+  return 'blocked ' .. string.format('%d', tonumber(block[1])) .. ' ' .. block[2]
 end
-local out = {'ok', 0, ''}
+local out = {'ok', '0', '-'}
 local block_until, block_rule = 0, ''
 local feeds = (#ARGV - 3) / 12
 for i = 0, feeds - 1 do
@@ -55,7 +58,7 @@ for i = 0, feeds - 1 do
   local min_count, smoothing = tonumber(ARGV[at + 6]), tonumber(ARGV[at + 7])
   local pairs, pair_within = tonumber(ARGV[at + 8]), tonumber(ARGV[at + 9])
   local action, block_for = ARGV[at + 10], tonumber(ARGV[at + 11])
-  local count, baseline, fired = 0, '', 0
+  local count, baseline, fired = 0, '-', 0
   if kind == 'card_testing' then
     redis.call('ZREMRANGEBYSCORE', b, '-inf', now - window)
     redis.call('ZREMRANGEBYSCORE', a, '-inf', '(' .. (now - pair_within))
@@ -108,16 +111,16 @@ for i = 0, feeds - 1 do
   if fired == 1 and action == 'block' and now + block_for > block_until then
     block_until, block_rule = now + block_for, rule
   end
-  table.insert(out, count)
+  table.insert(out, string.format('%d', count))
   table.insert(out, baseline)
-  table.insert(out, fired)
+  table.insert(out, string.format('%d', fired))
 end
 if block_until > 0 then
   redis.call('HSET', KEYS[1], 'until', string.format('%d', block_until), 'rule', block_rule)
   redis.call('PEXPIRE', KEYS[1], block_until - now)
-  out[2], out[3] = block_until, block_rule
+  out[2], out[3] = string.format('%d', block_until), block_rule
 end
-return out
+return table.concat(out, ' ')
 """
 
 
@@ -167,14 +170,20 @@ class RedisState:
         await self._client.aclose()
 
 
-def _verdict(answer: list[Any], feeds: Sequence[Feed]) -> Verdict:
-    status, until, rule = answer[0], int(answer[1]), str(answer[2])
-    if status == "blocked":
-        return Verdict((), blocked_by=rule, blocked_until_ms=until, counted=False)
-    hits = []
-    for feed, at in zip(feeds, range(3, len(answer), 3), strict=True):
-        count, baseline, fired = answer[at : at + 3]
-        hits.append(
-            Hit(feed.rule, int(count), float(baseline) if baseline != "" else None, fired == 1)
-        )
-    return Verdict(tuple(hits), blocked_by=rule or None, blocked_until_ms=until)
+def _verdict(answer: Any, feeds: Sequence[Feed]) -> Verdict:
+    """The script's answer (see OBSERVE); one that is not its shape is the store's failure."""
+    try:
+        words = answer.split(" ")
+        status, until, rule = words[0], int(words[1]), words[2]
+        if status == "blocked":
+            return Verdict((), blocked_by=rule, blocked_until_ms=until, counted=False)
+        if status != "ok" or len(words) != 3 + 3 * len(feeds):
+            raise ValueError(status)
+        hits = []
+        for feed, at in zip(feeds, range(3, len(words), 3), strict=True):
+            count, baseline, fired = words[at : at + 3]
+            average = None if baseline == "-" else float(baseline)
+            hits.append(Hit(feed.rule, int(count), average, fired == "1"))
+    except (AttributeError, IndexError, TypeError, ValueError):
+        raise StateUnavailable("unexpected_reply") from None
+    return Verdict(tuple(hits), blocked_by=None if rule == "-" else rule, blocked_until_ms=until)
