@@ -83,11 +83,31 @@ async def test_a_request_the_parser_refuses_is_recorded_under_the_audit_id_it_wa
 async def test_a_request_the_decision_listeners_parser_refuses_is_recorded_as_a_decision(
     make_stack: Callable[..., Awaitable[DemoStack]],
 ) -> None:
+    """Answered as nginx reads a refusal (a 400 would be a 500 to auth_request): 403, the
+    real status and the problem in X-Dragoman-Status and X-Dragoman-Problem."""
     stack = await make_stack({"decision": {"enabled": True}})
     data = MALFORMED["control-byte-in-the-token"].replace(b"/v1/x", b"/auth_request")
     status, headers, body = await raw(stack.decision_url, data)
-    assert (status, headers["content-type"]) == (400, "application/problem+json")
-    assert TOKEN not in body
+    assert (status, headers["content-type"]) == (403, "application/problem+json")
+    assert headers["x-dragoman-status"] == "400"
+    assert json.loads(headers["x-dragoman-problem"])["code"] == "bad_request"
+    assert TOKEN not in body and b"eyJ" not in headers["x-dragoman-problem"].encode()
     (record,) = records(stack)
     assert (record["event"], record["audit_id"]) == ("decision", json.loads(body)["audit_id"])
     assert (record["decision"], record["code"]) == ("deny", "bad_request")
+
+
+async def test_a_request_the_decision_listeners_parser_refuses_from_a_stranger_is_peer_not_allowed(
+    make_stack: Callable[..., Awaitable[DemoStack]],
+) -> None:
+    """As on every route of the listener: a peer that is not allowed learns nothing more."""
+    stack = await make_stack({"decision": {"enabled": True, "allowed_peers": ["10.9.0.0/16"]}})
+    data = MALFORMED["control-byte-in-the-token"].replace(b"/v1/x", b"/auth_request")
+    status, _, body = await raw(stack.decision_url, data)
+    assert (status, json.loads(body)["code"]) == (403, "peer_not_allowed")
+    (record,) = records(stack)
+    assert (record["event"], record["code"], record["client_ip"]) == (
+        "decision",
+        "peer_not_allowed",
+        "127.0.0.1",
+    )

@@ -270,18 +270,15 @@ class Proxy:
             if not ctx.recorded:
                 self.record(ctx, event)
 
-    def refuse_unreadable(
-        self, request: web.BaseRequest, status: int, event: str = "request"
-    ) -> web.StreamResponse:
+    def refuse_unreadable(self, request: web.BaseRequest, status: int) -> web.StreamResponse:
         """What the HTTP parser refused (status as it chose, 400 mostly): answered
-        problem+json ``bad_request`` and recorded like any refusal (as ``event``: the
-        decision listener's are decisions), with what could be read of it (the peer's
-        address; no method or path)."""
+        problem+json ``bad_request`` and recorded like any refusal, with what could be read
+        of it (the peer's address; no method or path)."""
         # The application's request factory makes every request a web.Request, the
         # refused ones included.
         ctx = self.context(cast(web.Request, request))
-        ctx.denial = _parser_denial(status)
-        self.record(ctx, event)
+        ctx.denial = parser_denial(status)
+        self.record(ctx, "request")
         return problem_response(
             ctx.denial, audit_id=ctx.audit_id, headers=self.headers, status=status
         )
@@ -703,11 +700,11 @@ def proxy_runner(
 def _unreadable(request: web.BaseRequest, status: int) -> web.StreamResponse:
     """What the parser refused, answered without a proxy to record it (a listener of
     its own): problem+json, no record."""
-    denial = _parser_denial(status)
+    denial = parser_denial(status)
     return problem_response(denial, audit_id=random_uuid(), headers={}, status=status)
 
 
-def _parser_denial(status: int) -> Denial:
+def parser_denial(status: int) -> Denial:
     """The denial of what aiohttp answers itself: a request its parser refused, or (500)
     an exception a handler let through."""
     return InternalError() if status >= 500 else RequestUnreadable()

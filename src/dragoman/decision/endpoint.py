@@ -27,13 +27,13 @@ handshake, before the address check ever sees a request.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
+from typing import cast
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from dragoman.app import Proxy, proxy_runner
+from dragoman.app import Proxy, parser_denial, proxy_runner
 from dragoman.catalog.binding import CustomerBindingStage
 from dragoman.decision import answers
 from dragoman.decision.original import (
@@ -131,6 +131,26 @@ class DecisionEndpoint:
         # gets the problem itself (403 either way).
         return answers.deny(denial, ctx, headers, envoy=not nginx)
 
+    def refuse_unreadable(self, request: web.BaseRequest, status: int) -> web.StreamResponse:
+        """What the listener's HTTP parser refused (``status`` as aiohttp chose it), answered
+        and recorded as a refused decision. A peer that is not allowed gets what it gets on
+        every route: 403 ``peer_not_allowed``. Nothing of the request is known (not even
+        which gateway asks: aiohttp hands over a placeholder for its method and path), so the
+        answer is nginx's (403, the real status and problem in ``X-Dragoman-Status`` and
+        ``X-Dragoman-Problem``): the one form both gateways relay as a refusal."""
+        proxy = self._proxy
+        # The application's request factory makes every request a web.Request, the
+        # refused ones included.
+        ctx = proxy.context(cast(web.Request, request))
+        ctx.request_id = random_hex()  # nothing it sent is believed
+        peer = request.remote
+        if not self.peers.allows(peer):
+            ctx.denial = PeerNotAllowed("peer_not_allowed" if peer else "peer_unknown")
+        else:
+            ctx.denial = parser_denial(status)
+        proxy.record(ctx, EVENT)
+        return answers.deny(ctx.denial, ctx, proxy.headers, envoy=False)
+
     @staticmethod
     def _asked(request: web.Request, *, envoy: bool, remote: str | None) -> web.Request:
         """The check request re-addressed as the caller's request it asks about."""
@@ -184,10 +204,13 @@ class DecisionEndpoint:
         return answers.allow(ctx, headers, envoy=envoy)
 
 
-def decision_app(proxy: Proxy, settings: DecisionSettings) -> web.Application:
+def decision_app(
+    proxy: Proxy, settings: DecisionSettings, endpoint: DecisionEndpoint | None = None
+) -> web.Application:
     """The decision listener's application. It shares the worker's proxy, which the
     proxy's own application starts and closes."""
-    endpoint = DecisionEndpoint(proxy, settings)
+    if endpoint is None:
+        endpoint = DecisionEndpoint(proxy, settings)
     app = web.Application(
         client_max_size=proxy.settings.server.max_body_bytes,
         middlewares=[endpoint.only_allowed_peers],
@@ -226,9 +249,10 @@ class DecisionListener(SideListener):
 
 def decision_runner(proxy: Proxy, settings: DecisionSettings) -> web.AppRunner:
     """The decision application's runner: what its HTTP parser refuses is answered and
-    recorded as a refused decision, as the proxy's own listener records its."""
+    recorded as a refused decision (:meth:`DecisionEndpoint.refuse_unreadable`)."""
+    endpoint = DecisionEndpoint(proxy, settings)
     return proxy_runner(
-        decision_app(proxy, settings),
+        decision_app(proxy, settings, endpoint),
         proxy.settings,
-        answer=functools.partial(proxy.refuse_unreadable, event=EVENT),
+        answer=endpoint.refuse_unreadable,
     )
