@@ -268,3 +268,67 @@ async def test_a_second_rotated_refusal_after_the_re_handshake_is_returned_not_l
     assert codes(address_records(stack)) == ["csrf_token_rotated", "csrf_token_rotated"]
     assert [r["status"] for r in session_records(stack)] == [201, 200, 200]
     assert not [s for s in stack.platform.seen if s.method == "PUT"]
+
+
+async def test_a_read_whose_session_is_gone_re_handshakes_once_and_succeeds(
+    chromium: Any, make_stack: MakeStack, backend: Backend
+) -> None:
+    """An open widget outlives its session (it expired, or the store lost it): the read is
+    refused csrf_invalid once, the client makes a new session and the read goes through."""
+    clock = MovableClock()
+    stack = await alice_stack(make_stack, backend, clock)
+    assert stack.proxy is not None
+    context = await chromium.new_context()
+    tab = await open_console(context, stack)
+    before = await client_stats(tab)
+    (cookie,) = [c for c in await context.cookies() if c["name"] == "__Host-dragoman-csrf"]
+    parsed = stack.proxy.csrf.tokens.parse(cookie["value"])
+    assert parsed is not None
+    await stack.proxy.sessions.delete(parsed.session_id)
+    assert await widget_call(tab, "GET", PM) == {"status": 200, "code": None}
+    after = await client_stats(tab)
+    assert after["handshakes"] == before["handshakes"] + 1
+    assert after["retries"] == before["retries"] + 1
+    reads = [r for r in audit_records(stack, "request") if r["method"] == "GET"]
+    assert codes(reads)[-2:] == ["csrf_invalid", None]
+    assert [r["status"] for r in session_records(stack)] == [201, 201]  # a new session
+
+
+async def test_a_head_with_a_rotated_token_re_handshakes_once(
+    chromium: Any, make_stack: MakeStack, backend: Backend
+) -> None:
+    """A HEAD answer has no body to name csrf_token_rotated: the client retries once after
+    one re-handshake, and the retry passes the CSRF check."""
+    clock = MovableClock()
+    stack = await alice_stack(make_stack, backend, clock)
+    context = await chromium.new_context()
+    tab_a = await open_console(context, stack)
+    tab_b = await open_console(context, stack)
+    await widget_frame(tab_a).evaluate(REFRESH)
+    clock.offset += PAST_THE_GRACE
+    before = await client_stats(tab_b)
+    await widget_call(tab_b, "HEAD", PM)
+    after = await client_stats(tab_b)
+    assert after["handshakes"] == before["handshakes"] + 1
+    assert after["retries"] == before["retries"] + 1
+    heads = [r for r in audit_records(stack, "request") if r["method"] == "HEAD"]
+    assert codes(heads)[0] == "csrf_token_rotated"
+    assert len(heads) == 2 and not (heads[1]["code"] or "").startswith("csrf_")
+
+
+async def test_a_read_whose_cookie_the_browser_dropped_re_handshakes_once_and_succeeds(
+    chromium: Any, make_stack: MakeStack, backend: Backend
+) -> None:
+    """The cookie expired with its session, or was cleared: csrf_missing once, then a new
+    session."""
+    stack = await alice_stack(make_stack, backend, MovableClock())
+    context = await chromium.new_context()
+    tab = await open_console(context, stack)
+    before = await client_stats(tab)
+    await context.clear_cookies()
+    assert await widget_call(tab, "GET", PM) == {"status": 200, "code": None}
+    after = await client_stats(tab)
+    assert after["handshakes"] == before["handshakes"] + 1
+    assert after["retries"] == before["retries"] + 1
+    reads = [r for r in audit_records(stack, "request") if r["method"] == "GET"]
+    assert codes(reads)[-2:] == ["csrf_missing", None]

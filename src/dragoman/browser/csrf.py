@@ -28,9 +28,9 @@ that carries a browser signal: the CSRF cookie, an ``Origin`` header or any ``Se
 header. Servers and CLIs send none of them and keep working with their bearer credential
 alone; browsers always send one on the requests a page can make. A read needs the pair
 too because the credential a browser attaches by itself (a client certificate, a cookie
-of the host's identity system) would otherwise let a page elsewhere, or script injected
-into this one that cannot read the cookie, read a customer's data; and so a browser read
-depends on the session store as a write does (refused while it is down, SEMANTICS §6). In
+of the host's identity system) would otherwise let a page on another site, which cannot
+make the handshake, read a customer's data; and so a browser read depends on the session
+store as a write does (refused while it is down, SEMANTICS §6). In
 ``required`` mode every request must pass; in ``off`` none. CORS preflights are answered
 before this stage. Independently of the mode, a state-changing browser request whose body
 is one of the types a page can send without a CORS preflight (``text/plain``, a form) is

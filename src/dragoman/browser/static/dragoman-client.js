@@ -9,10 +9,13 @@
 // sends the caller's own credential and the X-CSRF-Token header on every call (dragoman
 // asks a browser for the pair on reads as on writes, SEMANTICS §5). When dragoman
 // answers 403 csrf_token_rotated (the token was rotated past its grace, by another tab or
-// a refresh), it performs exactly one re-handshake and retries the request once; a second
-// refusal is returned to the caller, never looped on.
+// a refresh), csrf_invalid (its session is gone: ended in another tab, lost by a restart)
+// or csrf_missing (the browser dropped the cookie: it expired with the session, or was
+// cleared), it performs exactly one re-handshake and retries the request once; a second
+// refusal is returned to the caller, never looped on. A HEAD answer has no body to name
+// its code, so any 403 problem answers a HEAD the same way.
 
-const ROTATED = "csrf_token_rotated";
+const STALE = new Set(["csrf_token_rotated", "csrf_invalid", "csrf_missing"]);
 
 export class DragomanError extends Error {
   constructor(status, problem) {
@@ -80,16 +83,18 @@ export class DragomanClient {
 
   /**
    * One call through dragoman. Resolves to the Response; refusals are Responses too
-   * (their body is application/problem+json with a stable `code`).
+   * (their body is application/problem+json with a stable `code`). The first call makes
+   * the session handshake; if dragoman refuses that, the call rejects with the
+   * DragomanError of the handshake's problem.
    */
   async request(method, path, { body, headers } = {}) {
     method = method.toUpperCase();
     if (this.#csrf === null) await this.handshake();
     const used = this.#csrf;
     let response = await this.#send(method, path, body, true, headers);
-    if (await isRotated(response)) {
-      // Another tab or a refresh rotated past our token: one re-handshake, one retry,
-      // unless a handshake elsewhere in this page already replaced the token meanwhile.
+    if (await isStale(response, method)) {
+      // Our token was rotated past its grace or its session is gone: one re-handshake,
+      // one retry, unless a handshake elsewhere in this page already replaced the token.
       if (this.#csrf === used) await this.handshake();
       this.stats.retries += 1;
       response = await this.#send(method, path, body, true, headers);
@@ -109,7 +114,7 @@ export class DragomanClient {
   async #session(method, path, withToken) {
     const response = await this.#send(method, path, undefined, withToken);
     if (!response.ok) {
-      if (method === "POST" && path.endsWith("/refresh") && (await isRotated(response))) {
+      if (method === "POST" && path.endsWith("/refresh") && (await isStale(response, method))) {
         return this.handshake();
       }
       throw await problemOf(response);
@@ -139,10 +144,14 @@ export class DragomanClient {
   }
 }
 
-async function isRotated(response) {
+async function isStale(response, method) {
   if (response.status !== 403) return false;
+  if (method === "HEAD") {
+    const type = response.headers.get("Content-Type") || "";
+    return type.startsWith("application/problem+json");
+  }
   const problem = await problemOf(response.clone());
-  return problem.code === ROTATED;
+  return STALE.has(problem.code);
 }
 
 async function problemOf(response) {
