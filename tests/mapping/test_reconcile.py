@@ -26,6 +26,7 @@ from dragoman.mapping.reconcile_lease import ADVISORY_ID
 from dragoman.mapping.reconcile_records import reconcile_lease
 from dragoman.mapping.reconcile_schedule import is_due, latest_slot
 from dragoman.pipeline.errors import AuditUnavailable
+from dragoman.state.sql import StoreUnavailable
 from reconcile_support import (
     KINDS,
     Planted,
@@ -274,6 +275,30 @@ async def test_a_committed_status_change_keeps_its_record_when_later_records_fai
     assert [(r["mapping_id"], r["action"], r["code"], r["reason"]) for r in kept] == [
         (merged, "reconcile", "customer_merged", "active -> stale")
     ]
+
+
+async def test_a_status_change_whose_batch_write_fails_is_recorded_failed(
+    quiet: DemoStack,
+) -> None:
+    assert quiet.proxy is not None
+    store = quiet.proxy.store
+    merged, _ = (await seed(store, quiet.platform, 2)).ids
+    quiet.platform.customers[customer_of(0)].merged_into = "cus_survivor"
+    written: list[dict[str, Any]] = []
+    run = reconciler(quiet, RecordingSink())
+    run.auditor = MappingAuditor(written.append, store.codec)
+
+    async def store_down(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("connection refused")
+
+    run.runs.write = store_down  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        await run.run()
+    assert [(r["mapping_id"], r["outcome"], r["code"]) for r in written] == [
+        (merged, "started", "customer_merged"),
+        (merged, "failed", "mapping_unavailable"),
+    ]
+    assert (await store.get(merged)).status is MappingStatus.ACTIVE
 
 
 async def test_a_status_change_a_concurrent_write_beat_is_recorded_refused(

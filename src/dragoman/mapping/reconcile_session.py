@@ -27,7 +27,8 @@ from dragoman.mapping.reconcile_records import (
     RunRecord,
 )
 from dragoman.mapping.reconcile_report import Report
-from dragoman.pipeline.errors import Conflict
+from dragoman.pipeline.errors import Conflict, InternalError, MappingUnavailable
+from dragoman.state.sql import StoreUnavailable
 from dragoman.timeouts import within
 
 if TYPE_CHECKING:
@@ -268,9 +269,17 @@ class Session:
 
             changes = [o for o in outcomes if _changes_status(o)]
             self._record(changes, AuditOutcome.STARTED)
-            result = await self.o.runs.write(
-                self.run.id, outcomes, actor=self.actor, counts=totals, now=self.o.now()
-            )
+            try:
+                result = await self.o.runs.write(
+                    self.run.id, outcomes, actor=self.actor, counts=totals, now=self.o.now()
+                )
+            except Exception as exc:
+                # The run stops (resumable) and these mappings are decided again when it
+                # resumes. (A cancelled write's outcome is unknown: its started records
+                # stand alone.)
+                failed = MappingUnavailable if isinstance(exc, StoreUnavailable) else InternalError
+                self._record(changes, AuditOutcome.FAILED, code=failed.code)
+                raise
             self.counts = Counter(totals(result))
             self._record(result.written, AuditOutcome.OK)
             self._record(
