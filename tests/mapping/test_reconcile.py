@@ -233,7 +233,7 @@ async def test_a_run_whose_records_cannot_be_written_stops_resumable(quiet: Demo
     assert report is not None and report.completed
 
 
-async def test_a_status_change_is_recorded_started_before_its_batch_commits(
+async def test_a_batch_is_recorded_started_before_it_commits(
     quiet: DemoStack,
 ) -> None:
     """The trail refuses ``started`` records: the run stops before its batch commits, so
@@ -250,14 +250,14 @@ async def test_a_status_change_is_recorded_started_before_its_batch_commits(
     assert mapping.status is MappingStatus.ACTIVE and mapping.version == 1
 
 
-async def test_a_committed_status_change_keeps_its_record_when_later_records_fail(
+async def test_a_committed_batch_keeps_its_records_when_later_records_fail(
     quiet: DemoStack,
 ) -> None:
-    """The records after the commit cannot be written (a full disk, a crash): the change
+    """The records after the commit cannot be written (a full disk, a crash): every write
     the store committed still has its ``started`` record, naming the change."""
     assert quiet.proxy is not None
     store = quiet.proxy.store
-    merged, _ = (await seed(store, quiet.platform, 2)).ids
+    merged, plain = (await seed(store, quiet.platform, 2)).ids
     quiet.platform.customers[customer_of(0)].merged_into = "cus_survivor"
     kept: list[dict[str, Any]] = []
 
@@ -272,9 +272,12 @@ async def test_a_committed_status_change_keeps_its_record_when_later_records_fai
     with pytest.raises(AuditUnavailable):
         await run.run()
     assert (await store.get(merged)).status is MappingStatus.STALE
-    assert [(r["mapping_id"], r["action"], r["code"], r["reason"]) for r in kept] == [
-        (merged, "reconcile", "customer_merged", "active -> stale")
-    ]
+    assert sorted((r["mapping_id"], r["action"], r["code"], r["reason"]) for r in kept) == sorted(
+        [
+            (merged, "reconcile", "customer_merged", "active -> stale"),
+            (plain, "reconcile", None, None),  # validated: a write too
+        ]
+    )
 
 
 async def test_a_status_change_whose_batch_write_fails_is_recorded_failed(
@@ -282,7 +285,7 @@ async def test_a_status_change_whose_batch_write_fails_is_recorded_failed(
 ) -> None:
     assert quiet.proxy is not None
     store = quiet.proxy.store
-    merged, _ = (await seed(store, quiet.platform, 2)).ids
+    merged, plain = (await seed(store, quiet.platform, 2)).ids
     quiet.platform.customers[customer_of(0)].merged_into = "cus_survivor"
     written: list[dict[str, Any]] = []
     run = reconciler(quiet, RecordingSink())
@@ -294,14 +297,18 @@ async def test_a_status_change_whose_batch_write_fails_is_recorded_failed(
     run.runs.write = store_down  # type: ignore[method-assign]
     with pytest.raises(StoreUnavailable):
         await run.run()
-    assert [(r["mapping_id"], r["outcome"], r["code"]) for r in written] == [
-        (merged, "started", "customer_merged"),
-        (merged, "failed", "mapping_unavailable"),
-    ]
+    assert sorted((r["mapping_id"], r["outcome"], r["code"]) for r in written) == sorted(
+        [
+            (merged, "started", "customer_merged"),
+            (plain, "started", None),
+            (merged, "failed", "mapping_unavailable"),
+            (plain, "failed", "mapping_unavailable"),
+        ]
+    )
     assert (await store.get(merged)).status is MappingStatus.ACTIVE
 
 
-async def test_a_status_change_a_concurrent_write_beat_is_recorded_refused(
+async def test_a_write_a_concurrent_one_beat_is_recorded_refused(
     quiet: DemoStack,
 ) -> None:
     assert quiet.proxy is not None
@@ -325,7 +332,8 @@ async def test_a_status_change_a_concurrent_write_beat_is_recorded_refused(
     assert [(r["outcome"], r["code"], r["reason"], r["version"]) for r in written] == [
         ("started", "customer_merged", "active -> stale", 1),
         ("refused", "conflict", "active -> stale", 1),
-        ("ok", "customer_merged", None, 2),  # suspended already: merged leaves it so
+        ("started", "customer_merged", None, 2),  # decided again: suspended, merged leaves it so
+        ("ok", "customer_merged", None, 2),
     ]
 
 

@@ -9,8 +9,8 @@ records (redacted, appended)::
 
 - ``action``: read, list, create, link_attempt, suspend, revoke, reconcile
   (:class:`MappingAction`; reconcile: one record per mapping a reconciliation run checked
-  and wrote, its ``code`` the drift found, its ``reason`` the status change; a status
-  change is also recorded ``started`` before its batch commits).
+  and wrote, its ``code`` the drift found, its ``reason`` the status change; each is also
+  recorded ``started`` before its batch commits).
 - ``actor``: who asked: the verified principal (registration over HTTP) or the operator
   named by ``--by`` (the CLI; reads without ``--by`` name the operating-system user).
 - ``purpose``: why: ``registration``, ``cli mappings show``...; ``request`` is the audit id

@@ -267,8 +267,7 @@ class Session:
                 new["conflicts"] += len(result.conflicts)
                 return dict(new)
 
-            changes = [o for o in outcomes if _changes_status(o)]
-            self._record(changes, AuditOutcome.STARTED)
+            self._record(outcomes, AuditOutcome.STARTED)
             try:
                 result = await self.o.runs.write(
                     self.run.id, outcomes, actor=self.actor, counts=totals, now=self.o.now()
@@ -278,15 +277,11 @@ class Session:
                 # resumes. (A cancelled write's outcome is unknown: its started records
                 # stand alone.)
                 failed = MappingUnavailable if isinstance(exc, StoreUnavailable) else InternalError
-                self._record(changes, AuditOutcome.FAILED, code=failed.code)
+                self._record(outcomes, AuditOutcome.FAILED, code=failed.code)
                 raise
             self.counts = Counter(totals(result))
             self._record(result.written, AuditOutcome.OK)
-            self._record(
-                (o for o in result.conflicts if _changes_status(o)),
-                AuditOutcome.REFUSED,
-                code=Conflict.code,
-            )
+            self._record(result.conflicts, AuditOutcome.REFUSED, code=Conflict.code)
             await self._alert(o for o in result.written if o.drift is not None and not o.known)
             if not result.conflicts:
                 return
@@ -304,10 +299,11 @@ class Session:
         code: str | None = None,
     ) -> None:
         """One mapping record per mapping: who (this run), which mapping, the drift found
-        (``code``) and the status change (``reason``). A status change is recorded
-        ``started`` before its batch commits, so a change the store committed has a record
-        even if the process dies before the batch's ``ok`` records are written; a change
-        a concurrent write beat is recorded ``refused`` (``conflict``) and decided again."""
+        (``code``) and the status change (``reason``). Every mapping a batch writes (its
+        checkpoint, its validation, its status) is recorded ``started`` before the batch
+        commits, so a write the store committed has a record even if the process dies
+        before the batch's ``ok`` records are written; a write a concurrent one beat is
+        recorded ``refused`` (``conflict``) and decided again."""
         auditor = self.o.auditor
         if auditor is None:
             return
