@@ -46,7 +46,7 @@ FAULTS = ["cut", "stall", "slow"]
 slow one (every answer comes, SLOW seconds late: past the proxy's timeouts)."""
 SLOW = 2.5
 """Longer than every timeout of the stack (query 1 s, rate limits 0.5 s, sessions and
-anomaly 2 s, JWKS 0.5 s, upstream read 0.5 s)."""
+anomaly 2 s, JWKS 0.5 s, upstream read 1.5 s)."""
 
 READS: list[tuple[str, str, dict[str, Any] | None]] = [("GET", PM, None), ("GET", ADDRESS, None)]
 WRITES: list[tuple[str, str, dict[str, Any] | None]] = [
