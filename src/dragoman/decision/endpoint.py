@@ -114,7 +114,7 @@ class DecisionEndpoint:
         the record's address is the connection's, never a forwarded one."""
         proxy = self._proxy
         peer = request.remote
-        denial = PeerNotAllowed("peer_not_allowed" if peer else "peer_unknown")
+        denial = _peer_denial(peer)
         envoy = request.raw_path.startswith(ENVOY_PREFIX + "/")
         nginx = request.raw_path.partition("?")[0] == NGINX_PATH
         asked = request
@@ -145,7 +145,7 @@ class DecisionEndpoint:
         ctx.request_id = random_hex()  # nothing it sent is believed
         peer = request.remote
         if not self.peers.allows(peer):
-            ctx.denial = PeerNotAllowed("peer_not_allowed" if peer else "peer_unknown")
+            ctx.denial = _peer_denial(peer)
         else:
             ctx.denial = parser_denial(status)
         proxy.record(ctx, EVENT)
@@ -202,6 +202,11 @@ class DecisionEndpoint:
         if ctx.denial is not None:
             return answers.deny(ctx.denial, ctx, headers, envoy=envoy)
         return answers.allow(ctx, headers, envoy=envoy)
+
+
+def _peer_denial(peer: str | None) -> PeerNotAllowed:
+    """The refusal of a connection whose address is not allowed (or that has none)."""
+    return PeerNotAllowed("peer_not_allowed" if peer else "peer_unknown")
 
 
 def decision_app(
