@@ -92,6 +92,30 @@ async def test_a_direct_write_goes_after_the_records_waiting_for_their_group(
     assert [r["audit_id"] for r in records(log)] == ["a-1", "a-2"]
 
 
+async def test_records_written_together_are_one_write_after_the_records_waiting(
+    counting: CountingSink, log: Path
+) -> None:
+    trail = AuditTrail(counting)
+    waiting = asyncio.ensure_future(trail.commit(request(1)))
+    await asyncio.sleep(0)  # the committer has queued its record
+    assert trail.write_many([request(n) for n in range(2, 6)])
+    assert await waiting
+    assert counting.groups == [1, 4]
+    assert [r["audit_id"] for r in records(log)] == [f"a-{n}" for n in range(1, 6)]
+
+
+def test_records_written_together_that_the_sink_fails_break_the_trail(
+    counting: CountingSink,
+) -> None:
+    trail = AuditTrail(counting)
+    counting.fail = True
+    assert not trail.write_many([request(1), request(2)])
+    assert trail.broken
+    counting.fail = False
+    assert trail.write_many([request(3)])
+    assert not trail.broken
+
+
 async def test_close_writes_a_group_still_waiting(counting: CountingSink, log: Path) -> None:
     trail = AuditTrail(counting)
     waiting = asyncio.ensure_future(trail.commit(request(1)))

@@ -11,6 +11,7 @@ import os
 import pty
 import re
 import signal
+import subprocess
 import sys
 import warnings
 from collections.abc import AsyncIterator
@@ -138,6 +139,34 @@ async def test_a_run_with_drift_completes_and_writes_its_report(env: Env, tmp_pa
     assert sorted(alerted(err)) == sorted(planted.drift)  # one alert each, on stderr
     assert "reconciling: 300/300 (100%)" in err  # plain progress lines (not a terminal)
     assert "cus_" not in err + out and "acct-" not in err + out
+
+
+async def test_a_run_records_every_mapping_started_then_ok_in_the_shared_chain(env: Env) -> None:
+    """The command writes each batch's records in one write to the audit file the proxy
+    writes too: every mapping recorded ``started`` and ``ok``, and the chain verifies."""
+    await seed(env.store, env.stack.platform, 120, every=30)
+
+    code, _, err = await cli(env.config)
+
+    assert code == 0, err
+    log = env.stack.state_dir / "audit.jsonl"
+    recorded = [
+        record
+        for record in map(json.loads, log.read_text().splitlines())
+        if record.get("action") == "reconcile"
+    ]
+    started = [r["mapping_id"] for r in recorded if r["outcome"] == "started"]
+    ok = [r["mapping_id"] for r in recorded if r["outcome"] == "ok"]
+    assert len(started) == len(set(started)) == 120
+    assert sorted(ok) == sorted(started)
+    verified = subprocess.run(
+        [str(DRAGOMAN), "audit", "verify", str(log)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 async def test_kill_9_mid_run_then_resume_rechecks_nothing_and_alerts_once(env: Env) -> None:

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import text, update
 
 from dragoman.demo.runner import DemoStack
-from dragoman.mapping.audit import MappingAuditor
+from dragoman.mapping.audit import RECORDS_PER_WRITE, MappingAuditor
 from dragoman.mapping.entity import Grant, MappingStatus
 from dragoman.mapping.platform import CustomerRecord, PlatformUnavailable
 from dragoman.mapping.reconcile import LeaseLost, NothingToResume, Reconciler, RunnerBusy
@@ -218,6 +218,45 @@ async def test_every_mapping_a_run_checks_and_writes_gets_a_mapping_record(
     )
     assert (by_mapping[plain]["code"], by_mapping[plain]["reason"]) == (None, None)
     assert "cus_" not in json.dumps(written)
+
+
+async def test_a_batch_records_its_mappings_a_few_dozen_per_write(quiet: DemoStack) -> None:
+    """Hundreds of mappings a batch: their records go to the trail RECORDS_PER_WRITE per
+    call (one lock, one ``write(2)``), not one call per record, nor one call long enough
+    to stall the requests the proxy serves meanwhile."""
+    assert quiet.proxy is not None
+    store = quiet.proxy.store
+    size = RECORDS_PER_WRITE + 6
+    ids = set((await seed(store, quiet.platform, size)).ids)
+    one_by_one: list[dict[str, Any]] = []
+    together: list[list[dict[str, Any]]] = []
+    run = reconciler(quiet, RecordingSink(), batch_size=size)
+    run.auditor = MappingAuditor(one_by_one.append, store.codec, write_many=together.append)
+    report = await run.run()
+    assert report is not None and report.completed
+    assert one_by_one == []
+    assert [(group[0]["outcome"], len(group)) for group in together] == [
+        ("started", RECORDS_PER_WRITE),
+        ("started", 6),
+        ("ok", RECORDS_PER_WRITE),
+        ("ok", 6),
+    ]
+    assert {r["mapping_id"] for r in together[0] + together[1]} == ids
+
+
+async def test_a_batch_whose_records_the_trail_refuses_is_not_committed(
+    quiet: DemoStack,
+) -> None:
+    assert quiet.proxy is not None
+    store = quiet.proxy.store
+    merged, _ = (await seed(store, quiet.platform, 2)).ids
+    quiet.platform.customers[customer_of(0)].merged_into = "cus_survivor"
+    run = reconciler(quiet, RecordingSink())
+    run.auditor = MappingAuditor(lambda record: True, store.codec, write_many=lambda records: False)
+    with pytest.raises(AuditUnavailable):
+        await run.run()
+    mapping = await store.get(merged)
+    assert mapping.status is MappingStatus.ACTIVE and mapping.version == 1
 
 
 async def test_a_run_whose_records_cannot_be_written_stops_resumable(quiet: DemoStack) -> None:

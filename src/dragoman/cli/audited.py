@@ -11,12 +11,15 @@ import getpass
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from dragoman.cli.common import T, run, store_unavailable
 from dragoman.settings import Settings
+
+if TYPE_CHECKING:
+    from dragoman.audit.sink import AuditSink
 
 EXIT_UNAVAILABLE = 3
 
@@ -52,21 +55,30 @@ def audit_failed(exc: BaseException) -> NoReturn:
     sys.exit(EXIT_UNAVAILABLE)
 
 
-def open_writer(settings: Settings) -> tuple[Callable[[dict[str, Any]], None], Any]:
+class SinkWriter:
+    """A command's writes to the audit sink: a failed write raises AuditTrailFailed."""
+
+    def __init__(self, sink: AuditSink) -> None:
+        self._sink = sink
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.write_many([record])
+
+    def write_many(self, records: list[dict[str, Any]]) -> None:
+        try:
+            self._sink.write_many(records)
+        except OSError as exc:
+            raise AuditTrailFailed(str(exc)) from None
+
+
+def open_writer(settings: Settings) -> tuple[SinkWriter, AuditSink]:
     from dragoman.audit.sink import open_audit_sink
 
     try:
         sink = open_audit_sink(settings.audit)
     except OSError as exc:
         audit_failed(exc)
-
-    def write(record: dict[str, Any]) -> None:
-        try:
-            sink.write(record)
-        except OSError as exc:
-            raise AuditTrailFailed(str(exc)) from None
-
-    return write, sink
+    return SinkWriter(sink), sink
 
 
 async def with_store(
@@ -86,9 +98,9 @@ async def with_store(
     from dragoman.mapping.store import StoreUnavailable
     from dragoman.state import migrate
 
-    write, sink = open_writer(settings)
+    writer, sink = open_writer(settings)
     store = _store(settings)
-    audit = MappingAuditor(write, store.codec).scope(
+    audit = MappingAuditor(writer.write, store.codec).scope(
         actor=actor, purpose=f"cli mappings {command}", customer=customer, account=account
     )
     try:

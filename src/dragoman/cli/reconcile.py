@@ -136,7 +136,7 @@ async def _reconcile(
                 )
             alerts = open_alert_sinks(settings.alerts)
             await alerts.start()
-            write, sink = open_writer(settings)
+            writer, sink = open_writer(settings)
             try:
                 reconciler = Reconciler(
                     store,
@@ -146,7 +146,7 @@ async def _reconcile(
                     trigger="cli",
                     concurrency=concurrency,
                     timeout=max(30.0, 10 * settings.store.query_timeout),
-                    auditor=MappingAuditor(write, store.codec),
+                    auditor=MappingAuditor(writer.write, store.codec, write_many=writer.write_many),
                 )
                 return await reconciler.run(
                     resume=resume,

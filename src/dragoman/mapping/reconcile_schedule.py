@@ -176,6 +176,7 @@ def open_scheduler(
     alerts: AlertSink,
     *,
     audit: Callable[[dict[str, Any]], object] | None = None,
+    audit_many: Callable[[list[dict[str, Any]]], object] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> ReconcileScheduler | None:
     """The proxy's scheduler, or None when the schedule is off or there is no way to read
@@ -196,6 +197,8 @@ def open_scheduler(
         trigger="schedule",
         timeout=max(30.0, 10 * settings.store.query_timeout),
         clock=clock,
-        auditor=None if audit is None else MappingAuditor(audit, store.codec, clock=clock),
+        auditor=None
+        if audit is None
+        else MappingAuditor(audit, store.codec, write_many=audit_many, clock=clock),
     )
     return ReconcileScheduler(reconciler, settings.reconcile, clock=clock)

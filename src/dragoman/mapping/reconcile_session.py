@@ -267,7 +267,7 @@ class Session:
                 new["conflicts"] += len(result.conflicts)
                 return dict(new)
 
-            self._record(outcomes, AuditOutcome.STARTED)
+            await self._record(outcomes, AuditOutcome.STARTED)
             try:
                 result = await self.o.runs.write(
                     self.run.id, outcomes, actor=self.actor, counts=totals, now=self.o.now()
@@ -277,11 +277,11 @@ class Session:
                 # resumes. (A cancelled write's outcome is unknown: its started records
                 # stand alone.)
                 failed = MappingUnavailable if isinstance(exc, StoreUnavailable) else InternalError
-                self._record(outcomes, AuditOutcome.FAILED, code=failed.code)
+                await self._record(outcomes, AuditOutcome.FAILED, code=failed.code)
                 raise
             self.counts = Counter(totals(result))
-            self._record(result.written, AuditOutcome.OK)
-            self._record(result.conflicts, AuditOutcome.REFUSED, code=Conflict.code)
+            await self._record(result.written, AuditOutcome.OK)
+            await self._record(result.conflicts, AuditOutcome.REFUSED, code=Conflict.code)
             await self._alert(o for o in result.written if o.drift is not None and not o.known)
             if not result.conflicts:
                 return
@@ -291,7 +291,7 @@ class Session:
         for outcome in outcomes:
             self._error(outcome.mapping.id, "changed repeatedly during the run", lookup=False)
 
-    def _record(
+    async def _record(
         self,
         outcomes: Iterable[Outcome],
         result: AuditOutcome,
@@ -307,19 +307,24 @@ class Session:
         auditor = self.o.auditor
         if auditor is None:
             return
+        records = []
         for outcome in outcomes:
             mapping = outcome.mapping
             moved = _changes_status(outcome)
-            auditor.record(
-                MappingAction.RECONCILE,
-                actor=self.actor,
-                purpose=RECONCILE_PURPOSE,
-                mapping=mapping,
-                outcome=result,
-                code=code or outcome.drift,
-                reason=f"{mapping.status.value} -> {outcome.new_status.value}" if moved else None,
-                required=True,
+            records.append(
+                auditor.build(
+                    MappingAction.RECONCILE,
+                    actor=self.actor,
+                    purpose=RECONCILE_PURPOSE,
+                    mapping=mapping,
+                    outcome=result,
+                    code=code or outcome.drift,
+                    reason=f"{mapping.status.value} -> {outcome.new_status.value}"
+                    if moved
+                    else None,
+                )
             )
+        await auditor.record_all(records)
 
     async def _decide(self, items: list[tuple[AccountMapping, Drift]]) -> list[Outcome]:
         wanted = [
