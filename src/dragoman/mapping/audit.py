@@ -106,40 +106,12 @@ class MappingAuditor:
         self._codec = codec
         self._clock = clock
 
-    def record(
-        self,
-        action: MappingAction,
-        *,
-        actor: str,
-        purpose: str,
-        mapping: AccountMapping | None = None,
-        customer: str | None = None,
-        account: str | None = None,
-        request: str | None = None,
-        outcome: Outcome = Outcome.OK,
-        code: str | None = None,
-        reason: str | None = None,
-        evidence: str | None = None,
-        required: bool = False,
-    ) -> dict[str, Any]:
-        """Write one record (:meth:`build`) and return it. ``required``: raise
-        :class:`AuditUnavailable` when the proxy's trail could not write it (as it always
-        does for a ``started`` record), so the work stops there."""
-        record = self.build(
-            action,
-            actor=actor,
-            purpose=purpose,
-            mapping=mapping,
-            customer=customer,
-            account=account,
-            request=request,
-            outcome=outcome,
-            code=code,
-            reason=reason,
-            evidence=evidence,
-        )
+    def record(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Write one record made by :meth:`build` and return it. A ``started`` record that
+        the proxy's trail could not write raises :class:`AuditUnavailable`, so the change
+        it announces is not tried."""
         written = self._write(record)
-        if (required or outcome is Outcome.STARTED) and written is False:
+        if record["outcome"] == Outcome.STARTED and written is False:
             # The proxy's trail says so; the CLI's writer raises by itself.
             raise AuditUnavailable("audit_write_failed")
         return record
@@ -239,7 +211,7 @@ class AuditScope:
         disk, a crash). Raises when it cannot be written (the proxy's trail:
         :class:`AuditUnavailable`; the CLI's writer: AuditTrailFailed), so nothing is
         tried unrecorded."""
-        self.auditor.record(action, outcome=Outcome.STARTED, **self._fields(mapping))
+        self._record(action, mapping, outcome=Outcome.STARTED)
 
     def ok(
         self,
@@ -248,7 +220,7 @@ class AuditScope:
         mapping: AccountMapping | None = None,
         evidence: str | None = None,
     ) -> dict[str, Any]:
-        return self.auditor.record(action, evidence=evidence, **self._fields(mapping))
+        return self._record(action, mapping, evidence=evidence)
 
     def denied(
         self, action: MappingAction, denial: Denial, *, mapping: AccountMapping | None = None
@@ -266,16 +238,30 @@ class AuditScope:
         mapping: AccountMapping | None = None,
         outcome: Outcome = Outcome.REFUSED,
     ) -> dict[str, Any]:
-        return self.auditor.record(
-            action, outcome=outcome, code=code, reason=reason, **self._fields(mapping)
-        )
+        return self._record(action, mapping, outcome=outcome, code=code, reason=reason)
 
-    def _fields(self, mapping: AccountMapping | None) -> dict[str, Any]:
-        return {
-            "actor": self.actor,
-            "purpose": self.purpose,
-            "request": self.request,
-            "customer": self.customer,
-            "account": self.account,
-            "mapping": mapping,
-        }
+    def _record(
+        self,
+        action: MappingAction,
+        mapping: AccountMapping | None,
+        *,
+        outcome: Outcome = Outcome.OK,
+        code: str | None = None,
+        reason: str | None = None,
+        evidence: str | None = None,
+    ) -> dict[str, Any]:
+        auditor = self.auditor
+        record = auditor.build(
+            action,
+            actor=self.actor,
+            purpose=self.purpose,
+            request=self.request,
+            customer=self.customer,
+            account=self.account,
+            mapping=mapping,
+            outcome=outcome,
+            code=code,
+            reason=reason,
+            evidence=evidence,
+        )
+        return auditor.record(record)
