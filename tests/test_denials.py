@@ -57,6 +57,25 @@ async def body_too_large(make: MakeStack, http: aiohttp.ClientSession) -> tuple[
     return stack, await call(http, stack, "POST", PM, alice(stack), data=body)
 
 
+async def body_timeout(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
+    """A chunked body that stops after its first chunk (server.body_timeout)."""
+    stack = await make({"server": {"body_timeout": 0.2}})
+    host, port = stack.urls["proxy"].removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    token = alice(stack)["Authorization"]
+    writer.write(
+        f"POST {PM} HTTP/1.1\r\nHost: a\r\nAuthorization: {token}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        '5\r\n{"a":\r\n'.encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    body = await reader.readexactly(length)
+    writer.close()
+    assert b"application/problem+json" in head
+    return stack, (int(head.split()[1]), json.loads(body))
+
+
 async def bad_request(make: MakeStack, http: aiohttp.ClientSession) -> tuple[DemoStack, Any]:
     stack = await make()
     host, port = stack.urls["proxy"].removeprefix("http://").split(":")
@@ -386,6 +405,7 @@ PROVOKE: dict[str, tuple[int, Callable[[MakeStack, aiohttp.ClientSession], Await
     "peer_not_allowed": (403, peer_not_allowed),
     "path_invalid": (400, path_invalid),
     "body_too_large": (413, body_too_large),
+    "body_timeout": (408, body_timeout),
     "expectation_failed": (417, expectation_failed),
     "bad_request": (400, bad_request),
     "unauthenticated": (401, unauthenticated),
@@ -443,12 +463,23 @@ async def test_denial_answers_problem_json_with_its_code(
         # One read of one customer record (customers.get), nothing else.
         seen = [(s.method, s.path.rsplit("/", 1)[0]) for s in stack.platform.seen]
         assert seen == [("GET", "/v1/customers")]
-    elif code not in ("audit_unavailable", "upstream_unavailable", "upstream_timeout"):
+    # A forwarded body streams: the upstream had the head when the body stopped.
+    elif code not in (
+        "audit_unavailable",
+        "upstream_unavailable",
+        "upstream_timeout",
+        "body_timeout",
+    ):
         assert stack.platform.seen == [] or code == "audit_unavailable"
     if code != "audit_unavailable":
         lines = (stack.state_dir / "audit.jsonl").read_text().splitlines()
         records = [json.loads(line) for line in lines]
-        (mine,) = [r for r in records if r.get("audit_id") == body["audit_id"]]
+        # (A forwarded write has its write-ahead record too, event "forward".)
+        (mine,) = [
+            r
+            for r in records
+            if r.get("audit_id") == body["audit_id"] and r.get("event") != "forward"
+        ]
         assert (mine["code"], mine["decision"]) == (code, "deny")
 
 

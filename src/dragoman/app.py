@@ -569,7 +569,10 @@ def build_proxy(
         (step_up := StepUpStage(settings.policy.step_up, clock=clock)),
         MapAccountStage(gate, policy),
         rate_limits,
-        CustomerBindingStage(max_body_bytes=settings.server.max_body_bytes),
+        CustomerBindingStage(
+            max_body_bytes=settings.server.max_body_bytes,
+            body_timeout=settings.server.body_timeout,
+        ),
         (
             anomaly := open_anomaly_stage(
                 settings, catalog, alerts=alerts, account_key=store.codec.account_index, clock=clock
@@ -588,6 +591,7 @@ def build_proxy(
             settings.upstream,
             max_body_bytes=settings.server.max_body_bytes,
             security_headers=headers,
+            body_timeout=settings.server.body_timeout,
         ),
         audit=audit,
         audit_shipper=None if audit_sink is not None else open_audit_shipper(settings.audit),

@@ -33,10 +33,12 @@ from aiohttp.tracing import Trace
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from dragoman.pipeline.body import next_chunk
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import (
     AuditUnavailable,
     BadRequest,
+    Denial,
     PayloadTooLarge,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -164,8 +166,13 @@ def private_cache_control(values: list[str]) -> str:
     return ", ".join(directives)
 
 
-class _BodyTooLarge(Exception):
-    pass
+def _body_refusal(exc: BaseException) -> Denial | None:
+    """The refusal the caller's body met where aiohttp's client reads it (too large, or it
+    stopped arriving): it comes back as the cause of the client's own error."""
+    for underlying in (exc.__cause__, exc.__context__):
+        if isinstance(underlying, Denial):
+            return underlying
+    return None
 
 
 def _dropped(always: frozenset[str], headers: CIMultiDictProxy[str]) -> frozenset[str]:
@@ -231,9 +238,12 @@ class Forwarder:
         *,
         max_body_bytes: int,
         security_headers: Mapping[str, str],
+        body_timeout: float = 10.0,
     ) -> None:
+        """``body_timeout``: the longest wait for the next bytes of a caller's body."""
         self._base = settings.url
         self._max_body = max_body_bytes
+        self._body_timeout = body_timeout
         self._response_drop = (
             _DROP_RESPONSE | {"set-cookie"} if settings.strip_set_cookie else _DROP_RESPONSE
         )
@@ -300,10 +310,10 @@ class Forwarder:
         # waiting for 100 (Continue) is invited now, and only now.
         await send_continue(request)
         sent = 0
-        async for chunk in request.content.iter_chunked(_CHUNK):
+        while chunk := await next_chunk(request, self._body_timeout):
             sent += len(chunk)
             if sent > self._max_body:
-                raise _BodyTooLarge()
+                raise PayloadTooLarge("body_too_large")
             yield chunk
 
     def check_body(self, request: web.Request) -> None:
@@ -418,15 +428,13 @@ class Forwarder:
                 # Only writes need the guard; a read goes without the middleware's cost.
                 middlewares=_READ_MIDDLEWARES if ctx.method in SAFE_METHODS else _WRITE_MIDDLEWARES,
             )
-        except _BodyTooLarge:
-            raise PayloadTooLarge("body_too_large") from None
+        except Denial:
+            raise  # the caller's body, refused as the client read it
         except TimeoutError:
             raise UpstreamTimeout("upstream_timeout") from None
         except aiohttp.ClientError as exc:
-            if isinstance(exc.__cause__, _BodyTooLarge) or isinstance(
-                exc.__context__, _BodyTooLarge
-            ):
-                raise PayloadTooLarge("body_too_large") from None
+            if (refused := _body_refusal(exc)) is not None:
+                raise refused from None
             if _caller_gone(request):
                 # Reading the caller's body failed because the caller left: not the
                 # upstream's fault, and nobody is waiting for an answer.

@@ -47,6 +47,7 @@ from dragoman.catalog.binding_json import (
 )
 from dragoman.catalog.binding_query import read_parameter, with_parameter
 from dragoman.catalog.model import CustomerBinding
+from dragoman.pipeline.body import next_chunk
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import (
     BadRequest,
@@ -57,7 +58,6 @@ from dragoman.pipeline.errors import (
 from dragoman.pipeline.expect import send_continue
 from dragoman.pipeline.report_only import report
 
-_CHUNK = 64 * 1024
 _DETAILS = {
     "customer_absent": "The request does not name the customer where this operation needs it.",
     "customer_other": "The request names a customer other than the caller's.",
@@ -95,8 +95,11 @@ def _not_utf8(value: str) -> bool:
 class CustomerBindingStage:
     name = "customer_binding"
 
-    def __init__(self, *, max_body_bytes: int, rewrites: bool = True) -> None:
+    def __init__(
+        self, *, max_body_bytes: int, body_timeout: float = 10.0, rewrites: bool = True
+    ) -> None:
         self._max_body = max_body_bytes
+        self._body_timeout = body_timeout
         self._rewrites = rewrites
 
     async def __call__(self, ctx: RequestContext) -> None:
@@ -111,7 +114,8 @@ class CustomerBindingStage:
             except (CustomerMismatch, BadRequest, UnsupportedMediaType) as denial:
                 # Checked before the body is read or with it read whole: what is forwarded
                 # is still the caller's request, untouched. A body over the limit
-                # (PayloadTooLarge) is half read, and refused whatever the mode.
+                # (PayloadTooLarge) or that stopped arriving (BodyTimeout) is half read,
+                # and refused whatever the mode.
                 report(ctx, binding.rule(ctx.operation.id), denial)
 
     async def _check(self, ctx: RequestContext, binding: CustomerBinding, customer: str) -> None:
@@ -209,7 +213,7 @@ class CustomerBindingStage:
         await send_continue(request)
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.content.iter_chunked(_CHUNK):
+        while chunk := await next_chunk(request, self._body_timeout):
             size += len(chunk)
             if size > self._max_body:
                 raise PayloadTooLarge("body_too_large")

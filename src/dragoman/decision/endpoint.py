@@ -81,7 +81,9 @@ def decision_stages(proxy: Proxy) -> tuple[Stage, ...]:
         elif stage.name == "customer_binding":
             stages.append(
                 CustomerBindingStage(
-                    max_body_bytes=proxy.settings.server.max_body_bytes, rewrites=False
+                    max_body_bytes=proxy.settings.server.max_body_bytes,
+                    body_timeout=proxy.settings.server.body_timeout,
+                    rewrites=False,
                 )
             )
         elif stage.name != "write_ahead":

@@ -42,6 +42,7 @@ from dragoman.mapping.entity import AccountMapping
 from dragoman.mapping.platform import PlatformClient
 from dragoman.mapping.registration import CUSTOMER_ID, Registrar, open_registrar
 from dragoman.mapping.store import MappingStore
+from dragoman.pipeline.body import next_chunk
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import (
     AuditUnavailable,
@@ -107,10 +108,13 @@ class RegistrationEndpoint:
         audit: AuditWriter,
         context: Callable[[web.Request], RequestContext],
         limit: Callable[[RequestContext], Awaitable[None]] | None = None,
+        body_timeout: float = 10.0,
     ) -> None:
         """``limit`` counts each request against the caller's per-account rate limits (one
-        account must not hammer the platform's customer reads)."""
+        account must not hammer the platform's customer reads); ``body_timeout``: the
+        longest wait for the next bytes of a body."""
         self._limit = limit
+        self._body_timeout = body_timeout
         self._registrar = registrar
         self._codec = store.codec
         self._guards = guard_stages(guards, GUARDS, "registration")
@@ -129,7 +133,7 @@ class RegistrationEndpoint:
 
     async def _create(self, exchange: _Exchange) -> AccountMapping:
         ctx = exchange.ctx
-        customer = await _customer_of(ctx.request)
+        customer = await _customer_of(ctx.request, self._body_timeout)
         exchange.customer_index = self._codec.customer_index(customer)
         assert ctx.principal is not None
         mapping = await self._registrar.register(ctx.principal, customer, request=ctx.audit_id)
@@ -191,7 +195,7 @@ class RegistrationEndpoint:
         return answer_headers(self._headers, self._cors, request, ctx.request_id)
 
 
-async def _customer_of(request: web.Request) -> str:
+async def _customer_of(request: web.Request, body_timeout: float) -> str:
     """The customer named by a POST body (exactly ``{"customer": "..."}``)."""
     if request.content_type != "application/json":
         raise UnsupportedMediaType("content_type_not_json")
@@ -200,7 +204,7 @@ async def _customer_of(request: web.Request) -> str:
     await send_continue(request)
     data = bytearray()
     while len(data) <= MAX_BODY_BYTES:
-        chunk = await request.content.read(MAX_BODY_BYTES + 1 - len(data))
+        chunk = await next_chunk(request, body_timeout)
         if not chunk:
             break
         data += chunk
@@ -253,4 +257,5 @@ def open_registration(
         audit=audit,
         context=context,
         limit=limit,
+        body_timeout=settings.server.body_timeout,
     )

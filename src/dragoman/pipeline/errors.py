@@ -7,6 +7,7 @@ and the security headers, and nothing reaches the upstream. The tree::
     ├── BadRequest                400  bad_request, path_invalid
     │   └── DecisionRequestInvalid     decision_request_invalid (the decision listener's
     │                                  check request itself is unreadable)
+    ├── BodyTimeout               408  body_timeout (server.body_timeout; the connection closes)
     ├── PayloadTooLarge           413  body_too_large
     ├── UnsupportedMediaType      415  media_type_unsupported
     ├── Unauthenticated           401  unauthenticated
@@ -61,6 +62,9 @@ class Denial(Exception):
     status: ClassVar[int] = 400
     code: ClassVar[str] = "bad_request"
     title: ClassVar[str] = "The request was refused."
+    closes_connection: ClassVar[bool] = False
+    """Whether the connection is closed after the answer (what arrives next on it is not
+    known to be a request)."""
 
     def __init__(self, reason: str | None = None, detail: str | None = None) -> None:
         self.reason = reason or self.code
@@ -104,6 +108,13 @@ class PayloadTooLarge(Denial):
     status = 413
     code = "body_too_large"
     title = "The request body is larger than allowed."
+
+
+class BodyTimeout(Denial):
+    status = 408
+    code = "body_timeout"
+    title = "The request body stopped arriving."
+    closes_connection = True  # RFC 9110 §15.5.9; the rest of the body may still come
 
 
 class UnsupportedMediaType(Denial):

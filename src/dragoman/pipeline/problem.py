@@ -62,6 +62,8 @@ def problem_response(
     response.headers.update(headers)
     response.headers.update(denial.headers())
     response.headers["Cache-Control"] = "no-store"
+    if denial.closes_connection:
+        response.force_close()
     return response
 
 

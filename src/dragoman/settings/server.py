@@ -75,6 +75,16 @@ class ServerSettings(Section):
         le=1_073_741_824,
         description="Largest request body forwarded upstream; larger bodies get 413.",
     )
+    body_timeout: Duration = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description=(
+            "Longest wait for the next bytes of a request body (then 408 body_timeout). A"
+            " caller that stops sending mid-body would otherwise hold an upstream connection"
+            " and a place in max_in_flight for good."
+        ),
+    )
     shutdown_timeout: Duration = Field(
         10.0, gt=0, le=600, description="How long in-flight requests may run on shutdown."
     )
