@@ -751,7 +751,7 @@ def build_app(
         limit=proxy.rate_limits.check_account if proxy.rate_limits else None,
         clock=clock,
     )
-    PageServer(settings.browser, proxy.headers).add_routes(app)
+    PageServer(settings.browser, proxy.headers, unknown=proxy.handle).add_routes(app)
     # Each refuses an expectation itself (417 problem+json, recorded), never aiohttp's text.
     app.router.add_post(SESSION_PATH, sessions.handshake, expect_handler=defer_continue)
     app.router.add_post(REFRESH_PATH, sessions.refresh, expect_handler=defer_continue)

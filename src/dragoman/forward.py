@@ -86,33 +86,44 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-_DROP_REQUEST = HOP_BY_HOP | {
-    "host",
-    "authorization",
-    "cookie",
-    "x-csrf-token",
-    "expect",
-    "cookie2",
-    "forwarded",
-    # Client addresses as proxies and CDNs pass them on: a caller sending its own would
-    # have the upstream log, limit or trust an address of its choosing. (X-Forwarded-*,
-    # all of them, go too: _forwarded_by_caller.)
-    "x-real-ip",
-    "x-client-ip",
-    "client-ip",
-    "true-client-ip",
-    "cf-connecting-ip",
-    "fastly-client-ip",
-    "x-cluster-client-ip",
-    "x-request-id",
-    # Asking the upstream to run another method or path than the one authorised.
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "x-original-url",
-    "x-original-uri",
-    "x-rewrite-url",
-}
+OVERRIDE_HEADERS = frozenset(
+    {
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-original-url",
+        "x-original-uri",
+        "x-rewrite-url",
+    }
+)
+"""Headers asking the upstream to run another method or path than the one authorised
+(frameworks honour them after the token's ``htm`` and ``htu`` were checked against the
+request line): never forwarded, and refused by the decision API, which cannot drop them."""
+
+_DROP_REQUEST = (
+    HOP_BY_HOP
+    | {
+        "host",
+        "authorization",
+        "cookie",
+        "x-csrf-token",
+        "expect",
+        "cookie2",
+        "forwarded",
+        # Client addresses as proxies and CDNs pass them on: a caller sending its own would
+        # have the upstream log, limit or trust an address of its choosing. (X-Forwarded-*,
+        # all of them, go too: _forwarded_by_caller.)
+        "x-real-ip",
+        "x-client-ip",
+        "client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-cluster-client-ip",
+        "x-request-id",
+    }
+    | OVERRIDE_HEADERS
+)
 # Set-Cookie2 is obsolete; the other two tell a CDN in front of dragoman how long to keep
 # an answer for everyone (RFC 9213), and no answer here is for everyone.
 _DROP_RESPONSE = HOP_BY_HOP | {"set-cookie2", "cdn-cache-control", "surrogate-control"}

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from session_support import CARD, PM, MakeStack, bearer, browser_overrides, handshake, with_pair
+from session_support import (
+    CARD,
+    COOKIE,
+    PM,
+    MakeStack,
+    bearer,
+    browser_overrides,
+    handshake,
+    with_pair,
+)
 
 from dragoman.browser.csrf import CsrfTokens
 from dragoman.keys.sealing import decode_master_key, new_master_key
@@ -108,6 +117,62 @@ async def test_a_browser_read_with_its_pair_reaches_the_upstream(
     async with http.get(proxy + PM, headers=with_pair(alice, t, t)) as r:
         assert r.status == 200
     assert len(stack.platform.seen) == 1
+
+
+async def test_quoted_cookies_a_sibling_host_planted_do_not_hide_the_csrf_cookie(
+    make_stack: MakeStack, http: aiohttp.ClientSession
+) -> None:
+    """Another subdomain (or port) of the site sets ``a="`` and ``z="``: the browser sends
+    them around the CSRF cookie. A parser that lets a quoted value run over ``;`` read one
+    cookie ``a`` and refused every call ``csrf_missing``."""
+    stack = await make_stack(browser_overrides("memory", None))
+    proxy, alice = stack.urls["proxy"], bearer(stack, Origin=stack.urls["console"])
+    t = (await handshake(http, proxy, alice)).token
+    headers = {**alice, "Cookie": f'a="; {COOKIE}={t}; z="', "X-CSRF-Token": t}
+    async with http.get(proxy + PM, headers=headers) as r:
+        assert r.status == 200
+    async with http.post(proxy + PM, headers=headers, json=CARD) as r:
+        assert r.status == 201
+
+
+async def test_the_csrf_cookie_between_quoted_cookies_still_marks_a_browser(
+    make_stack: MakeStack, http: aiohttp.ClientSession
+) -> None:
+    stack = await make_stack(browser_overrides("memory", None))
+    proxy = stack.urls["proxy"]
+    t = (await handshake(http, proxy, bearer(stack, Origin=stack.urls["console"]))).token
+    headers = {**bearer(stack), "Cookie": f'a="; {COOKIE}={t}; z="'}  # no Origin, no header
+    async with http.get(proxy + PM, headers=headers) as r:
+        assert r.status == 403
+        body = await r.json()
+    assert (body["code"], body["reason"]) == ("csrf_missing", "missing_header")
+    assert stack.platform.seen == []
+
+
+@pytest.mark.parametrize("planted_first", [True, False])
+async def test_a_valid_cookie_planted_beside_the_browsers_own_refuses_nothing(
+    make_stack: MakeStack, http: aiohttp.ClientSession, planted_first: bool
+) -> None:
+    """Cookies do not isolate ports: a page on another port of the host can plant a CSRF
+    cookie of a session of its own (bob's). The pair is checked against the cookie of the
+    header's session, so the planted one locks nobody out, and lets bob's session in
+    nowhere."""
+    stack = await make_stack(browser_overrides("memory", None))
+    proxy, alice = stack.urls["proxy"], bearer(stack, Origin=stack.urls["console"])
+    mine = (await handshake(http, proxy, alice)).token
+    bobs = (await handshake(http, proxy, bearer(stack, "bob", "acct-2002"))).token
+    pair = [f"{COOKIE}={bobs}", f"{COOKIE}={mine}"]
+    cookies = "; ".join(pair if planted_first else pair[::-1])
+    async with http.get(
+        proxy + PM, headers={**alice, "Cookie": cookies, "X-CSRF-Token": mine}
+    ) as r:
+        assert r.status == 200
+    async with http.get(
+        proxy + PM, headers={**alice, "Cookie": cookies, "X-CSRF-Token": bobs}
+    ) as r:
+        assert r.status == 403
+        body = await r.json()
+    assert (body["code"], body["reason"]) == ("csrf_invalid", "other_principal")
 
 
 async def test_whoami_from_a_browser_needs_the_pair(

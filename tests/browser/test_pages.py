@@ -4,6 +4,7 @@ outside the directory (SEMANTICS §5)."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -101,8 +102,30 @@ async def test_nothing_outside_the_listed_files_is_served(
 ) -> None:
     url = pages_stack.urls["proxy"] + "/_dragoman/pages/" + name
     async with http.get(url) as response:
-        assert response.status in (401, 404)  # 401: a path outside /_dragoman/pages/
+        # What no page serves is the pipeline's: a caller without credentials is refused
+        # before a path is looked up.
+        assert response.status == 401
+        assert response.content_type == "application/problem+json"
         assert "not served" not in await response.text()
+
+
+async def test_a_name_no_page_has_is_refused_problem_json_and_recorded(
+    pages_stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    token = pages_stack.issuer.token("alice", "acct-1001", roles=["billing_admin"])
+    url = pages_stack.urls["proxy"] + "/_dragoman/pages/missing.html"
+    async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as response:
+        assert response.status == 404
+        assert response.content_type == "application/problem+json"
+        problem = await response.json()
+        assert response.headers["X-Request-Id"]
+    assert problem["code"] == "operation_unknown"
+    lines = (pages_stack.state_dir / "audit.jsonl").read_text().splitlines()
+    (record,) = [r for r in map(json.loads, lines) if r.get("audit_id") == problem["audit_id"]]
+    assert (record["path"], record["code"]) == (
+        "/_dragoman/pages/missing.html",
+        "operation_unknown",
+    )
 
 
 def test_a_page_larger_than_the_limit_is_an_error_at_start(tmp_path: Path) -> None:

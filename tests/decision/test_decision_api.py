@@ -19,6 +19,7 @@ from decision_support import alice, audit
 from binding_support import ALICE, BOB, Recorder
 from binding_support import overrides as binding_overrides
 from dragoman.demo.runner import DemoStack
+from dragoman.forward import OVERRIDE_HEADERS
 from settings_support import settings_problems
 
 PM = "/v1/customers/cus_alice/payment-methods"
@@ -108,8 +109,51 @@ async def test_envoy_allow_names_the_caller_credentials_to_remove(
 ) -> None:
     answer, _ = await ask_envoy(http, stack, "GET", PM, alice(stack))
     assert answer.status == 200
-    assert answer.headers["x-envoy-auth-headers-to-remove"] == "cookie, x-csrf-token"
+    removed = answer.headers["x-envoy-auth-headers-to-remove"].split(", ")
+    assert removed[:2] == ["cookie", "x-csrf-token"]
+    assert set(removed[2:]) == OVERRIDE_HEADERS
     assert claims(answer)["sub"] == ALICE
+
+
+@pytest.mark.parametrize("gateway", ["nginx", "envoy"])
+@pytest.mark.parametrize("header", sorted(OVERRIDE_HEADERS - {"x-original-uri"}))
+async def test_a_request_asking_the_upstream_for_another_method_or_path_is_refused(
+    stack: DemoStack, http: aiohttp.ClientSession, gateway: str, header: str
+) -> None:
+    """The proxy drops these headers; a gateway forwards the caller's headers as they
+    are, and an upstream framework would run a DELETE (or another path) under a token
+    minted for this GET."""
+    ask = ask_nginx if gateway == "nginx" else ask_envoy
+    headers = {**alice(stack), header: "DELETE" if "method" in header else "/v1/customers/cus_bob"}
+    answer, text = await ask(http, stack, "GET", PM, headers)
+    assert "Authorization" not in answer.headers
+    if gateway == "nginx":
+        assert (answer.status, answer.headers["X-Dragoman-Status"]) == (403, "400")
+        problem = json.loads(answer.headers["X-Dragoman-Problem"])
+    else:
+        assert answer.status == 400
+        problem = json.loads(text)
+    assert (problem["code"], audit(stack)[-1]["reason"]) == ("bad_request", "override_header")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/nope"), ("POST", "/livez"), ("GET", "/ext_authz"), ("DELETE", "/auth_requests")],
+)
+async def test_a_path_the_listener_does_not_serve_is_refused_problem_json_and_recorded(
+    stack: DemoStack, http: aiohttp.ClientSession, method: str, path: str
+) -> None:
+    async with http.request(method, stack.decision_url + path) as answer:
+        assert answer.status == 404
+        assert answer.content_type == "application/problem+json"
+        problem = await answer.json()
+    record = audit(stack)[-1]
+    assert (problem["code"], record["code"], record["reason"], record["event"]) == (
+        "operation_unknown",
+        "operation_unknown",
+        "decision_route_unknown",
+        "decision",
+    )
 
 
 async def test_decision_record_names_the_caller_address_from_the_gateway(

@@ -158,9 +158,29 @@ def expired_cookie() -> str:
     return f"{COOKIE_NAME}=; {COOKIE_ATTRIBUTES}; Max-Age=0"
 
 
+MAX_COOKIE_CANDIDATES = 4
+"""Values of the CSRF cookie a request may carry that are looked at (a browser sends one;
+a page on another port of the same host can plant more, cookies do not isolate ports)."""
+
+
+def csrf_cookies(request: web.Request) -> list[str]:
+    """Every value of the CSRF cookie in the request, read as browsers write the header
+    (RFC 6265 §5.4: ``name=value`` pairs split on ``;``, values never quoted across one).
+    aiohttp's cookie parser lets a quoted value run over ``;``: a sibling host's cookie
+    ``a="`` then swallowed ``__Host-dragoman-csrf`` and every call was refused
+    ``csrf_missing``."""
+    values: list[str] = []
+    for line in request.headers.getall("Cookie", ()):
+        for pair in line.split(";"):
+            name, equals, value = pair.partition("=")
+            if equals and name.strip() == COOKIE_NAME:
+                values.append(value.strip())
+    return values
+
+
 def is_browser_request(request: web.Request) -> bool:
     """Whether the request carries a signal only browsers send (see the module doc)."""
-    if COOKIE_NAME in request.cookies or "Origin" in request.headers:
+    if "Origin" in request.headers or csrf_cookies(request):
         return True
     return any(name.lower().startswith("sec-fetch-") for name in request.headers)
 
@@ -192,17 +212,22 @@ class CsrfVerifier:
         self._clock = clock
 
     async def verify(self, request: web.Request, principal: Principal | None) -> Verified:
-        cookie_value = request.cookies.get(COOKIE_NAME)
+        cookie_values = [value for value in csrf_cookies(request) if value]
         header_value = request.headers.get(HEADER_NAME)
-        if not cookie_value:
+        if not cookie_values:
             raise CsrfMissing("missing_cookie")
         if not header_value:
             raise CsrfMissing("missing_header")
-        cookie = self.tokens.parse(cookie_value)
+        cookies = self._parsed(cookie_values)
         header = self.tokens.parse(header_value)
-        if cookie is None or header is None:
+        if not cookies or header is None:
             raise CsrfInvalid("bad_mac")
-        if not hmac.compare_digest(cookie.session_id, header.session_id):
+        # Of several cookies (one planted beside the browser's own), the one of the
+        # header's session: a planted cookie can then refuse nothing the pair allows.
+        cookie = next(
+            (c for c in cookies if hmac.compare_digest(c.session_id, header.session_id)), None
+        )
+        if cookie is None:
             raise CsrfInvalid("mismatch")
         now = self._clock()
         try:
@@ -223,15 +248,21 @@ class CsrfVerifier:
         """The live session this browser's cookie names, when it is the caller's and the
         cookie's token is live; None otherwise. The handshake joins it (a second tab, a page
         reloaded) instead of making a session whose cookie would replace the first's."""
-        cookie_value = request.cookies.get(COOKIE_NAME)
-        cookie = self.tokens.parse(cookie_value) if cookie_value else None
-        if cookie is None:
-            return None
-        now = self._clock()
-        session = await self.store.get(cookie.session_id, now)
-        if session is None or not session.owned_by(principal):
-            return None
-        return session if session.is_live(cookie.randomness, now) else None
+        for cookie in self._parsed(csrf_cookies(request)):
+            now = self._clock()
+            session = await self.store.get(cookie.session_id, now)
+            if (
+                session is not None
+                and session.owned_by(principal)
+                and session.is_live(cookie.randomness, now)
+            ):
+                return session
+        return None
+
+    def _parsed(self, values: list[str]) -> list[CsrfToken]:
+        """The tokens among the first :data:`MAX_COOKIE_CANDIDATES` values whose MAC holds."""
+        parsed = (self.tokens.parse(value) for value in values[:MAX_COOKIE_CANDIDATES])
+        return [token for token in parsed if token is not None]
 
 
 class CsrfStage:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -92,7 +92,12 @@ class PageServer:
         settings: BrowserSettings,
         headers: Mapping[str, str],
         pages: Mapping[str, Page] | None = None,
+        *,
+        unknown: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None,
     ) -> None:
+        """``unknown`` answers a name no page has (the proxy's pipeline, which refuses it
+        problem+json and records it as it does any path it does not serve)."""
+        self._unknown = unknown
         if pages is None:
             pages = read_pages(settings.pages_dir) if settings.pages_dir is not None else {}
         self._pages = dict(pages)
@@ -107,6 +112,8 @@ class PageServer:
     async def page(self, request: web.Request) -> web.StreamResponse:
         page = self._pages.get(request.match_info["name"])
         if page is None:
+            if self._unknown is not None:
+                return await self._unknown(request)
             raise web.HTTPNotFound(headers=self._headers)
         return self._answer(page)
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
+from dragoman.forward import OVERRIDE_HEADERS
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import Denial
 from dragoman.pipeline.problem import problem_json, problem_response
@@ -30,6 +31,10 @@ PROBLEM_HEADER = "X-Dragoman-Problem"
 ENVOY_REMOVE = "x-envoy-auth-headers-to-remove"
 CALLER_CREDENTIALS = "cookie, x-csrf-token"
 """What the upstream must never see of the caller's (Authorization is replaced)."""
+ENVOY_REMOVED = ", ".join([CALLER_CREDENTIALS, *sorted(OVERRIDE_HEADERS)])
+"""What Envoy removes before forwarding: the caller's credentials, and the headers asking
+for another method or path (refused when the check request carries them; removed too in
+case Envoy's ``allowed_headers`` kept them from the check)."""
 
 
 def allow(ctx: RequestContext, headers: Mapping[str, str], *, envoy: bool) -> web.Response:
@@ -41,7 +46,7 @@ def allow(ctx: RequestContext, headers: Mapping[str, str], *, envoy: bool) -> we
     response.headers["X-Request-Id"] = ctx.request_id
     response.headers["Cache-Control"] = "no-store"
     if envoy:
-        response.headers[ENVOY_REMOVE] = CALLER_CREDENTIALS
+        response.headers[ENVOY_REMOVE] = ENVOY_REMOVED
     return response
 
 

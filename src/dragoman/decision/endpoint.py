@@ -45,13 +45,16 @@ from dragoman.decision.original import (
     nginx_original,
 )
 from dragoman.decision.peers import AllowedPeers, PeerNotAllowed
+from dragoman.forward import OVERRIDE_HEADERS
 from dragoman.identity.mtls import MtlsAuthenticator
 from dragoman.identity.stage import AuthenticateStage
 from dragoman.ids import random_hex
 from dragoman.pipeline.errors import (
     AuditUnavailable,
+    BadRequest,
     Denial,
     InternalError,
+    OperationUnknown,
     Overloaded,
     PayloadTooLarge,
 )
@@ -133,6 +136,17 @@ class DecisionEndpoint:
         # gets the problem itself (403 either way).
         return answers.deny(denial, ctx, headers, envoy=not nginx)
 
+    async def unknown(self, request: web.Request) -> web.StreamResponse:
+        """A path (or method) the listener does not serve, asked by an allowed peer: 404
+        ``operation_unknown`` (reason ``decision_route_unknown``), problem+json and
+        recorded, never aiohttp's text answer. A gateway pointed at a wrong path reads a
+        refusal."""
+        proxy = self._proxy
+        ctx = proxy.context(request)
+        ctx.denial = OperationUnknown("decision_route_unknown")
+        await proxy.commit(ctx, EVENT)
+        return answers.deny(ctx.denial, ctx, proxy.base_headers(request, ctx), envoy=True)
+
     def refuse_unreadable(self, request: web.BaseRequest, status: int) -> web.StreamResponse:
         """What the listener's HTTP parser refused (``status`` as aiohttp chose it), answered
         and recorded as a refused decision. A peer that is not allowed gets what it gets on
@@ -188,6 +202,7 @@ class DecisionEndpoint:
                 # A body cut at the gateway's limit would be checked short of what is sent.
                 raise PayloadTooLarge("body_partial")
             proxy.forwarder.check_body(asked)
+            _refuse_overrides(asked)
             for stage in self._stages:
                 await stage(ctx)
         except Denial as denial:
@@ -204,6 +219,16 @@ class DecisionEndpoint:
         if ctx.denial is not None:
             return answers.deny(ctx.denial, ctx, headers, envoy=envoy)
         return answers.allow(ctx, headers, envoy=envoy)
+
+
+def _refuse_overrides(asked: web.Request) -> None:
+    """The forwarder drops a header asking the upstream for another method or path; a
+    gateway forwards the caller's headers as they are, so such a request is refused."""
+    if any(name.lower() in OVERRIDE_HEADERS for name in asked.headers):
+        raise BadRequest(
+            "override_header",
+            "The request asks the upstream for another method or path than its own.",
+        )
 
 
 def _peer_denial(peer: str | None) -> PeerNotAllowed:
@@ -226,6 +251,7 @@ def decision_app(
     app.router.add_get("/readyz", proxy.readyz, allow_head=False)
     app.router.add_route("*", NGINX_PATH, endpoint.nginx)
     app.router.add_route("*", ENVOY_PREFIX + "/{tail:.*}", endpoint.envoy)
+    app.router.add_route("*", "/{tail:.*}", endpoint.unknown)
     return app
 
 
