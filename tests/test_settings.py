@@ -142,6 +142,17 @@ def test_wildcard_origins_are_refused(tmp_path: Path) -> None:
     assert "browser.allowed_origins" in problems_of(write(tmp_path, data))
 
 
+def test_a_session_rate_limit_counted_per_customer_is_refused(tmp_path: Path) -> None:
+    data = valid(tmp_path)
+    data["limits"] = {
+        "rules": [
+            {"name": "s", "per": "customer", "tiers": ["session"], "rate": "1/s", "burst": 1}
+        ]
+    }
+    problems = problems_of(write(tmp_path, data))
+    assert "session" in problems["limits.rules.0"]
+
+
 def test_catalog_problems_name_the_operation(tmp_path: Path) -> None:
     data = valid(tmp_path)
     data["catalog"]["operations"][0]["path"] = "/v1/customers/{customer_id}/../x"

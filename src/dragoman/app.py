@@ -748,7 +748,7 @@ def build_app(
         headers=proxy.headers,
         audit=proxy.audit,
         context=proxy.context,
-        limit=proxy.rate_limits.check_account if proxy.rate_limits else None,
+        limit=proxy.rate_limits.check_session if proxy.rate_limits else None,
         clock=clock,
     )
     PageServer(settings.browser, proxy.headers, unknown=proxy.handle).add_routes(app)

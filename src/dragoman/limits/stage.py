@@ -25,7 +25,8 @@ from dragoman.limits.rules import Check, Limiter, LimiterUnavailable, Rule, Verd
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import RateLimited, RateLimitUnavailable
 from dragoman.pipeline.report_only import report
-from dragoman.settings import RISK_TIERS, RiskTier
+from dragoman.settings import RISK_TIERS
+from dragoman.settings.limits import SESSION_TIER, LimitTier
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ class RateLimitStage:
         self._key = key
         self._observe = observe
         enforced = [r for r in rules if not r.report_only]
-        self._by_tier = {t: tuple(r for r in enforced if r.counts(t)) for t in RISK_TIERS}
+        tiers = (*RISK_TIERS, SESSION_TIER)
+        self._by_tier = {t: tuple(r for r in enforced if r.counts(t)) for t in tiers}
         self._reported_by_tier = {
             t: tuple(r for r in rules if r.report_only and r.counts(t)) for t in RISK_TIERS
         }
@@ -113,16 +115,21 @@ class RateLimitStage:
                 denial = refusal([check], Verdict((decision,)))
                 report(ctx, f"limits.rules.{check.rule.name}", denial)
 
-    async def check_account(self, ctx: RequestContext, tier: RiskTier = "change") -> None:
-        """For the proxy's own state-changing endpoints (the session handshake, registration),
-        which have no catalog operation and no mapping: the per-account rules of ``tier``.
-        One account cannot flood the session store or the platform's customer reads."""
+    async def check_account(self, ctx: RequestContext, tier: LimitTier = "change") -> None:
+        """For the proxy's own state-changing endpoints (the session handshake: tier
+        ``session``; registration: ``change``), which have no catalog operation and no
+        mapping: the per-account rules of ``tier``. One account cannot flood the session
+        store or the platform's customer reads."""
         if self._limiter is None:
             return
         rules = [rule for rule in self._by_tier.get(tier, ()) if rule.per == "account"]
         if rules:
             checks = [Check(rule, subject_of(rule, ctx, self._key)) for rule in rules]
             await self._decide(checks, read=False)
+
+    async def check_session(self, ctx: RequestContext) -> None:
+        """:meth:`check_account` for a session handshake."""
+        await self.check_account(ctx, SESSION_TIER)
 
     async def _decide(self, checks: Sequence[Check], *, read: bool) -> None:
         assert self._limiter is not None

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from dragoman.settings.base import Duration, Section, check_redis_url
 from dragoman.settings.catalog import RiskTier
+
+SESSION_TIER: Final = "session"
+"""The tier of the browser's session handshake (no catalog operation has it): counted by
+the per-account rules that list it, or list no tiers."""
+
+LimitTier = RiskTier | Literal["session"]
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$")
 _RATE_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -37,8 +43,12 @@ class RateLimitRuleSettings(Section):
             " credential names none), `customer` the mapped payment customer."
         ),
     )
-    tiers: list[RiskTier] | None = Field(
-        None, description="Risk tiers the rule counts (unset: every tier)."
+    tiers: list[LimitTier] | None = Field(
+        None,
+        description=(
+            "Risk tiers the rule counts (unset: every tier); `session` is the browser's"
+            " session handshake (per-account rules only)."
+        ),
     )
     rate: str = Field(..., description="Sustained rate: `COUNT/UNIT`, unit s, min, h or d.")
     burst: int = Field(..., ge=1, le=1_000_000, description="Requests allowed at once.")
@@ -59,10 +69,18 @@ class RateLimitRuleSettings(Section):
 
     @field_validator("tiers")
     @classmethod
-    def _tiers_not_empty(cls, value: list[RiskTier] | None) -> list[RiskTier] | None:
+    def _tiers_not_empty(cls, value: list[LimitTier] | None) -> list[LimitTier] | None:
         if value is not None and not value:
             raise ValueError("list at least one tier, or leave tiers unset for every tier")
         return value
+
+    @model_validator(mode="after")
+    def _sessions_per_account(self) -> RateLimitRuleSettings:
+        if self.per != "account" and self.tiers is not None and SESSION_TIER in self.tiers:
+            raise ValueError(
+                "tiers: `session` is counted per account (a handshake has no customer yet)"
+            )
+        return self
 
 
 def _default_rate_limits() -> list[RateLimitRuleSettings]:
@@ -74,6 +92,9 @@ def _default_rate_limits() -> list[RateLimitRuleSettings]:
             tiers=["change", "destroy"],
             rate="60/min",
             burst=10,
+        ),
+        RateLimitRuleSettings(
+            name="account-sessions", per="account", tiers=["session"], rate="60/min", burst=20
         ),
         RateLimitRuleSettings(
             name="customer-money", per="customer", tiers=["money"], rate="10/min", burst=3
@@ -88,8 +109,11 @@ class LimitsSettings(Section):
     `account` (every tier, 600/min, burst 60) leaves a console or a script room for pages
     of reads while capping scraping at 10 requests a second; `account-writes` (change and
     destroy, 60/min, burst 10) is far above a person editing payment methods and far below
-    a script enumerating cards; `customer-money` (money, 10/min, burst 3) bounds what a
-    stolen credential can move per payment customer, whichever account asks."""
+    a script enumerating cards; `account-sessions` (the browser's session handshake,
+    60/min, burst 20) keeps one account from filling the session store, on a budget of its
+    own so that tabs of two accounts taking the one CSRF cookie from each other never use up
+    the writes' budget; `customer-money` (money, 10/min, burst 3) bounds what a stolen
+    credential can move per payment customer, whichever account asks."""
 
     enabled: bool = Field(True, description="Apply the rules (off: no request is limited).")
     rules: list[RateLimitRuleSettings] = Field(
