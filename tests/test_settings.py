@@ -145,9 +145,7 @@ def test_wildcard_origins_are_refused(tmp_path: Path) -> None:
 def test_a_session_rate_limit_counted_per_customer_is_refused(tmp_path: Path) -> None:
     data = valid(tmp_path)
     data["limits"] = {
-        "rules": [
-            {"name": "s", "per": "customer", "tiers": ["session"], "rate": "1/s", "burst": 1}
-        ]
+        "rules": [{"name": "s", "per": "customer", "tiers": ["session"], "rate": "1/s", "burst": 1}]
     }
     problems = problems_of(write(tmp_path, data))
     assert "session" in problems["limits.rules.0"]
