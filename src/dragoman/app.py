@@ -34,7 +34,7 @@ from aiohttp.web_server import Server
 from dragoman.alerts import AlertSink, open_alert_sinks
 from dragoman.anomaly import AnomalyStage, open_anomaly_stage
 from dragoman.audit.postgres import AuditShipper, open_audit_shipper
-from dragoman.audit.record import masked_path, request_record
+from dragoman.audit.record import masked_path, path_literals, request_record
 from dragoman.audit.sink import AuditSink, open_audit_sink
 from dragoman.audit.trail import AuditTrail
 from dragoman.audit.write_ahead import WriteAheadStage
@@ -154,10 +154,13 @@ class Proxy:
     """The named checks of /readyz, built once from the components."""
     whoami_guards: tuple[Stage, ...] = field(init=False)
     """The first stages, which whoami runs (:data:`WHOAMI_GUARDS`)."""
+    path_literals: frozenset[str] = field(init=False)
+    """The catalog paths' literal segments: what a refused path's record keeps of it."""
 
     def __post_init__(self) -> None:
         self.readiness = Readiness(self._readiness_checks())
         self.whoami_guards = guard_stages(self.stages[:3], WHOAMI_GUARDS, "whoami")
+        self.path_literals = path_literals(self.catalog)
 
     def _readiness_checks(self) -> list[Check]:
         """In the order /readyz lists failures. Backends kept in this process (memory)
@@ -298,7 +301,8 @@ class Proxy:
         route = self._route_of(ctx)
         if route is not None:
             return request_record(ctx, event=event, route=route)
-        return request_record(ctx, event=event, path=masked_path(ctx.raw_path, self.catalog))
+        path = masked_path(ctx.raw_path, self.catalog, self.path_literals)
+        return request_record(ctx, event=event, path=path)
 
     def _route_of(self, ctx: RequestContext) -> Operation | None:
         """The operation a refused request's path names, for its audit record only."""

@@ -7,6 +7,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from dragoman.demo.runner import DemoStack
 
@@ -109,7 +110,7 @@ async def test_another_customer_asked_for_is_not_written_in_plaintext(
     assert "cus_bob" not in (stack.state_dir / "audit.jsonl").read_text("utf-8")
 
 
-async def test_a_path_that_matches_no_operation_is_recorded_as_sent(
+async def test_a_path_that_matches_no_operation_keeps_only_the_catalogs_literal_segments(
     stack: DemoStack, http: aiohttp.ClientSession
 ) -> None:
     token = stack.issuer.token("alice", "acct-1001", roles=["billing_admin"])
@@ -118,7 +119,7 @@ async def test_a_path_that_matches_no_operation_is_recorded_as_sent(
     ):
         pass
     (record,) = records(stack)
-    assert (record["code"], record["path"]) == ("operation_unknown", "/v1/nothing-here")
+    assert (record["code"], record["path"]) == ("operation_unknown", "/v1/{param}")
 
 
 @pytest.mark.parametrize(
@@ -129,13 +130,33 @@ async def test_a_path_that_matches_no_operation_is_recorded_as_sent(
             "/v1/customers/cus_bob/payment-methods",
             "/v1/customers/{customer_id}/payment-methods",
         ),
-        ("GET", "/v1/customers/cus_bob/x/y/z", "/v1/customers/{customer_id}/x/y/z"),
+        (
+            "GET",
+            "/v1/customers/cus_bob/x/y/z",
+            "/v1/customers/{customer_id}/{param}/{param}/{param}",
+        ),
         (
             "GET",
             "/v1/customers/cus_bob/payment-methods/",
             "/v1/customers/{customer_id}/payment-methods/",
         ),
-        ("GET", "/v1/Customers/cus_bob/nothing", "/v1/Customers/{customer_id}/nothing"),
+        ("GET", "/v1/Customers/cus_bob/nothing", "/v1/Customers/{customer_id}/{param}"),
+        # Bent paths: every segment after a `//` or a `.` shifts; `;params`, an encoded `/`.
+        ("GET", "/v1//customers/cus_bob/payment-methods", "/v1//customers/{param}/payment-methods"),
+        ("GET", "//v1/customers/cus_bob/payment-methods", "//v1/customers/{param}/payment-methods"),
+        (
+            "GET",
+            "/v1/./customers/cus_bob/payment-methods",
+            "/v1/./customers/{param}/payment-methods",
+        ),
+        (
+            "GET",
+            "/v1/customers//cus_bob/payment-methods",
+            "/v1/customers/{customer_id}/{param}/payment-methods",
+        ),
+        ("GET", "/v1/customers;x=1/cus_bob/payment-methods", "/v1/{param}/{param}/payment-methods"),
+        ("GET", "/v1/customers%2Fcus_bob/payment-methods", "/v1/{param}/payment-methods"),
+        ("GET", "/v1/customers%20/cus_bob/payment-methods", "/v1/{param}/{param}/payment-methods"),
     ],
 )
 async def test_a_customer_named_by_a_path_that_matches_no_operation_is_not_written_in_plaintext(
@@ -143,7 +164,8 @@ async def test_a_customer_named_by_a_path_that_matches_no_operation_is_not_writt
 ) -> None:
     token = stack.issuer.token("alice", "acct-1001", roles=["billing_admin"])
     headers = {"Authorization": f"Bearer {token}"}
-    async with http.request(method, stack.urls["proxy"] + path, headers=headers):
+    # Sent as written: a client would normalise `/./` away.
+    async with http.request(method, URL(stack.urls["proxy"] + path, encoded=True), headers=headers):
         pass
     (record,) = records(stack)
     assert (record["decision"], record["path"]) == ("deny", recorded)

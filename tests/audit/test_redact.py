@@ -35,6 +35,26 @@ def test_digit_runs_that_are_not_card_numbers_are_kept(digits: str) -> None:
     assert redact_text(f"id {digits}") == f"id {digits}"
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("card 4111111111111111 123", "card [card] 123"),  # a CVV after it
+        ("qty 2 4111111111111111", "qty 2 [card]"),  # a number before it
+        ("exp 12/25 4111111111111111", "exp 12/25 [card]"),
+        ("4111 1111 1111 1111 5", "[card] 5"),
+        ("1 2 3 4111 1111 1111 1111 9 9", "1 2 3 [card] 9 9"),
+        ("card=4111+1111+1111+1111", "card=[card]"),  # form-encoded spaces
+        ("4111  1111  1111  1111", "[card]"),
+        ("4111\t1111\t1111\t1111", "[card]"),
+        ("4111\u00a01111\u00a01111\u00a01111", "[card]"),
+        ("1 4111111111111111 5555555555554444 2", "1 [card] [card] 2"),
+    ],
+)
+def test_a_card_number_among_other_digit_groups_is_redacted(text: str, expected: str) -> None:
+    """The whole run of groups failed the Luhn check, and was kept whole, card included."""
+    assert redact_text(text) == expected
+
+
 def test_luhn_check() -> None:
     assert luhn_valid("79927398713")
     assert not luhn_valid("79927398710")
@@ -58,10 +78,28 @@ def test_bearer_and_basic_credentials_are_redacted() -> None:
         ("api_key: sk_live_123", "api_key: [redacted]"),
         ("X-Amz-Signature=deadbeef", "X-Amz-Signature=[redacted]"),
         ("csrf_token=abc", "csrf_token=[redacted]"),
+        ("auth_token=s3cr3tvalue", "auth_token=[redacted]"),
+        ("db_password=hunter2", "db_password=[redacted]"),
+        ("secret_key=s3cr3t", "secret_key=[redacted]"),
+        ("private-key: abc", "private-key: [redacted]"),
+        (
+            '{"password": "hunter2", "client_secret": "abc"}',
+            '{"password": "[redacted]", "client_secret": "[redacted]"}',
+        ),
+        ("x-amz-security-token=IQoJb3", "x-amz-security-token=[redacted]"),
     ],
 )
 def test_secret_named_parameters_are_redacted(text: str, expected: str) -> None:
     assert redact_text(text) == expected
+
+
+def test_a_dict_member_named_like_a_secret_is_redacted() -> None:
+    assert redact({"password": "hunter2", "db_token": "abc", "tokens": 3, "note": "hi"}) == {
+        "password": "[redacted]",
+        "db_token": "[redacted]",
+        "tokens": 3,
+        "note": "hi",
+    }
 
 
 def test_redact_walks_nested_structures() -> None:

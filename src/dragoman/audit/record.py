@@ -59,12 +59,30 @@ def audited_path(raw_path: str, operation: Operation | None) -> str:
     )
 
 
-def masked_path(raw_path: str, catalog: Sequence[Operation]) -> str:
+UNKNOWN_SEGMENT = "{param}"
+"""What a refused path's segment is recorded as when no operation's path has it literally."""
+
+
+def path_literals(catalog: Sequence[Operation]) -> frozenset[str]:
+    """The literal segments of the catalog's paths, as :func:`masked_path` compares them
+    (decoded, case-folded)."""
+    return frozenset(
+        segment.text.casefold()
+        for operation in catalog
+        for segment in operation.segments
+        if not segment.is_param
+    )
+
+
+def masked_path(raw_path: str, catalog: Sequence[Operation], literals: frozenset[str]) -> str:
     """A path no operation matched (another method, more or fewer segments, a trailing
-    ``/``), as the record keeps it: a segment standing where some operation's path names
-    its customer, after the same literal segments, is replaced by that parameter, so a
-    customer asked for by a path that is refused is not written in plain text either.
-    Literal segments compare as an upstream might read them: decoded, in any case."""
+    ``/``, an empty or ``.`` segment, ``;params``), as the record keeps it. A segment
+    standing where some operation's path names its customer, after the same literal
+    segments, is replaced by that parameter (``{customer_id}``); every other segment that
+    is not a literal segment of some operation's path (``literals``: :func:`path_literals`)
+    is replaced by :data:`UNKNOWN_SEGMENT`. A customer asked for by a refused path is then
+    not written in plain text, however the path is bent (a ``//`` shifts every segment
+    after it). Segments compare as an upstream might read them: decoded, in any case."""
     raw = raw_path.split("/")[1:]
     for operation in catalog:
         if operation.customer_param is None:
@@ -76,7 +94,14 @@ def masked_path(raw_path: str, catalog: Sequence[Operation]) -> str:
             elif segment.text == operation.customer_param:
                 raw[index] = "{" + segment.text + "}"
                 break
-    return "/" + "/".join(raw)
+    return "/" + "/".join(
+        value
+        if value in ("", ".", "..")
+        or (value.startswith("{") and value.endswith("}"))
+        or unquote(value).casefold() in literals
+        else UNKNOWN_SEGMENT
+        for value in raw
+    )
 
 
 def outcome_of(ctx: RequestContext) -> str:

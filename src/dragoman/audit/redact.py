@@ -1,10 +1,12 @@
 """Redaction applied to everything before it is written to an audit record or a log line.
 
 What goes: JWT-shaped strings, dragoman's CSRF tokens (three 43-character base64url parts),
-the credential after ``Bearer``/``Basic``, values of secret-named parameters and headers
-(``token=``, ``password=``, ``api_key=``, ``x-csrf-token:``, ``cookie:``...), and card numbers:
-runs of 13-19 digits (spaces or dashes allowed between them) that pass the Luhn check and
-are not part of a longer identifier.
+the credential after ``Bearer``/``Basic``, values of secret-named parameters, headers and
+JSON members, whatever prefix the name has (``token=``, ``auth_token=``, ``"password": "..."``,
+``api_key=``, ``x-csrf-token:``, ``cookie:``...; in a dict, the value of such a key), and
+card numbers: 13-19 digits of consecutive groups (spaces, dashes or "+" between groups) that
+pass the Luhn check, whatever digit groups stand around them, and are not part of a longer
+identifier.
 
 A header byte that is not UTF-8 reaches Python as a lone surrogate (aiohttp decodes header
 values with ``surrogateescape``), which no UTF-8 encoder writes: one such value in a record
@@ -24,17 +26,22 @@ _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
 _CSRF = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{43}")
 _AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
-_SECRET_PARAM = re.compile(
-    r"(?i)\b((?:access_|id_|refresh_)?token|secret|client_secret|password|passwd|api[_-]?key"
-    r"|x-csrf-token|csrf[_-]?token|session|cookie|set-cookie|__host-dragoman-csrf|signature|sig"
-    r"|x-amz-signature|x-amz-security-token)"
-    r"(\s*[=:]\s*)([^&\s\"',;]+)"
+# A secret's name may carry any prefix (auth_token, db_password, x-amz-security-token,
+# __Host-dragoman-csrf) and, in JSON, quotes around it and its value.
+_REDACTED_NAME = (
+    r"[\w-]*?(?:token|secret|password|passwd|api[_-]?key|(?:secret|private|signing)[_-]?key"
+    r"|credentials?|session|cookie|dragoman-csrf|signature|sig)"
 )
+_SECRET_PARAM = re.compile(r"(?i)\b(" + _REDACTED_NAME + r")(\"?\s*[=:]\s*\"?)([^&\s\"',;]+)")
+_SECRET_KEY = re.compile(r"(?i)" + _REDACTED_NAME)
 # Digits glued to letters or digits (directly or by a dash) belong to an identifier, not a
 # card: a UUID such as 2557cb12-4974-4810-9441-f6aaf7267324 holds a Luhn-valid run.
+# Between groups: a space (a tab, a no-break space, a form-encoded "+"), a dash, or two.
 _DIGIT_RUN = re.compile(
-    r"(?<![0-9A-Za-z])(?<![0-9A-Za-z]-)\d(?:[ -]?\d){12,18}(?![0-9A-Za-z])(?!-[0-9A-Za-z])"
+    r"(?<![0-9A-Za-z])(?<![0-9A-Za-z]-)\d(?:[ \t\u00a0+-]{0,2}\d){12,}"
+    r"(?![0-9A-Za-z])(?!-[0-9A-Za-z])"
 )
+_SEPARATED = re.compile(r"([ \t\u00a0+-]+)")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -50,8 +57,44 @@ def luhn_valid(digits: str) -> bool:
 
 
 def _card(match: re.Match[str]) -> str:
-    digits = re.sub(r"[ -]", "", match.group(0))
-    return "[card]" if 13 <= len(digits) <= 19 and luhn_valid(digits) else match.group(0)
+    """The run with every card in it replaced: a card is 13-19 digits of consecutive groups
+    (a group: digits between spaces or dashes) that pass the Luhn check. Groups around it
+    (a CVV after it, a quantity before it) do not hide it; the longest card from a group
+    on is taken."""
+    parts = _SEPARATED.split(match.group(0))  # group, separator, group, ...
+    groups = parts[::2]
+    if all(separator == "-" for separator in parts[1::2]) and sum(map(len, groups)) > 19:
+        # Digits joined by dashes past a card's length are one identifier (a UUID of
+        # decimal digits, an order number), as digits joined to letters are.
+        return match.group(0)
+    out: list[str] = []
+    start = 0
+    while start < len(groups):
+        end = _card_end(groups, start)
+        if end is None:
+            out.append(groups[start])
+            if start + 1 < len(groups):
+                out.append(parts[2 * start + 1])
+            start += 1
+            continue
+        out.append("[card]")
+        if end < len(groups):
+            out.append(parts[2 * end - 1])
+        start = end
+    return "".join(out)
+
+
+def _card_end(groups: list[str], start: int) -> int | None:
+    """The end (exclusive) of the longest card made of ``groups[start:end]``, if any."""
+    found = None
+    digits = ""
+    for end in range(start + 1, len(groups) + 1):
+        digits += groups[end - 1]
+        if len(digits) > 19:
+            break
+        if len(digits) >= 13 and luhn_valid(digits):
+            found = end
+    return found
 
 
 # Ids dragoman makes (a request id: 32 hex digits; a UUID) hold nothing any pattern above
@@ -121,7 +164,12 @@ def redact(value: Any) -> Any:
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, dict):
-        return {redact(k): redact(v) for k, v in value.items()}
+        return {
+            redact(k): "[redacted]"
+            if isinstance(k, str) and _SECRET_KEY.fullmatch(k) and v is not None
+            else redact(v)
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
         return [redact(v) for v in value]
     return value
