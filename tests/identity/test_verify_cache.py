@@ -43,6 +43,30 @@ async def test_a_remembered_token_is_refused_once_its_key_leaves_the_key_set(
     assert await status(http, stack, fresh) == 200
 
 
+async def test_a_remembered_token_is_refused_once_another_key_takes_its_kid(
+    make_stack: Callable[..., Awaitable[DemoStack]],
+    serve_issuer: Callable[..., Awaitable[DevIssuer]],
+    http: aiohttp.ClientSession,
+) -> None:
+    """An issuer replaces a compromised key and keeps its kid ("main", "1"): the cache
+    only asked whether the kid was still there, and kept accepting the old key's tokens
+    until verify_cache_ttl ran out."""
+    issuer = await serve_issuer()
+    table = issuer_table(issuer, jwks_cache_ttl=1, jwks_refetch_interval=1)
+    stack = await make_stack({"identity": {"oidc": [table], "verify_cache_ttl": 600}})
+    token = issuer.token("alice", "acct-1001", roles=["billing_admin"])
+    assert await status(http, stack, token) == 200
+    assert await status(http, stack, token) == 200  # from the cache
+    issuer.rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    for _ in range(100):
+        if await status(http, stack, token) == 401:
+            break
+        await asyncio.sleep(0.05)
+    assert await status(http, stack, token) == 401
+    fresh = issuer.token("alice", "acct-1001", roles=["billing_admin"])
+    assert await status(http, stack, fresh) == 200
+
+
 async def test_a_remembered_token_is_refused_while_the_key_set_is_unusable(
     make_stack: Callable[..., Awaitable[DemoStack]],
     serve_issuer: Callable[..., Awaitable[DevIssuer]],

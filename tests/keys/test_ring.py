@@ -805,24 +805,28 @@ async def test_rotation_works_on_an_engine_with_a_single_pooled_connection(
 
 class BusyProvider(LocalProvider):
     """A rival instance's provider, slow to make its key while its ring holds the rotation
-    lock, and failing in the end (so the rival leaves the key set as it was)."""
+    lock, and failing in the end (so the rival leaves the key set as it was), unless told
+    to make it."""
 
-    def __init__(self, engine: AsyncEngine, master_key: bytes) -> None:
+    def __init__(self, engine: AsyncEngine, master_key: bytes, *, fails: bool = True) -> None:
         super().__init__(engine, master_key, query_timeout=5.0)
         self.inside = asyncio.Event()
         self.release = asyncio.Event()
+        self.fails = fails
 
     async def create_key(self) -> ProviderKey:
         self.inside.set()
         await self.release.wait()
-        raise KeyUnavailableError("the rival's provider failed")
+        if self.fails:
+            raise KeyUnavailableError("the rival's provider failed")
+        return await super().create_key()
 
 
-def busy_rival(cluster: Cluster) -> tuple[KeyRing, BusyProvider]:
+def busy_rival(cluster: Cluster, *, fails: bool = True) -> tuple[KeyRing, BusyProvider]:
     made: list[BusyProvider] = []
 
     def provider(engine: AsyncEngine) -> LocalProvider:
-        made.append(BusyProvider(engine, cluster.master_key))
+        made.append(BusyProvider(engine, cluster.master_key, fails=fails))
         return made[-1]
 
     ring = cluster.ring(provider=provider)
@@ -890,6 +894,38 @@ async def test_rotate_waits_for_another_instance_to_release_the_lock(pg_cluster:
     scheduled = await rotation
     assert scheduled is not None
     assert [k.kid for k in await pg_cluster.stored()] == [first.kid, scheduled.kid]
+
+
+async def test_retiring_the_current_key_while_another_instance_rotates_leaves_a_key_signing(
+    pg_cluster: Cluster,
+) -> None:
+    """An operator retires the current key while another instance, holding the rotation
+    lock, makes its scheduled successor (due after prepublish). That successor ended the
+    retired key all the same: nothing was current until it activated, ten minutes of 503s,
+    and the retirement's own rotation made nothing while it was pending."""
+    _, first = await first_key(pg_cluster)
+    rival, busy = busy_rival(pg_cluster, fails=False)
+    pg_cluster.clock.now = T0 + PERIOD - PREPUBLISH  # the scheduled rotation is due
+    await rival.refresh()
+    scheduled = asyncio.create_task(rival.rotate_if_due())
+    await busy.inside.wait()
+    operator = pg_cluster.ring()
+    await operator.refresh()
+    retirement = asyncio.create_task(operator.retire(first.kid))
+    try:
+        for _ in range(500):  # the retirement is committed; its rotation waits for the lock
+            if any(k.retired_at is not None for k in await pg_cluster.stored()):
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        busy.release.set()
+    assert await scheduled is None  # its predecessor was retired meanwhile: not written
+    await retirement
+    for ring in (rival, operator):
+        await ring.refresh()
+        current = TIMELINE.current(ring.keys, pg_cluster.clock())
+        assert current is not None and current.kid != first.kid
+        assert await signer_of(ring) == current.kid
 
 
 async def test_rotation_lock_is_released_for_the_next_instance(pg_cluster: Cluster) -> None:

@@ -228,6 +228,7 @@ async def _link(
         sys.exit(2)
     try:
         await ring.refresh()  # a ring without a current key mints nothing: platform_unavailable
+        await ring.measure_clock(log_changes=False)  # nor one whose clock is off the store's
         minter = TokenMinter(
             ring,
             issuer=settings.tokens.issuer,

@@ -114,6 +114,10 @@ async def _reconcile(
         ring = open_key_ring(settings.keys, settings.store, engine)
         try:
             await ring.refresh()
+            # Minted by this host's clock: one off the store's past keys.max_clock_skew
+            # signs nothing (the calls fail as the proxy's would), rather than tokens the
+            # upstream refuses as not yet valid or expired.
+            await ring.measure_clock(log_changes=False)
             if ring.current_key() is None:
                 raise ConfigProblem(
                     "no signing key is current: start the proxy (it makes the first key)"

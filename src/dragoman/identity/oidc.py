@@ -24,6 +24,7 @@ from dragoman.jose.jwks import HttpKeySetFetcher, JwksCache, JwksUnavailable
 from dragoman.jose.strict import (
     HeaderPolicy,
     JoseError,
+    TrustedKey,
     UnverifiedJws,
     read_jws,
     unverified_issuer,
@@ -73,6 +74,12 @@ def roles_of(value: Any) -> frozenset[str]:
     return frozenset()
 
 
+def same_key(found: TrustedKey, remembered: TrustedKey) -> bool:
+    """Whether the key set's key is the one a remembered token was verified with (the same
+    object until the key set is fetched again, an equal public key after)."""
+    return found is remembered or found.public_key == remembered.public_key
+
+
 class IssuerVerifier:
     """Verifies tokens of one issuer."""
 
@@ -95,13 +102,17 @@ class IssuerVerifier:
         )
         self._audiences = frozenset(config.audiences)
 
-    async def confirm_key(self, kid: str) -> None:
-        """A remembered token's key must still be in the key set (refreshed on schedule)."""
+    async def confirm_key(self, key: TrustedKey) -> bool:
+        """Whether a remembered token's key is still in the key set (refreshed on schedule)
+        under its kid, as the same key: an issuer may put another key under the same kid
+        (a compromised key replaced), and a token the old one signed is then no longer
+        verified."""
         with _as_denials():
-            await self.keys.key(kid)
+            current = await self.keys.key(key.kid)
+        return same_key(current, key)
 
-    async def verify(self, token: str | UnverifiedJws) -> tuple[Principal, str]:
-        """Verify ``token`` in full; the Principal and the kid that signed it."""
+    async def verify(self, token: str | UnverifiedJws) -> tuple[Principal, TrustedKey]:
+        """Verify ``token`` in full; the Principal and the key that signed it."""
         config = self.config
         with _as_denials():
             verified = await verify_jws(
@@ -113,7 +124,7 @@ class IssuerVerifier:
                 now=self._clock(),
                 leeway=config.leeway,
             )
-        payload, header = verified.claims, verified.header
+        payload = verified.claims
         subject = claim(payload, config.principal_claim)
         if not isinstance(subject, str) or not subject:
             raise Unauthenticated("principal_claim_missing", "The token names no principal.")
@@ -137,7 +148,7 @@ class IssuerVerifier:
             acr=acr if isinstance(acr, str) and acr else None,
             credential_expires_at=float(payload["exp"]),
         )
-        return principal, header.kid
+        return principal, verified.key
 
 
 class OidcAuthenticator:
@@ -181,7 +192,7 @@ class OidcAuthenticator:
         # checking a signature (or even parsing the token) costs far more than a lookup.
         # An entry never outlives the token's exp, and its key is confirmed on every hit.
         self._cache_ttl = settings.verify_cache_ttl
-        self._verified: TtlCache[str, tuple[IssuerVerifier, Principal, str]] = TtlCache(
+        self._verified: TtlCache[str, tuple[IssuerVerifier, Principal, TrustedKey]] = TtlCache(
             VERIFIED_TOKENS, monotonic
         )
         self._clock = clock
@@ -201,15 +212,19 @@ class OidcAuthenticator:
         if self._cache_ttl > 0:
             remembered = self._verified.get(token)
             if remembered is not None:
-                known, principal, kid = remembered
-                if known.keys.fresh_key(kid) is not None:
+                known, principal, key = remembered
+                fresh = known.keys.fresh_key(key.kid)
+                if fresh is not None and same_key(fresh, key):
                     return principal  # the usual case: no await, no refresh due
                 try:
-                    await known.confirm_key(kid)
+                    confirmed = await known.confirm_key(key)
                 except Unauthenticated:
                     self._verified.discard(token)
                     raise
-                return principal
+                if confirmed:
+                    return principal
+                # Another key under the same kid: verified again in full, against it.
+                self._verified.discard(token)
         # Read once: the issuer is picked from this reading and its verifier checks the same one.
         try:
             read = read_jws(token, self._max_token_bytes)
@@ -218,13 +233,13 @@ class OidcAuthenticator:
         verifier = self.issuers.get(unverified_issuer(read) or "")
         if verifier is None:
             return NOT_MINE
-        principal, kid = await verifier.verify(read)
+        principal, key = await verifier.verify(read)
         if self._cache_ttl > 0:
             lifetime = min(
                 self._cache_ttl, (principal.credential_expires_at or 0.0) - self._clock()
             )
             if lifetime > 0:
-                self._verified.put(token, (verifier, principal, kid), self._monotonic() + lifetime)
+                self._verified.put(token, (verifier, principal, key), self._monotonic() + lifetime)
         return principal
 
     async def close(self) -> None:

@@ -241,9 +241,16 @@ def _values(key: KeyRecord) -> dict[str, Any]:
 
 
 async def _end(conn: AsyncConnection, kid: str, at: float) -> None:
+    # A predecessor retired meanwhile is ended too: the retirement's own rotation makes
+    # the successor that signs at once. A successor written after it, due only after
+    # prepublish, would leave nothing current until then (every request 503), and the
+    # retirement's rotation would make nothing while it was pending.
     result = await conn.execute(
-        update(t).where(t.c.kid == kid, t.c.deactivates_at.is_(None)).values(deactivates_at=at)
+        update(t)
+        .where(t.c.kid == kid, t.c.deactivates_at.is_(None), t.c.retired_at.is_(None))
+        .values(deactivates_at=at)
     )
     if result.rowcount != 1:
-        # Somebody ended it first (their successor is the one): ours must not be written.
+        # Somebody ended or retired it first (their successor is the one): ours must not
+        # be written.
         raise IntegrityError("predecessor already ended", None, Exception(kid))
