@@ -155,7 +155,8 @@ def _redact_literal(text: str) -> str:
     text = _JWT.sub("[token]", text)
     text = _CSRF.sub("[csrf]", text)
     text = _AUTH_SCHEME.sub(lambda m: f"{m.group(1)} [redacted]", text)
-    text = _SECRET_PARAM.sub(lambda m: f"{m.group(1)}{m.group(2)}[redacted]", text)
+    if "=" in text or ":" in text:  # no separator, no secret-named value (most texts)
+        text = _SECRET_PARAM.sub(lambda m: f"{m.group(1)}{m.group(2)}[redacted]", text)
     return _DIGIT_RUN.sub(_card, text)
 
 
