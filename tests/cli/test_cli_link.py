@@ -41,7 +41,12 @@ async def start(
 
 
 async def link(
-    dragoman: Dragoman, config: Path, account: str, customer: str, *extra: str
+    dragoman: Dragoman,
+    config: Path,
+    account: str,
+    customer: str,
+    *extra: str,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     # In a thread: the stack (platform, JWKS) is served by this test's event loop.
     return await asyncio.to_thread(
@@ -49,6 +54,7 @@ async def link(
         "mappings", "link", "-c", config,
         "--account", account, "--customer", customer, "--by", "ops:carol",
         *extra,
+        env=env,
     )  # fmt: skip
 
 
@@ -60,6 +66,14 @@ async def mapping_of(stack: DemoStack, account: str) -> AccountMapping | None:
 def audit_records(stack: DemoStack) -> list[dict[str, Any]]:
     text = (stack.state_dir / "audit.jsonl").read_text("utf-8")
     return [json.loads(line) for line in text.splitlines()]
+
+
+SKEWED_AHEAD = {
+    "PYTHONPATH": str(Path(__file__).with_name("skewed_clock")),
+    "SKEWED_CLOCK_OFFSET": "120",
+}
+"""The environment of a CLI process whose host clock runs two minutes ahead (its
+sitecustomize shifts time.time; the database server's clock stays true)."""
 
 
 @pytest.fixture
@@ -197,6 +211,22 @@ async def test_link_with_the_platform_down_exits_3_and_writes_nothing(
     assert result.returncode == 3
     assert "platform_unavailable" in result.stderr
     assert "Traceback" not in result.stderr
+    assert await mapping_of(stack, "acct-3003") is None
+
+
+# SQLite is a file on this host: its clock is the host's, nothing to measure.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_link_from_a_host_whose_clock_is_off_the_stores_mints_no_token(
+    dragoman: Dragoman, ready: tuple[DemoStack, Path], database_url: str
+) -> None:
+    """Its tokens' iat and exp, and the key it picks, go by this host's clock: the CLI
+    measures it against the key store as a serving instance does, and signs nothing past
+    keys.max_clock_skew (before, it signed, and the platform refused the token)."""
+    stack, config = ready
+    result = await link(dragoman, config, "acct-3003", "cus_carol", env=SKEWED_AHEAD)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "platform_unavailable" in result.stderr
+    assert stack.platform.seen == []
     assert await mapping_of(stack, "acct-3003") is None
 
 

@@ -51,14 +51,14 @@ async def start_cli(config: Path, *args: str, **options: Any) -> asyncio.subproc
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=options.pop("stderr", asyncio.subprocess.PIPE),
-        env=_env(),
+        env={**_env(), **options.pop("env", {})},
         cwd=config.parent,
         **options,
     )
 
 
-async def cli(config: Path, *args: str) -> tuple[int, str, str]:
-    process = await start_cli(config, *args)
+async def cli(config: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    process = await start_cli(config, *args, env=env or {})
     out, err = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
@@ -167,6 +167,24 @@ async def test_a_run_records_every_mapping_started_then_ok_in_the_shared_chain(e
         check=False,
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+# SQLite is a file on this host: its clock is the host's, nothing to measure.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_run_from_a_host_whose_clock_is_off_the_stores_asks_the_platform_nothing(
+    env: Env, database_url: str
+) -> None:
+    """The run's tokens go by this host's clock: measured against the key store first, as
+    a serving instance does, none is signed past keys.max_clock_skew."""
+    await seed(env.store, env.stack.platform, 3)
+    skewed = Path(__file__).with_name("skewed_clock")
+
+    code, _, err = await cli(
+        env.config, env={"PYTHONPATH": str(skewed), "SKEWED_CLOCK_OFFSET": "120"}
+    )
+
+    assert code != 0, err
+    assert asked(env.stack) == []
 
 
 async def test_kill_9_mid_run_then_resume_rechecks_nothing_and_alerts_once(env: Env) -> None:
