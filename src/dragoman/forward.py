@@ -45,6 +45,7 @@ from dragoman.pipeline.errors import (
 )
 from dragoman.pipeline.expect import send_continue
 from dragoman.settings import UpstreamSettings
+from dragoman.settings.server import DEFAULT_BODY_TIMEOUT
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _NO_BODY_METHODS = frozenset({"GET", "HEAD"})
@@ -249,7 +250,7 @@ class Forwarder:
         *,
         max_body_bytes: int,
         security_headers: Mapping[str, str],
-        body_timeout: float = 10.0,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
     ) -> None:
         """``body_timeout``: the longest wait for the next bytes of a caller's body."""
         self._base = settings.url

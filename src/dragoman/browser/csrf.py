@@ -178,9 +178,10 @@ def csrf_cookies(request: web.Request) -> list[str]:
     return values
 
 
-def is_browser_request(request: web.Request) -> bool:
-    """Whether the request carries a signal only browsers send (see the module doc)."""
-    if "Origin" in request.headers or csrf_cookies(request):
+def is_browser_request(request: web.Request, cookies: list[str]) -> bool:
+    """Whether the request carries a signal only browsers send (see the module doc);
+    ``cookies`` are its :func:`csrf_cookies`, read once for this check and the pair's."""
+    if "Origin" in request.headers or cookies:
         return True
     return any(name.lower().startswith("sec-fetch-") for name in request.headers)
 
@@ -211,21 +212,24 @@ class CsrfVerifier:
         self.store = store
         self._clock = clock
 
-    async def verify(self, request: web.Request, principal: Principal | None) -> Verified:
-        cookie_values = [value for value in csrf_cookies(request) if value]
+    async def verify(
+        self, request: web.Request, principal: Principal | None, cookies: list[str]
+    ) -> Verified:
+        """Steps 1-6 for ``request``, whose :func:`csrf_cookies` are ``cookies``."""
+        cookie_values = [value for value in cookies if value]
         header_value = request.headers.get(HEADER_NAME)
         if not cookie_values:
             raise CsrfMissing("missing_cookie")
         if not header_value:
             raise CsrfMissing("missing_header")
-        cookies = self._parsed(cookie_values)
+        parsed = self._parsed(cookie_values)
         header = self.tokens.parse(header_value)
-        if not cookies or header is None:
+        if not parsed or header is None:
             raise CsrfInvalid("bad_mac")
         # Of several cookies (one planted beside the browser's own), the one of the
         # header's session: a planted cookie can then refuse nothing the pair allows.
         cookie = next(
-            (c for c in cookies if hmac.compare_digest(c.session_id, header.session_id)), None
+            (c for c in parsed if hmac.compare_digest(c.session_id, header.session_id)), None
         )
         if cookie is None:
             raise CsrfInvalid("mismatch")
@@ -276,9 +280,10 @@ class CsrfStage:
 
     async def __call__(self, ctx: RequestContext) -> None:
         request = ctx.request
-        browser = is_browser_request(request)
+        cookies = csrf_cookies(request)
+        browser = is_browser_request(request, cookies)
         if browser and ctx.method not in SAFE_METHODS:
             refuse_forgeable_body(request)
         if self._mode == "required" or (self._mode == "browser" and browser):
-            verified = await self._verifier.verify(request, ctx.principal)
+            verified = await self._verifier.verify(request, ctx.principal, cookies)
             ctx.session = session_reference(verified.session.id)

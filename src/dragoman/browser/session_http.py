@@ -36,6 +36,7 @@ from dragoman.audit.record import iso_time, request_record
 from dragoman.browser.cors import CorsPolicy
 from dragoman.browser.csrf import (
     CsrfVerifier,
+    csrf_cookies,
     expired_cookie,
     random_id,
     refuse_forgeable_body,
@@ -141,7 +142,9 @@ class SessionEndpoint:
         return self._issued(session, 201)
 
     async def _refresh(self, ctx: RequestContext) -> _Answer:
-        verified = await self._verifier.verify(ctx.request, ctx.principal)
+        verified = await self._verifier.verify(
+            ctx.request, ctx.principal, csrf_cookies(ctx.request)
+        )
         ctx.session = session_reference(verified.session.id)
         now = self._clock()
         presented = verified.header.randomness
@@ -153,7 +156,9 @@ class SessionEndpoint:
         return self._issued(after, 200)
 
     async def _logout(self, ctx: RequestContext) -> _Answer:
-        verified = await self._verifier.verify(ctx.request, ctx.principal)
+        verified = await self._verifier.verify(
+            ctx.request, ctx.principal, csrf_cookies(ctx.request)
+        )
         ctx.session = session_reference(verified.session.id)
         await self._store.delete(verified.session.id)
         return _Answer(204, None, expired_cookie())

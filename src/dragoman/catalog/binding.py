@@ -57,6 +57,7 @@ from dragoman.pipeline.errors import (
 )
 from dragoman.pipeline.expect import send_continue
 from dragoman.pipeline.report_only import report
+from dragoman.settings.server import DEFAULT_BODY_TIMEOUT
 
 _DETAILS = {
     "customer_absent": "The request does not name the customer where this operation needs it.",
@@ -96,7 +97,11 @@ class CustomerBindingStage:
     name = "customer_binding"
 
     def __init__(
-        self, *, max_body_bytes: int, body_timeout: float = 10.0, rewrites: bool = True
+        self,
+        *,
+        max_body_bytes: int,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        rewrites: bool = True,
     ) -> None:
         self._max_body = max_body_bytes
         self._body_timeout = body_timeout

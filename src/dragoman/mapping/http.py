@@ -54,6 +54,7 @@ from dragoman.pipeline.expect import check_expectation, close_if_waiting, send_c
 from dragoman.pipeline.problem import refusal
 from dragoman.pipeline.stage import Stage, guard_stages
 from dragoman.settings import Settings
+from dragoman.settings.server import DEFAULT_BODY_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class RegistrationEndpoint:
         audit: AuditWriter,
         context: Callable[[web.Request], RequestContext],
         limit: Callable[[RequestContext], Awaitable[None]] | None = None,
-        body_timeout: float = 10.0,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
     ) -> None:
         """``limit`` counts each request against the caller's per-account rate limits (one
         account must not hammer the platform's customer reads); ``body_timeout``: the

@@ -9,6 +9,9 @@ from pydantic import Field, field_validator, model_validator
 
 from dragoman.settings.base import Duration, Section, check_existing_file, check_http_url
 
+DEFAULT_BODY_TIMEOUT = 10.0
+"""``server.body_timeout``'s default, also the default of the readers that take it."""
+
 
 class TlsSettings(Section):
     """dragoman terminates TLS itself (TLS 1.2 at least), and may ask for client certificates."""
@@ -76,7 +79,7 @@ class ServerSettings(Section):
         description="Largest request body forwarded upstream; larger bodies get 413.",
     )
     body_timeout: Duration = Field(
-        10.0,
+        DEFAULT_BODY_TIMEOUT,
         gt=0,
         le=600,
         description=(
