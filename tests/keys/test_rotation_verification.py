@@ -39,7 +39,12 @@ from dragoman.keys.sealing import new_master_key
 from dragoman.keys.timeline import KeyRecord
 from dragoman.settings import load_settings
 from dragoman.tokens.mint import MintedToken, TokenMinter, TokenRequest
-from dragoman.tokens.verify import TokenRejected, TokenVerifier, VerifiedToken
+from dragoman.tokens.verify import (
+    DEFAULT_JWKS_MAX_STALE,
+    TokenRejected,
+    TokenVerifier,
+    VerifiedToken,
+)
 
 T0 = 1_700_000_000.0
 PREPUBLISH = 120.0
@@ -387,6 +392,82 @@ async def test_a_timeline_refusal_still_holds_after_the_key_set_is_fetched_again
     assert deployment.verifier.keys.fetches == fetches + 1
     assert await deployment.refusal(forged) == "key_not_current"
     assert deployment.verifier.keys.fetches == fetches + 1  # at most once per refetch interval
+
+
+# -- the key set out of reach ----------------------------------------------------------------
+
+
+class KeySetRelay:
+    """The upstream's path to the proxy's JWKS, which a test can cut."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.reachable = True
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if not self.reachable:
+            return web.Response(status=503)
+        async with aiohttp.ClientSession() as http, http.get(self.target) as answer:
+            return web.Response(body=await answer.read(), content_type="application/json")
+
+
+@pytest.fixture
+async def relayed(
+    database_url: str, tmp_path: Path, serve: Any
+) -> AsyncIterator[tuple[Deployment, KeySetRelay]]:
+    """A deployment whose verifier reads the key set through a :class:`KeySetRelay`, with
+    the verifier's default ``jwks_max_stale``."""
+    clock = Clock(T0)
+    app = build_app(settings_for(tmp_path / "proxy", database_url), clock=clock)
+    proxy = app[PROXY_KEY]
+    async with serve(app) as url:
+        relay = KeySetRelay(url + "/.well-known/jwks.json")
+        relay_app = web.Application()
+        relay_app.router.add_get("/jwks.json", relay.handle)
+        async with serve(relay_app) as relay_url:
+            verifier = TokenVerifier(
+                jwks_url=relay_url + "/jwks.json",
+                issuer=TOKEN_ISSUER,
+                audience=AUDIENCE,
+                origin=UPSTREAM,
+                jwks_ttl=JWKS_MAX_AGE,
+                clock=clock,
+                monotonic=clock,
+            )
+            made = Deployment(clock, proxy.keys, proxy.minter, verifier)
+            await made.verify((await made.mint()).value)  # fetched at T0
+            try:
+                yield made, relay
+            finally:
+                await verifier.close()
+
+
+async def test_key_retired_while_the_key_set_is_out_of_reach_stops_verifying_past_ttl_and_overlap(
+    relayed: tuple[Deployment, KeySetRelay],
+) -> None:
+    # A compromised key is retired while the upstream cannot fetch the key set: it cannot
+    # learn of the retirement, so the stolen key verifies until its copy is too stale to
+    # use. That must be the cache time plus the overlap, not the hour it once was.
+    deployment, relay = relayed
+    k1 = deployment.record((await deployment.mint()).kid)
+    stolen = await deployment.forge_with(k1, iat=T0 + 1)
+    relay.reachable = False
+    await deployment.ring.retire(k1.kid)
+    deployment.clock.now = T0 + JWKS_MAX_AGE + DEFAULT_JWKS_MAX_STALE + 1
+    assert await deployment.refusal(stolen) == "jwks_unavailable"
+    relay.reachable = True
+    deployment.clock.now += 11  # past the refetch interval
+    assert await deployment.refusal(stolen) == "key_retired"
+
+
+async def test_a_key_set_out_of_reach_for_less_than_the_overlap_refuses_no_genuine_token(
+    relayed: tuple[Deployment, KeySetRelay],
+) -> None:
+    deployment, relay = relayed
+    relay.reachable = False
+    deployment.clock.now = T0 + JWKS_MAX_AGE + DEFAULT_JWKS_MAX_STALE - 1
+    token = await deployment.mint()
+    assert (await deployment.verify(token.value)).kid == token.kid
 
 
 async def _async(value: bytes) -> bytes:

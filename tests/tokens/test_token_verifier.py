@@ -393,6 +393,43 @@ async def test_token_without_the_acting_principal_is_refused(
     assert (rejected.reason, rejected.status) == ("claim_missing", 401)
 
 
+async def test_token_without_the_cloud_account_is_refused(
+    tokens: Tokens, verifier: TokenVerifier
+) -> None:
+    token = await tokens.forge(drop_claims=["cloud_account"])
+    rejected = await refusal(verifier, token)
+    assert (rejected.reason, rejected.status) == ("claim_missing", 401)
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"act": {"sub": ""}},
+        {"act": {"sub": 42}},
+        {"act": {"sub": None}},
+        {"cloud_account": ""},
+        {"cloud_account": 42},
+        {"cloud_account": None},
+    ],
+    ids=[
+        "act-sub-empty",
+        "act-sub-number",
+        "act-sub-null",
+        "account-empty",
+        "account-number",
+        "account-null",
+    ],
+)
+async def test_a_who_claim_that_names_nobody_is_refused_although_genuinely_signed(
+    tokens: Tokens, verifier: TokenVerifier, claims: dict[str, object]
+) -> None:
+    # The platform records who acted and for which account: a token naming nobody would
+    # leave an action nobody answers for.
+    token = await tokens.forge(claims=claims)
+    rejected = await refusal(verifier, token)
+    assert (rejected.reason, rejected.status) == ("claim_invalid", 401)
+
+
 async def test_jti_too_short_to_be_random_is_refused(
     tokens: Tokens, verifier: TokenVerifier
 ) -> None:

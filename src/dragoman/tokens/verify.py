@@ -54,6 +54,10 @@ from dragoman.jose.strict import (
 )
 from dragoman.tokens.replay import ReplayCache, ReplayCacheFull, ReplayCacheUnavailable, replay_key
 
+DEFAULT_JWKS_MAX_STALE = 60.0
+"""How long past its cache time the key set keeps verifying while it cannot be fetched. A
+key retired meanwhile (a compromise) cannot be learned of, so it keeps verifying up to the
+cache time plus this: the overlap, not an hour."""
 MAX_LIFETIME = 900.0
 """SEMANTICS §2: a token lives at most 15 minutes."""
 MIN_JTI_LENGTH = 22
@@ -80,7 +84,7 @@ class VerifiedToken:
     customer: str | None
     scope: str
     principal: str
-    cloud_account: str | None
+    cloud_account: str
     jti: str
     kid: str
     expires_at: float
@@ -98,6 +102,11 @@ def origin_of(url: str) -> str:
     if port is None or (scheme, port) in (("http", 80), ("https", 443)):
         return f"{scheme}://{host}"
     return f"{scheme}://{host}:{port}"
+
+
+def _named(value: object) -> bool:
+    """Whether a claim naming someone (``act.sub``, ``cloud_account``) names anyone."""
+    return isinstance(value, str) and bool(value)
 
 
 def _same_url(bound: object, origin: str, path: str) -> bool:
@@ -120,7 +129,7 @@ class TokenVerifier:
         algorithms: tuple[str, ...] = ("ES256", "EdDSA"),
         leeway: float = 30.0,
         jwks_ttl: float = 300.0,
-        jwks_max_stale: float = 3600.0,
+        jwks_max_stale: float = DEFAULT_JWKS_MAX_STALE,
         jwks_refetch_interval: float = 10.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -221,8 +230,11 @@ class TokenVerifier:
         if not isinstance(jti, str) or len(jti) < MIN_JTI_LENGTH:
             raise TokenRejected("claim_invalid")
         act = claims.get("act")
-        if not isinstance(act, dict) or not isinstance(act.get("sub"), str):
+        if not isinstance(act, dict) or "sub" not in act or "cloud_account" not in claims:
             raise TokenRejected("claim_missing")
+        account = claims["cloud_account"]
+        if not _named(act["sub"]) or not _named(account):
+            raise TokenRejected("claim_invalid")
         if claims.get("scope") != scope:
             raise TokenRejected("scope_mismatch", status=403)
         sub = claims.get("sub")
@@ -236,13 +248,11 @@ class TokenVerifier:
             once = self._replay is not None and method.upper() not in SAFE_METHODS
         if once:
             await self._first_use(jti, float(claims["exp"]))
-        principal = act["sub"]
-        account = claims.get("cloud_account")
         return VerifiedToken(
             customer=sub if isinstance(sub, str) else None,
             scope=scope,
-            principal=principal,
-            cloud_account=account if isinstance(account, str) else None,
+            principal=act["sub"],
+            cloud_account=account,
             jti=jti,
             kid=header.kid,
             expires_at=float(claims["exp"]),
