@@ -72,6 +72,23 @@ REFUSED: dict[str, tuple[str, tuple[tuple[str, str], ...], tuple[int, str, str]]
         (),
         (400, "path_invalid", "path_invalid"),
     ),
+    # A fragment is no part of a request target (RFC 9112 §3.2): the client forwarding it
+    # drops it, so the path checked and signed would not be the path forwarded.
+    "path-with-a-fragment": (
+        "/v1/customers/cus_alice/things#cus_bob",
+        (),
+        (400, "path_invalid", "path_invalid"),
+    ),
+    "path-ending-in-a-bare-fragment-mark": (
+        "/v1/customers/cus_alice/things/#",
+        (),
+        (400, "path_invalid", "path_invalid"),
+    ),
+    "query-with-a-fragment": (
+        "/query/things?customer_id=cus_alice#&customer_id=cus_bob",
+        (),
+        (400, "path_invalid", "path_invalid"),
+    ),
     # -- query, enforce --------------------------------------------------------------------
     "query-absent": ("/query/things?x=1", (), (*MISMATCH, "customer_absent")),
     "query-other-customer": (

@@ -14,6 +14,10 @@ class ResolveOperationStage:
         self._matcher = matcher
 
     async def __call__(self, ctx: RequestContext) -> None:
+        if "#" in ctx.request.raw_path:
+            # No part of a request target (RFC 9112 §3.2): the upstream client drops it, so
+            # what is matched and signed here would not be what the upstream is sent.
+            raise PathInvalid("path_invalid", "a fragment in the request target")
         try:
             match = self._matcher.match(ctx.method, ctx.raw_path)
         except InvalidPath as exc:
