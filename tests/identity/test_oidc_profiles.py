@@ -199,6 +199,13 @@ def test_entra_issuer_is_built_from_the_tenant() -> None:
     assert config.issuer == f"https://login.microsoftonline.com/{TENANT}/v2.0"
 
 
+def test_entra_profile_accepts_continuous_access_evaluation_lifetimes() -> None:
+    # CAE access tokens live up to 28 hours; other issuers keep the one-day cap.
+    entra = OidcIssuerSettings(name="p", profile="entra", tenant=TENANT, audiences=["a"])
+    google = OidcIssuerSettings(name="g", profile="google", audiences=["a"])
+    assert (entra.max_token_lifetime, google.max_token_lifetime) == (30 * 3600, 86_400)
+
+
 def problems_with(tmp_path: Path, table: dict[str, Any]) -> dict[str, str]:
     def edit(data: dict[str, Any]) -> None:
         data["identity"]["oidc"] = [{"name": "provider", "audiences": ["dragoman"], **table}]

@@ -150,6 +150,31 @@ async def test_missing_iat_is_refused(client: ProxyClient, stack: DemoStack) -> 
     client.assert_refused(await client.get(stack.issuer.sign(claims)), "claim_missing")
 
 
+DAY = 86_400  # max_token_lifetime's default
+
+
+@pytest.mark.parametrize(
+    ("iat_ago", "ttl"),
+    [(0, 100 * 365 * DAY), (time.time(), 300), (time.time() + 10, 300)],
+    ids=["lives-a-century", "issued-at-zero", "issued-at-a-negative-time"],
+)
+async def test_token_living_longer_than_max_token_lifetime_is_refused(
+    client: ProxyClient, stack: DemoStack, iat_ago: float, ttl: int
+) -> None:
+    # A leaked token of a century is good for no more than a day's.
+    now = int(time.time())
+    claims = alice_claims(stack.issuer, iat=now - int(iat_ago), exp=now + ttl)
+    client.assert_refused(await client.get(stack.issuer.sign(claims)), "token_lifetime_too_long")
+
+
+async def test_token_living_exactly_max_token_lifetime_is_accepted(
+    client: ProxyClient, stack: DemoStack
+) -> None:
+    now = int(time.time())
+    claims = alice_claims(stack.issuer, iat=now - 60, exp=now - 60 + DAY)
+    client.assert_reached_upstream(await client.get(stack.issuer.sign(claims)))
+
+
 async def test_token_naming_no_principal_is_refused(client: ProxyClient, stack: DemoStack) -> None:
     claims = alice_claims(stack.issuer)
     del claims["sub"]

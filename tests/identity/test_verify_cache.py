@@ -53,6 +53,33 @@ async def test_a_remembered_token_is_refused_once_its_key_leaves_the_key_set(
     assert await status(http, stack, fresh) == 200
 
 
+@pytest.mark.parametrize(
+    "change", [{"use": "enc"}, {"alg": "PS256"}], ids=["now-for-encryption", "now-for-another-alg"]
+)
+async def test_a_remembered_token_is_refused_once_its_key_may_no_longer_sign_it(
+    make_stack: Callable[..., Awaitable[DemoStack]],
+    serve_issuer: Callable[..., Awaitable[DevIssuer]],
+    http: aiohttp.ClientSession,
+    change: dict[str, str],
+) -> None:
+    """The same public key under the same kid, republished for another use or algorithm:
+    a fresh verification refuses the token (key_mismatch), so the cache must not serve it."""
+    issuer = await serve_issuer()
+    table = issuer_table(issuer, jwks_cache_ttl=1, jwks_refetch_interval=1)
+    stack = await make_stack({"identity": {"oidc": [table], "verify_cache_ttl": 600}})
+    token = issuer.token("alice", "acct-1001", roles=["billing_admin"])
+    assert await status(http, stack, token) == 200
+    published = issuer.jwks()
+    for jwk in published["keys"]:
+        jwk.update(change)
+    issuer.jwks = lambda: published  # type: ignore[method-assign]
+    for _ in range(100):
+        if await status(http, stack, token) == 401:
+            break
+        await asyncio.sleep(0.05)
+    assert await status(http, stack, token) == 401
+
+
 async def test_a_remembered_token_is_refused_while_the_key_set_is_unusable(
     make_stack: Callable[..., Awaitable[DemoStack]],
     serve_issuer: Callable[..., Awaitable[DevIssuer]],

@@ -76,8 +76,14 @@ def roles_of(value: Any) -> frozenset[str]:
 
 def same_key(found: TrustedKey, remembered: TrustedKey) -> bool:
     """Whether the key set's key is the one a remembered token was verified with (the same
-    object until the key set is fetched again, an equal public key after)."""
-    return found is remembered or found.public_key == remembered.public_key
+    object until the key set is fetched again, after that an equal public key published
+    for the same use and algorithm: one republished for encryption, or for another
+    algorithm, no longer verifies the token)."""
+    return found is remembered or (
+        found.public_key == remembered.public_key
+        and found.use == remembered.use
+        and found.alg == remembered.alg
+    )
 
 
 class IssuerVerifier:
@@ -123,6 +129,7 @@ class IssuerVerifier:
                 audiences=self._audiences,
                 now=self._clock(),
                 leeway=config.leeway,
+                max_lifetime=config.max_token_lifetime,
             )
         payload = verified.claims
         subject = claim(payload, config.principal_claim)

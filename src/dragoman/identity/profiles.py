@@ -46,7 +46,14 @@ PROFILES: Mapping[str, Profile] = {
     ),
     "entra": Profile(
         "https://login.microsoftonline.com/{tenant}/v2.0",
-        {**_JWT, "principal_claim": "oid", "account_claim": "tid", "roles_claim": "roles"},
+        {
+            **_JWT,
+            "principal_claim": "oid",
+            "account_claim": "tid",
+            "roles_claim": "roles",
+            # Continuous access evaluation makes access tokens of up to 28 hours.
+            "max_token_lifetime": 30 * 3600.0,
+        },
     ),
     "kubernetes": Profile(
         None,

@@ -88,6 +88,16 @@ class OidcIssuerSettings(Section):
             " (SEMANTICS §2)."
         ),
     )
+    max_token_lifetime: Duration = Field(
+        86_400.0,
+        gt=0,
+        le=31_622_400,
+        description=(
+            "Longest lifetime (exp - iat) of a token accepted from this issuer (then 401"
+            " token_lifetime_too_long): a leaked long-lived token is not good for years."
+            " The entra profile sets 30h (its CAE tokens live up to 28 hours)."
+        ),
+    )
     jwks_cache_ttl: Duration = Field(
         300.0, ge=1, le=86400, description="How long fetched keys are used before a refresh."
     )
