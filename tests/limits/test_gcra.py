@@ -77,6 +77,17 @@ def test_an_idle_subject_decides_like_a_new_one() -> None:
     assert decide(old_tat, T0, INTERVAL, TOLERANCE) == decide(None, T0, INTERVAL, TOLERANCE)
 
 
+def test_a_tat_no_request_can_have_stored_at_this_clock_starts_the_subject_afresh() -> None:
+    impossible = T0 + TOLERANCE + INTERVAL + 1
+    assert decide(impossible, T0, INTERVAL, TOLERANCE) == decide(None, T0, INTERVAL, TOLERANCE)
+
+
+def test_a_tat_a_full_burst_ahead_is_possible_and_refuses() -> None:
+    full = run([T0] * BURST)[-1]
+    assert full.tat == T0 + TOLERANCE + INTERVAL
+    assert not decide(full.tat, T0, INTERVAL, TOLERANCE).allowed
+
+
 def test_the_emission_interval_rounds_up_so_the_rate_is_never_exceeded() -> None:
     assert emission_interval(600, 60) == 100_000
     assert emission_interval(7, 60) == 8_571_429  # 8_571_428.57... rounded up

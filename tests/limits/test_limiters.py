@@ -60,6 +60,18 @@ async def test_time_gives_back_one_request_per_emission_interval(
     assert not await allowed(limiter, Check(writes, ALICE))
 
 
+async def test_a_clock_stepped_back_an_hour_does_not_lock_a_subject_out_for_the_hour(
+    limiter: Limiter, clock: FrozenClock
+) -> None:
+    # An NTP step or a restored snapshot: the subject's stored TAT is an hour ahead of
+    # the clock. It starts afresh (a burst, then refusals) instead of waiting an hour.
+    writes = rule("writes", rate="60/min", burst=2)
+    assert await allowed(limiter, Check(writes, ALICE))
+    clock.advance(-3600.0)
+    results = [await allowed(limiter, Check(writes, ALICE)) for _ in range(3)]
+    assert results == [True, True, False]
+
+
 async def test_subjects_are_counted_apart(limiter: Limiter) -> None:
     writes = rule("writes", rate="60/min", burst=1)
     assert await allowed(limiter, Check(writes, ALICE))

@@ -48,8 +48,13 @@ def burst_tolerance(interval: int, burst: int) -> int:
 
 def decide(tat: int | None, now: int, interval: int, tolerance: int) -> Decision:
     """Whether a request at ``now`` conforms, given the stored ``tat`` (None: never seen
-    or idle, the same thing)."""
-    start = now if tat is None or tat < now else tat
+    or idle, the same thing).
+
+    A TAT past ``now + tolerance + interval`` is one no request can have stored at this
+    clock: the clock stepped back (an NTP step, a restored snapshot). The subject starts
+    afresh, as the Redis keys' expiry makes it there, instead of being refused for as long
+    as the step."""
+    start = now if tat is None or tat < now or tat - now > tolerance + interval else tat
     ahead = start - now
     if ahead > tolerance:
         return Decision(False, start, 0, ahead - tolerance, ahead)

@@ -51,7 +51,7 @@ for i = 1, #KEYS do
   local interval = tonumber(ARGV[2 * i])
   local tolerance = tonumber(ARGV[2 * i + 1])
   local start = tonumber(redis.call('GET', KEYS[i]))
-  if start == nil or start < now then start = now end
+  if start == nil or start < now or start - now > tolerance + interval then start = now end
   local ahead = start - now
   local n = #out
   if ahead > tolerance then
