@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import resource
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from chain_support import lines, make_key, records, request, sink, verify_cli, write_log
 
 from dragoman.audit.chain import GENESIS, ChainError, canonical, stdlib_canonical
+from dragoman.audit.sink import FileSink
 from dragoman.audit.verify import verify
 
 
@@ -203,6 +208,49 @@ def test_a_line_torn_by_another_writer_fails_the_next_write(tmp_path: Path) -> N
     with pytest.raises(ChainError):
         audit.write(request(1))
     audit.close()
+
+
+@contextlib.contextmanager
+def disk_full_past(size: int) -> Iterator[None]:
+    """Files of this process cannot grow past ``size`` bytes: a write across it is cut
+    short, as on a full disk (RLIMIT_FSIZE, with SIGXFSZ ignored)."""
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, limits[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_a_group_cut_short_by_a_full_disk_leaves_no_torn_line_and_the_sink_recovers(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    audit = sink(log)
+    audit.write(request(0))
+    with disk_full_past(log.stat().st_size + 100), pytest.raises(ChainError, match="short"):
+        audit.write_many([request(n) for n in range(1, 5)])
+    assert [r["audit_id"] for r in records(log)] == ["a-0"]  # none of the group is kept
+    audit.write(request(5))  # space again: the chain goes on
+    audit.close()
+    assert [r["audit_id"] for r in records(log)] == ["a-0", "a-5"]
+    assert verify_cli(log).returncode == 0
+
+
+def test_an_unchained_group_cut_short_by_a_full_disk_glues_no_later_record_to_it(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    plain = FileSink(log)
+    plain.write(request(0))
+    with disk_full_past(log.stat().st_size + 100), pytest.raises(OSError, match="short"):
+        plain.write_many([request(n) for n in range(1, 5)])
+    plain.write(request(5))
+    plain.close()
+    *_, after = lines(log)
+    assert json.loads(after)["audit_id"] == "a-5"
 
 
 def test_records_cut_from_the_live_file_under_its_writer_stop_the_sink(tmp_path: Path) -> None:

@@ -278,8 +278,13 @@ class ChainedFileSink:
     def _append(self, line: bytes, tail: Tail) -> None:
         # Unknown until the write is known to be whole: re-read next time.
         before, self._size = self._size, -1
+        start = before if before >= 0 else os.fstat(self._fd).st_size
         written = os.write(self._fd, line)
         if written != len(line):
+            # A full disk took part of the group. Its records were never acknowledged; left
+            # in place, the torn line would refuse every later write (an incomplete last
+            # record) long after space is freed. Under the lock, nobody wrote after it.
+            os.ftruncate(self._fd, start)
             raise ChainError(f"short write to the audit file ({written} of {len(line)} bytes)")
         # Under the lock nobody else appends: the size is the one this writer left plus
         # its line. Bytes appended by anything that ignores the lock then differ from it,

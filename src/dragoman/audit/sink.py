@@ -43,15 +43,27 @@ class FileSink:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        self._torn = False
 
     def write(self, record: dict[str, Any]) -> None:
         self.write_many([record])
 
     def write_many(self, records: list[dict[str, Any]]) -> None:
         data = b"".join(encode(record) for record in records)
-        if os.write(self._fd, data) != len(data):
-            raise OSError(f"short write to the audit file ({len(data)} bytes asked)")
+        if self._torn and not self._ends_a_line():
+            data = b"\n" + data
+        written = os.write(self._fd, data)
+        # A full disk takes part of a group. Other workers may append after it (no lock
+        # here), so a torn line cannot be cut off: the next write ends it first, or the
+        # next record would be glued to it.
+        self._torn = written != len(data)
+        if self._torn:
+            raise OSError(f"short write to the audit file ({written} of {len(data)} bytes)")
+
+    def _ends_a_line(self) -> bool:
+        size = os.fstat(self._fd).st_size
+        return size == 0 or os.pread(self._fd, 1, size - 1) == b"\n"
 
     def close(self) -> None:
         if self._fd < 0:
