@@ -13,10 +13,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from identity_helpers import ProxyClient
 from mtls_support import BILLING, TRUST_DOMAIN, ClientWith, Pki, mtls_overrides
 
-from certs import Authority, now
+from certs import HOUR, Authority, now
 from dragoman.demo.runner import DemoStack
 from settings_support import settings_problems
 
@@ -35,6 +37,47 @@ def replace_crl(pki: Pki, crl: bytes) -> None:
     staged = pki.directory / "clients.crl.pem.new"
     staged.write_bytes(crl)
     staged.replace(pki.directory / "clients.crl.pem")
+
+
+def trust_first(pki: Pki, authority: Authority) -> None:
+    """``client_ca_file`` lists ``authority``'s certificate, then the trusted CA's."""
+    bundle = pki.directory / "bundle.pem"
+    bundle.write_bytes(
+        authority.write(pki.directory, "more").read_bytes()
+        + Path(pki.tls["client_ca_file"]).read_bytes()
+    )
+    pki.tls["client_ca_file"] = str(bundle)
+
+
+def same_name_ca(pki: Pki) -> Authority:
+    """The trusted CA re-keyed under its name, trusted too.
+
+    Listed first in ``client_ca_file``: the test certificates carry no key identifiers, so
+    the handshake finds a certificate's CA by name only, the first listed."""
+    rekeyed = Authority("prod CA", trust_domain=TRUST_DOMAIN)
+    assert rekeyed.subject == pki.trusted.subject
+    trust_first(pki, rekeyed)
+    return rekeyed
+
+
+def crl_with(authority: Authority, extension: x509.ExtensionType, *, critical: bool) -> bytes:
+    """``authority``'s list (revoking nothing) carrying ``extension``."""
+    issued_at = now() - MINUTE
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(authority.subject)
+        .last_update(issued_at)
+        .next_update(issued_at + 24 * HOUR)
+        .add_extension(extension, critical=critical)
+    )
+    return builder.sign(authority.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def load_problem(tmp_path: Path, pki: Pki, crl: bytes) -> str:
+    """What loading the settings with ``crl`` as ``crl_file`` says about it (it must fail)."""
+    problems = settings_problems(tmp_path, overrides=with_crl(pki, crl))
+    assert any("crl_file" in key or "crl_file" in message for key, message in problems.items())
+    return " ".join(problems.values())
 
 
 async def refused_now(client: ProxyClient, status: int, reason: str) -> None:
@@ -161,3 +204,86 @@ def test_a_missing_file_is_refused_at_load(tmp_path: Path, pki: Pki) -> None:
     overrides = mtls_overrides(pki, crl_file=str(tmp_path / "absent.pem"))
     problems = settings_problems(tmp_path, overrides=overrides)
     assert problems.get("identity.mtls.crl_file") == "file not found", problems
+
+
+async def test_a_revoked_certificate_of_the_second_of_two_same_name_cas_is_refused(
+    make_stack: MakeStack, pki: Pki, client_with: ClientWith
+) -> None:
+    rekeyed = same_name_ca(pki)
+    revoked = rekeyed.issue(BILLING)
+    crl = rekeyed.crl(revoked, this_update=now() - 10 * MINUTE) + pki.trusted.crl()  # newer
+    stack = await make_stack(with_crl(pki, crl))
+    client = client_with(stack, pki.context(revoked))
+    client.assert_refused(await client.get(), "client_certificate_revoked")
+
+
+async def test_a_certificate_of_a_same_name_ca_without_a_list_cannot_be_judged(
+    make_stack: MakeStack, pki: Pki, client_with: ClientWith
+) -> None:
+    rekeyed = same_name_ca(pki)
+    stack = await make_stack(with_crl(pki, pki.trusted.crl()))  # the other CA's list only
+    client = client_with(stack, pki.context(rekeyed.issue(BILLING)))
+    answer = await client.get()
+    client.assert_unavailable(answer)
+    assert client.record_of(answer)["reason"] == "crl_missing"
+
+
+def test_a_delta_list_is_refused_at_load(tmp_path: Path, pki: Pki) -> None:
+    revoked = pki.trusted.issue(BILLING)
+    full = pki.trusted.crl(revoked, this_update=now() - 10 * MINUTE)
+    delta = crl_with(pki.trusted, x509.DeltaCRLIndicator(1), critical=True)  # newer
+    assert "DeltaCRLIndicator" in load_problem(tmp_path, pki, full + delta)
+
+
+def test_a_list_with_an_issuing_distribution_point_is_refused_at_load(
+    tmp_path: Path, pki: Pki
+) -> None:
+    partition = x509.IssuingDistributionPoint(
+        full_name=[x509.UniformResourceIdentifier("http://crl.example.org/part-1.crl")],
+        relative_name=None,
+        only_contains_user_certs=True,
+        only_contains_ca_certs=False,
+        only_some_reasons=None,
+        indirect_crl=False,
+        only_contains_attribute_certs=False,
+    )
+    crl = crl_with(pki.trusted, partition, critical=True)
+    assert "IssuingDistributionPoint" in load_problem(tmp_path, pki, crl)
+
+
+def test_a_list_with_an_unknown_critical_extension_is_refused_at_load(
+    tmp_path: Path, pki: Pki
+) -> None:
+    unknown = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"), b"\x05\x00")
+    crl = crl_with(pki.trusted, unknown, critical=True)
+    assert "critical extension that is not supported (1.3.6.1.4.1.55555.1)" in load_problem(
+        tmp_path, pki, crl
+    )
+
+
+def test_a_list_with_an_unknown_critical_entry_extension_is_refused_at_load(
+    tmp_path: Path, pki: Pki
+) -> None:
+    issued_at = now() - MINUTE
+    entry = (
+        x509.RevokedCertificateBuilder()
+        .serial_number(pki.trusted.issue(BILLING).cert.serial_number)
+        .revocation_date(issued_at)
+        .add_extension(
+            x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.2"), b"\x05\x00"),
+            critical=True,
+        )
+        .build()
+    )
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(pki.trusted.subject)
+        .last_update(issued_at)
+        .next_update(issued_at + 24 * HOUR)
+        .add_revoked_certificate(entry)
+        .sign(pki.trusted.key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    assert "entry with a critical extension that is not supported" in load_problem(
+        tmp_path, pki, crl
+    )

@@ -8,7 +8,7 @@ here. This authenticator then judges what the certificate says, on every request
 - its validity window again, against the proxy's clock (a kept-alive connection may outlive
   its certificate);
 - that it is a leaf (X.509-SVID §5.2: ``cA`` false, neither ``keyCertSign`` nor ``cRLSign``);
-- with ``crl_file``, that its issuer's current list does not revoke it
+- with ``crl_file``, that the current list of the CA whose key signed it does not revoke it
   (:mod:`dragoman.identity.revocation`);
 - with a ``spiffe:`` URI SAN: exactly one URI SAN, a well-formed SPIFFE ID with a non-root
   path, an accepted trust domain, and ``id_pattern`` when set;
@@ -192,7 +192,7 @@ class MtlsAuthenticator:
                 "client_certificate_not_leaf", "A CA certificate cannot authenticate a caller."
             )
         if self._revocation is not None:
-            self._revocation.check(facts.issuer_der, facts.serial)
+            self._revocation.check(der, issuer=facts.issuer_der, serial=facts.serial)
         if any(uri[:7].lower() == "spiffe:" for uri in facts.uris):
             return self._spiffe(facts)
         return self._subject(facts)
