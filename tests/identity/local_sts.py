@@ -113,6 +113,10 @@ class LocalSts:
     """How many coming requests to answer 500."""
     stall: float = 0.0
     """Seconds to wait before answering."""
+    hold: asyncio.Event | None = None
+    """When set: every request waits for this event before it is answered."""
+    drop: int = 0
+    """How many coming requests to answer by closing the connection (no answer at all)."""
 
     def add(self, caller: AwsCaller) -> AwsCaller:
         self.callers[caller.access_key_id] = caller
@@ -134,6 +138,13 @@ class LocalSts:
         )
         if self.stall:
             await asyncio.sleep(self.stall)
+        if self.hold is not None:
+            await self.hold.wait()
+        if self.drop:
+            self.drop -= 1
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
         if self.throttle:
             self.throttle -= 1
             return _error(400, "Throttling", "Rate exceeded")

@@ -22,6 +22,7 @@ from identity_helpers import PM, Answer, ProxyClient, alice_claims
 from local_sts import AwsCaller, LocalSts, as_token, link_to_alice, presign
 
 from dragoman.demo.runner import DemoStack
+from dragoman.identity.aws_sts import MAX_STS_CALLS, REFUSAL_TTL
 
 ACCOUNT = "111122223333"
 BINDING = "proxy-test"
@@ -109,6 +110,11 @@ async def client(
     aws_stack: Callable[..., Awaitable[DemoStack]], client_for: Callable[[DemoStack], ProxyClient]
 ) -> ProxyClient:
     return client_for(await aws_stack())
+
+
+def forged(url: str) -> str:
+    """The presigned URL with a made-up signature: passes every local check, not STS's."""
+    return url[:-64] + secrets.token_hex(32)
 
 
 def refused_before_sts(client: ProxyClient, sts: LocalSts, answer: Answer, reason: str) -> None:
@@ -393,9 +399,9 @@ async def test_presigned_for_another_binding_value_is_refused_by_sts(
 async def test_forged_signature_is_refused_by_sts(
     client: ProxyClient, sts: tuple[LocalSts, str], role_caller: AwsCaller
 ) -> None:
-    url = presign(role_caller)
-    forged = url[:-64] + secrets.token_hex(32)
-    client.assert_refused(await client.get(as_token(forged)), "aws_sts_rejected")
+    client.assert_refused(
+        await client.get(as_token(forged(presign(role_caller)))), "aws_sts_rejected"
+    )
 
 
 async def test_unknown_access_key_is_refused_by_sts(
@@ -424,6 +430,96 @@ async def test_sts_failure_is_503_and_not_remembered(
     client.assert_unavailable(answer)
     assert client.record_of(answer)["reason"] == "aws_sts_unavailable"
     client.assert_reached_upstream(await client.get(token))
+
+
+async def test_forged_credential_sent_repeatedly_reaches_sts_once(
+    client: ProxyClient, sts: tuple[LocalSts, str], role_caller: AwsCaller
+) -> None:
+    token = as_token(forged(presign(role_caller)))
+    for _ in range(5):
+        client.assert_refused(await client.get(token), "aws_sts_rejected")
+    assert len(sts[0].calls) == 1
+
+
+async def test_refusal_is_not_remembered_past_its_bound(
+    client: ProxyClient, sts: tuple[LocalSts, str], role_caller: AwsCaller, clock: Clock
+) -> None:
+    token = as_token(forged(presign(role_caller, expires=900)))
+    client.assert_refused(await client.get(token), "aws_sts_rejected")
+    clock.offset = REFUSAL_TTL - 1
+    client.assert_refused(await client.get(token), "aws_sts_rejected")
+    assert len(sts[0].calls) == 1
+    clock.offset = REFUSAL_TTL + 1
+    client.assert_refused(await client.get(token), "aws_sts_rejected")
+    assert len(sts[0].calls) == 2
+
+
+async def test_refusal_is_not_remembered_past_the_presigned_expiry(
+    client: ProxyClient, sts: tuple[LocalSts, str], role_caller: AwsCaller, clock: Clock
+) -> None:
+    token = as_token(forged(presign(role_caller, expires=30)))
+    client.assert_refused(await client.get(token), "aws_sts_rejected")
+    clock.offset = 29
+    client.assert_refused(await client.get(token), "aws_sts_rejected")
+    assert len(sts[0].calls) == 1
+    clock.offset = 31
+    client.assert_refused(await client.get(token), "aws_presign_expired")
+    assert len(sts[0].calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("outage", "reason"),
+    [
+        ("throttle", "aws_sts_throttled"),
+        ("fail", "aws_sts_unavailable"),
+        ("drop", "aws_sts_unavailable"),
+    ],
+    ids=["throttled", "failing", "connection_lost"],
+)
+async def test_network_error_or_throttling_is_not_remembered(
+    client: ProxyClient, sts: tuple[LocalSts, str], role_caller: AwsCaller, outage: str, reason: str
+) -> None:
+    local = sts[0]
+    token = as_token(forged(presign(role_caller)))
+    setattr(local, outage, 2)  # 2: aiohttp may retry a GET whose connection was lost
+    answer = await client.get(token)
+    setattr(local, outage, 0)
+    client.assert_unavailable(answer)
+    assert client.record_of(answer)["reason"] == reason
+    before = len(local.calls)
+    # Asked again, STS refuses the forged signature: that refusal is remembered.
+    for _ in range(2):
+        client.assert_refused(await client.get(token), "aws_sts_rejected")
+    assert len(local.calls) == before + 1
+
+
+async def test_sts_calls_past_the_limit_are_refused_at_once(
+    client: ProxyClient, sts: tuple[LocalSts, str], role_caller: AwsCaller
+) -> None:
+    local = sts[0]
+    local.hold = asyncio.Event()
+    url = presign(role_caller)
+    try:
+        held = [
+            asyncio.ensure_future(client.get(as_token(forged(url)))) for _ in range(MAX_STS_CALLS)
+        ]
+        while len(local.calls) < MAX_STS_CALLS:
+            await asyncio.sleep(0.01)
+        extra = asyncio.ensure_future(client.get(as_token(forged(url))))
+        # Refused while every call before it is still held, or (the defect) sent to STS too.
+        while not extra.done() and len(local.calls) == MAX_STS_CALLS:
+            await asyncio.sleep(0.01)
+        assert len(local.calls) == MAX_STS_CALLS
+        answer = await extra
+        client.assert_unavailable(answer)
+        assert client.record_of(answer)["reason"] == "aws_sts_throttled"
+        assert answer.headers["Retry-After"] == "2"
+    finally:
+        local.hold.set()
+    for done in await asyncio.gather(*held):
+        client.assert_refused(done, "aws_sts_rejected")
+    # The calls have settled: a genuine caller gets through again.
+    client.assert_reached_upstream(await client.get(as_token(url)))
 
 
 async def test_sts_out_of_reach_is_503(
