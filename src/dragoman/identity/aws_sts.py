@@ -85,7 +85,7 @@ class StsRejected(Unauthenticated):
 def _refusal_key(token: str) -> bytes:
     """A refusal is remembered by a digest of the bearer value: a forged value may be as long
     as ``max_token_bytes``, and it is still never kept itself."""
-    return hashlib.sha256(token.encode()).digest()
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 def _sts_unavailable() -> IdentityUnavailable:
