@@ -422,6 +422,9 @@ class Proxy:
         for stage in self.whoami_guards:
             await stage(ctx)
         assert ctx.principal is not None
+        if self.rate_limits is not None:
+            # Each answer reads the mapping and writes a record: counted as a read.
+            await self.rate_limits.check_account(ctx, "read")
         ctx.mapping = await self.gate.find(ctx.principal)
         self.gate.check(ctx.mapping)  # after: the audit record names a refusing mapping
         operations = ctx.mapping.allowed_operations(ctx.principal, self.catalog, self.policy)

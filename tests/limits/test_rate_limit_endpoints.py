@@ -1,10 +1,13 @@
-"""The proxy's own state-changing endpoints count against the caller's per-account limits:
-one account cannot fill the session store with handshakes (tier ``session``), nor make
-dragoman hammer the platform with registration lookups (tier ``change``). Other accounts
-are unaffected, and handshakes never use up the writes' budget."""
+"""The proxy's own endpoints count against the caller's per-account limits: one account
+cannot fill or churn the session store (handshakes, refreshes and logouts: tier
+``session``), make dragoman hammer the platform with registration lookups (tier
+``change``), nor flood the audit trail with whoami reads (tier ``read``). Other accounts
+are unaffected, handshakes never use up the writes' budget, and report-only rules on these
+tiers report."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -82,3 +85,54 @@ async def test_a_rule_on_the_registration_tier_leaves_handshakes_alone(
     for _ in range(5):
         async with http.post(url, headers=auth(stack, "acct-1001")) as response:
             assert response.status == 201
+
+
+async def test_whoami_counts_against_the_accounts_read_limits(
+    make_stack: MakeStack, http: aiohttp.ClientSession
+) -> None:
+    everything = {"name": "all", "per": "account", "rate": "1/h", "burst": 2}
+    stack = await make_stack(limits(everything))
+    url = stack.urls["proxy"] + "/_dragoman/whoami"
+    statuses = []
+    for _ in range(3):
+        async with http.get(url, headers=auth(stack, "acct-1001")) as response:
+            statuses.append(response.status)
+    assert statuses == [200, 200, 429]
+
+
+async def test_session_refreshes_and_logouts_count_against_the_session_limits(
+    make_stack: MakeStack, http: aiohttp.ClientSession
+) -> None:
+    stack = await make_stack(limits({**SESSIONS, "burst": 3}))
+    url = stack.urls["proxy"] + "/_dragoman/session"
+    headers = auth(stack, "acct-1001")
+    async with http.post(url, headers=headers) as response:
+        assert response.status == 201
+        token = (await response.json())["csrf_token"]
+    pair = {**headers, "X-CSRF-Token": token, "Origin": stack.urls["proxy"]}
+    pair["Cookie"] = f"__Host-dragoman-csrf={token}"
+    statuses = []
+    for _ in range(3):
+        async with http.post(url + "/refresh", headers=pair) as response:
+            statuses.append(response.status)
+            if response.status == 200:
+                token = (await response.json())["csrf_token"]
+                pair["X-CSRF-Token"] = token
+                pair["Cookie"] = f"__Host-dragoman-csrf={token}"
+    async with http.delete(url, headers=pair) as response:
+        statuses.append(response.status)
+    assert statuses == [200, 200, 429, 429]
+
+
+async def test_a_report_only_session_rule_reports_what_it_would_refuse(
+    make_stack: MakeStack, http: aiohttp.ClientSession
+) -> None:
+    evaluated = {**SESSIONS, "name": "sessions-eval", "burst": 2, "report_only": True}
+    stack = await make_stack(limits(evaluated))
+    url = stack.urls["proxy"] + "/_dragoman/session"
+    for _ in range(3):
+        async with http.post(url, headers=auth(stack, "acct-1001")) as response:
+            assert response.status == 201
+    lines = (stack.state_dir / "audit.jsonl").read_text("utf-8").splitlines()
+    sessions = [r for r in map(json.loads, lines) if r.get("event") == "session"]
+    assert [bool(r.get("would_deny")) for r in sessions] == [False, False, True]

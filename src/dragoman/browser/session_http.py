@@ -86,8 +86,8 @@ class SessionEndpoint:
         limit: Callable[[RequestContext], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """``limit`` counts a handshake against the caller's per-account rate limits (one
-        account must not fill the session store)."""
+        """``limit`` counts a handshake, a refresh and a logout against the caller's
+        per-account rate limits (one account must not fill or churn the session store)."""
         self._limit = limit
         self._verifier = verifier
         self._store = verifier.store
@@ -121,8 +121,7 @@ class SessionEndpoint:
     async def _handshake(self, ctx: RequestContext) -> _Answer:
         principal = ctx.principal
         assert principal is not None  # set by the authentication stage
-        if self._limit is not None:
-            await self._limit(ctx)
+        await self._count(ctx)
         joined = await self._verifier.cookie_session(ctx.request, principal)
         if joined is not None:
             ctx.session = session_reference(joined.id)
@@ -141,7 +140,12 @@ class SessionEndpoint:
         ctx.session = session_reference(session.id)
         return self._issued(session, 201)
 
+    async def _count(self, ctx: RequestContext) -> None:
+        if self._limit is not None:
+            await self._limit(ctx)
+
     async def _refresh(self, ctx: RequestContext) -> _Answer:
+        await self._count(ctx)
         verified = await self._verifier.verify(
             ctx.request, ctx.principal, csrf_cookies(ctx.request)
         )
@@ -156,6 +160,7 @@ class SessionEndpoint:
         return self._issued(after, 200)
 
     async def _logout(self, ctx: RequestContext) -> _Answer:
+        await self._count(ctx)
         verified = await self._verifier.verify(
             ctx.request, ctx.principal, csrf_cookies(ctx.request)
         )

@@ -79,7 +79,7 @@ class RateLimitStage:
         tiers = (*RISK_TIERS, SESSION_TIER)
         self._by_tier = {t: tuple(r for r in enforced if r.counts(t)) for t in tiers}
         self._reported_by_tier = {
-            t: tuple(r for r in rules if r.report_only and r.counts(t)) for t in RISK_TIERS
+            t: tuple(r for r in rules if r.report_only and r.counts(t)) for t in tiers
         }
         self._limiter = limiter
         self._local = local
@@ -116,16 +116,19 @@ class RateLimitStage:
                 report(ctx, f"limits.rules.{check.rule.name}", denial)
 
     async def check_account(self, ctx: RequestContext, tier: LimitTier = "change") -> None:
-        """For the proxy's own state-changing endpoints (the session handshake: tier
-        ``session``; registration: ``change``), which have no catalog operation and no
-        mapping: the per-account rules of ``tier``. One account cannot flood the session
-        store or the platform's customer reads."""
+        """For the proxy's own endpoints (the session's: tier ``session``; registration:
+        ``change``; whoami: ``read``), which have no catalog operation and no mapping: the
+        per-account rules of ``tier``, enforced and report-only. One account cannot flood
+        the session store, the audit trail or the platform's customer reads."""
         if self._limiter is None:
             return
         rules = [rule for rule in self._by_tier.get(tier, ()) if rule.per == "account"]
         if rules:
             checks = [Check(rule, subject_of(rule, ctx, self._key)) for rule in rules]
-            await self._decide(checks, read=False)
+            await self._decide(checks, read=tier == "read")
+        reported = [r for r in self._reported_by_tier.get(tier, ()) if r.per == "account"]
+        if reported:
+            await self._report(ctx, reported)
 
     async def check_session(self, ctx: RequestContext) -> None:
         """:meth:`check_account` for a session handshake."""
