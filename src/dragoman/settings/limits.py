@@ -11,8 +11,8 @@ from dragoman.settings.base import Duration, Section, check_redis_url
 from dragoman.settings.catalog import RiskTier
 
 SESSION_TIER: Final = "session"
-"""The tier of the browser's session handshake (no catalog operation has it): counted by
-the per-account rules that list it, or list no tiers."""
+"""The tier of the browser's session endpoint (handshake, refresh, logout; no catalog
+operation has it): counted by the per-account rules that list it, or list no tiers."""
 
 LimitTier = RiskTier | Literal["session"]
 
@@ -47,7 +47,8 @@ class RateLimitRuleSettings(Section):
         None,
         description=(
             "Risk tiers the rule counts (unset: every tier); `session` is the browser's"
-            " session handshake (per-account rules only)."
+            " session endpoint: handshake, refresh and logout (per-account rules only)."
+            " whoami counts as `read`."
         ),
     )
     rate: str = Field(..., description="Sustained rate: `COUNT/UNIT`, unit s, min, h or d.")
@@ -109,8 +110,8 @@ class LimitsSettings(Section):
     `account` (every tier, 600/min, burst 60) leaves a console or a script room for pages
     of reads while capping scraping at 10 requests a second; `account-writes` (change and
     destroy, 60/min, burst 10) is far above a person editing payment methods and far below
-    a script enumerating cards; `account-sessions` (the browser's session handshake,
-    60/min, burst 20) keeps one account from filling the session store, on a budget of its
+    a script enumerating cards; `account-sessions` (the browser's session handshakes,
+    refreshes and logouts, 60/min, burst 20) keeps one account from filling the session store, on a budget of its
     own so that tabs of two accounts taking the one CSRF cookie from each other never use up
     the writes' budget; `customer-money` (money, 10/min, burst 3) bounds what a stolen
     credential can move per payment customer, whichever account asks."""
