@@ -92,6 +92,7 @@ from dragoman.policy.roles import RolePolicy
 from dragoman.policy.step_up import StepUpStage
 from dragoman.settings import Settings
 from dragoman.state import migrate
+from dragoman.state.redis import warn_if_evicting
 from dragoman.state.sql import make_engine
 from dragoman.tokens.mint import TokenMinter
 from dragoman.tokens.stage import MintTokenStage
@@ -449,6 +450,8 @@ class Proxy:
             await seal_plaintext(self.store)
         await self.forwarder.start()
         await self.keys.start()
+        for url, holds in self._shared_counters():
+            await warn_if_evicting(url, holds)
         if self.alerts is not None:
             await self.alerts.start()
         if self.reconcile is not None:
@@ -465,6 +468,16 @@ class Proxy:
             self._store_watch = asyncio.create_task(
                 self.store.watch(self.settings.store.health_interval)
             )
+
+    def _shared_counters(self) -> list[tuple[str, str]]:
+        """The Redis servers holding what an eviction would turn into an allow."""
+        limits, anomaly = self.settings.limits, self.settings.anomaly
+        found: dict[str, list[str]] = {}
+        if limits.backend == "redis" and limits.redis_url:
+            found.setdefault(limits.redis_url, []).append("rate limits")
+        if anomaly.backend == "redis" and anomaly.redis_url:
+            found.setdefault(anomaly.redis_url, []).append("anomaly state")
+        return [(url, " and ".join(holds)) for url, holds in found.items()]
 
     async def close(self) -> None:
         if self.reconcile is not None:

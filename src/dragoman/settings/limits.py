@@ -111,10 +111,11 @@ class LimitsSettings(Section):
     of reads while capping scraping at 10 requests a second; `account-writes` (change and
     destroy, 60/min, burst 10) is far above a person editing payment methods and far below
     a script enumerating cards; `account-sessions` (the browser's session handshakes,
-    refreshes and logouts, 60/min, burst 20) keeps one account from filling the session store, on a budget of its
-    own so that tabs of two accounts taking the one CSRF cookie from each other never use up
-    the writes' budget; `customer-money` (money, 10/min, burst 3) bounds what a stolen
-    credential can move per payment customer, whichever account asks."""
+    refreshes and logouts, 60/min, burst 20) keeps one account from filling the session
+    store, on a budget of its own so that tabs of two accounts taking the one CSRF cookie
+    from each other never use up the writes' budget; `customer-money` (money, 10/min,
+    burst 3) bounds what a stolen credential can move per payment customer, whichever
+    account asks."""
 
     enabled: bool = Field(True, description="Apply the rules (off: no request is limited).")
     rules: list[RateLimitRuleSettings] = Field(

@@ -11,12 +11,16 @@ gets a fresh connection.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from yarl import URL
+
+log = logging.getLogger(__name__)
 
 
 def open_redis(
@@ -46,3 +50,36 @@ async def ping(
             await client.ping()
     except (RedisError, OSError, TimeoutError) as exc:
         raise unavailable(type(exc).__name__) from exc
+
+
+async def evicting_policy(url: str, *, seconds: float = 2.0) -> str | None:
+    """The server's ``maxmemory-policy`` when it may evict keys (anything but
+    ``noeviction``); None when it never does, or when it cannot be asked (a managed Redis
+    that refuses CONFIG, a server down: the requests will say so)."""
+    client = open_redis(url, timeout=seconds, decode_responses=True)
+    try:
+        async with asyncio.timeout(seconds):
+            answer = await client.config_get("maxmemory-policy")
+    except (RedisError, OSError, TimeoutError):
+        return None
+    finally:
+        await client.aclose()
+    policy = answer.get("maxmemory-policy") if isinstance(answer, dict) else None
+    return policy if isinstance(policy, str) and policy != "noeviction" else None
+
+
+async def warn_if_evicting(url: str, holds: str) -> None:
+    """Log a warning when the Redis at ``url`` may evict keys under memory pressure: a
+    rate-limit count or an anomaly block evicted early is an allow it should not be
+    (ElastiCache's default policy, volatile-lru, evicts exactly such keys: they have TTLs)."""
+    policy = await evicting_policy(url)
+    if policy is not None:
+        where = URL(url)
+        log.warning(
+            "Redis at %s:%s (%s) evicts keys under memory pressure (maxmemory-policy %s):"
+            " an evicted key is a limit or a block forgotten; set maxmemory-policy noeviction",
+            where.host,
+            where.port,
+            holds,
+            policy,
+        )
