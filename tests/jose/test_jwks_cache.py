@@ -427,3 +427,28 @@ async def test_key_set_document_of_the_wrong_shape_is_refused(
         )
         with pytest.raises(FetchError, match=problem):
             await fetcher.fetch()
+
+
+async def test_key_set_and_discovery_fetches_ask_caches_on_the_way_to_revalidate(
+    serve: Serve, session: aiohttp.ClientSession
+) -> None:
+    # A shared cache between dragoman and the issuer (or an upstream and dragoman) must
+    # not answer a refetch for an unknown kid with the key set it held: a new key would
+    # stay unknown, a removed one would stay trusted, for that cache's max-age.
+    asked: list[str | None] = []
+
+    async def jwks(request: web.Request) -> web.Response:
+        asked.append(request.headers.get("Cache-Control"))
+        return web.json_response({"keys": []})
+
+    async def discovery(request: web.Request) -> web.Response:
+        asked.append(request.headers.get("Cache-Control"))
+        origin = str(request.url.origin())
+        return web.json_response({"issuer": origin, "jwks_uri": origin + "/jwks.json"})
+
+    app = web.Application()
+    app.router.add_get("/jwks.json", jwks)
+    app.router.add_get(DISCOVERY, discovery)
+    async with serve(app) as url:
+        await HttpKeySetFetcher(session=lambda: session, timeout=5.0, issuer=url).fetch()
+    assert asked == ["no-cache", "no-cache"]

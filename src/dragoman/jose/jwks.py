@@ -54,7 +54,9 @@ async def get_json(
             url,
             timeout=aiohttp.ClientTimeout(total=timeout),
             allow_redirects=False,
-            headers={"Accept": "application/json"},
+            # A cache on the way revalidates: a refetch for an unknown kid must see the
+            # key set as it is now, not as a shared cache kept it.
+            headers={"Accept": "application/json", "Cache-Control": "no-cache"},
         ) as response:
             if response.status != 200:
                 raise FetchError(f"{url} answered {response.status}")
