@@ -71,8 +71,8 @@ def serving(
     env: dict[str, str] | None = None,
     stdout_in_log: bool = True,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`dragoman serve --config CONFIG ARGS...`, its log (stderr) in ``log``, with its
-    stdout (the one "listening on" line) unless ``stdout_in_log`` is False; stopped
+    """`dragoman serve --config CONFIG ARGS...`, its log (stderr, the "listening on" line
+    among it) in ``log``, with its stdout unless ``stdout_in_log`` is False; stopped
     (:func:`stop`) when the block ends."""
     with log.open("wb") as sink:
         process = subprocess.Popen(

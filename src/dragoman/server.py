@@ -1,9 +1,16 @@
 """Runs the proxy: one uvloop worker process per core, sharing the port with SO_REUSEPORT.
 
-The parent prepares what must happen once (migrations, the key file), then starts the
-workers, restarts any that die, and passes SIGTERM/SIGINT on for a graceful stop: each
-worker stops accepting, lets in-flight requests finish within ``server.shutdown_timeout``,
-and flushes its audit sink.
+The parent checks and prepares what must happen once (the TLS files and the audit file
+load, migrations, the key file), then starts the workers, restarts any that die, and
+passes SIGTERM/SIGINT on for a graceful stop: each worker stops accepting, lets in-flight
+requests finish within ``server.shutdown_timeout``, and flushes its audit sink. A worker
+that keeps dying as it starts is not restarted forever (:class:`RestartPolicy`): the
+supervisor stops the others and exits 1.
+
+With ``audit.sink = "stdout"`` and several workers, the supervisor makes a lock file the
+workers' :class:`~dragoman.audit.stdout.SharedStdout` take around each write, so
+their lines on the shared stdout never interleave; its own "listening" line is logged
+(stderr), leaving stdout to the audit records.
 
 Metrics (``[metrics]``, docs/metrics.md) and the decision API (``[decision]``,
 docs/decision.md) are served on listeners of their own by every worker.
@@ -34,6 +41,10 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from dragoman import heap
 from dragoman.app import PROXY_KEY, build_app, proxy_runner
+from dragoman.audit.chain import ChainError
+from dragoman.audit.chained import ChainedFileSink
+from dragoman.audit.sink import FileSink
+from dragoman.audit.stdout import LOCK_ENV as STDOUT_LOCK_ENV
 from dragoman.decision import DecisionListener
 from dragoman.keys.factory import KeyConfigError, open_key_ring
 from dragoman.keys.provider import KeyUnavailableError
@@ -78,6 +89,28 @@ def unloadable_tls(settings: Settings) -> str | None:
             ServerTls(tls, listener=key)  # what each worker does with them
         except (OSError, ssl.SSLError, ValueError) as exc:
             return f"{key}: the certificate and key do not load ({exc})"
+    return None
+
+
+def unopenable_audit(settings: Settings) -> str | None:
+    """Why the audit file sink does not open (None: it does, or records go to stdout): a
+    torn or unchained last line (the sink stops until an operator repairs it), a read-only
+    or unwritable directory. Said once, before any worker starts, rather than by every
+    worker as it dies. Opened as a worker opens it (the lock taken, the tail read and
+    checked, the lock released); nothing is written: no signer, so no closing checkpoint."""
+    audit = settings.audit
+    if audit.sink != "file":
+        return None
+    try:
+        if audit.chain:
+            ChainedFileSink(audit.path).close()
+        else:
+            FileSink(audit.path).close()
+    except OSError as exc:
+        repair = (
+            "; repair it first (docs/audit.md, Fail closed)" if isinstance(exc, ChainError) else ""
+        )
+        return f"the audit file {audit.path} cannot be opened ({exc}){repair}"
     return None
 
 
@@ -196,7 +229,7 @@ def _worker_main(
 def run(settings: Settings, *, log_level: str = "INFO", log_format: LogFormat = "text") -> int:
     """Serve until SIGTERM or SIGINT. Returns the exit status."""
     configure_logging(log_level, log_format)
-    refused = unloadable_tls(settings)
+    refused = unloadable_tls(settings) or unopenable_audit(settings)
     if refused is not None:
         log.error("cannot start: %s", refused)
         return 2
@@ -218,11 +251,15 @@ def run(settings: Settings, *, log_level: str = "INFO", log_format: LogFormat = 
     if count > 1 and settings.decision.enabled and settings.decision.port == 0:
         log.error("decision.port 0 (any free port) works with one worker only")
         return 2
-    print(
-        f"dragoman listening on {'https' if settings.server.tls else 'http'}://"
-        f"{settings.server.host}:{settings.server.port}"
-        f" ({count} worker{'s' if count > 1 else ''})",
-        flush=True,
+    # Logged (stderr, in the log's format), not printed: stdout may carry the audit records
+    # (audit.sink = "stdout"), and a capture of it must hold nothing else.
+    log.info(
+        "dragoman listening on %s://%s:%d (%d worker%s)",
+        "https" if settings.server.tls else "http",
+        settings.server.host,
+        settings.server.port,
+        count,
+        "s" if count > 1 else "",
     )
     if count == 1:
         try:
@@ -234,14 +271,42 @@ def run(settings: Settings, *, log_level: str = "INFO", log_format: LogFormat = 
     return _supervise(settings, count, log_level, log_format)
 
 
+class RestartPolicy:
+    """Whether a worker that died is started again. A worker that dies within
+    ``fast_death`` seconds of its start, ``limit`` times in a row, is failing at start (a
+    port another program holds, a dependency that refuses it): restarting it for ever would
+    only hide that. A worker that ran longer than ``fast_death`` before dying clears its
+    count and is restarted."""
+
+    def __init__(self, slots: int, *, limit: int = 5, fast_death: float = 10.0) -> None:
+        self.limit = limit
+        self.fast_death = fast_death
+        self._fast = [0] * slots
+
+    def restart(self, slot: int, ran_for: float) -> bool:
+        """Record that the worker in ``slot`` died after ``ran_for`` seconds; whether to
+        start another."""
+        self._fast[slot] = self._fast[slot] + 1 if ran_for < self.fast_death else 0
+        return self._fast[slot] < self.limit
+
+
 def _supervise(settings: Settings, count: int, log_level: str, log_format: LogFormat) -> int:
     # A fresh directory each run: files left by an earlier run would add its counts.
     metrics_dir = tempfile.mkdtemp(prefix="dragoman-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir  # spawned workers inherit it at their start
+    lock_dir = None
+    if settings.audit.sink == "stdout":
+        # The workers share one stdout: each takes this lock around its write.
+        lock_dir = tempfile.mkdtemp(prefix="dragoman-audit-")
+        lock_file = os.path.join(lock_dir, "stdout.lock")
+        os.close(os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600))
+        os.environ[STDOUT_LOCK_ENV] = lock_file
     try:
         return _supervise_workers(settings, count, log_level, log_format, metrics_dir)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        if lock_dir is not None:
+            shutil.rmtree(lock_dir, ignore_errors=True)
 
 
 def _supervise_workers(
@@ -249,6 +314,9 @@ def _supervise_workers(
 ) -> int:
     context = multiprocessing.get_context("spawn")
     stopping = False
+    status = 0
+    policy = RestartPolicy(count)
+    started: list[float] = []
 
     def start() -> BaseProcess:
         process = context.Process(
@@ -259,30 +327,50 @@ def _supervise_workers(
         process.start()
         return process
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
+    def stop_workers() -> None:
         for process in workers:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
 
-    workers = [start() for _ in range(count)]
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        stop_workers()
+
+    workers: list[BaseProcess] = []
+    for _ in range(count):
+        workers.append(start())
+        started.append(time.monotonic())
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     while not stopping:
         time.sleep(0.5)
         for index, process in enumerate(workers):
-            if not process.is_alive() and not stopping:
-                log.warning("worker %s exited with %s; restarting", process.pid, process.exitcode)
-                if process.pid is not None:
-                    mark_process_dead(process.pid, metrics_dir)  # type: ignore[no-untyped-call]
-                workers[index] = start()
+            if process.is_alive() or stopping:
+                continue
+            if process.pid is not None:
+                mark_process_dead(process.pid, metrics_dir)  # type: ignore[no-untyped-call]
+            if not policy.restart(index, time.monotonic() - started[index]):
+                log.error(
+                    "worker %s exited with %s: %d workers in a row died within %.0f s of"
+                    " their start (their errors are above); stopping",
+                    process.pid,
+                    process.exitcode,
+                    policy.limit,
+                    policy.fast_death,
+                )
+                stopping, status = True, 1
+                stop_workers()
+                break
+            log.warning("worker %s exited with %s; restarting", process.pid, process.exitcode)
+            workers[index] = start()
+            started[index] = time.monotonic()
     deadline = time.monotonic() + settings.server.shutdown_timeout + 5
     for process in workers:
         process.join(max(0.0, deadline - time.monotonic()))
         if process.is_alive():
             process.kill()
-    return 0
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -29,7 +29,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,6 +46,7 @@ from dragoman.audit.rotation import (
     rotated_files,
     rotated_name,
 )
+from dragoman.audit.stdout import SharedStdout
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +343,8 @@ class ChainedFileSink:
 
 class ChainedStdoutSink:
     """One chain per process on standard output: worker processes sharing a stdout write
-    interleaved chains, each with its own ``chain`` id (``dragoman audit verify --chain``)."""
+    interleaved chains, each with its own ``chain`` id (``dragoman audit verify --chain``),
+    their lines kept whole by :class:`~dragoman.audit.stdout.SharedStdout`."""
 
     def __init__(
         self,
@@ -351,9 +352,11 @@ class ChainedStdoutSink:
         checkpoint_every: int = 0,
         signer: CheckpointSigner | None = None,
         clock: Callable[[], float] = time.time,
+        lock_path: Path | None = None,
     ) -> None:
         self._tail = Tail.genesis()
         self._checkpoints = _Checkpoints("stdout", checkpoint_every, signer, clock)
+        self._stdout = SharedStdout(lock_path)
 
     def write(self, record: dict[str, Any]) -> None:
         self.write_many([record])
@@ -367,12 +370,14 @@ class ChainedStdoutSink:
             if self._checkpoints.due(tail):
                 line, tail = self._checkpoints.line(tail)
                 lines.append(line)
-        sys.stdout.buffer.write(b"".join(lines))
-        sys.stdout.buffer.flush()
+        self._stdout.write(b"".join(lines))
         self._tail = tail
 
     def close(self) -> None:
+        line = b""
         if self._checkpoints.needed_at_end(self._tail):
             line, self._tail = self._checkpoints.line(self._tail)
-            sys.stdout.buffer.write(line)
-        sys.stdout.buffer.flush()
+        try:
+            self._stdout.write(line)
+        finally:
+            self._stdout.close()

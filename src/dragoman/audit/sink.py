@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Protocol
 from dragoman.audit.chained import ChainedFileSink, ChainedStdoutSink
 from dragoman.audit.checkpoint import CheckpointSigner
 from dragoman.audit.redact import OWN_FIELDS, redact_record
+from dragoman.audit.stdout import SharedStdout
 from dragoman.settings import AuditSettings
 
 
@@ -78,17 +78,22 @@ class FileSink:
 
 
 class StdoutSink:
-    """Unchained JSON lines on standard output."""
+    """Unchained JSON lines on standard output (kept whole: :class:`SharedStdout`)."""
+
+    def __init__(self, lock_path: Path | None = None) -> None:
+        self._stdout = SharedStdout(lock_path)
 
     def write(self, record: dict[str, Any]) -> None:
         self.write_many([record])
 
     def write_many(self, records: list[dict[str, Any]]) -> None:
-        sys.stdout.buffer.write(b"".join(encode(record) for record in records))
-        sys.stdout.buffer.flush()
+        self._stdout.write(b"".join(encode(record) for record in records))
 
     def close(self) -> None:
-        sys.stdout.buffer.flush()
+        try:
+            self._stdout.write(b"")
+        finally:
+            self._stdout.close()
 
 
 __all__ = ["OWN_FIELDS", "AuditSink", "FileSink", "StdoutSink", "encode", "open_audit_sink"]
