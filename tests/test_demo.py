@@ -36,8 +36,9 @@ def test_the_scripted_walk_through_passes() -> None:
 
 
 async def wait_until_up(url: str) -> None:
+    # A readiness wait, not a speed check: a loaded CI machine starts the demo slowly.
     async with aiohttp.ClientSession() as http:
-        for _ in range(200):
+        for _ in range(1200):
             try:
                 async with http.get(url) as response:
                     if response.status == 200:
