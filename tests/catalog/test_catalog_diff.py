@@ -83,6 +83,17 @@ def test_changed_bindings_are_listed() -> None:
     ]
 
 
+def test_a_binding_made_report_only_is_listed() -> None:
+    # It no longer refuses anything: a reviewer of the diff must see that.
+    enforced = operation(customer=[{"location": "path", "name": "customer_id"}])
+    reported = operation(
+        customer=[{"location": "path", "name": "customer_id", "report_only": True}]
+    )
+    assert diff_catalogs([enforced], [reported]) == [
+        "bindings cards.get: path customer_id -> path customer_id (report-only)"
+    ]
+
+
 def test_differences_come_removed_then_added_then_changed_by_id() -> None:
     old = [operation("b"), operation("a", path="/a"), operation("z", path="/z")]
     new = [

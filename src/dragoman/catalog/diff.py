@@ -51,13 +51,16 @@ def load_catalog(path: Path) -> list[OperationSettings]:
 
 def _bindings(op: OperationSettings) -> str:
     places = sorted(
-        (b.location, b.name.lower() if b.location == "header" else b.name, b.mode)
+        (b.location, b.name.lower() if b.location == "header" else b.name, b.mode, b.report_only)
         for b in op.bindings
     )
     if not places:
         return "none"
     return ", ".join(
-        f"{loc} {name}" + (" (inject)" if mode == "inject" else "") for loc, name, mode in places
+        f"{loc} {name}"
+        + (" (inject)" if mode == "inject" else "")
+        + (" (report-only)" if report_only else "")
+        for loc, name, mode, report_only in places
     )
 
 
