@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from binding_support import ALICE, Answer, Recorder, audit, overrides, send
+from binding_support import ALICE, JSON, Answer, Recorder, audit, overrides, send
 from dragoman.demo.runner import DemoStack
 
 
@@ -89,6 +89,18 @@ REFUSED: dict[str, tuple[str, tuple[tuple[str, str], ...], tuple[int, str, str]]
         (),
         (400, "path_invalid", "path_invalid"),
     ),
+    # A framework merges the query's parameters with the path's: the query must not name
+    # another customer for a path binding either.
+    "path-other-customer-also-in-the-query": (
+        "/v1/customers/cus_alice/things?customer_id=cus_bob",
+        (),
+        (*MISMATCH, "customer_other"),
+    ),
+    "path-customer-also-in-the-query-in-a-php-spelling": (
+        "/v1/customers/cus_alice/things?customer[id=cus_bob",
+        (),
+        (*MISMATCH, "customer_ambiguous"),
+    ),
     # -- query, enforce --------------------------------------------------------------------
     "query-absent": ("/query/things?x=1", (), (*MISMATCH, "customer_absent")),
     "query-other-customer": (
@@ -152,6 +164,41 @@ REFUSED: dict[str, tuple[str, tuple[tuple[str, str], ...], tuple[int, str, str]]
         (),
         (*MISMATCH, "customer_ambiguous"),
     ),
+    "query-unclosed-bracket-read-by-php-as-the-same": (
+        "/query/things?customer_id=cus_alice&customer[id=cus_bob",
+        (),
+        (*MISMATCH, "customer_ambiguous"),
+    ),
+    "query-name-cut-by-php-at-a-nul": (
+        "/query/things?customer_id=cus_alice&customer_id%00=cus_bob",
+        (),
+        (*MISMATCH, "customer_ambiguous"),
+    ),
+    "query-leading-bracket-dropped-by-rack": (
+        "/query/things?customer_id=cus_alice&[customer_id=cus_bob",
+        (),
+        (*MISMATCH, "customer_ambiguous"),
+    ),
+    "query-trailing-bracket-dropped-by-rack": (
+        "/query/things?customer_id=cus_alice&customer_id]=cus_bob",
+        (),
+        (*MISMATCH, "customer_ambiguous"),
+    ),
+    "query-bracketed-name-read-by-rack-and-qs-as-the-same": (
+        "/query/things?customer_id=cus_alice&[customer_id]=cus_bob",
+        (),
+        (*MISMATCH, "customer_ambiguous"),
+    ),
+    "query-nested-under-the-name-after-a-closing-bracket": (
+        "/query/things?customer_id=cus_alice&customer_id]x=cus_bob",
+        (),
+        (*MISMATCH, "customer_ambiguous"),
+    ),
+    "query-inject-unclosed-bracket-alone": (
+        "/query-inject/things?customer[id=cus_bob",
+        (),
+        (*MISMATCH, "customer_ambiguous"),
+    ),
     "query-plus-read-two-ways": (
         "/query/things?customer_id=cus+alice",
         (),
@@ -182,6 +229,22 @@ REFUSED: dict[str, tuple[str, tuple[tuple[str, str], ...], tuple[int, str, str]]
         "/query-inject/things?customer_id[]=cus_bob",
         (),
         (*MISMATCH, "customer_ambiguous"),
+    ),
+    # -- method override in the query (Symfony, Laravel, Rails run _method's method) -------
+    "method-override-in-the-query": (
+        "/query/things?customer_id=cus_alice&_method=DELETE",
+        (),
+        (400, "bad_request", "override_parameter"),
+    ),
+    "method-override-percent-encoded-in-the-query": (
+        "/query/things?customer_id=cus_alice&%5Fmethod=DELETE",
+        (),
+        (400, "bad_request", "override_parameter"),
+    ),
+    "method-override-dotted-read-by-php-as-the-same": (
+        "/query/things?customer_id=cus_alice&.method=DELETE",
+        (),
+        (400, "bad_request", "override_parameter"),
     ),
     # -- header, enforce -------------------------------------------------------------------
     "header-absent": ("/header/things", (), (*MISMATCH, "customer_absent")),
@@ -243,6 +306,120 @@ async def test_a_request_naming_the_customer_wrongly_is_refused_and_nothing_is_f
     assert upstream.received == []
 
 
+FORM = (("Content-Type", "application/x-www-form-urlencoded"),)
+MULTIPART = (("Content-Type", "multipart/form-data; boundary=b0undary"),)
+OVERRIDE = (400, "bad_request", "override_parameter")
+
+
+def multipart(*heads: str) -> bytes:
+    parts = [f"--b0undary\r\n{head}\r\n\r\nDELETE\r\n" for head in heads]
+    return ("".join(parts) + "--b0undary--\r\n").encode()
+
+
+# (path and query as sent, headers, body) -> (status, code, reason): writes.
+REFUSED_WRITES: dict[str, tuple[str, tuple[tuple[str, str], ...], bytes, tuple[int, str, str]]] = {
+    "method-override-in-the-query-of-a-post": (
+        "/plain/things?_method=DELETE",
+        JSON,
+        b'{"a": 1}',
+        OVERRIDE,
+    ),
+    "method-override-in-a-form-body": ("/plain/things", FORM, b"a=1&_method=DELETE", OVERRIDE),
+    "method-override-in-a-form-body-in-upper-case": (
+        "/plain/things",
+        FORM,
+        b"_METHOD=DELETE",
+        OVERRIDE,
+    ),
+    "method-override-in-a-form-body-percent-encoded": (
+        "/plain/things",
+        FORM,
+        b"%5Fmethod=DELETE",
+        OVERRIDE,
+    ),
+    "method-override-in-a-body-without-a-content-type-read-by-rack-as-a-form": (
+        "/plain/things",
+        (),
+        b"_method=DELETE",
+        OVERRIDE,
+    ),
+    "method-override-in-a-form-body-behind-a-type-list": (
+        "/plain/things",
+        (("Content-Type", "application/x-www-form-urlencoded, application/json"),),
+        b"_method=DELETE",
+        OVERRIDE,
+    ),
+    "method-override-in-a-body-whose-type-the-connection-header-drops": (
+        "/plain/things",
+        (*JSON, ("Connection", "Content-Type")),
+        b"_method=DELETE",
+        OVERRIDE,
+    ),
+    "method-override-in-a-multipart-body": (
+        "/plain/things",
+        MULTIPART,
+        multipart('Content-Disposition: form-data; name="_method"'),
+        OVERRIDE,
+    ),
+    "method-override-in-a-multipart-head-folded-over-two-lines": (
+        "/plain/things",
+        MULTIPART,
+        multipart('Content-Disposition: form-data;\r\n name="_method"'),
+        OVERRIDE,
+    ),
+    "method-override-in-a-multipart-body-with-a-quoted-boundary": (
+        "/plain/things",
+        (("Content-Type", 'multipart/form-data; boundary="b0undary"'),),
+        multipart('Content-Disposition: form-data; name="_method"'),
+        OVERRIDE,
+    ),
+    # Rails merges the query's parameters over the body's: the query's customer wins.
+    "body-other-customer-in-the-query": (
+        "/body/things?customer=cus_bob",
+        JSON,
+        b'{"customer": "cus_alice"}',
+        (*MISMATCH, "customer_other"),
+    ),
+    "body-customer-in-the-query-in-an-array-form": (
+        "/body/things?customer[]=cus_bob",
+        JSON,
+        b'{"customer": "cus_alice"}',
+        (*MISMATCH, "customer_ambiguous"),
+    ),
+    "body-inject-other-customer-in-the-query": (
+        "/body-inject/things?customer=cus_bob",
+        JSON,
+        b"{}",
+        (*MISMATCH, "customer_other"),
+    ),
+    "nested-body-object-replaced-by-the-query": (
+        "/body-nested/things?owner[customer]=cus_bob",
+        JSON,
+        b'{"owner": {"customer": "cus_alice"}}',
+        (*MISMATCH, "customer_ambiguous"),
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("path_qs", "headers", "body", "expected"),
+    REFUSED_WRITES.values(),
+    ids=REFUSED_WRITES.keys(),
+)
+async def test_a_write_naming_another_method_or_customer_is_refused_and_nothing_is_forwarded(
+    bound: tuple[Recorder, DemoStack],
+    http: aiohttp.ClientSession,
+    path_qs: str,
+    headers: tuple[tuple[str, str], ...],
+    body: bytes,
+    expected: tuple[int, str, str],
+) -> None:
+    upstream, stack = bound
+    answer = await send(http, stack, "POST", path_qs, headers=headers, body=body)
+    assert refusal(answer, stack) == expected
+    assert upstream.received == []
+
+
 async def test_a_customer_mismatch_names_its_reason_in_the_problem_detail(
     bound: tuple[Recorder, DemoStack], http: aiohttp.ClientSession
 ) -> None:
@@ -286,6 +463,16 @@ async def test_the_mapped_customer_in_the_query_passes_unchanged(
     assert answer.status == 200
     assert upstream.received[-1]["path_qs"] == "/query/things?limit=5&customer_id=cus%5Falice"
     assert upstream.received[-1]["query"] == [["limit", "5"], ["customer_id", ALICE]]
+
+
+async def test_parameters_that_only_begin_like_the_bound_name_are_not_read_as_it(
+    bound: tuple[Recorder, DemoStack], http: aiohttp.ClientSession
+) -> None:
+    upstream, stack = bound
+    path_qs = "/query/things?customer_id=cus_alice&customer_id_type=x&customerid=y&customer=z"
+    answer = await send(http, stack, "GET", path_qs)
+    assert answer.status == 200
+    assert upstream.received[-1]["path_qs"] == path_qs
 
 
 async def test_inject_mode_adds_the_mapped_customer_to_the_query(
@@ -342,3 +529,56 @@ async def test_inject_mode_keeps_a_header_that_names_the_mapped_customer_once(
     )
     assert answer.status == 200
     assert upstream.header("X-Customer-Id") == [ALICE]
+
+
+async def test_the_mapped_customer_in_the_path_passes_when_the_query_names_it_too(
+    bound: tuple[Recorder, DemoStack], http: aiohttp.ClientSession
+) -> None:
+    upstream, stack = bound
+    answer = await send(http, stack, "GET", "/v1/customers/cus_alice/things?customer_id=cus_alice")
+    assert answer.status == 200
+    assert (
+        upstream.received[-1]["path_qs"] == "/v1/customers/cus_alice/things?customer_id=cus_alice"
+    )
+
+
+async def test_the_mapped_customer_in_the_body_passes_when_the_query_names_it_too(
+    bound: tuple[Recorder, DemoStack], http: aiohttp.ClientSession
+) -> None:
+    upstream, stack = bound
+    body = b'{"customer": "cus_alice"}'
+    answer = await send(
+        http, stack, "POST", "/body/things?customer=cus_alice", headers=JSON, body=body
+    )
+    assert answer.status == 200
+    assert upstream.received[-1]["body"] == body.decode()
+
+
+async def test_a_query_parameter_named_method_without_the_underscore_passes(
+    bound: tuple[Recorder, DemoStack], http: aiohttp.ClientSession
+) -> None:
+    upstream, stack = bound
+    answer = await send(http, stack, "GET", "/query/things?customer_id=cus_alice&method=card")
+    assert answer.status == 200
+    assert upstream.received[-1]["path_qs"] == "/query/things?customer_id=cus_alice&method=card"
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        (FORM, b"a=1&method=card"),
+        (MULTIPART, multipart('Content-Disposition: form-data; name="a"')),
+    ],
+    ids=["form", "multipart"],
+)
+async def test_a_form_write_without_a_method_override_is_forwarded_as_sent(
+    bound: tuple[Recorder, DemoStack],
+    http: aiohttp.ClientSession,
+    headers: tuple[tuple[str, str], ...],
+    body: bytes,
+) -> None:
+    upstream, stack = bound
+    answer = await send(http, stack, "POST", "/plain/things", headers=headers, body=body)
+    assert answer.status == 200
+    assert upstream.received[-1]["body"] == body.decode()
+    assert upstream.header("Content-Type") == [headers[0][1]]

@@ -431,6 +431,7 @@ async def test_chunk_extensions_never_reach_the_upstream(
         b"POST " + ALICE_PATH + b" HTTP/1.1",
         bearer(proxy),
         b"Transfer-Encoding: chunked",
+        b"Content-Type: application/json",  # streamed (a body of no type is read whole)
         b"Connection: close",
         body=b"3;name=value\r\nabc\r\n0\r\n\r\n",
     )
@@ -445,6 +446,7 @@ async def test_request_trailers_never_reach_the_upstream(
         b"POST " + ALICE_PATH + b" HTTP/1.1",
         bearer(proxy),
         b"Transfer-Encoding: chunked",
+        b"Content-Type: application/json",  # streamed (a body of no type is read whole)
         b"Connection: close",
         body=b"3\r\nabc\r\n0\r\nAuthorization: Bearer forged\r\nX-Customer-Id: cus_bob\r\n\r\n",
     )

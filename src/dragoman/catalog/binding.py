@@ -25,14 +25,32 @@ what the caller sent), it cannot rewrite the query or the body, so an inject bin
 is enforced (``rewrites=False``); a header it injects is handed to the gateway.
 Refusals are 403 ``customer_mismatch`` with reason ``customer_absent``, ``customer_other`` or
 ``customer_ambiguous``; nothing is forwarded. Values are compared in constant time.
+
+A path or body binding is also checked against the query: frameworks merge the query's
+parameters with the path's and the body's (Rails lets the query's win over the body's), so
+a query that names the binding's parameter (a path binding's name, a body pointer's last
+member; for a nested pointer also its first, whose whole object a query ``owner[...]``
+replaces in a shallow merge), in any spelling :func:`read_parameter` counts, must name the
+mapped customer, once and plainly, or the request is refused (``customer_other``,
+``customer_ambiguous``).
+
+Independently of the bindings, a POST whose body a framework reads as a form (a
+``application/x-www-form-urlencoded`` or ``multipart/...`` Content-Type, or none, which Rack
+reads as a form) is buffered within ``server.max_body_bytes`` and refused 400
+``bad_request``, reason ``override_parameter``, when it holds a ``_method`` field (Rack's
+``MethodOverride``, Symfony and Laravel run that method instead of the request line's):
+see :func:`refuse_form_override`.
 """
 
 from __future__ import annotations
 
 import hmac
+import re
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
+from aiohttp.helpers import parse_mimetype
 
 from dragoman.catalog.binding_json import (
     ABSENT,
@@ -47,6 +65,7 @@ from dragoman.catalog.binding_json import (
 )
 from dragoman.catalog.binding_query import read_parameter, with_parameter
 from dragoman.catalog.model import CustomerBinding
+from dragoman.catalog.stage import OVERRIDE_PARAMETER, override_refusal
 from dragoman.pipeline.body import next_chunk
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import (
@@ -67,6 +86,71 @@ _DETAILS = {
         " differently; name it once, plainly."
     ),
 }
+
+
+_FORM_TYPE = "application/x-www-form-urlencoded"
+_MEDIA_SEPARATORS = re.compile(r"[;,]")
+# Rack's reading of a multipart boundary (quotes optional, ends at a quote, ; or ,).
+_RACK_BOUNDARY = re.compile(r"\Amultipart/.*?boundary=\"?([^\";,]+)\"?", re.IGNORECASE | re.DOTALL)
+
+
+def _read_as_form(request: web.Request) -> bool:
+    """Whether some framework reads this POST's body as a form: a form or multipart type
+    in any element of its Content-Type (Rack cuts the type at ``;`` *or* ``,``), or no type
+    at all (Rack reads a POST without one as a form), also when the caller's Connection
+    header would have the type dropped on the way."""
+    types = request.headers.getall("Content-Type", [])
+    dropped = any(
+        "content-type" in value.lower() for value in request.headers.getall("Connection", [])
+    )
+    if dropped or not types or not "".join(types).strip():
+        return True
+    for value in types:
+        for element in _MEDIA_SEPARATORS.split(value.lower()):
+            media = element.strip()
+            if media == _FORM_TYPE or media.startswith("multipart/"):
+                return True
+    return False
+
+
+def _boundaries(content_type: str) -> set[bytes]:
+    """The multipart boundary as aiohttp and as Rack read it (they may differ)."""
+    found: set[bytes] = set()
+    try:
+        boundary = parse_mimetype(content_type).parameters.get("boundary")
+    except ValueError:  # pragma: no cover - parse_mimetype reads anything
+        boundary = None
+    if boundary:
+        found.add(boundary.encode("utf-8", "surrogateescape"))
+    if match := _RACK_BOUNDARY.match(content_type):
+        found.add(match.group(1).encode("utf-8", "surrogateescape"))
+    return found
+
+
+def _heads_name_method(body: bytes, content_type: str) -> bool:
+    """Whether a part head of multipart ``body`` (the lines after a delimiter, up to the
+    first blank line) mentions ``method`` in any case or percent-encoding: a part head
+    holds only headers, and a field name PHP or Rack read as ``_method`` has it."""
+    for boundary in _boundaries(content_type):
+        for piece in body.split(b"--" + boundary)[1:]:
+            ends = [i for i in (piece.find(b"\r\n\r\n"), piece.find(b"\n\n")) if i >= 0]
+            head = piece[: min(ends)] if ends else piece
+            if b"method" in unquote_to_bytes(head).lower():
+                return True
+    return False
+
+
+def refuse_form_override(request: web.Request, body: bytes) -> None:
+    """400 ``override_parameter`` for a form body holding a ``_method`` field, in any
+    spelling :func:`read_parameter` counts (multipart: any part head naming ``method``)."""
+    content_type = request.headers.get("Content-Type", "")
+    if "multipart/" in content_type.lower():
+        if _heads_name_method(body, content_type):
+            raise override_refusal()
+        return
+    reading = read_parameter(body.decode("latin-1"), OVERRIDE_PARAMETER)
+    if reading.ambiguous or reading.value is not None:
+        raise override_refusal()
 
 
 def refuse(reason: str) -> CustomerMismatch:
@@ -122,16 +206,40 @@ class CustomerBindingStage:
                 # (PayloadTooLarge) or that stopped arriving (BodyTimeout) is half read,
                 # and refused whatever the mode.
                 report(ctx, binding.rule(ctx.operation.id), denial)
+        await self._form_override(ctx)
+
+    async def _form_override(self, ctx: RequestContext) -> None:
+        """A POST read as a form is buffered (within the limit) and refused when it holds
+        ``_method`` (see the module's docstring). What is forwarded is the checked bytes,
+        with the Content-Type they were checked under."""
+        request = ctx.request
+        # Rack's MethodOverride, Symfony, Laravel and Express' method-override read a
+        # body's `_method` on a POST only.
+        if ctx.method != "POST" or not request.body_exists or not _read_as_form(request):
+            return
+        if ctx.forward_body is None:
+            self._check_no_coding(request)
+            ctx.forward_body = await self._read(request)
+            if self._rewrites and "Content-Type" in request.headers:
+                ctx.forward_headers["Content-Type"] = request.headers["Content-Type"]
+        refuse_form_override(request, ctx.forward_body)
 
     async def _check(self, ctx: RequestContext, binding: CustomerBinding, customer: str) -> None:
         if binding.location == "path":
             if not _same(ctx.path_params[binding.name], customer):
                 raise refuse("customer_other")
+            self._query_agrees(ctx, binding.name, customer)
         elif binding.location == "query":
             self._query(ctx, binding, customer, self._rewrites)
         elif binding.location == "header":
             self._header(ctx, binding, customer)
         else:
+            tokens = [token for token in pointer_tokens(binding.name) if token]
+            if len(tokens) > 1:
+                # A query `owner[...]` replaces the body's whole `owner` in a shallow merge.
+                self._query_agrees(ctx, tokens[0], customer, nested=True)
+            if tokens:
+                self._query_agrees(ctx, tokens[-1], customer)
             await self._body(ctx, binding, customer)
 
     # -- query -----------------------------------------------------------------------------
@@ -140,9 +248,7 @@ class CustomerBindingStage:
     def _query(
         ctx: RequestContext, binding: CustomerBinding, customer: str, rewrites: bool
     ) -> None:
-        query = ctx.forward_query
-        if query is None:
-            query = ctx.request.raw_path.partition("?")[2]
+        query = CustomerBindingStage._query_raw(ctx)
         reading = read_parameter(query, binding.name)
         if reading.ambiguous:
             raise refuse("customer_ambiguous")
@@ -151,6 +257,26 @@ class CustomerBindingStage:
                 raise refuse("customer_absent")
             ctx.forward_query = with_parameter(query, binding.name, customer)
         elif not _same(reading.value, customer):
+            raise refuse("customer_other")
+
+    @staticmethod
+    def _query_raw(ctx: RequestContext) -> str:
+        query = ctx.forward_query
+        if query is None:
+            query = ctx.request.raw_path.partition("?")[2]
+        return query
+
+    @classmethod
+    def _query_agrees(
+        cls, ctx: RequestContext, name: str, customer: str, *, nested: bool = False
+    ) -> None:
+        """A path or body binding's parameter, when the query names it too (frameworks
+        merge the two), must be the mapped customer, once and plainly; ``nested``: the
+        query must not name it at all (it would replace an object holding the customer)."""
+        reading = read_parameter(cls._query_raw(ctx), name)
+        if reading.ambiguous or (nested and reading.value is not None):
+            raise refuse("customer_ambiguous")
+        if reading.value is not None and not _same(reading.value, customer):
             raise refuse("customer_other")
 
     # -- header ----------------------------------------------------------------------------
@@ -233,6 +359,12 @@ class CustomerBindingStage:
         charset = request.charset
         if charset is not None and charset.lower() not in ("utf-8", "utf8"):
             raise UnsupportedMediaType("charset_unsupported")
+        CustomerBindingStage._check_no_coding(request)
+
+    @staticmethod
+    def _check_no_coding(request: web.Request) -> None:
+        """415 for a content coding: aiohttp would decode it while reading, and what was
+        checked would not be the bytes forwarded under that Content-Encoding."""
         coding = request.headers.getall("Content-Encoding", [])
         if any(c.strip().lower() != "identity" for c in coding):
             raise UnsupportedMediaType("content_encoding_unsupported")
