@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from dragoman.keys.factory import open_key_ring
 from dragoman.keys.sealing import new_master_key
@@ -383,3 +387,170 @@ def test_rotate_from_a_host_within_the_skew_limit_schedules_the_successor(
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["state"] == "pending"
     assert "clock" not in result.stderr
+
+
+# -- replacing the master key (docs/keys.md) -----------------------------------------------------
+
+
+def settings_with_a_new_master_key(
+    dragoman: Any, write_settings: Any, database_url: str, tmp_path: Path
+) -> Path:
+    """The same settings, with a master key made by `dragoman keys new-master-key`."""
+    made = dragoman("keys", "new-master-key")
+    assert made.returncode == 0, made.stderr
+    key_file = tmp_path / "new-master.key"
+    key_file.write_text(made.stdout, "utf-8")
+    key_file.chmod(0o600)
+
+    def use_new_key(data: dict[str, Any]) -> None:
+        data["keys"]["master_key_file"] = str(key_file)
+
+    return write_settings(database_url, edit=use_new_key, name="new.toml")  # type: ignore[no-any-return]
+
+
+def signed_by_a_proxy(config: Path) -> tuple[str, bool]:
+    """A proxy started with ``config`` signs: the kid it signed with, and whether the
+    signature verifies under that key's published JWK (checked with cryptography)."""
+    settings = load_settings(config)
+    data = b"eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJjdXNfYWxpY2UifQ"
+
+    async def go() -> tuple[str, bool]:
+        engine = make_engine(settings.store.database_url, pool_size=1)
+        try:
+            ring = open_key_ring(settings.keys, settings.store, engine)
+            try:
+                await ring.settle()
+                key, signature = await ring.sign(lambda key: data)
+            finally:
+                await ring.close()
+        finally:
+            await engine.dispose()
+        x, y = (
+            int.from_bytes(base64.urlsafe_b64decode(key.public_jwk[c] + "=="), "big")
+            for c in ("x", "y")
+        )
+        public = ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
+        der = encode_dss_signature(
+            int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+        )
+        try:
+            public.verify(der, data, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            return key.kid, False
+        return key.kid, True
+
+    return asyncio.run(go())
+
+
+def test_master_key_replacement_as_documented_ends_with_one_current_key_under_the_new_one(
+    dragoman: Any,
+    write_settings: Any,
+    database_url: str,
+    config: Path,
+    tmp_path: Path,
+    first_kid: str,
+) -> None:
+    # A key set with a previous, a current and a pending key, all under the old master key.
+    assert dragoman("keys", "rotate", "--now", "-c", config).returncode == 0
+    assert dragoman("keys", "rotate", "-c", config).returncode == 0
+    new = settings_with_a_new_master_key(dragoman, write_settings, database_url, tmp_path)
+    [current] = [k["kid"] for k in listed(dragoman, new) if k["state"] == "current"]
+    retired = dragoman("keys", "retire", "-c", new, "--new-master-key", "--kid", current)
+    assert retired.returncode == 0, retired.stderr
+    for key in listed(dragoman, new):
+        if key["state"] == "previous":
+            result = dragoman("keys", "retire", "-c", new, "--kid", key["kid"])
+            assert result.returncode == 0, result.stderr
+    keys = listed(dragoman, new)
+    assert [k["state"] for k in keys] == ["retired"] * 3 + ["current"]
+    assert signed_by_a_proxy(new) == (keys[-1]["kid"], True)
+
+
+def test_rotate_now_with_new_master_key_makes_a_current_key_once_every_key_is_retired(
+    dragoman: Any,
+    write_settings: Any,
+    database_url: str,
+    tmp_path: Path,
+    first_kid: str,
+) -> None:
+    new = settings_with_a_new_master_key(dragoman, write_settings, database_url, tmp_path)
+    refused = dragoman("keys", "retire", "-c", new, "--kid", first_kid)  # without the flag
+    assert refused.returncode == 2
+    assert "--new-master-key" in refused.stderr
+    assert [k["state"] for k in listed(dragoman, new)] == ["retired"]
+    result = dragoman("keys", "rotate", "--now", "--new-master-key", "-c", new)
+    assert result.returncode == 0, result.stderr
+    made = json.loads(result.stdout)
+    assert made["state"] == "current"
+    assert signed_by_a_proxy(new) == (made["kid"], True)
+
+
+def test_new_master_key_flag_adds_no_key_while_a_key_can_sign(
+    dragoman: Any,
+    write_settings: Any,
+    database_url: str,
+    config: Path,
+    tmp_path: Path,
+    first_kid: str,
+) -> None:
+    wrong = settings_with_a_new_master_key(dragoman, write_settings, database_url, tmp_path)
+    result = dragoman("keys", "rotate", "--now", "--new-master-key", "-c", wrong)
+    assert result.returncode == 2
+    assert "does not open the key that signs now or next" in result.stderr
+    assert [k["kid"] for k in listed(dragoman, config)] == [first_kid]
+
+
+def test_the_old_master_key_adds_no_key_once_it_is_replaced(
+    dragoman: Any,
+    write_settings: Any,
+    database_url: str,
+    config: Path,
+    tmp_path: Path,
+    first_kid: str,
+) -> None:
+    new = settings_with_a_new_master_key(dragoman, write_settings, database_url, tmp_path)
+    replaced = dragoman("keys", "retire", "-c", new, "--new-master-key", "--kid", first_kid)
+    assert replaced.returncode == 0, replaced.stderr
+    before = [k["kid"] for k in listed(dragoman, new)]
+    result = dragoman("keys", "rotate", "--now", "-c", config)
+    assert result.returncode == 2
+    assert "master key" in result.stderr
+    assert [k["kid"] for k in listed(dragoman, new)] == before
+
+
+# -- retiring with another provider's settings ---------------------------------------------------
+
+
+def test_retire_with_another_providers_settings_exits_2_naming_the_key_left_enabled(
+    dragoman: Any, write_settings: Any, database_url: str, config: Path, first_kid: str
+) -> None:
+    assert dragoman("keys", "rotate", "--now", "-c", config).returncode == 0  # first: previous
+
+    def use_pkcs11(data: dict[str, Any]) -> None:
+        data["keys"]["provider"] = "pkcs11"
+        data["keys"]["pkcs11"] = {"pin": "not-used-here"}  # the token is never reached
+
+    hsm = write_settings(database_url, edit=use_pkcs11, name="hsm.toml")
+    result = dragoman("keys", "retire", "-c", hsm, "--kid", first_kid)
+    assert result.returncode == 2
+    assert json.loads(result.stdout)["state"] == "retired"  # the retirement stands
+    assert (
+        f"warning: key {first_kid} is retired but still enabled at the local provider ({first_kid})"
+    ) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_retire_again_with_the_keys_own_provider_settings_disables_it_and_exits_0(
+    dragoman: Any, write_settings: Any, database_url: str, config: Path, first_kid: str
+) -> None:
+    assert dragoman("keys", "rotate", "--now", "-c", config).returncode == 0
+
+    def use_pkcs11(data: dict[str, Any]) -> None:
+        data["keys"]["provider"] = "pkcs11"
+        data["keys"]["pkcs11"] = {"pin": "not-used-here"}  # the token is never reached
+
+    hsm = write_settings(database_url, edit=use_pkcs11, name="hsm.toml")
+    assert dragoman("keys", "retire", "-c", hsm, "--kid", first_kid).returncode == 2
+    again = dragoman("keys", "retire", "-c", config, "--kid", first_kid)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr == ""

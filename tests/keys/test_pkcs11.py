@@ -499,6 +499,29 @@ async def test_a_key_the_token_will_not_destroy_loses_its_right_to_sign(
         assert private[Attribute.SIGN] is False
 
 
+async def test_a_signature_that_does_not_verify_under_the_keys_public_key_is_refused(
+    token: SoftHsmToken, providers: Callable[..., Pkcs11Provider]
+) -> None:
+    # Someone logged in to the token puts another private key under the key's label (its
+    # public object stays): the token signs with it, and the provider must not pass that on.
+    maker = providers()
+    key = await maker.create_key()
+    await maker.close()
+    with token.session() as session:
+        for private in private_objects(session, key.ref):
+            private.destroy()
+        session.generate_keypair(
+            KeyType.EC,
+            label=key.ref + "-other",
+            store=True,
+            capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
+            public_template={Attribute.EC_PARAMS: P256_PARAMETERS},
+            private_template={Attribute.LABEL: key.ref, Attribute.EXTRACTABLE: False},
+        )
+    with pytest.raises(KeyUnavailableError, match="does not verify"):
+        await providers().sign(key.ref, DATA)
+
+
 async def test_keys_without_the_prefix_are_not_dragomans(
     token: SoftHsmToken, providers: Callable[..., Pkcs11Provider]
 ) -> None:

@@ -548,6 +548,46 @@ async def test_a_key_its_provider_cannot_disable_is_retired_anyway_and_reported(
     assert first.ref in caplog.text  # what the operator disables by hand
 
 
+async def test_retiring_another_providers_key_reports_it_for_disabling_by_hand(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    # This ring's (local) provider does not hold a pkcs11 key: its disable would change
+    # nothing, and the key would stay able to sign in the HSM.
+    ring, first = await first_key(cluster)
+    hsm_key = dataclasses.replace(
+        first,
+        kid="hsm-kid",
+        generation=2,
+        provider="pkcs11",
+        ref="dragoman-00ff",
+        activates_at=cluster.clock() + PREPUBLISH,
+    )
+    await ring.store.add_successor(hsm_key, first)
+    with caplog.at_level(logging.WARNING, logger="dragoman.keys.ring"):
+        retired = await ring.retire(hsm_key.kid)
+    assert retired.retired_at == cluster.clock()
+    assert ring.left_enabled == [retired]
+    assert "key hsm-kid is retired, but it belongs to the pkcs11 provider" in caplog.text
+    assert "disable dragoman-00ff at the provider by hand" in caplog.text
+
+
+async def test_a_ring_that_made_keys_adds_none_once_the_key_set_moved_to_another_master_key(
+    cluster: Cluster,
+) -> None:
+    old, first = await first_key(cluster)  # its provider has made a key: checked before
+    new_provider = LocalProvider(cluster.engine(), secrets.token_bytes(32), query_timeout=5.0)
+    new = cluster.ring(provider=lambda e: new_provider)
+    await new.refresh()
+    new_provider.allow_new_master_key = True
+    await new.retire(first.kid)  # the master key replacement: a key under the new one
+    replacement = new.current_key()
+    assert replacement is not None
+    await old.refresh()
+    with pytest.raises(KeyUnavailableError, match="master key"):
+        await old.rotate(immediately=True)
+    assert [k.kid for k in await cluster.stored()] == [first.kid, replacement.kid]
+
+
 async def test_retiring_the_previous_key_ends_its_overlap_at_once(cluster: Cluster) -> None:
     ring, first = await first_key(cluster)
     scheduled = await ring.rotate(immediately=True)

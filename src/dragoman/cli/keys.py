@@ -98,6 +98,24 @@ def keys_list(config: Path | None, everything: bool) -> None:
         click.echo(json.dumps(line))
 
 
+NEW_MASTER_KEY_HELP = (
+    "Local provider, master key replacement (docs/keys.md): if no key can sign now or next,"
+    " seal the new key under this master key even though it opens none of the retired keys."
+)
+
+
+def _allow_new_master_key(ring: Any) -> None:
+    """``--new-master-key``: let the local provider seal the next key under the settings'
+    master key once no key can sign (it still refuses while one can)."""
+    if ring.provider.name != "local":
+        click.echo(
+            f"--new-master-key is for the local provider (keys.provider is {ring.provider.name})",
+            err=True,
+        )
+        sys.exit(2)
+    ring.provider.allow_new_master_key = True
+
+
 @keys.command("rotate")
 @config_option
 @click.option(
@@ -107,10 +125,13 @@ def keys_list(config: Path | None, everything: bool) -> None:
     help="Activate at once instead of after keys.prepublish (emergencies: verifiers that "
     "cached the key set refuse new tokens until they fetch it again).",
 )
-def keys_rotate(config: Path | None, immediately: bool) -> None:
+@click.option("--new-master-key", "new_master_key", is_flag=True, help=NEW_MASTER_KEY_HELP)
+def keys_rotate(config: Path | None, immediately: bool, new_master_key: bool) -> None:
     """Schedule the next key (it signs after keys.prepublish); no restart needed."""
 
     async def action(ring: Any) -> tuple[dict[str, Any] | None, str]:
+        if new_master_key:
+            _allow_new_master_key(ring)
         record = await ring.rotate(immediately=immediately)
         if record is not None:
             return _describe(ring, record), ""
@@ -149,14 +170,32 @@ def _already_scheduled(ring: Any, immediately: bool) -> str:
 @keys.command("retire")
 @config_option
 @click.option("--kid", required=True, help="The key to retire (kids may start with '-').")
-def keys_retire(config: Path | None, kid: str) -> None:
-    """Retire a key now: it verifies nothing more; if it was current, a new key takes over."""
+@click.option("--new-master-key", "new_master_key", is_flag=True, help=NEW_MASTER_KEY_HELP)
+def keys_retire(config: Path | None, kid: str, new_master_key: bool) -> None:
+    """Retire a key now: it verifies nothing more; if it was current, a new key takes over.
 
-    async def action(ring: Any) -> dict[str, Any]:
+    Exit 2 (after printing the retired key) if a key it retired is still enabled at its
+    provider: another provider's key (run it again with that provider's settings), or a
+    provider that failed to disable it. The retirement stands either way."""
+
+    async def action(ring: Any) -> tuple[dict[str, Any], list[Any]]:
+        if new_master_key:
+            _allow_new_master_key(ring)
         try:
-            return _describe(ring, await ring.retire(kid))
+            retired = _describe(ring, await ring.retire(kid))
         except LookupError:
             click.echo(f"no key {kid!r}", err=True)
             sys.exit(1)
+        return retired, list(ring.left_enabled)
 
-    click.echo(json.dumps(_on_ring(config, action)))
+    retired, left_enabled = _on_ring(config, action)
+    click.echo(json.dumps(retired))
+    if left_enabled:
+        for record in left_enabled:
+            click.echo(
+                f"warning: key {record.kid} is retired but still enabled at the {record.provider}"
+                f" provider ({record.ref}): run this command again with settings for that"
+                " provider, or disable it there by hand",
+                err=True,
+            )
+        sys.exit(2)

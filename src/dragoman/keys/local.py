@@ -2,8 +2,15 @@
 
 Each private key is stored as PKCS#8 DER sealed with AES-256-GCM under the master key
 (:mod:`dragoman.keys.sealing`), bound to its ref (its RFC 7638 thumbprint), so a sealed key
-copied under another ref does not open. Opened keys are kept in memory for signing; a
-disabled key is refused, whoever asks.
+copied under another ref does not open. Opened keys are kept in memory for signing. A
+disabled key is refused to every provider that has not opened it yet, and at once to the one
+that disabled it; a provider (another instance) that opened it before keeps it in memory.
+That instance stops asking for it when its key ring re-reads the key set and finds the key
+retired: within 3 x ``keys.refresh_interval`` (:mod:`dragoman.keys.ring`), the same window
+as for ``keys rotate --now``.
+
+A new key is sealed only under the master key of the key set (see
+:meth:`LocalProvider._check_master_key`), so that every instance can open it once current.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from dragoman.keys.batch import SignatureBatch
 from dragoman.keys.jwk import ec_public_jwk, thumbprint
 from dragoman.keys.provider import KeyUnavailableError, ProviderKey
 from dragoman.keys.schema import local_signing_keys as t
+from dragoman.keys.schema import signing_keys as key_set
 from dragoman.keys.sealing import Sealer, SealingError
 from dragoman.timeouts import within
 
@@ -33,8 +41,11 @@ class LocalProvider:
         self._sealer = Sealer(master_key)
         self._timeout = query_timeout
         self._opened: dict[str, ec.EllipticCurvePrivateKey] = {}
-        self._master_key_checked = False
         self._signatures = SignatureBatch()
+        self.allow_new_master_key = False
+        """Set by `dragoman keys rotate|retire --new-master-key`: the next key may be sealed
+        under this master key although it opens no key of the key set, if no local key can
+        sign now or next (see :meth:`_check_master_key`). Cleared once a key is made."""
 
     async def _query(self, statement: Any) -> Any:
         async def go() -> Any:
@@ -48,25 +59,58 @@ class LocalProvider:
             raise KeyUnavailableError(f"state store: {type(exc).__name__}") from None
 
     async def _check_master_key(self) -> None:
-        """Refuse to seal new keys under a master key that does not open the newest key
-        already in the store (disabled or not: a retired key was sealed under the same
-        master key): an instance (or `dragoman keys rotate`) with a wrong master key would
-        otherwise add a key that the other instances cannot open once it is current, and
-        none of them could sign."""
-        if self._master_key_checked:
+        """Refuse to seal a new key under a master key that does not open the keys of the
+        key set (``signing_keys``): an instance (or `dragoman keys rotate`) with a wrong
+        master key would otherwise add a key that the other instances cannot open once it
+        is current, and none of them could sign.
+
+        - If a local key can sign now or next (the newest one that is neither retired nor
+          ended: the current key with no successor yet, or its pending successor), the
+          master key must open it: the new key takes over from that one.
+        - Otherwise (no local key can sign: every one retired or ended, or none made yet),
+          the master key must open the newest local key made, retired and disabled ones
+          included, unless :attr:`allow_new_master_key` is set: then this master key starts
+          the key set anew (a master key replacement, docs/keys.md), once. A store without
+          local keys takes any master key.
+
+        Checked at every creation: the key set can move to another master key while this
+        instance runs."""
+        live = await self._query(
+            select(t.c.ref, t.c.sealed)
+            .join(key_set, key_set.c.ref == t.c.ref)
+            .where(
+                key_set.c.provider == self.name,
+                key_set.c.retired_at.is_(None),
+                key_set.c.deactivates_at.is_(None),
+            )
+            .order_by(key_set.c.generation.desc())
+            .limit(1)
+        )
+        if live:
+            self._must_open(live[0], "the key that signs now or next")
             return
-        rows = await self._query(
+        if self.allow_new_master_key:
+            return
+        newest = await self._query(
             select(t.c.ref, t.c.sealed).order_by(t.c.created_at.desc()).limit(1)
         )
-        if rows:
-            try:
-                self._sealer.open(rows[0].sealed, rows[0].ref)
-            except SealingError:
-                raise KeyUnavailableError(
-                    "the master key does not open the keys already in the state store"
-                    " (wrong master key?); no key was made"
-                ) from None
-        self._master_key_checked = True
+        if newest:
+            self._must_open(
+                newest[0],
+                "the newest key",
+                ". No key can sign now: if you are replacing the master key, give the new one"
+                " to every instance, then run `dragoman keys rotate --now --new-master-key`"
+                " with it (docs/keys.md)",
+            )
+
+    def _must_open(self, row: Any, what: str, hint: str = "") -> None:
+        try:
+            self._sealer.open(row.sealed, row.ref)
+        except SealingError:
+            raise KeyUnavailableError(
+                f"the master key does not open {what} in the state store (wrong master key?);"
+                f" no key was made{hint}"
+            ) from None
 
     async def create_key(self) -> ProviderKey:
         await self._check_master_key()
@@ -87,6 +131,7 @@ class LocalProvider:
                 disabled_at=None,
             )
         )
+        self.allow_new_master_key = False
         self._opened[ref] = private
         return ProviderKey(ref, jwk)
 

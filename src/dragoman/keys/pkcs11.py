@@ -8,7 +8,9 @@ destroyed and refused. This module never asks for a private key's value (CKA_VAL
 way to export one: signing is a call into the token.
 
 ES256 with modules that lack CKM_ECDSA_SHA256 (SoftHSM 2.6): SHA-256 is computed here and the
-token signs the digest with CKM_ECDSA, which returns the 64-byte ``r || s`` of JWS.
+token signs the digest with CKM_ECDSA, which returns the 64-byte ``r || s`` of JWS. The private
+key is found by its label, so every signature is verified here against the key's public key
+(read once per ref, and kept) before it is used; one that does not verify is refused.
 
 Disabling a key **destroys its private key object** (the public key object stays, so the key
 is still listed and its public JWK can still be read). Clearing CKA_SIGN instead would not be
@@ -52,7 +54,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pkcs11
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass, SignMixin
 from pkcs11.exceptions import (
     DeviceRemoved,
@@ -202,6 +207,7 @@ class Pkcs11Provider:
         self._login: _Login | None = None
         self._serial = b""
         self._signers: dict[str, SignMixin] = {}
+        self._public_keys: dict[str, ec.EllipticCurvePublicKey] = {}
         self._refused: str | None = None
         self._closed = False
 
@@ -414,12 +420,13 @@ class Pkcs11Provider:
                 raise KeyUnavailableError(
                     "pkcs11: the token did not make the key as asked (" + ", ".join(broken) + ")"
                 )
-            jwk = self._jwk_of(public)
+            key = self._public_of(public)
         except BaseException:
             _quietly(private.destroy)
             _quietly(public.destroy)
             raise
-        return ProviderKey(ref=ref, public_jwk=jwk)
+        self._public_keys[ref] = key
+        return ProviderKey(ref=ref, public_jwk=ec_public_jwk(key))
 
     def _sign(self, session: Session, ref: str, data: bytes) -> bytes:
         digest = hashlib.sha256(data).digest()
@@ -439,7 +446,32 @@ class Pkcs11Provider:
             raise KeyUnavailableError(
                 f"pkcs11: key {ref} gave a {len(signature)}-byte signature, not ES256's 64"
             )
+        # The private object is found by its label, which anyone logged in to the token can
+        # give another key: what it signed must verify under the key's public key.
+        der = encode_dss_signature(
+            int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+        )
+        try:
+            self._public_key(session, ref).verify(der, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+        except InvalidSignature:
+            self._signers.pop(ref, None)
+            raise KeyUnavailableError(
+                f"pkcs11: the signature of key {ref} does not verify under its public key"
+            ) from None
         return signature
+
+    def _public_key(self, session: Session, ref: str) -> ec.EllipticCurvePublicKey:
+        """The public key of ``ref``, read from the token once (when the key was made here,
+        or at its first signature here) and kept (for the last 64 keys read): a public
+        object put under the label later does not replace it."""
+        cached = self._public_keys.get(ref)
+        if cached is not None:
+            return cached
+        key = self._public_of(self._public_object(session, ref))
+        if len(self._public_keys) >= _SIGNER_CACHE:
+            self._public_keys.clear()
+        self._public_keys[ref] = key
+        return key
 
     def _signer(self, session: Session, ref: str) -> SignMixin:
         found = self._objects(session, ObjectClass.PRIVATE_KEY, ref)
@@ -457,22 +489,27 @@ class Pkcs11Provider:
         self._signers[ref] = key
         return key
 
-    def _public_jwk(self, session: Session, ref: str) -> dict[str, Any]:
+    def _public_object(self, session: Session, ref: str) -> Object:
         found = self._objects(session, ObjectClass.PUBLIC_KEY, ref)
         if len(found) != 1:
             if found:
                 raise KeyUnavailableError(f"pkcs11: several public keys are labelled {ref!r}")
             raise KeyUnavailableError(f"pkcs11: unknown key {ref!r}")
-        return self._jwk_of(found[0])
+        return found[0]
 
-    def _jwk_of(self, public: Object) -> dict[str, Any]:
+    def _public_jwk(self, session: Session, ref: str) -> dict[str, Any]:
+        return self._jwk_of(self._public_object(session, ref))
+
+    def _public_of(self, public: Object) -> ec.EllipticCurvePublicKey:
         try:
-            key = public_key_of(
+            return public_key_of(
                 bytes(public[Attribute.EC_PARAMS]), bytes(public[Attribute.EC_POINT])
             )
         except ValueError as exc:
             raise KeyUnavailableError(f"pkcs11: unusable public key ({exc})") from None
-        return ec_public_jwk(key)
+
+    def _jwk_of(self, public: Object) -> dict[str, Any]:
+        return ec_public_jwk(self._public_of(public))
 
     def _list(self, session: Session) -> list[str]:
         refs: set[str] = set()

@@ -77,6 +77,9 @@ class KeyRing:
         behind), as last measured; None where the store has no clock (SQLite)."""
         self.rotations = 0
         """Successors this worker scheduled (for tests and metrics)."""
+        self.left_enabled: list[KeyRecord] = []
+        """Keys this worker retired but could not disable at their provider (for the CLI,
+        which tells the operator to disable them by hand)."""
 
     # -- the view ------------------------------------------------------------------------
 
@@ -350,11 +353,27 @@ class KeyRing:
 
     async def _disable(self, retired: KeyRecord) -> None:
         """Disable a retired key at its provider. The retirement stands either way (no
-        instance signs with it, the JWKS drops it): a provider that cannot disable it now is
-        reported, so that an operator disables it there by hand."""
+        instance signs with it, the JWKS drops it): a key this instance cannot disable (its
+        provider is down, or it is another provider's key, which this instance's provider
+        does not hold) is reported, and kept in :attr:`left_enabled`, so that an operator
+        disables it there by hand."""
+        if retired.provider != self.provider.name:
+            # This provider would not find the key (the local provider's disable of a
+            # pkcs11 label changes nothing): it must not be reported disabled.
+            self.left_enabled.append(retired)
+            log.warning(
+                "key %s is retired, but it belongs to the %s provider, not this instance's"
+                " (%s), so it was not disabled: disable %s at the provider by hand",
+                retired.kid,
+                retired.provider,
+                self.provider.name,
+                retired.ref,
+            )
+            return
         try:
             await self.provider.disable(retired.ref)
         except KeyUnavailableError as exc:
+            self.left_enabled.append(retired)
             log.warning(
                 "key %s is retired, but its provider could not disable it (%s): disable %s"
                 " at the provider by hand",
