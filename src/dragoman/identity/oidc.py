@@ -107,6 +107,7 @@ class IssuerVerifier:
             max_token_bytes=max_token_bytes,
         )
         self._audiences = frozenset(config.audiences)
+        self._clients = frozenset(config.allowed_clients)
 
     async def confirm_key(self, key: TrustedKey) -> bool:
         """Whether a remembered token's key is still in the key set (refreshed on schedule)
@@ -135,6 +136,14 @@ class IssuerVerifier:
         subject = claim(payload, config.principal_claim)
         if not isinstance(subject, str) or not subject:
             raise Unauthenticated("principal_claim_missing", "The token names no principal.")
+        if config.client_claim is not None:
+            client = claim(payload, config.client_claim)
+            if not isinstance(client, str) or not client:
+                raise Unauthenticated("client_claim_missing", "The token names no client.")
+            if self._clients and client not in self._clients:
+                raise Unauthenticated(
+                    "client_not_allowed", "The token was issued to a client not allowed here."
+                )
         account = claim(payload, config.account_claim)
         if account is not None and (not isinstance(account, str) or not account):
             raise Unauthenticated("account_claim_invalid", "The token's account is malformed.")

@@ -10,6 +10,8 @@ Each entry follows the provider's published token format:
   service accounts and consumer accounts: no account then).
 - ``entra``: Microsoft Entra ID v2.0 access tokens for the operator's own API
   (``accessTokenAcceptedVersion: 2``); ``iss`` names the tenant, so ``tenant`` is needed.
+  The client (``azp``) is required: the app registration's own ID tokens have the access
+  tokens' ``iss``, ``aud`` and ``typ`` but no ``azp``.
 - ``kubernetes``: projected service-account tokens; they carry no ``typ`` header and the
   namespace sits in the nested ``kubernetes.io`` object. The issuer is the cluster's own.
 - ``github-actions``: GitHub Actions OIDC tokens; ``sub`` is by default ``repo:OWNER/REPO:...``,
@@ -51,6 +53,9 @@ PROFILES: Mapping[str, Profile] = {
             "principal_claim": "oid",
             "account_claim": "tid",
             "roles_claim": "roles",
+            # v2 access tokens name their client in azp; ID tokens (same iss, aud and typ
+            # when the API's own app registration signs users in) carry none.
+            "client_claim": "azp",
             # Continuous access evaluation makes access tokens of up to 28 hours.
             "max_token_lifetime": 30 * 3600.0,
         },

@@ -73,6 +73,23 @@ class OidcIssuerSettings(Section):
     roles_claim: str | None = Field(
         "roles", description="Claim holding the principal's roles (list or space-separated)."
     )
+    client_claim: str | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "Claim naming the OAuth client the token was issued to (`azp`, `client_id`,"
+            " `appid`); when set, a token without it is refused (401 client_claim_missing)."
+            " The entra profile sets `azp`: an ID token of the same app registration, which"
+            " has no `azp`, is not taken for an access token."
+        ),
+    )
+    allowed_clients: list[str] = Field(
+        [],
+        description=(
+            "When not empty, the client named by `client_claim` must be one of these"
+            " (401 client_not_allowed): only the listed applications may call with a token."
+        ),
+    )
     principal_prefix: str = Field(
         "", description="Prepended to the principal, to keep issuers' namespaces apart."
     )
@@ -131,6 +148,12 @@ class OidcIssuerSettings(Section):
         from dragoman.identity.profiles import apply_profile
 
         return apply_profile(data)
+
+    @model_validator(mode="after")
+    def _clients_need_their_claim(self) -> OidcIssuerSettings:
+        if self.allowed_clients and self.client_claim is None:
+            raise ValueError("allowed_clients: needs client_claim (the claim naming the client)")
+        return self
 
     @field_validator("issuer")
     @classmethod
