@@ -422,9 +422,7 @@ class Forwarder:
     ) -> web.StreamResponse:
         assert self._session is not None, "Forwarder.start() was not awaited"
         request = ctx.request
-        query = ctx.forward_query
-        if query is None:
-            query = request.raw_path.partition("?")[2]
+        query = ctx.query
         url = URL(self._base + ctx.raw_path + ("?" + query if query else ""), encoded=True)
         body: AsyncIterator[bytes] | bytes | None = ctx.forward_body
         if body is None and request.body_exists:

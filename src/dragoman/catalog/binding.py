@@ -248,7 +248,7 @@ class CustomerBindingStage:
     def _query(
         ctx: RequestContext, binding: CustomerBinding, customer: str, rewrites: bool
     ) -> None:
-        query = CustomerBindingStage._query_raw(ctx)
+        query = ctx.query
         reading = read_parameter(query, binding.name)
         if reading.ambiguous:
             raise refuse("customer_ambiguous")
@@ -260,20 +260,13 @@ class CustomerBindingStage:
             raise refuse("customer_other")
 
     @staticmethod
-    def _query_raw(ctx: RequestContext) -> str:
-        query = ctx.forward_query
-        if query is None:
-            query = ctx.request.raw_path.partition("?")[2]
-        return query
-
-    @classmethod
     def _query_agrees(
-        cls, ctx: RequestContext, name: str, customer: str, *, nested: bool = False
+        ctx: RequestContext, name: str, customer: str, *, nested: bool = False
     ) -> None:
         """A path or body binding's parameter, when the query names it too (frameworks
         merge the two), must be the mapped customer, once and plainly; ``nested``: the
         query must not name it at all (it would replace an object holding the customer)."""
-        reading = read_parameter(cls._query_raw(ctx), name)
+        reading = read_parameter(ctx.query, name)
         if reading.ambiguous or (nested and reading.value is not None):
             raise refuse("customer_ambiguous")
         if reading.value is not None and not _same(reading.value, customer):

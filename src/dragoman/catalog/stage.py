@@ -45,7 +45,7 @@ class ResolveOperationStage:
             # No part of a request target (RFC 9112 §3.2): the upstream client drops it, so
             # what is matched and signed here would not be what the upstream is sent.
             raise PathInvalid("path_invalid", "a fragment in the request target")
-        query = ctx.request.raw_path.partition("?")[2]
+        query = ctx.query
         if query:
             refuse_query_override(query)
         try:

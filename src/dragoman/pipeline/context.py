@@ -76,3 +76,11 @@ class RequestContext:
     """Why the request was refused, when it was."""
     would_deny: list[WouldDeny] = field(default_factory=list)
     """What report-only rules would have refused (:mod:`dragoman.pipeline.report_only`)."""
+
+    @property
+    def query(self) -> str:
+        """The raw query string to forward (no ``?``; empty for none): the customer
+        binding's rewrite when it made one, else the caller's as received."""
+        if self.forward_query is not None:
+            return self.forward_query
+        return self.request.raw_path.partition("?")[2]
