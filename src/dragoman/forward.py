@@ -33,6 +33,7 @@ from aiohttp.tracing import Trace
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from dragoman.catalog.overrides import OVERRIDE_HEADERS
 from dragoman.pipeline.body import next_chunk
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import (
@@ -87,20 +88,6 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-OVERRIDE_HEADERS = frozenset(
-    {
-        "x-http-method-override",
-        "x-http-method",
-        "x-method-override",
-        "x-original-url",
-        "x-original-uri",
-        "x-rewrite-url",
-    }
-)
-"""Headers asking the upstream to run another method or path than the one authorised
-(frameworks honour them after the token's ``htm`` and ``htu`` were checked against the
-request line): never forwarded, and refused by the decision API, which cannot drop them."""
-
 _DROP_REQUEST = (
     HOP_BY_HOP
     | {

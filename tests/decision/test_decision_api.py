@@ -18,8 +18,8 @@ from decision_support import alice, audit
 
 from binding_support import ALICE, BOB, Recorder
 from binding_support import overrides as binding_overrides
+from dragoman.catalog.overrides import OVERRIDE_HEADERS
 from dragoman.demo.runner import DemoStack
-from dragoman.forward import OVERRIDE_HEADERS
 from settings_support import settings_problems
 
 PM = "/v1/customers/cus_alice/payment-methods"

@@ -39,18 +39,15 @@ Independently of the bindings, a POST whose body a framework reads as a form (a
 reads as a form) is buffered within ``server.max_body_bytes`` and refused 400
 ``bad_request``, reason ``override_parameter``, when it holds a ``_method`` field (Rack's
 ``MethodOverride``, Symfony and Laravel run that method instead of the request line's):
-see :func:`refuse_form_override`.
+see :mod:`dragoman.catalog.overrides`.
 """
 
 from __future__ import annotations
 
 import hmac
-import re
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
-from aiohttp.helpers import parse_mimetype
 
 from dragoman.catalog.binding_json import (
     ABSENT,
@@ -65,7 +62,7 @@ from dragoman.catalog.binding_json import (
 )
 from dragoman.catalog.binding_query import read_parameter, with_parameter
 from dragoman.catalog.model import CustomerBinding
-from dragoman.catalog.stage import OVERRIDE_PARAMETER, override_refusal
+from dragoman.catalog.overrides import reads_as_form, refuse_form_override
 from dragoman.pipeline.body import next_chunk
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import (
@@ -86,71 +83,6 @@ _DETAILS = {
         " differently; name it once, plainly."
     ),
 }
-
-
-_FORM_TYPE = "application/x-www-form-urlencoded"
-_MEDIA_SEPARATORS = re.compile(r"[;,]")
-# Rack's reading of a multipart boundary (quotes optional, ends at a quote, ; or ,).
-_RACK_BOUNDARY = re.compile(r"\Amultipart/.*?boundary=\"?([^\";,]+)\"?", re.IGNORECASE | re.DOTALL)
-
-
-def _read_as_form(request: web.Request) -> bool:
-    """Whether some framework reads this POST's body as a form: a form or multipart type
-    in any element of its Content-Type (Rack cuts the type at ``;`` *or* ``,``), or no type
-    at all (Rack reads a POST without one as a form), also when the caller's Connection
-    header would have the type dropped on the way."""
-    types = request.headers.getall("Content-Type", [])
-    dropped = any(
-        "content-type" in value.lower() for value in request.headers.getall("Connection", [])
-    )
-    if dropped or not types or not "".join(types).strip():
-        return True
-    for value in types:
-        for element in _MEDIA_SEPARATORS.split(value.lower()):
-            media = element.strip()
-            if media == _FORM_TYPE or media.startswith("multipart/"):
-                return True
-    return False
-
-
-def _boundaries(content_type: str) -> set[bytes]:
-    """The multipart boundary as aiohttp and as Rack read it (they may differ)."""
-    found: set[bytes] = set()
-    try:
-        boundary = parse_mimetype(content_type).parameters.get("boundary")
-    except ValueError:  # pragma: no cover - parse_mimetype reads anything
-        boundary = None
-    if boundary:
-        found.add(boundary.encode("utf-8", "surrogateescape"))
-    if match := _RACK_BOUNDARY.match(content_type):
-        found.add(match.group(1).encode("utf-8", "surrogateescape"))
-    return found
-
-
-def _heads_name_method(body: bytes, content_type: str) -> bool:
-    """Whether a part head of multipart ``body`` (the lines after a delimiter, up to the
-    first blank line) mentions ``method`` in any case or percent-encoding: a part head
-    holds only headers, and a field name PHP or Rack read as ``_method`` has it."""
-    for boundary in _boundaries(content_type):
-        for piece in body.split(b"--" + boundary)[1:]:
-            ends = [i for i in (piece.find(b"\r\n\r\n"), piece.find(b"\n\n")) if i >= 0]
-            head = piece[: min(ends)] if ends else piece
-            if b"method" in unquote_to_bytes(head).lower():
-                return True
-    return False
-
-
-def refuse_form_override(request: web.Request, body: bytes) -> None:
-    """400 ``override_parameter`` for a form body holding a ``_method`` field, in any
-    spelling :func:`read_parameter` counts (multipart: any part head naming ``method``)."""
-    content_type = request.headers.get("Content-Type", "")
-    if "multipart/" in content_type.lower():
-        if _heads_name_method(body, content_type):
-            raise override_refusal()
-        return
-    reading = read_parameter(body.decode("latin-1"), OVERRIDE_PARAMETER)
-    if reading.ambiguous or reading.value is not None:
-        raise override_refusal()
 
 
 def refuse(reason: str) -> CustomerMismatch:
@@ -215,7 +147,7 @@ class CustomerBindingStage:
         request = ctx.request
         # Rack's MethodOverride, Symfony, Laravel and Express' method-override read a
         # body's `_method` on a POST only.
-        if ctx.method != "POST" or not request.body_exists or not _read_as_form(request):
+        if ctx.method != "POST" or not request.body_exists or not reads_as_form(request):
             return
         if ctx.forward_body is None:
             self._check_no_coding(request)

@@ -4,34 +4,16 @@ The operation is its method and path as sent, so a request asking the upstream t
 another method is refused here, in proxy mode and in a decision alike: a query naming
 ``_method`` (Symfony/Laravel, Rails' and Rack's ``MethodOverride`` read it, in every
 spelling :func:`~dragoman.catalog.binding_query.read_parameter` counts) is 400
-``bad_request``, reason ``override_parameter``. (The override headers are dropped in proxy
-mode and refused by a decision; a form body's ``_method`` is
-:func:`dragoman.catalog.binding.refuse_form_override`'s.)
+``bad_request``, reason ``override_parameter`` (the other overrides:
+:mod:`dragoman.catalog.overrides`).
 """
 
 from __future__ import annotations
 
-from dragoman.catalog.binding_query import read_parameter
 from dragoman.catalog.matcher import InvalidPath, RouteMatcher
+from dragoman.catalog.overrides import refuse_query_override
 from dragoman.pipeline.context import RequestContext
-from dragoman.pipeline.errors import BadRequest, OperationUnknown, PathInvalid
-
-OVERRIDE_PARAMETER = "_method"
-"""The parameter frameworks read as the method to run instead of the request line's."""
-
-
-def override_refusal() -> BadRequest:
-    return BadRequest(
-        "override_parameter",
-        "The request asks the upstream for another method than its own.",
-    )
-
-
-def refuse_query_override(query: str) -> None:
-    """400 ``override_parameter`` for a query naming ``_method`` in any spelling."""
-    reading = read_parameter(query, OVERRIDE_PARAMETER)
-    if reading.ambiguous or reading.value is not None:
-        raise override_refusal()
+from dragoman.pipeline.errors import OperationUnknown, PathInvalid
 
 
 class ResolveOperationStage:

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from dragoman.forward import OVERRIDE_HEADERS
+from dragoman.catalog.overrides import OVERRIDE_HEADERS
 from dragoman.pipeline.context import RequestContext
 from dragoman.pipeline.errors import Denial
 from dragoman.pipeline.problem import problem_json, problem_response

@@ -35,6 +35,7 @@ from aiohttp.typedefs import Handler
 
 from dragoman.app import Proxy, parser_denial, proxy_runner
 from dragoman.catalog.binding import CustomerBindingStage
+from dragoman.catalog.overrides import refuse_override_headers
 from dragoman.decision import answers
 from dragoman.decision.original import (
     NGINX_METHOD,
@@ -45,13 +46,11 @@ from dragoman.decision.original import (
     nginx_original,
 )
 from dragoman.decision.peers import AllowedPeers, PeerNotAllowed
-from dragoman.forward import OVERRIDE_HEADERS
 from dragoman.identity.mtls import MtlsAuthenticator
 from dragoman.identity.stage import AuthenticateStage
 from dragoman.ids import random_hex
 from dragoman.pipeline.errors import (
     AuditUnavailable,
-    BadRequest,
     Denial,
     InternalError,
     OperationUnknown,
@@ -202,7 +201,7 @@ class DecisionEndpoint:
                 # A body cut at the gateway's limit would be checked short of what is sent.
                 raise PayloadTooLarge("body_partial")
             proxy.forwarder.check_body(asked)
-            _refuse_overrides(asked)
+            refuse_override_headers(asked.headers)
             for stage in self._stages:
                 await stage(ctx)
         except Denial as denial:
@@ -219,16 +218,6 @@ class DecisionEndpoint:
         if ctx.denial is not None:
             return answers.deny(ctx.denial, ctx, headers, envoy=envoy)
         return answers.allow(ctx, headers, envoy=envoy)
-
-
-def _refuse_overrides(asked: web.Request) -> None:
-    """The forwarder drops a header asking the upstream for another method or path; a
-    gateway forwards the caller's headers as they are, so such a request is refused."""
-    if any(name.lower() in OVERRIDE_HEADERS for name in asked.headers):
-        raise BadRequest(
-            "override_header",
-            "The request asks the upstream for another method or path than its own.",
-        )
 
 
 def _peer_denial(peer: str | None) -> PeerNotAllowed:
