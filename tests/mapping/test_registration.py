@@ -68,7 +68,7 @@ async def test_the_new_link_is_stored_active_with_its_evidence_and_creator(
     assert EVIDENCE.fullmatch(mapping.verification_evidence or ""), mapping.verification_evidence
 
 
-async def test_the_new_link_grants_the_configured_roles_and_the_registrant(
+async def test_by_default_the_new_link_grants_the_configured_roles_only(
     stack: DemoStack, http: aiohttp.ClientSession
 ) -> None:
     stack.platform.add_customer("cus_carol", "acct-3003")
@@ -78,8 +78,69 @@ async def test_the_new_link_grants_the_configured_roles_and_the_registrant(
     assert mapping.grants == (
         Grant(role="owner", operations=("*",)),
         Grant(role="billing_admin", operations=("*",)),
-        Grant(principal="carol", operations=("*",)),
     )
+
+
+# billing_admin reads only here, so what the role may never do is easy to ask for.
+READING_BILLING_ADMIN = {
+    "policy": {"roles": {"viewer": ["tier:read"], "billing_admin": ["tier:read"], "owner": ["*"]}},
+}
+
+
+async def registrant_stack(make_stack: MakeStack, database_url: str) -> DemoStack:
+    registration = {"registrant_operations": ["*"]}
+    return await make_stack(
+        {
+            "store": {"database_url": database_url},
+            "mapping": {"registration": registration},
+            **READING_BILLING_ADMIN,
+        }
+    )
+
+
+async def test_the_registrants_own_grant_names_only_what_its_roles_may_ever_ask_for(
+    make_stack: MakeStack, database_url: str, http: aiohttp.ClientSession
+) -> None:
+    stack = await registrant_stack(make_stack, database_url)
+    stack.platform.add_customer("cus_carol", "acct-3003")
+    await register(http, stack, caller(stack, roles=["billing_admin"]), "cus_carol")
+    mapping = await linked(stack, "acct-3003")
+    [own] = [g for g in mapping.grants if g.principal == "carol"]
+    assert stack.proxy is not None
+    reads = tuple(op.id for op in stack.proxy.catalog if op.tier == "read")
+    assert own.operations == reads
+
+
+async def test_a_billing_admin_gains_no_operation_its_role_never_allowed_by_registering(
+    make_stack: MakeStack, database_url: str, http: aiohttp.ClientSession
+) -> None:
+    # With registrant_operations = ["*"] the registrant got "*" by name, which no role caps:
+    # unlinking and linking again turned a reading billing_admin into one who writes.
+    stack = await registrant_stack(make_stack, database_url)
+    stack.platform.add_customer("cus_carol", "acct-3003")
+    carol = caller(stack, roles=["billing_admin"])
+    assert (await register(http, stack, carol, "cus_carol"))[0] == 201
+    url = stack.urls["proxy"] + PM.format(customer="cus_carol")
+    async with http.post(url, headers=carol, json={"card_number": "4242424242424242"}) as answer:
+        assert answer.status == 403, await answer.text()
+        assert (await answer.json(content_type=None))["code"] == "scope_denied"
+
+
+async def test_a_registrant_whose_roles_allow_nothing_named_gets_no_grant_of_its_own(
+    make_stack: MakeStack, database_url: str, http: aiohttp.ClientSession
+) -> None:
+    registration = {"registrant_operations": ["payment_methods:create"]}
+    stack = await make_stack(
+        {
+            "store": {"database_url": database_url},
+            "mapping": {"registration": registration},
+            **READING_BILLING_ADMIN,
+        }
+    )
+    stack.platform.add_customer("cus_carol", "acct-3003")
+    await register(http, stack, caller(stack, roles=["billing_admin"]), "cus_carol")
+    mapping = await linked(stack, "acct-3003")
+    assert all(g.principal is None for g in mapping.grants)
 
 
 async def test_the_grants_of_a_new_link_come_from_settings(

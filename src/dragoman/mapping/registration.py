@@ -58,6 +58,7 @@ from dragoman.pipeline.errors import (
     RegistrationForbidden,
     Unauthenticated,
 )
+from dragoman.policy.roles import RolePolicy
 from dragoman.settings import RegistrationSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,12 @@ class Registrar:
         verifier: LinkVerifier | None,
         auditor: MappingAuditor,
         settings: RegistrationSettings,
+        *,
+        policy: RolePolicy | None = None,
+        catalog: Sequence[Operation] = (),
     ) -> None:
+        """``policy`` and ``catalog``: what caps the registrant's own grant (without them,
+        the registrant gets no grant of its own)."""
         self._store = store
         self._verifier = verifier
         self._auditor = auditor
@@ -175,17 +181,39 @@ class Registrar:
             for g in settings.default_grants
         )
         self._registrant_operations = tuple(settings.registrant_operations)
+        self._registration_roles = tuple(settings.roles)
+        self._policy = policy
+        self._catalog = tuple(catalog)
 
     @property
     def default_grants(self) -> tuple[Grant, ...]:
         return self._default_grants
 
     def grants_for(self, principal: Principal) -> tuple[Grant, ...]:
-        """The grants of a link the principal registers: the defaults, and the principal."""
-        if not self._registrant_operations:
+        """The grants of a link the principal registers: the defaults, and the principal's
+        own (:meth:`registrant_operations`) when it has any."""
+        operations = self.registrant_operations(principal)
+        if not operations:
             return self._default_grants
-        own = Grant(operations=self._registrant_operations, principal=principal.subject)
+        own = Grant(operations=operations, principal=principal.subject)
         return (*self._default_grants, own)
+
+    def registrant_operations(self, principal: Principal) -> tuple[str, ...]:
+        """The catalog operations (by id) ``registrant_operations`` names that the roles the
+        registrant registers with (its roles among ``registration.roles``) may ever ask
+        for under ``policy.roles``. A grant to a principal by name is capped by no role
+        later, so it is capped here: a ``billing_admin`` registering a link must not come
+        out of it with the ``money`` operations its role never allowed."""
+        if not self._registrant_operations or self._policy is None:
+            return ()
+        policy = self._policy
+        wanted = Grant(operations=self._registrant_operations, principal=principal.subject)
+        roles = [r for r in self._registration_roles if r in principal.roles]
+        return tuple(
+            op.id
+            for op in self._catalog
+            if wanted.covers(op) and any(policy.role_covers(r, op) for r in roles)
+        )
 
     # -- self-service --------------------------------------------------------------------
 
@@ -373,4 +401,11 @@ def open_registrar(
             "mapping.registration grants name operations that are not in the catalog: "
             + ", ".join(unknown)
         )
-    return Registrar(store, open_verifier(settings, platform, clock=clock), auditor, registration)
+    return Registrar(
+        store,
+        open_verifier(settings, platform, clock=clock),
+        auditor,
+        registration,
+        policy=RolePolicy.from_settings(settings.policy),
+        catalog=catalog,
+    )

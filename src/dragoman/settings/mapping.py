@@ -144,10 +144,12 @@ class RegistrationSettings(Section):
         description="Grants of every new link (registration, and `mappings link` without --grant).",
     )
     registrant_operations: list[str] = Field(
-        ["*"],
+        [],
         description=(
             "Operations granted to the principal who registers a link over HTTP, by name"
-            " (empty: none beyond default_grants)."
+            " (empty, the default: none beyond default_grants). Capped when the link is"
+            " made: only those its registration roles may ever ask for under"
+            " policy.roles, written as operation ids."
         ),
     )
 
