@@ -49,3 +49,27 @@ async def test_the_shipper_copies_a_log_into_a_migrated_sqlite_database(tmp_path
     assert lines == file_lines(live)
     result = verify_cli("--database", url, live)
     assert result.returncode == 0, result.stderr
+
+
+def test_verifying_a_sqlite_path_that_does_not_exist_names_it_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    typo = tmp_path / "adit.db"
+    result = verify_cli("--database", f"sqlite+aiosqlite:///{typo}")
+    assert result.returncode == 2, result.stdout
+    assert f"no such file {typo}" in result.stderr
+    assert not typo.exists()
+
+
+async def test_an_empty_sqlite_table_is_found_truncated_when_it_must_end_closed(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}"
+    engine = make_engine(url)
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+    result = verify_cli("--database", url, "--closed")
+    assert result.returncode == 1, result.stdout
+    assert "index 0: truncated: the log holds no record" in result.stderr

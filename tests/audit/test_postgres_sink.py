@@ -231,6 +231,25 @@ async def test_a_row_whose_hash_column_no_longer_matches_its_line_is_reported(
     assert "index 3: edited: the row's columns do not match its line" in result.stderr
 
 
+async def test_an_empty_table_is_found_truncated_when_it_must_end_closed(audit_db: str) -> None:
+    assert await rows(audit_db) == []
+    result = verify_cli("--database", audit_db, "--closed")
+    assert result.returncode == 1, result.stdout
+    assert "index 0: truncated: the log holds no record" in result.stderr
+
+
+async def test_a_chain_asked_for_that_the_table_does_not_hold_is_missing(
+    audit_db: str, tmp_path: Path
+) -> None:
+    live = tmp_path / "audit.jsonl"
+    write(live, 3)
+    async with shipper(live, audit_db) as audit:
+        await audit.drain()
+    result = verify_cli("--database", audit_db, "--chain", "no-such-chain")
+    assert result.returncode == 1, result.stdout
+    assert "index 0: missing: no record of chain no-such-chain" in result.stderr
+
+
 async def test_an_unreachable_database_refuses_no_request_and_shipping_catches_up(
     make_stack: Callable[..., Awaitable[DemoStack]],
     http: aiohttp.ClientSession,

@@ -139,6 +139,34 @@ def test_records_cut_from_the_tail_are_found_when_the_log_must_end_closed(log: P
     )
 
 
+def test_a_log_emptied_to_nothing_is_found_truncated_when_it_must_end_closed(
+    log: Path, keys: tuple[Path, Path]
+) -> None:
+    log.write_bytes(b"")
+    assert "index 0: truncated: the log holds no record" in failure(
+        verify_cli(log, "--closed", "--key", keys[1])
+    )
+
+
+def test_a_chain_asked_for_that_no_record_belongs_to_is_missing(log: Path) -> None:
+    assert "index 0: missing: no record of chain no-such-chain" in failure(
+        verify_cli(log, "--chain", "no-such-chain")
+    )
+
+
+def test_a_chain_asked_for_that_no_record_belongs_to_is_missing_when_closed(log: Path) -> None:
+    assert "index 0: missing: no record of chain no-such-chain" in failure(
+        verify_cli(log, "--closed", "--chain", "no-such-chain")
+    )
+
+
+def test_the_chain_asked_for_verifies_when_its_records_are_there(log: Path) -> None:
+    chain = records(log)[0]["chain"]
+    result = verify_cli(log, "--closed", "--chain", chain)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("11 records, 1 checkpoints")
+
+
 def test_records_of_another_chain_spliced_in_are_found(log: Path, tmp_path: Path) -> None:
     other = tmp_path / "other.jsonl"
     write_log(other, 3)

@@ -14,20 +14,23 @@ a prefix of the files (the table lags while records wait to be shipped).
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from dragoman.audit.chain import digest
-from dragoman.audit.checkpoint import EVENT as CHECKPOINT
 from dragoman.audit.postgres import make_ship_engine
 from dragoman.audit.postgres_schema import audit_records
-from dragoman.audit.verify import Problem, Report, _Line, _Verifier
+from dragoman.audit.verify import Problem, Report, _Line, _Verifier, end_problem
 
 _T = audit_records
 _PAGE = 2000
@@ -108,17 +111,23 @@ def _verify_chain(
     expect_at_least: int | None,
     closed: bool,
     partial: bool,
+    requested: str | None,
 ) -> ChainReport:
+    """``requested``: the chain asked for (--chain), None when ``chain`` is one the table
+    holds (or the empty table's "")."""
     rows = _Rows(runner, engine, chain)
     verifier = _Verifier(keys, chain, partial)
-    problem = verifier.run(iter(rows)) or rows.mismatch
-    total = verifier.index()
-    end = f"audit_records chain {chain}"
-    if problem is None and expect_at_least is not None and total < expect_at_least:
-        detail = f"{total} records where at least {expect_at_least} were expected"
-        problem = Problem(total, "truncated", detail, end)
-    if problem is None and closed and verifier.records and verifier.last_event != CHECKPOINT:
-        problem = Problem(total, "truncated", "the log does not end with a checkpoint", end)
+    problem = (
+        verifier.run(iter(rows))
+        or rows.mismatch
+        or end_problem(
+            verifier,
+            expect_at_least=expect_at_least,
+            closed=closed,
+            chain=requested,
+            end=f"audit_records chain {chain}",
+        )
+    )
     report = Report(verifier.records, verifier.checkpoints, keys is not None, problem)
     return ChainReport(chain, report, rows.last)
 
@@ -137,12 +146,15 @@ def verify_table(
     chain: str | None = None,
     partial: bool = False,
 ) -> list[ChainReport]:
-    """Verify each chain of the table (or only ``chain``); an empty table, or a chain it
-    does not hold, is one report of 0 records (which ``expect_at_least`` then catches).
+    """Verify each chain of the table (or only ``chain``); an empty table is one report of
+    0 records (which ``expect_at_least`` and ``closed`` then catch), a chain it does not
+    hold one that is broken (missing).
 
-    Raises sqlalchemy / OS errors when the database cannot be read."""
+    A SQLite database is opened read-only: a path that names no file raises
+    :class:`MissingDatabase` (it is not created). Raises sqlalchemy / OS errors when the
+    database cannot be read."""
     with asyncio.Runner() as runner:
-        engine = make_ship_engine(url)
+        engine = _read_only_engine(url)
         try:
             chains = [chain] if chain is not None else runner.run(_chains(engine))
             return [
@@ -154,11 +166,37 @@ def verify_table(
                     expect_at_least=expect_at_least,
                     closed=closed,
                     partial=partial,
+                    requested=chain,
                 )
                 for name in sorted(chains) or [""]
             ]
         finally:
             runner.run(engine.dispose())
+
+
+class MissingDatabase(FileNotFoundError):
+    """A SQLite URL whose file does not exist (verification never creates one)."""
+
+
+def _read_only_engine(url: str) -> AsyncEngine:
+    """The engine that reads the table: SQLite through a read-only URI (``mode=ro``), so a
+    mistyped path is an error and never a new, empty database; PostgreSQL as the shipper's
+    (the verifier only SELECTs)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return make_ship_engine(url)
+    database = parsed.database or ""
+    if parsed.query.get("uri") in ("true", "1") and database.startswith("file:"):
+        query = {"mode": "ro"}  # already a SQLite URI: only make it read-only
+    elif database in ("", ":memory:"):
+        return create_async_engine(url, pool_size=1, max_overflow=0)  # nothing to create
+    else:
+        path = os.path.abspath(database)
+        if not os.path.isfile(path):
+            raise MissingDatabase(errno.ENOENT, "no SQLite database", path)
+        parsed = parsed.set(database="file:" + quote(path))
+        query = {"mode": "ro", "uri": "true"}
+    return create_async_engine(parsed.update_query_dict(query), pool_size=1, max_overflow=0)
 
 
 def disagreement(files: list[Path], table: ChainReport) -> str | None:

@@ -12,7 +12,8 @@ index (the seq the record at that place should have) and what is wrong:
 - ``checkpoint mismatch``: a checkpoint's count or last_hash is not the chain before it;
 - ``bad signature``: a checkpoint signed by no key given, or not verifying;
 - ``truncated``: the last line is incomplete, fewer records than ``expect_at_least``, or
-  (``closed``) the log does not end with a checkpoint.
+  (``closed``) the log does not end with a checkpoint (an empty log does not either);
+- ``missing`` as well: no record at all belongs to the ``chain`` asked for.
 
 Signatures are checked only when keys are given; the chain itself needs no key.
 """
@@ -250,16 +251,36 @@ def verify(
     by kid (None: signatures are not checked). ``chain``: verify only that chain (stdout
     captures). ``partial``: the first record anchors the chain (older files pruned)."""
     verifier = _Verifier(keys, chain, partial)
-    problem = verifier.run(_lines(files))
-    end = files[-1].name if files else "end"
-    total = verifier.index()
-    if problem is None and expect_at_least is not None and total < expect_at_least:
-        problem = Problem(
-            total,
-            "truncated",
-            f"{total} records where at least {expect_at_least} were expected",
-            end,
-        )
-    if problem is None and closed and verifier.records and verifier.last_event != CHECKPOINT:
-        problem = Problem(total, "truncated", "the log does not end with a checkpoint", end)
+    problem = verifier.run(_lines(files)) or end_problem(
+        verifier,
+        expect_at_least=expect_at_least,
+        closed=closed,
+        chain=chain,
+        end=files[-1].name if files else "end",
+    )
     return Report(verifier.records, verifier.checkpoints, keys is not None, problem)
+
+
+def end_problem(
+    verifier: _Verifier,
+    *,
+    expect_at_least: int | None,
+    closed: bool,
+    chain: str | None,
+    end: str,
+) -> Problem | None:
+    """What is wrong with the log as a whole once every record verified: a ``chain`` asked
+    for that no record belongs to (missing), fewer records than ``expect_at_least``, or
+    (``closed``) a log that does not end with a checkpoint, an empty one included (both
+    truncated)."""
+    total = verifier.index()
+    if chain is not None and not verifier.records:
+        return Problem(total, "missing", f"no record of chain {chain}", end)
+    if expect_at_least is not None and total < expect_at_least:
+        detail = f"{total} records where at least {expect_at_least} were expected"
+        return Problem(total, "truncated", detail, end)
+    if closed and not verifier.records:
+        return Problem(total, "truncated", "the log holds no record (not even a checkpoint)", end)
+    if closed and verifier.last_event != CHECKPOINT:
+        return Problem(total, "truncated", "the log does not end with a checkpoint", end)
+    return None

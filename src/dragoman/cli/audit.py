@@ -122,11 +122,15 @@ def _verify_database(url: str, files: list[Path], options: dict[str, Any]) -> No
     """The table's chains (and, with files, the files and whether both agree)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from dragoman.audit.postgres_verify import disagreement, verify_table
+    from dragoman.audit.postgres_verify import MissingDatabase, disagreement, verify_table
     from dragoman.audit.verify import verify
 
     try:
         tables = verify_table(url, **options)
+    except MissingDatabase as exc:
+        # A SQLite path carries no password: name it (a typo is then plain to see).
+        click.echo(f"cannot read the audit database: no such file {exc.filename}", err=True)
+        sys.exit(EXIT_USAGE)
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         # The class only: the message of a failed connect may carry the URL.
         click.echo(f"cannot read the audit database ({type(exc).__name__})", err=True)
