@@ -13,7 +13,13 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
 from dragoman.catalog.export import REVIEW, catalog_toml
-from dragoman.catalog.openapi import Imported, SpecError, import_openapi, load_document
+from dragoman.catalog.openapi import (
+    Imported,
+    Skipped,
+    SpecError,
+    import_openapi,
+    load_document,
+)
 from dragoman.demo.platform import PaymentPlatform, catalog_settings, openapi_document
 from dragoman.settings import CatalogSettings
 from dragoman.tokens.verify import TokenVerifier
@@ -200,6 +206,51 @@ def test_parameters_not_named_like_a_customer_are_not_candidates() -> None:
     assert places(import_openapi(document)) == {}
 
 
+def test_a_path_parameter_right_after_a_customers_segment_is_a_candidate() -> None:
+    document = spec({"/v1/customers/{id}": {"delete": op("customers.delete")}})
+    assert places(import_openapi(document)) == {"customers.delete": [("path", "id", "enforce")]}
+
+
+def test_a_path_parameter_right_after_a_customer_segment_is_a_candidate() -> None:
+    document = spec({"/v1/Customer/{ref}/cards": {"get": op("cards.list")}})
+    assert places(import_openapi(document)) == {"cards.list": [("path", "ref", "enforce")]}
+
+
+def test_a_path_parameter_after_another_segment_is_not_a_candidate() -> None:
+    document = spec({"/v1/customers/{id}/cards/{card}": {"get": op("cards.get")}})
+    assert places(import_openapi(document)) == {"cards.get": [("path", "id", "enforce")]}
+
+
+@pytest.mark.parametrize(
+    ("name", "where"),
+    [
+        ("X-Customer-Id", "header"),
+        ("customer_ref", "query"),
+        ("customerUuid", "query"),
+        ("customer_number", "query"),
+        ("billing-customer", "query"),
+    ],
+)
+def test_names_with_customer_as_a_word_before_an_identifier_word_are_candidates(
+    name: str, where: str
+) -> None:
+    parameters = [{"name": name, "in": where}]
+    document = spec({"/v1/x": {"get": op("x.list", parameters=parameters)}})
+    assert places(import_openapi(document)) == {"x.list": [(where, name, "enforce")]}
+
+
+def test_customer_words_in_a_body_property_name_are_candidates() -> None:
+    properties = {n: {"type": "string"} for n in ("customer_ref", "customerUuid", "note")}
+    body = {"content": {"application/json": {"schema": {"properties": properties}}}}
+    document = spec({"/v1/orders": {"post": op("orders.create", requestBody=body)}})
+    assert places(import_openapi(document)) == {
+        "orders.create": [
+            ("body", "/customerUuid", "enforce"),
+            ("body", "/customer_ref", "enforce"),
+        ]
+    }
+
+
 def test_path_item_parameters_and_referenced_parameters_count() -> None:
     document = spec(
         {
@@ -300,6 +351,53 @@ def test_paths_a_template_cannot_express_are_skipped_and_listed() -> None:
         "a catalog has no such method",
         "a path template has no empty segments (no '//', no trailing '/')",
     ]
+
+
+def test_a_path_item_behind_an_external_ref_is_skipped_and_listed() -> None:
+    document = spec(
+        {
+            "/v1/a": {"get": op()},
+            "/v1/customers/{customer_id}/charges": {"$ref": "charges.yaml#/ChargesItem"},
+        }
+    )
+    imported = import_openapi(document)
+    assert [(o.method, o.path) for o in imported.operations] == [("GET", "/v1/a")]
+    assert imported.skipped == (
+        Skipped(
+            "*",
+            "/v1/customers/{customer_id}/charges",
+            "path item $ref 'charges.yaml#/ChargesItem' is not local"
+            " (only '#/...' refs are followed)",
+        ),
+    )
+
+
+def test_a_path_item_whose_local_ref_leads_nowhere_is_skipped_and_listed() -> None:
+    imported = import_openapi(spec({"/v1/a": {"$ref": "#/components/pathItems/nope"}}))
+    assert imported.skipped == (
+        Skipped("*", "/v1/a", "path item $ref '#/components/pathItems/nope' does not lead to"
+                " a path item"),
+    )  # fmt: skip
+
+
+def test_a_path_item_behind_a_local_ref_is_imported() -> None:
+    document = spec(
+        {"/v1/a": {"$ref": "#/components/pathItems/a"}},
+        components={"pathItems": {"a": {"get": op("a.list")}}},
+    )
+    imported = import_openapi(document)
+    assert (rows(imported), imported.skipped) == (
+        [("a.list", "GET", "/v1/a", "a:list", "read")],
+        (),
+    )
+
+
+def test_a_method_key_not_in_lower_case_is_skipped_and_listed() -> None:
+    imported = import_openapi(spec({"/v1/refunds": {"POST": op("refunds.create")}}))
+    assert (imported.operations, imported.skipped) == (
+        (),
+        (Skipped("POST", "/v1/refunds", "method key 'POST' is not in lower case"),),
+    )
 
 
 def test_the_toml_lists_skipped_paths_at_its_top() -> None:

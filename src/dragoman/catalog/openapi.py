@@ -2,10 +2,12 @@
 
 One operation per path and method, sorted by path then method. Names come from
 :mod:`dragoman.catalog.naming`. Parameters and JSON request-body properties named like a
-customer id (``customer``, ``customer_id``, ``customerId``, ``cust_id``...) become enforced
-customer bindings, every one of them a *candidate* for a person to review. A path that a
-catalog template cannot express (a parameter filling part of a segment, a trailing ``/``...)
-and a method the catalog has no place for (OPTIONS, TRACE) are skipped and listed, never
+customer id (``customer``, ``customer_id``, ``customerId``, ``X-Customer-Id``, ``cust_id``,
+``customer_ref``...), and path parameters right after a ``customer``/``customers`` segment,
+become enforced customer bindings, every one of them a *candidate* for a person to review. A
+path that a catalog template cannot express (a parameter filling part of a segment, a trailing
+``/``...), a path item behind a ``$ref`` that cannot be followed, and a method the catalog has
+no place for (OPTIONS, TRACE, a method key not in lower case) are skipped and listed, never
 dropped silently. Only local ``$ref``s (``#/...``) are followed, each chain once.
 """
 
@@ -23,12 +25,17 @@ import yaml
 from pydantic import ValidationError
 
 from dragoman.catalog import naming
-from dragoman.catalog.template import parse_template
+from dragoman.catalog.template import Segment, parse_template
 from dragoman.settings import CustomerBindingSettings, OperationSettings, RiskTier
 
 _METHODS = ("delete", "get", "head", "options", "patch", "post", "put", "trace")
 _UNSUPPORTED = frozenset({"options", "trace"})
 _CUSTOMER = re.compile(r"^(customer|cust)(id)?$")
+_ID_WORDS = frozenset(
+    {"id", "identifier", "ref", "reference", "uuid", "guid", "number", "num", "no", "nr", "key",
+     "code"}
+)  # fmt: skip
+_CUSTOMER_SEGMENTS = frozenset({"customer", "customers"})
 _MAX_DEPTH = 16
 _BRACED = re.compile(r"\{([^{}/]*)\}")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -62,8 +69,18 @@ class Imported:
 
 
 def is_customer_name(name: str) -> bool:
-    """``customer``, ``customer_id``, ``customerId``, ``Customer-Id``, ``cust_id``..."""
-    return _CUSTOMER.match(re.sub(r"[^a-z0-9]", "", name.lower())) is not None
+    """``customer``, ``customer_id``, ``customerId``, ``Customer-Id``, ``cust_id``, and the word
+    ``customer`` in snake, kebab or camel case, last or followed by one word of an identifier
+    (``X-Customer-Id``, ``customer_ref``, ``customerUuid``, ``customer_number``); not
+    ``customer_name``, ``customers`` or ``X-Cust-Id``."""
+    if _CUSTOMER.match(re.sub(r"[^a-z0-9]", "", name.lower())) is not None:
+        return True
+    words = naming.snake(name).split("_")
+    return any(
+        word == "customer"
+        and (i == len(words) - 1 or (i == len(words) - 2 and words[-1] in _ID_WORDS))
+        for i, word in enumerate(words)
+    )
 
 
 def load_document(path: Path) -> dict[str, Any]:
@@ -107,10 +124,19 @@ def import_openapi(
     found: list[_Found] = []
     skipped: list[Skipped] = []
     for path in sorted(doc["paths"]):
-        item, _ = refs.deref(doc["paths"][path], frozenset())
+        raw = doc["paths"][path]
+        item, _ = refs.deref(raw, frozenset())
         if not isinstance(item, dict):
+            if raw is not None:
+                skipped.append(Skipped("*", path, _unreadable(raw)))
             continue
         methods = [m for m in _METHODS if isinstance(item.get(m), dict)]
+        cased = sorted(
+            k for k in item if isinstance(k, str) and k.lower() in _METHODS and k not in _METHODS
+        )
+        skipped.extend(
+            Skipped(k.upper(), path, f"method key {k!r} is not in lower case") for k in cased
+        )
         try:
             segments = _template(path)
         except ValueError as exc:
@@ -125,6 +151,16 @@ def import_openapi(
     info = doc.get("info")
     title = str(info.get("title", "")) if isinstance(info, dict) else ""
     return Imported(title, tuple(operations), tuple(skipped))
+
+
+def _unreadable(raw: Any) -> str:
+    """Why the path item ``raw`` gives no operations to import."""
+    ref = raw.get("$ref") if isinstance(raw, dict) else None
+    if isinstance(ref, str) and not ref.startswith("#"):
+        return f"path item $ref {ref!r} is not local (only '#/...' refs are followed)"
+    if isinstance(ref, str):
+        return f"path item $ref {ref!r} does not lead to a path item"
+    return "the path item is not an object"
 
 
 def _template(path: str) -> tuple[Any, ...]:
@@ -194,9 +230,16 @@ def _bindings(found: _Found, refs: _Refs) -> list[CustomerBindingSettings]:
             places[key] = CustomerBindingSettings(location=cast(Any, location), name=name)
 
     template_params = [s.text for s in found.segments if s.is_param]
-    for name in template_params:
-        if is_customer_name(name):
-            add("path", name)
+    previous: Segment | None = None
+    for segment in found.segments:
+        after_customers = (
+            previous is not None
+            and not previous.is_param
+            and previous.text.lower() in _CUSTOMER_SEGMENTS
+        )
+        if segment.is_param and (after_customers or is_customer_name(segment.text)):
+            add("path", segment.text)
+        previous = segment
     for param in _parameters(found, refs):
         name, where = param.get("name"), param.get("in")
         if not isinstance(name, str) or not is_customer_name(name):

@@ -68,7 +68,7 @@ def catalog_import(
     tiers_file: Path | None,
 ) -> None:
     """Derive a catalog from the OpenAPI 3.x document SPEC (JSON or YAML)."""
-    from dragoman.catalog.export import catalog_toml
+    from dragoman.catalog.export import catalog_toml, comment_text
     from dragoman.catalog.openapi import SpecError, import_openapi, load_document
 
     if out is not None and out.exists() and not force:
@@ -86,8 +86,9 @@ def catalog_import(
             out.write_text(text, "utf-8")
         except OSError as exc:
             _fail(f"{out}: cannot write it ({exc.strerror or exc})")
-    for skipped in imported.skipped:
-        click.echo(f"skipped {skipped.method} {skipped.path}: {skipped.reason}", err=True)
+    for skipped in imported.skipped:  # from the document: escaped, one line each
+        method, path = comment_text(skipped.method), comment_text(skipped.path)
+        click.echo(f"skipped {method} {path}: {comment_text(skipped.reason)}", err=True)
     summary = (
         f"{len(imported.operations)} operations, {imported.candidates} candidate customer"
         f" bindings to review, {len(imported.skipped)} skipped"
