@@ -18,14 +18,22 @@ What is followed (Envoy v3 API, ``envoy.extensions.filters.http.ext_authz.v3``):
   and the headers matched by ``allowed_client_headers`` plus status, content-length,
   www-authenticate and location; every header but Host when the list is unset);
 - the edge connection manager (``use_remote_address``) appends the caller's address to
-  X-Forwarded-For before the filters run, and with ``common_http_protocol_options``'
-  ``headers_with_underscores_action`` drops (``DROP_HEADER``) or refuses with 400
-  (``REJECT_REQUEST``) a request header whose name holds an underscore (``ALLOW`` by
-  default);
-- the router adds the virtual host's ``response_headers_to_add`` to the upstream's answers,
-  each by its ``append_action`` (``APPEND_IF_EXISTS_OR_ADD`` by default), and not to local
-  replies (a denial, ``status_on_error``: ``finalizeResponseHeaders`` runs on upstream
-  answers only, envoyproxy/envoy#11648).
+  X-Forwarded-For before the filters run and, with ``xff_num_trusted_hops`` 0, sets
+  X-Forwarded-Proto to the connection's scheme over the caller's; with
+  ``common_http_protocol_options``' ``headers_with_underscores_action`` it drops
+  (``DROP_HEADER``) or refuses with 400 (``REJECT_REQUEST``) a request header whose name
+  holds an underscore (``ALLOW`` by default);
+- the router, after ext_authz (the check request saw the headers as they were), removes
+  the virtual host's ``request_headers_to_remove`` from the request and then adds its
+  ``request_headers_to_add``; on the upstream's answer it removes
+  ``response_headers_to_remove`` and then adds ``response_headers_to_add`` (remove before
+  add: Envoy's ``HeaderParser::evaluateHeaders``), each added header by its
+  ``append_action`` (``APPEND_IF_EXISTS_OR_ADD`` by default), a value that formats to
+  nothing skipped; header values are formatted with the one command operator the shipped
+  file uses (``%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%``; any other fails the load). Not
+  on local replies (a denial, ``status_on_error``: ``finalizeResponseHeaders`` runs on
+  upstream answers, envoyproxy/envoy#11648). The CORS filter, not followed here, adds its
+  own Access-Control-* after the router's removals (it is an encoder filter before it).
 """
 
 from __future__ import annotations
@@ -129,9 +137,14 @@ class ExtAuthzContract:
     """Every cluster a route of the public listener can send a request to."""
     response_headers_to_add: tuple[tuple[str, str, str], ...]
     """The virtual host's: (name, value, append_action)."""
+    response_headers_to_remove: tuple[str, ...]
+    request_headers_to_add: tuple[tuple[str, str, str], ...]
+    request_headers_to_remove: tuple[str, ...]
     clusters: dict[str, dict[str, Any]]
     headers_with_underscores: str
     """``ALLOW``, ``DROP_HEADER`` or ``REJECT_REQUEST``."""
+    use_remote_address: bool
+    xff_num_trusted_hops: int
 
     @classmethod
     def load(cls, path: Path = SHIPPED) -> ExtAuthzContract:
@@ -150,6 +163,8 @@ class ExtAuthzContract:
         # The current field, else the deprecated one under http_service.
         allowed = authz.get("allowed_headers") or request.get("allowed_headers")
         body = authz.get("with_request_body")
+        host = _only(hcm["route_config"]["virtual_hosts"])
+        _header_changes_on_the_virtual_host_only(hcm["route_config"])
         return cls(
             path_prefix=service.get("path_prefix", ""),
             decision_cluster=service["server_uri"]["cluster"],
@@ -165,20 +180,16 @@ class ExtAuthzContract:
             failure_mode_allow=bool(authz.get("failure_mode_allow", False)),
             status_on_error=_status(authz.get("status_on_error")),
             route_clusters=tuple(_route_clusters(hcm["route_config"])),
-            response_headers_to_add=tuple(
-                (
-                    entry["header"]["key"],
-                    entry["header"]["value"],
-                    entry.get("append_action", "APPEND_IF_EXISTS_OR_ADD"),
-                )
-                for entry in _only(hcm["route_config"]["virtual_hosts"]).get(
-                    "response_headers_to_add", ()
-                )
-            ),
+            response_headers_to_add=_headers_to_add(host.get("response_headers_to_add", ())),
+            response_headers_to_remove=_names(host.get("response_headers_to_remove", ())),
+            request_headers_to_add=_headers_to_add(host.get("request_headers_to_add", ())),
+            request_headers_to_remove=_names(host.get("request_headers_to_remove", ())),
             clusters={c["name"]: c for c in config["static_resources"]["clusters"]},
             headers_with_underscores=hcm.get("common_http_protocol_options", {}).get(
                 "headers_with_underscores_action", "ALLOW"
             ),
+            use_remote_address=bool(hcm.get("use_remote_address", False)),
+            xff_num_trusted_hops=int(hcm.get("xff_num_trusted_hops", 0)),
         )
 
     def check_header_allowed(self, name: str) -> bool:
@@ -190,6 +201,93 @@ class ExtAuthzContract:
             return name != "host"
         defaults = ("content-length", "www-authenticate", "location")
         return name in defaults or self.client_headers.matches(name)
+
+
+HEADER_CHANGES = (
+    "request_headers_to_add",
+    "request_headers_to_remove",
+    "response_headers_to_add",
+    "response_headers_to_remove",
+)
+# Envoy refuses to change these through the header lists.
+UNCHANGEABLE = ("host",)
+DOWNSTREAM_ADDRESS = "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"
+
+
+def _header_changes_on_the_virtual_host_only(route_config: dict[str, Any]) -> None:
+    """Header lists are followed on the virtual host only: one elsewhere (the route
+    configuration, a route, a weighted cluster) fails the load instead of being ignored."""
+    places = [route_config]
+    for host in route_config["virtual_hosts"]:
+        for route in host["routes"]:
+            places.append(route)
+            action = route.get("route", {})
+            places.extend(action.get("weighted_clusters", {}).get("clusters", ()))
+    for place in places:
+        for key in HEADER_CHANGES:
+            assert key not in place, f"{key} outside the virtual host is not followed here"
+
+
+def _names(names: Iterable[str]) -> tuple[str, ...]:
+    found = tuple(name.lower() for name in names)
+    for name in found:
+        assert not name.startswith(":") and name not in UNCHANGEABLE, name
+    return found
+
+
+def _headers_to_add(entries: Iterable[dict[str, Any]]) -> tuple[tuple[str, str, str], ...]:
+    found = tuple(
+        (
+            entry["header"]["key"].lower(),
+            entry["header"]["value"],
+            entry.get("append_action", "APPEND_IF_EXISTS_OR_ADD"),
+        )
+        for entry in entries
+    )
+    _names(name for name, _, _ in found)
+    for _, value, _ in found:
+        _format(value, "192.0.2.1")  # an operator not followed here fails the load
+    return found
+
+
+def _format(value: str, remote: str) -> str:
+    """A header value with Envoy's command operators replaced (``%%`` is a ``%``)."""
+    out, rest = [], value
+    while "%" in rest:
+        before, _, rest = rest.partition("%")
+        out.append(before)
+        if rest.startswith("%"):
+            out.append("%")
+            rest = rest[1:]
+            continue
+        operator, found, rest = rest.partition("%")
+        assert found and f"%{operator}%" == DOWNSTREAM_ADDRESS, f"not followed here: {value}"
+        out.append(remote)
+    out.append(rest)
+    return "".join(out)
+
+
+def _change_headers(
+    headers: CIMultiDict[str],
+    remove: Iterable[str],
+    add: Iterable[tuple[str, str, str]],
+    remote: str,
+) -> None:
+    """Envoy's ``HeaderParser::evaluateHeaders``: remove, then add by ``append_action``."""
+    for name in remove:
+        headers.popall(name, None)
+    for name, template, action in add:
+        value = _format(template, remote)
+        if not value:
+            continue  # keep_empty_value is false by default
+        present = name in headers
+        if action == "ADD_IF_ABSENT" and present:
+            continue
+        if action == "OVERWRITE_IF_EXISTS" and not present:
+            continue
+        if action.startswith("OVERWRITE"):
+            headers.popall(name, None)
+        headers.add(name, value)
 
 
 def _only(items: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -248,9 +346,13 @@ class EnvoyGateway:
                 return web.Response(status=400, text="Bad Request")
             if contract.headers_with_underscores == "DROP_HEADER":
                 headers = CIMultiDict((k, v) for k, v in headers.items() if "_" not in k)
-        forwarded = ", ".join([*headers.getall("X-Forwarded-For", []), request.remote or ""])
-        headers.popall("X-Forwarded-For", None)
-        headers["X-Forwarded-For"] = forwarded
+        if contract.use_remote_address:
+            forwarded = ", ".join([*headers.getall("X-Forwarded-For", []), request.remote or ""])
+            headers.popall("X-Forwarded-For", None)
+            headers["X-Forwarded-For"] = forwarded
+            if contract.xff_num_trusted_hops == 0 or "X-Forwarded-Proto" not in headers:
+                headers.popall("X-Forwarded-Proto", None)
+                headers["X-Forwarded-Proto"] = request.scheme
 
         sent, partial = body, None
         if contract.max_request_bytes is not None and body:
@@ -334,6 +436,13 @@ class EnvoyGateway:
         for name in remove:
             if name not in ("host", ":authority", ":path", ":method"):
                 upstream.popall(name, None)
+        # The router, after every filter: the virtual host's request header lists.
+        _change_headers(
+            upstream,
+            contract.request_headers_to_remove,
+            contract.request_headers_to_add,
+            request.remote or "",
+        )
         assert self._session is not None
         url = URL(self.upstream_url + request.raw_path, encoded=True)
         async with self._session.request(
@@ -345,22 +454,23 @@ class EnvoyGateway:
             skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
         ) as response:
             payload = await response.read()
-            out = web.Response(status=response.status, body=payload)
-            for name, value in response.headers.items():
-                if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
-                    out.headers.add(name, value)
+            answered = CIMultiDict(
+                (name, value)
+                for name, value in response.headers.items()
+                if name.lower() not in HOP_BY_HOP and name.lower() != "content-length"
+            )
+        # The router (finalizeResponseHeaders), then ext_authz's encoder on the way out.
+        _change_headers(
+            answered,
+            contract.response_headers_to_remove,
+            contract.response_headers_to_add,
+            request.remote or "",
+        )
         for name, value in answer.items():
             if contract.client_headers_on_success.matches(name.lower()):
-                out.headers.add(name, value)
-        for name, value, action in contract.response_headers_to_add:
-            present = name in out.headers
-            if action == "ADD_IF_ABSENT" and present:
-                continue
-            if action == "OVERWRITE_IF_EXISTS" and not present:
-                continue
-            if action.startswith("OVERWRITE"):
-                out.headers.popall(name, None)
-            out.headers.add(name, value)
+                answered.add(name, value)
+        out = web.Response(status=response.status, body=payload)
+        out.headers.extend(answered)
         return out
 
     def _deny(self, status: int, answer: CIMultiDict[str], body: bytes) -> web.Response:

@@ -19,7 +19,17 @@ import aiohttp
 import pytest
 from aiohttp import web
 from envoy_contract import EnvoyGateway, ExtAuthzContract
-from gateway_headers import SECURITY_HEADERS, assert_security_headers
+from gateway_headers import (
+    ACCESS_CONTROL_HEADERS,
+    CALLER_ADDRESS,
+    CALLERS_X_FORWARDED,
+    CDN_CACHE_HEADERS,
+    CLIENT_ADDRESS_HEADERS,
+    SECURITY_HEADERS,
+    assert_security_headers,
+    smuggled,
+)
+from nginx_support import Tap
 
 from binding_support import ALICE, Recorder, overrides
 from dragoman.browser.headers import security_headers
@@ -87,6 +97,24 @@ async def recorded(
         stack = await make_stack({**overrides(upstream_url), **DECISION})
         async with gateway_to(serve, contract, stack, upstream_url) as route:
             yield route, upstream
+
+
+@dataclasses.dataclass
+class Tapped:
+    route: Route
+    tap: Tap
+
+
+@pytest.fixture
+async def tapped(
+    serve: Serve, make_stack: MakeStack, contract: ExtAuthzContract
+) -> AsyncIterator[Tapped]:
+    """Caller -> gateway -> dragoman; allowed -> a tap that records every request and
+    relays it to the demo platform (nginx_support.Tap: it can add headers to the answer)."""
+    stack = await make_stack(DECISION)
+    tap = Tap(stack.urls["platform"])
+    async with serve(tap.app()) as tap_url, gateway_to(serve, contract, stack, tap_url) as route:
+        yield Tapped(route, tap)
 
 
 def bearer(stack: DemoStack, account: str = "acct-1001", subject: str = "alice") -> str:
@@ -271,7 +299,7 @@ def test_shipped_security_headers_are_dragomans(contract: ExtAuthzContract) -> N
     }
     for name, value in SECURITY_HEADERS.items():
         assert added.pop(name.lower()) == (value, "OVERWRITE_IF_EXISTS_OR_ADD"), name
-    assert added == {"cache-control": ("no-store", "ADD_IF_ABSENT")}
+    assert added == {"cache-control": ("no-store", "OVERWRITE_IF_EXISTS_OR_ADD")}
 
 
 async def test_an_allowed_answer_carries_the_security_headers_and_no_store(
@@ -282,6 +310,125 @@ async def test_an_allowed_answer_carries_the_security_headers_and_no_store(
         assert r.status == 200
         assert_security_headers(r)
         assert r.headers.getall("Cache-Control") == ["no-store"]
+
+
+async def test_upstream_public_s_maxage_reaches_the_caller_as_no_store(
+    tapped: Tapped, http: aiohttp.ClientSession
+) -> None:
+    # Envoy cannot make the upstream's directives private without a Lua filter: the shipped
+    # file overwrites them with no-store, which no cache, shared or not, may keep.
+    tapped.tap.answer_headers = {"Cache-Control": "public, s-maxage=600"}
+    route = tapped.route
+    async with http.get(route.url + PM, headers={"Authorization": bearer(route.stack)}) as r:
+        assert r.status == 200
+        assert r.headers.getall("Cache-Control") == ["no-store"]
+
+
+async def test_every_upstream_cache_control_reaches_the_caller_as_no_store(
+    tapped: Tapped, http: aiohttp.ClientSession
+) -> None:
+    route = tapped.route
+    got = {}
+    for upstream in ("public, max-age=600", "s-maxage=600", "private, max-age=60", "no-cache"):
+        tapped.tap.answer_headers = {"Cache-Control": upstream}
+        async with http.get(route.url + PM, headers={"Authorization": bearer(route.stack)}) as r:
+            assert r.status == 200
+            got[upstream] = r.headers.getall("Cache-Control")
+    assert got == {upstream: ["no-store"] for upstream in got}
+
+
+async def test_upstreams_cdn_cache_headers_never_reach_the_caller(
+    tapped: Tapped, http: aiohttp.ClientSession
+) -> None:
+    tapped.tap.answer_headers = {name: "max-age=3600" for name in CDN_CACHE_HEADERS}
+    route = tapped.route
+    async with http.get(route.url + PM, headers={"Authorization": bearer(route.stack)}) as r:
+        assert r.status == 200
+        assert [name for name in CDN_CACHE_HEADERS if name in r.headers] == []
+
+
+async def test_upstreams_set_cookie_never_reaches_the_caller(
+    tapped: Tapped, http: aiohttp.ClientSession
+) -> None:
+    cookie = "__Host-dragoman-csrf=attacker; Path=/; Secure; HttpOnly"
+    tapped.tap.answer_headers = {"Set-Cookie": cookie}
+    route = tapped.route
+    async with http.get(route.url + PM, headers={"Authorization": bearer(route.stack)}) as r:
+        assert r.status == 200
+        assert "Set-Cookie" not in r.headers
+
+
+async def test_upstreams_access_control_headers_never_reach_the_caller(
+    tapped: Tapped, http: aiohttp.ClientSession
+) -> None:
+    tapped.tap.answer_headers = ACCESS_CONTROL_HEADERS
+    route = tapped.route
+    async with http.get(route.url + PM, headers={"Authorization": bearer(route.stack)}) as r:
+        assert r.status == 200
+        assert [name for name in ACCESS_CONTROL_HEADERS if name in r.headers] == []
+
+
+async def test_callers_client_address_headers_never_reach_the_upstream(
+    tapped: Tapped, http: aiohttp.ClientSession
+) -> None:
+    route = tapped.route
+    headers = {"Authorization": bearer(route.stack), **smuggled(CLIENT_ADDRESS_HEADERS)}
+    async with http.get(route.url + PM, headers=headers) as r:
+        assert r.status == 200
+    (arrival,) = tapped.tap.arrivals
+    assert [name for name in CLIENT_ADDRESS_HEADERS if name in arrival.headers] == []
+
+
+async def test_callers_x_forwarded_headers_never_reach_the_upstream(
+    tapped: Tapped, http: aiohttp.ClientSession
+) -> None:
+    route = tapped.route
+    headers = {"Authorization": bearer(route.stack), **smuggled(CALLERS_X_FORWARDED)}
+    async with http.get(route.url + PM, headers=headers) as r:
+        assert r.status == 200
+    (arrival,) = tapped.tap.arrivals
+    assert [name for name in CALLERS_X_FORWARDED if name in arrival.headers] == []
+    assert CALLER_ADDRESS not in str(dict(arrival.headers))
+
+
+async def test_x_forwarded_proto_at_the_upstream_is_the_gateways_scheme(
+    tapped: Tapped, http: aiohttp.ClientSession
+) -> None:
+    route = tapped.route
+    headers = {"Authorization": bearer(route.stack), "X-Forwarded-Proto": "https"}
+    async with http.get(route.url + PM, headers=headers) as r:
+        assert r.status == 200
+    (arrival,) = tapped.tap.arrivals
+    assert arrival.headers.getall("X-Forwarded-Proto") == ["http"]
+
+
+async def test_x_forwarded_for_at_the_upstream_is_the_peer_only(tapped: Tapped) -> None:
+    route = tapped.route
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))
+    headers = {"Authorization": bearer(route.stack), "X-Forwarded-For": "203.0.113.66, 10.0.0.1"}
+    async with (
+        aiohttp.ClientSession(connector=connector) as client,
+        client.get(route.url + PM, headers=headers) as r,
+    ):
+        assert r.status == 200
+    (arrival,) = tapped.tap.arrivals
+    assert arrival.headers.getall("X-Forwarded-For") == ["127.0.0.3"]
+
+
+async def test_check_request_still_names_the_callers_address_last(tapped: Tapped) -> None:
+    # The router clears and sets the upstream's headers after ext_authz: dragoman is still
+    # sent X-Forwarded-For with the address Envoy appended, and records it.
+    route = tapped.route
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))
+    headers = {"Authorization": bearer(route.stack), "X-Forwarded-For": "203.0.113.66"}
+    async with (
+        aiohttp.ClientSession(connector=connector) as client,
+        client.get(route.url + PM, headers=headers) as r,
+    ):
+        assert r.status == 200
+    assert route.gateway.checks[-1].getall("x-forwarded-for") == ["203.0.113.66, 127.0.0.3"]
+    audit = (route.stack.state_dir / "audit.jsonl").read_text("utf-8").splitlines()
+    assert json.loads(audit[-1])["client_ip"] == "127.0.0.3"
 
 
 async def test_a_denial_carries_dragomans_security_headers(

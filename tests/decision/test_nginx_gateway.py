@@ -19,7 +19,15 @@ from typing import Any
 
 import aiohttp
 import pytest
-from gateway_headers import assert_security_headers
+from gateway_headers import (
+    ACCESS_CONTROL_HEADERS,
+    CALLER_ADDRESS,
+    CALLERS_X_FORWARDED,
+    CDN_CACHE_HEADERS,
+    CLIENT_ADDRESS_HEADERS,
+    assert_security_headers,
+    smuggled,
+)
 from nginx_support import (
     Tap,
     command,
@@ -33,6 +41,7 @@ from yarl import URL
 
 from ci_support import service_missing
 from dragoman.demo.runner import DemoStack
+from dragoman.forward import private_cache_control
 
 PM = "/v1/customers/cus_alice/payment-methods"
 BOB_PM = "/v1/customers/cus_bob/payment-methods"
@@ -401,6 +410,130 @@ async def test_the_upstreams_own_security_headers_give_way_and_its_cache_control
         assert response.status == 200
         assert_security_headers(response)
         assert response.headers.getall("Cache-Control") == ["private, max-age=60"]
+
+
+async def test_upstream_public_s_maxage_reaches_the_caller_as_private(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    gateway.tap.answer_headers = {"Cache-Control": "public, s-maxage=600"}
+    async with http.get(gateway.url + PM, headers=alice(gateway.stack)) as response:
+        assert response.status == 200
+        assert response.headers.getall("Cache-Control") == ["private"]
+
+
+UPSTREAM_CACHE_CONTROL = (
+    "public, s-maxage=600, max-age=600",
+    "max-age=60, public",
+    "public,max-age=5",
+    "PUBLIC, Max-Age=60",
+    "s-maxage=600, no-cache, must-revalidate",
+    'private="set-cookie", max-age=60',
+    'public, s-maxage=1, private="x"',
+    "private, max-age=60",
+    "no-store, public",
+    "max-age=60",
+    "no-cache",
+)
+
+
+async def test_upstream_cache_control_is_made_private_as_proxy_mode_makes_it(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    got = {}
+    for upstream in UPSTREAM_CACHE_CONTROL:
+        gateway.tap.answer_headers = {"Cache-Control": upstream}
+        async with http.get(gateway.url + PM, headers=alice(gateway.stack)) as response:
+            assert response.status == 200
+            got[upstream] = response.headers.getall("Cache-Control")
+    assert got == {upstream: [private_cache_control([upstream])] for upstream in got}
+
+
+async def test_upstream_cache_control_with_four_shared_cache_directives_gets_no_store(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    # The map takes out three; past them the strictest answer, never a shared one.
+    gateway.tap.answer_headers = {"Cache-Control": 'public, s-maxage=1, private="x", public'}
+    async with http.get(gateway.url + PM, headers=alice(gateway.stack)) as response:
+        assert response.status == 200
+        assert response.headers.getall("Cache-Control") == ["no-store"]
+
+
+async def test_upstreams_cdn_cache_headers_never_reach_the_caller(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    gateway.tap.answer_headers = {name: "max-age=3600" for name in CDN_CACHE_HEADERS}
+    async with http.get(gateway.url + PM, headers=alice(gateway.stack)) as response:
+        assert response.status == 200
+        assert [name for name in CDN_CACHE_HEADERS if name in response.headers] == []
+
+
+async def test_upstreams_set_cookie_never_reaches_the_caller(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    cookie = "__Host-dragoman-csrf=attacker; Path=/; Secure; HttpOnly"
+    gateway.tap.answer_headers = {"Set-Cookie": cookie}
+    async with http.get(gateway.url + PM, headers=alice(gateway.stack)) as response:
+        assert response.status == 200
+        assert "Set-Cookie" not in response.headers
+
+
+async def test_upstreams_access_control_headers_never_reach_the_caller(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    gateway.tap.answer_headers = ACCESS_CONTROL_HEADERS
+    async with http.get(gateway.url + PM, headers=alice(gateway.stack)) as response:
+        assert response.status == 200
+        assert [name for name in ACCESS_CONTROL_HEADERS if name in response.headers] == []
+
+
+# -- where the request came from -------------------------------------------------------------
+
+
+async def test_callers_client_address_headers_never_reach_the_platform(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    headers = {**alice(gateway.stack), **smuggled(CLIENT_ADDRESS_HEADERS)}
+    async with http.get(gateway.url + PM, headers=headers) as response:
+        assert response.status == 200
+    (arrival,) = gateway.tap.arrivals
+    assert [name for name in CLIENT_ADDRESS_HEADERS if name in arrival.headers] == []
+
+
+async def test_callers_x_forwarded_headers_never_reach_the_platform(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    headers = {**alice(gateway.stack), **smuggled(CALLERS_X_FORWARDED)}
+    async with http.get(gateway.url + PM, headers=headers) as response:
+        assert response.status == 200
+    (arrival,) = gateway.tap.arrivals
+    assert [name for name in CALLERS_X_FORWARDED if name in arrival.headers] == []
+    assert CALLER_ADDRESS not in str(dict(arrival.headers))
+
+
+async def test_x_forwarded_proto_at_the_platform_is_the_gateways_scheme(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    headers = {**alice(gateway.stack), "X-Forwarded-Proto": "https"}
+    async with http.get(gateway.url + PM, headers=headers) as response:
+        assert response.status == 200
+    (arrival,) = gateway.tap.arrivals
+    assert arrival.headers.getall("X-Forwarded-Proto") == ["http"]
+
+
+async def test_x_forwarded_for_at_the_platform_is_the_peer_only(gateway: Gateway) -> None:
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))
+    async with (
+        aiohttp.ClientSession(connector=connector) as client,
+        client.get(
+            gateway.url + PM,
+            headers={**alice(gateway.stack), "X-Forwarded-For": "203.0.113.66, 10.0.0.1"},
+        ) as response,
+    ):
+        assert response.status == 200
+    (arrival,) = gateway.tap.arrivals
+    assert arrival.headers.getall("X-Forwarded-For") == ["127.0.0.3"]
+    (record,) = gateway.decisions()
+    assert record["client_ip"] == "127.0.0.3"
 
 
 # -- the audit record ------------------------------------------------------------------------
