@@ -10,6 +10,7 @@ import asyncio
 import gzip
 import io
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -469,6 +470,43 @@ async def test_a_caller_who_leaves_before_the_answer_is_not_audited_as_a_refusal
     record = requests()[-1]
     assert (record["decision"], record["code"]) == ("allow", None)
     assert record["upstream_status"] == 201
+    assert record["stream_error"] == "client_disconnected"
+
+
+async def test_a_caller_who_stops_reading_and_leaves_is_not_audited_as_an_error(
+    proxied: tuple[Echo, DemoStack],
+) -> None:
+    # The answer's writes wait for the caller's socket to drain; when the caller then
+    # hangs up, aiohttp raises ConnectionError("Connection lost"), not a reset: it was
+    # recorded as 500 internal_error, with an ERROR traceback, for any caller to cause.
+    _upstream, stack = proxied
+    assert stack.proxy is not None
+    host, port = stack.urls["proxy"].removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    lines = [f"GET /stream/{CUSTOMER} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{k}: {v}" for k, v in auth(stack).items()]
+    sock.send(("\r\n".join(lines) + "\r\n\r\n").encode())
+    for _ in range(500):  # until the answer is under way, then past what buffers hold
+        if stack.proxy.in_flight:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.5)
+    sock.close()
+
+    def requests() -> list[dict[str, Any]]:
+        if not (stack.state_dir / "audit.jsonl").exists():
+            return []
+        return [r for r in audit(stack) if r["event"] == "request"]
+
+    for _ in range(500):
+        if requests():
+            break
+        await asyncio.sleep(0.02)
+    record = requests()[-1]
+    assert (record["decision"], record["code"]) == ("allow", None)
     assert record["stream_error"] == "client_disconnected"
 
 

@@ -461,7 +461,7 @@ class Forwarder:
                 raise AuditUnavailable("audit_write_failed")
             try:
                 await response.prepare(request)
-            except ConnectionResetError:
+            except ConnectionError:  # a reset, or "Connection lost" while draining
                 ctx.stream_error = "client_disconnected"
                 return response
             # From here the caller has our status line: an upstream failure can only cut
@@ -482,11 +482,14 @@ class Forwarder:
                     return response
                 try:
                     await response.write(chunk)
-                except ConnectionResetError:
+                except ConnectionError:
                     ctx.stream_error = "client_disconnected"
                     return response
                 chunk = following
-            await response.write_eof()
+            try:
+                await response.write_eof()
+            except ConnectionError:
+                ctx.stream_error = "client_disconnected"
             return response
         finally:
             upstream.release()
