@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from pathlib import Path
 from typing import Annotated
@@ -17,20 +18,37 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
+MAX_DURATION = 100 * 365 * 86400.0
+"""The longest duration any setting takes (100 years); each setting has its own bound too."""
+
+_DURATION_FORM = "a duration is a number of seconds or a string like '90s', '5m', '36h'"
+
+
 def parse_duration(value: object) -> object:
-    """Turn ``"90s"``, ``"5m"``, ``"36h"`` or a number into seconds (float)."""
+    """Turn ``"90s"``, ``"5m"``, ``"36h"`` or a number into seconds (float).
+
+    Infinity, NaN and numbers past :data:`MAX_DURATION` are refused (ValueError, which the
+    loader reports under the setting's key): an endless duration would switch a check off.
+    """
     if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like '90s', '5m', '36h'")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match is None:
-            raise ValueError(
-                "a duration is a number of seconds or a string like '90s', '5m', '36h'"
-            )
-        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    return value
+        raise ValueError(_DURATION_FORM)
+    try:
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str):
+            match = _DURATION.match(value)
+            if match is None:
+                raise ValueError(_DURATION_FORM)
+            seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        else:
+            return value
+    except OverflowError:
+        raise ValueError("a duration must be finite and at most 100 years") from None
+    if math.isnan(seconds):
+        raise ValueError(_DURATION_FORM)
+    if not math.isfinite(seconds) or seconds > MAX_DURATION:
+        raise ValueError("a duration must be finite and at most 100 years")
+    return seconds
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]

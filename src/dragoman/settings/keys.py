@@ -90,7 +90,11 @@ class KeySettings(Section):
         60.0,
         ge=0,
         le=3600,
-        description="How long the previous key keeps verifying after a rotation.",
+        description=(
+            "How long the previous key keeps verifying after a rotation; at least 3 x"
+            " refresh_interval (a worker may sign with the predecessor that long after an"
+            " immediate rotation), so never 0."
+        ),
     )
     prepublish: Duration = Field(
         600.0,
@@ -98,7 +102,9 @@ class KeySettings(Section):
         le=86400,
         description=(
             "How long a new key is published before it signs; at least the upstream's"
-            " JWKS cache time, and at least jwks_max_age."
+            " JWKS cache time, at least jwks_max_age and at least 3 x refresh_interval."
+            " 0 (with jwks_max_age = 0): every rotation is immediate, as with"
+            " `keys rotate --now`."
         ),
     )
     auto_rotate: bool = Field(True, description="Rotate on schedule (off: only `keys rotate`).")
@@ -163,7 +169,14 @@ class KeySettings(Section):
             )
         if self.prepublish >= self.rotation_period:
             raise ValueError("prepublish must be shorter than rotation_period")
-        if 3 * self.refresh_interval > min(self.overlap, self.prepublish):
-            # A worker may sign from a view up to three refresh intervals old.
-            raise ValueError("3 x refresh_interval must not exceed overlap nor prepublish")
+        # A worker may sign from a view up to three refresh intervals old: after an
+        # immediate rotation (`keys rotate --now`, or prepublish = 0) it may sign with the
+        # predecessor that long, so the overlap must cover it. prepublish = 0 makes every
+        # rotation immediate, so it has no such term of its own.
+        if 3 * self.refresh_interval > self.overlap:
+            raise ValueError("3 x refresh_interval must not exceed overlap")
+        if self.prepublish > 0 and 3 * self.refresh_interval > self.prepublish:
+            raise ValueError(
+                "3 x refresh_interval must not exceed prepublish (or set prepublish = 0)"
+            )
         return self

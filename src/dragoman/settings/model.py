@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import re
 import tomllib
@@ -12,6 +14,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 from dragoman.settings.alerts import AlertSettings
 from dragoman.settings.anomaly import AnomalySettings
@@ -209,6 +212,24 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _listeners_on_their_own_ports(self) -> Settings:
+        # Two listeners on one port: the second fails to bind, or (SO_REUSEPORT) the kernel
+        # shares connections between them, so the metrics or the decision API (which
+        # answers with minted tokens) would be reachable on the proxy's port.
+        listeners = [("server", self.server.host, self.server.port)]
+        for name, section in (("metrics", self.metrics), ("decision", self.decision)):
+            if section.enabled:
+                listeners.append((name, section.host, section.port))
+        for index, (name, host, port) in enumerate(listeners):
+            for other, other_host, other_port in listeners[:index]:
+                if port != 0 and port == other_port and _hosts_overlap(host, other_host):
+                    raise ValueError(
+                        f"{name}.port: the same port as {other}.port on an overlapping"
+                        " address; each listener needs a port of its own"
+                    )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -220,6 +241,24 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file arrives as init values; the environment overrides it.
         return (env_settings, init_settings)
+
+
+_ANY_ADDRESS = frozenset({"", "0.0.0.0", "::", "*"})  # noqa: S104 - compared, never bound
+
+
+def _hosts_overlap(first: str, second: str) -> bool:
+    """Whether listeners on ``first`` and ``second`` would share a port: the same address,
+    or either is the any-address (0.0.0.0 and :: take every address)."""
+    if first in _ANY_ADDRESS or second in _ANY_ADDRESS:
+        return True
+    return _canonical_host(first) == _canonical_host(second)
+
+
+def _canonical_host(host: str) -> str:
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return host.lower().rstrip(".")
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +324,34 @@ def load_settings(
         return Settings(**data)
     except ValidationError as exc:
         raise SettingsError(_problems_from(exc)) from None
+    except SourceError:
+        # pydantic-settings could not read an environment value (malformed JSON for a
+        # table or a list): name the variable, never its value (it may be a secret).
+        raise SettingsError(_environment_problems()) from None
+
+
+def _environment_problems() -> list[Problem]:
+    problems = []
+    for name, value in sorted(os.environ.items()):
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() == CONFIG_ENV:
+            continue
+        if not value.strip().startswith(("{", "[", '"')):
+            continue
+        try:
+            json.loads(value)
+        except ValueError as exc:
+            where = (
+                f" (line {exc.lineno}, column {exc.colno})"
+                if isinstance(exc, json.JSONDecodeError)
+                else ""
+            )
+            problems.append(Problem(name, f"not valid JSON{where}"))
+    return problems or [
+        Problem(
+            "environment",
+            f"a {ENV_PREFIX}* variable could not be read (a table or a list is written as JSON)",
+        )
+    ]
 
 
 def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,8 @@ class StepUpSettings(Section):
     max_age: Duration | None = Field(
         None,
         gt=0,
-        description="The identity token's `auth_time` must be at most this old.",
+        le=86400,
+        description="The identity token's `auth_time` must be at most this old (a day at most).",
     )
     acr_values: list[str] = Field(
         default_factory=list,

@@ -60,9 +60,11 @@ class ReconcileSettings(Section):
     resume_within: Duration = Field(
         12 * 3600.0,
         ge=0,
+        le=7 * 86400,
         description=(
             "An unfinished run younger than this is continued; an older one is abandoned"
             " and a fresh run starts (mappings it checked long ago would be left stale)."
+            " At most 7d."
         ),
     )
     lease_ttl: Duration = Field(
