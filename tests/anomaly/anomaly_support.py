@@ -49,9 +49,14 @@ class Backend:
     redis_url: str | None
 
 
+DEFAULT_RULES = ("changes_burst", "changes_above_baseline", "card_testing")
+
+
 def anomaly_overrides(backend: Backend, rules: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """Only ``rules`` (no default rule), and no rate limits (they would answer first)."""
-    anomaly: dict[str, Any] = {"backend": backend.name, "rules": rules}
+    """Only ``rules`` (the default rules disabled), and no rate limits (they would answer
+    first)."""
+    no_defaults = {name: {"disabled": True} for name in DEFAULT_RULES if name not in rules}
+    anomaly: dict[str, Any] = {"backend": backend.name, "rules": {**no_defaults, **rules}}
     if backend.redis_url is not None:
         anomaly["redis_url"] = backend.redis_url
     return {"anomaly": anomaly, "limits": {"enabled": False}, **extra}

@@ -124,21 +124,23 @@ class RuleBook:
 
     @classmethod
     def from_settings(cls, settings: AnomalySettings, catalog: Sequence[Operation]) -> RuleBook:
-        """Refuses (SettingsError) explicitly configured rules naming nothing in a non-empty
-        catalog: a typo would silently switch detection off. The default rules name the demo
-        catalog's scopes; with another catalog, the ones naming nothing are logged."""
+        """Refuses (SettingsError) the rules the operator wrote that name nothing in a
+        non-empty catalog: a typo would silently switch detection off. The default rules
+        (left as they are) name the demo catalog's scopes; with another catalog, the ones
+        naming nothing are logged."""
         rules = [Rule.from_settings(name, rule) for name, rule in settings.rules.items()]
-        unknown = _unknown_entries(rules, catalog)
-        if unknown and catalog:
-            if "rules" in settings.model_fields_set:
-                raise SettingsError(
-                    [
-                        Problem(f"anomaly.rules.{name}", f"names nothing in the catalog: {what}")
-                        for name, what in unknown.items()
-                    ]
-                )
-            for name, what in unknown.items():
-                log.warning("default anomaly rule %s names nothing in the catalog: %s", name, what)
+        unknown = _unknown_entries(rules, catalog) if catalog else {}
+        configured = settings.configured_rules()
+        refused = {name: what for name, what in unknown.items() if name in configured}
+        if refused:
+            raise SettingsError(
+                [
+                    Problem(f"anomaly.rules.{name}", f"names nothing in the catalog: {what}")
+                    for name, what in refused.items()
+                ]
+            )
+        for name, what in unknown.items():
+            log.warning("default anomaly rule %s names nothing in the catalog: %s", name, what)
         return cls(rules, catalog)
 
     def feeds(self, operation: Operation) -> tuple[Feed, ...]:
@@ -152,9 +154,14 @@ def unknown_rule_entries(
     """Rule name -> the entries of explicitly configured rules that name nothing in a
     non-empty ``catalog`` (a typo would silently switch detection off). The settings refuse
     them at load, so `dragoman check-config` reports them as `serve` would."""
-    if not catalog or not settings.enabled or "rules" not in settings.model_fields_set:
+    if not catalog or not settings.enabled:
         return {}
-    rules = [Rule.from_settings(name, rule) for name, rule in settings.rules.items()]
+    configured = settings.configured_rules()
+    rules = [
+        Rule.from_settings(name, rule)
+        for name, rule in settings.rules.items()
+        if name in configured
+    ]
     return _unknown_entries(rules, catalog)
 
 

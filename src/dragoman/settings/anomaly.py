@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -24,6 +25,15 @@ method and changing the billing address (the demo catalog's scopes)."""
 
 class AnomalyRuleSettings(Section):
     """One anomaly rule: what it counts, when it fires, and what happens then."""
+
+    disabled: bool = Field(
+        False,
+        description=(
+            "Remove this rule, default included: `card_testing = { disabled = true }`"
+            " (`DRAGOMAN_ANOMALY__RULES__CARD_TESTING__DISABLED=true`) drops the default"
+            " card_testing rule."
+        ),
+    )
 
     report_only: bool = Field(
         False,
@@ -112,12 +122,16 @@ class AnomalyRuleSettings(Section):
         return self
 
 
+_DEFAULT_RULES: dict[str, dict[str, Any]] = {
+    "changes_burst": {"kind": "threshold"},
+    "changes_above_baseline": {"kind": "baseline"},
+    "card_testing": {"kind": "card_testing", "action": "block"},
+}
+"""The default rules, as the keys that differ from a rule's own defaults."""
+
+
 def _default_anomaly_rules() -> dict[str, AnomalyRuleSettings]:
-    return {
-        "changes_burst": AnomalyRuleSettings(kind="threshold"),
-        "changes_above_baseline": AnomalyRuleSettings(kind="baseline"),
-        "card_testing": AnomalyRuleSettings(kind="card_testing", action="block"),
-    }
+    return {name: AnomalyRuleSettings(**rule) for name, rule in _DEFAULT_RULES.items()}
 
 
 class AnomalySettings(Section):
@@ -141,7 +155,11 @@ class AnomalySettings(Section):
         description=(
             "Rule name -> rule. Default: changes_burst (threshold 20 per 1h, alert),"
             " changes_above_baseline (5x the EWMA, at least 10 per 1h, alert), card_testing"
-            " (3 add/delete pairs within 5m each in 1h: block for 15m)."
+            " (3 add/delete pairs within 5m each in 1h: block for 15m). The rules named here"
+            " are added to the defaults; a default rule named here takes the keys given and"
+            ' keeps its other ones, `kind` included (`card_testing = { action = "alert" }`'
+            " keeps the card_testing rule, alerting only). To remove a default rule, write"
+            " `card_testing = { disabled = true }`."
         ),
     )
 
@@ -150,13 +168,38 @@ class AnomalySettings(Section):
     def _redis_url(cls, value: str | None) -> str | None:
         return check_redis_url(value)
 
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _rules_over_defaults(cls, value: Any) -> Any:
+        # Naming one rule (or one key of a default rule) must not drop the default rules
+        # nor turn a default rule into another kind (that would fail open).
+        if not isinstance(value, Mapping):
+            return value
+        merged: dict[str, Any] = {name: dict(rule) for name, rule in _DEFAULT_RULES.items()}
+        for name, rule in value.items():
+            if isinstance(rule, Mapping) and name in merged:
+                merged[name] = {**merged[name], **rule}
+            else:
+                merged[name] = rule
+        return merged
+
     @field_validator("rules")
     @classmethod
     def _rule_names(cls, value: dict[str, AnomalyRuleSettings]) -> dict[str, AnomalyRuleSettings]:
         for name in value:
             if not _RULE_NAME.match(name):
                 raise ValueError(f"rule name {name!r}: lower-case letters, digits, _ and -")
-        return value
+        return {name: rule for name, rule in value.items() if not rule.disabled}
+
+    def configured_rules(self) -> frozenset[str]:
+        """The names of the rules the operator wrote: every rule but a default one left as
+        it is (the defaults name the demo catalog's scopes, so another catalog may not
+        have them; the operator's own rules must name something in it)."""
+        return frozenset(
+            name
+            for name, rule in self.rules.items()
+            if name not in _DEFAULT_RULES or rule != AnomalyRuleSettings(**_DEFAULT_RULES[name])
+        )
 
     @model_validator(mode="after")
     def _backend_complete(self) -> AnomalySettings:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
@@ -15,6 +17,14 @@ _ACR_VALUE = re.compile(r'^[^\s"\\]+$')
 class StepUpSettings(Section):
     """What a recent enough sign-in is, for the operations of one risk tier (RFC 9470)."""
 
+    disabled: bool = Field(
+        False,
+        description=(
+            "Remove this tier's step-up, default included: `money = { disabled = true }`"
+            " (`DRAGOMAN_POLICY__STEP_UP__MONEY__DISABLED=true`) drops the default money"
+            " step-up. Other keys of a disabled entry are ignored."
+        ),
+    )
     max_age: Duration | None = Field(
         None,
         gt=0,
@@ -43,7 +53,7 @@ class StepUpSettings(Section):
 
     @model_validator(mode="after")
     def _something(self) -> StepUpSettings:
-        if self.max_age is None and not self.acr_values:
+        if not self.disabled and self.max_age is None and not self.acr_values:
             raise ValueError("a step-up names max_age, acr_values or both")
         return self
 
@@ -78,6 +88,9 @@ class PolicySettings(Section):
         description=(
             "Risk tier -> the recent sign-in its operations need (otherwise 401"
             " insufficient_user_authentication). Default: money needs auth_time within 5m."
+            " The tiers named here are added to the defaults: a tier named here replaces"
+            " that tier's entry only (`[policy.step_up.destroy]` keeps the money default);"
+            " to remove a default, write `money = { disabled = true }`."
         ),
     )
 
@@ -89,6 +102,21 @@ class PolicySettings(Section):
             " gains a `would_deny` entry (scope_denied). The mapping's grants always apply."
         ),
     )
+
+    @field_validator("step_up", mode="before")
+    @classmethod
+    def _step_up_over_defaults(cls, value: Any) -> Any:
+        # Naming one tier must not drop the default ones (that would fail open).
+        if isinstance(value, Mapping):
+            return {**_default_step_up(), **value}
+        return value
+
+    @field_validator("step_up")
+    @classmethod
+    def _drop_disabled(
+        cls, value: dict[RiskTier, StepUpSettings]
+    ) -> dict[RiskTier, StepUpSettings]:
+        return {tier: step_up for tier, step_up in value.items() if not step_up.disabled}
 
     @model_validator(mode="after")
     def _report_only_roles_defined(self) -> PolicySettings:
