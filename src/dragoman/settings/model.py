@@ -160,6 +160,25 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"policy.roles: entries name nothing in the catalog: {', '.join(unknown)}"
             )
+        if catalog:
+            # What `serve` refuses at start, said by check-config too.
+            from dragoman.mapping.registration import unknown_grant_operations
+
+            unknown_grants = unknown_grant_operations(self.mapping.registration, catalog)
+            if unknown_grants:
+                raise ValueError(
+                    "mapping.registration: grants name operations that are not in the"
+                    f" catalog: {', '.join(unknown_grants)}"
+                )
+            wanted = self.mapping.platform.customer_operation
+            platform_op = next((op for op in catalog if op.id == wanted), None)
+            if platform_op is not None and (
+                platform_op.method != "GET" or platform_op.customer_param is None
+            ):
+                raise ValueError(
+                    f"mapping.platform.customer_operation: {wanted!r} must be a GET whose"
+                    " path names the customer (customer_param)"
+                )
         from dragoman.anomaly.rules import unknown_rule_entries
 
         naming_nothing = unknown_rule_entries(self.anomaly, catalog)
@@ -194,6 +213,15 @@ class Settings(BaseSettings):
         # count its own anomalies (N workers, N times the limit).
         if self.server.workers == 1:
             return self
+        for key, enabled, port in (
+            ("server.port", True, self.server.port),
+            ("metrics.port", self.metrics.enabled, self.metrics.port),
+            ("decision.port", self.decision.enabled, self.decision.port),
+        ):
+            if enabled and port == 0:
+                raise ValueError(
+                    f"{key}: 0 (any free port) works with one worker only (server.workers)"
+                )
         browser = self.browser
         if browser.csrf != "off" and browser.session_backend == "memory":
             raise ValueError(
