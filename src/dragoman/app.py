@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
 from dragoman.alerts import AlertSink, open_alert_sinks
@@ -94,6 +93,7 @@ from dragoman.settings import Settings
 from dragoman.state import migrate
 from dragoman.state.redis import warn_if_evicting
 from dragoman.state.sql import make_engine
+from dragoman.timeouts import HeadTimedServer, HeadTimeoutHandler
 from dragoman.tokens.mint import TokenMinter
 from dragoman.tokens.stage import MintTokenStage
 
@@ -612,6 +612,7 @@ def build_proxy(
             max_body_bytes=settings.server.max_body_bytes,
             security_headers=headers,
             body_timeout=settings.server.body_timeout,
+            write_timeout=settings.server.write_timeout,
         ),
         audit=audit,
         audit_shipper=None if audit_sink is not None else open_audit_shipper(settings.audit),
@@ -650,46 +651,60 @@ RefusalAnswer = Callable[[web.BaseRequest, int], web.StreamResponse]
 """The answer to a request the HTTP parser refused, and the status aiohttp chose."""
 
 
-def _problem_server(answer: RefusalAnswer) -> type[Server]:
-    """A :class:`~aiohttp.web_server.Server` whose connections answer what the HTTP parser
-    refuses with ``answer``. aiohttp's own answer is the parser's message as text/plain,
-    and that message quotes the refused line: a bearer token, a cookie (SEMANTICS §7)."""
+class ProblemRequestHandler(HeadTimeoutHandler):
+    """A connection whose request head must arrive within ``server.header_timeout``
+    (:class:`~dragoman.timeouts.HeadTimeoutHandler`), and which answers what the HTTP
+    parser refuses with its server's :attr:`ProblemServer.answer`. aiohttp's own answer is
+    the parser's message as text/plain, and that message quotes the refused line: a bearer
+    token, a cookie (SEMANTICS §7)."""
 
-    class ProblemRequestHandler(RequestHandler):
-        def handle_error(
-            self,
-            request: web.BaseRequest,
-            status: int = 500,
-            exc: BaseException | None = None,
-            message: str | None = None,
-        ) -> web.StreamResponse:
-            # aiohttp's own logs the refusal (one line: ParserRefusalFilter) and raises
-            # when part of an answer has left already; its text answer is not used.
-            super().handle_error(request, status, exc, message)
-            response = answer(request, status)
-            response.force_close()
-            return response
+    def __init__(self, manager: Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        assert isinstance(manager, ProblemServer)
+        self._answer = manager.answer
 
-    class ProblemServer(Server):
-        def __call__(self) -> RequestHandler:
-            return ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # aiohttp's own logs the refusal (one line: ParserRefusalFilter) and raises
+        # when part of an answer has left already; its text answer is not used.
+        super().handle_error(request, status, exc, message)
+        response = self._answer(request, status)
+        response.force_close()
+        return response
 
-    return ProblemServer
+
+class ProblemServer(HeadTimedServer):
+    """Connections that are :class:`ProblemRequestHandler`, answering with :attr:`answer`
+    (a class of it per runner: :class:`ProxyRunner`)."""
+
+    handler = ProblemRequestHandler
+    answer: RefusalAnswer
 
 
 class ProxyRunner(web.AppRunner):
-    """An :class:`~aiohttp.web.AppRunner` whose server answers what the HTTP parser
-    refuses with ``answer`` (:func:`_problem_server`)."""
+    """An :class:`~aiohttp.web.AppRunner` whose connections are
+    :class:`ProblemRequestHandler`: what the parser refuses is answered with ``answer``,
+    and a request head must arrive within ``header_timeout``."""
 
     def __init__(
         self,
         app: web.Application,
         *,
         answer: RefusalAnswer,
+        header_timeout: float,
         **options: Any,
     ) -> None:
         super().__init__(app, **options)
-        self._server_class = _problem_server(answer)
+        self._server_class = type(
+            "ProxyServer",
+            (ProblemServer,),
+            {"answer": staticmethod(answer), "header_timeout": header_timeout},
+        )
 
     async def _make_server(self) -> Server:
         server = await super()._make_server()
@@ -713,7 +728,12 @@ def proxy_runner(
     is forwarded as sent, so its bytes always match the Content-Length the upstream is told
     (a body inflated on the way would run past it, into a second request). What the parser
     refuses is logged as one line, not a traceback (:class:`~dragoman.logs.ParserRefusalFilter`),
-    and answered by ``answer`` (default: the application's proxy records it)."""
+    and answered by ``answer`` (default: the application's proxy records it).
+
+    Slow callers: a request head must be whole within ``server.header_timeout`` (aiohttp
+    has no such limit: :class:`~dragoman.timeouts.HeadTimeoutHandler`), and a kept-alive
+    connection is closed ``server.keepalive_timeout`` after an answer without a next
+    request (aiohttp's default is an hour)."""
     field = max(8190, 2 * settings.identity.max_token_bytes + 1024)
     quiet_parser_refusals()
     if answer is None:
@@ -722,6 +742,8 @@ def proxy_runner(
     return ProxyRunner(
         app,
         answer=answer,
+        header_timeout=settings.server.header_timeout,
+        keepalive_timeout=settings.server.keepalive_timeout,
         access_log=None,
         max_field_size=field,
         auto_decompress=False,

@@ -15,7 +15,10 @@ stops the request (413). What a customer binding checked or wrote is forwarded i
 caller's: ``ctx.forward_query``, ``ctx.forward_headers`` and ``ctx.forward_body`` (a body
 the binding stage buffered, within the same limit). The client session never decompresses,
 never keeps cookies and adds no headers of its own. Connect failures become 502, timeouts
-504, both problem+json, as long as nothing has been sent to the caller yet. Writes are never
+504, both problem+json, as long as nothing has been sent to the caller yet. Each write to the
+caller (the answer's head, each chunk, its end) waits at most ``write_timeout`` for the caller
+to take it; past it the caller's connection is aborted and the request recorded
+``client_stalled`` (:meth:`Forwarder._send`). Writes are never
 resent (not even by aiohttp over a dropped kept-alive connection: :func:`_no_write_retry`);
 a read may be, once, when its pooled connection turns out stale.
 """
@@ -46,7 +49,7 @@ from dragoman.pipeline.errors import (
 )
 from dragoman.pipeline.expect import send_continue
 from dragoman.settings import UpstreamSettings
-from dragoman.settings.server import DEFAULT_BODY_TIMEOUT
+from dragoman.settings.server import DEFAULT_BODY_TIMEOUT, DEFAULT_WRITE_TIMEOUT
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _NO_BODY_METHODS = frozenset({"GET", "HEAD"})
@@ -238,11 +241,14 @@ class Forwarder:
         max_body_bytes: int,
         security_headers: Mapping[str, str],
         body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
     ) -> None:
-        """``body_timeout``: the longest wait for the next bytes of a caller's body."""
+        """``body_timeout``: the longest wait for the next bytes of a caller's body;
+        ``write_timeout``: for a caller to take the next part of an answer."""
         self._base = settings.url
         self._max_body = max_body_bytes
         self._body_timeout = body_timeout
+        self._write_timeout = write_timeout
         self._response_drop = (
             _DROP_RESPONSE | {"set-cookie"} if settings.strip_set_cookie else _DROP_RESPONSE
         )
@@ -401,6 +407,26 @@ class Forwarder:
             raise AuditUnavailable("audit_write_failed")
         return response
 
+    async def _send(self, ctx: RequestContext, write: Awaitable[object]) -> bool:
+        """Await ``write`` (the answer's head, a chunk, its end) for at most
+        ``write_timeout``; False when the caller did not take it: it left
+        (``client_disconnected``), or took nothing for that long (``client_stalled``, its
+        connection aborted). A caller that never reads would otherwise hold the upstream
+        connection and its place in max_in_flight for good: with the caller's socket full,
+        the write waits, and the upstream's read_timeout does not run while its reads are
+        paused for it."""
+        try:
+            async with asyncio.timeout(self._write_timeout):
+                await write
+        except ConnectionError:  # a reset, or "Connection lost" while draining
+            ctx.stream_error = "client_disconnected"
+            return False
+        except TimeoutError:
+            ctx.stream_error = "client_stalled"
+            _abort(ctx.request)
+            return False
+        return True
+
     async def _exchange(
         self,
         ctx: RequestContext,
@@ -459,10 +485,7 @@ class Forwarder:
             # An empty body: the status line is the whole answer, and not sent yet.
             if not first and before_complete is not None and not await before_complete():
                 raise AuditUnavailable("audit_write_failed")
-            try:
-                await response.prepare(request)
-            except ConnectionError:  # a reset, or "Connection lost" while draining
-                ctx.stream_error = "client_disconnected"
+            if not await self._send(ctx, response.prepare(request)):
                 return response
             # From here the caller has our status line: an upstream failure can only cut
             # the response short, which the caller sees as a truncated body. One chunk is
@@ -480,16 +503,10 @@ class Forwarder:
                     ctx.stream_error = "audit_write_failed"
                     _abort(request)  # its record is not written: the caller gets no whole answer
                     return response
-                try:
-                    await response.write(chunk)
-                except ConnectionError:
-                    ctx.stream_error = "client_disconnected"
+                if not await self._send(ctx, response.write(chunk)):
                     return response
                 chunk = following
-            try:
-                await response.write_eof()
-            except ConnectionError:
-                ctx.stream_error = "client_disconnected"
+            await self._send(ctx, response.write_eof())
             return response
         finally:
             upstream.release()

@@ -11,6 +11,12 @@ from dragoman.settings.base import Duration, Section, check_existing_file, check
 
 DEFAULT_BODY_TIMEOUT = 10.0
 """``server.body_timeout``'s default, also the default of the readers that take it."""
+DEFAULT_HEADER_TIMEOUT = 10.0
+"""``server.header_timeout``'s default, also that of the listeners that take it."""
+DEFAULT_KEEPALIVE_TIMEOUT = 75.0
+"""``server.keepalive_timeout``'s default, also that of the listeners that take it."""
+DEFAULT_WRITE_TIMEOUT = 30.0
+"""``server.write_timeout``'s default, also the forwarder's."""
 
 
 class TlsSettings(Section):
@@ -86,6 +92,45 @@ class ServerSettings(Section):
             "Longest wait for the next bytes of a request body (then 408 body_timeout). A"
             " caller that stops sending mid-body would otherwise hold an upstream connection"
             " and a place in max_in_flight for good."
+        ),
+    )
+    header_timeout: Duration = Field(
+        DEFAULT_HEADER_TIMEOUT,
+        gt=0,
+        le=300,
+        description=(
+            "Longest time a caller may take to send a whole request head (request line and"
+            " headers), counted from the connection's opening for its first request and"
+            " from the first byte of each next one on a kept-alive connection; past it the"
+            " connection is closed without an answer. A caller trickling its headers would"
+            " otherwise hold a connection, and up to some 4 MB of buffered header lines,"
+            " until `keepalive_timeout`. Applies to the proxy's and the decision listener's"
+            " connections, and (at its default) the metrics listener's."
+        ),
+    )
+    keepalive_timeout: Duration = Field(
+        DEFAULT_KEEPALIVE_TIMEOUT,
+        gt=0,
+        le=3600,
+        description=(
+            "Longest time a kept-alive connection may go from the end of an answer to the"
+            " whole head of its next request (then it is closed). Keep it longer than a"
+            " front proxy's or gateway's idle timeout for its pooled connections, so the"
+            " pool closes them first. Applies to the proxy's and the decision listener's"
+            " connections, and (at its default) the metrics listener's."
+        ),
+    )
+    write_timeout: Duration = Field(
+        DEFAULT_WRITE_TIMEOUT,
+        gt=0,
+        le=600,
+        description=(
+            "Longest wait for a caller to take the next part of a forwarded answer (its"
+            " head, each chunk of 64 KiB, its end); past it the connection is aborted (the"
+            " caller sees an incomplete answer) and the request recorded with stream_error"
+            " `client_stalled`. A caller that never reads a large answer would otherwise"
+            " hold an upstream connection and a place in max_in_flight for good (the"
+            " upstream's read_timeout does not run while the caller holds the stream back)."
         ),
     )
     shutdown_timeout: Duration = Field(
