@@ -12,7 +12,9 @@ import asyncio
 import logging
 import ssl
 import subprocess
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certs import Issued
+from certs import Issued, name
 from dragoman.demo.runner import write_toml
 from dragoman.observability.tls import EXPIRY, TlsCollector
+from dragoman.server import unloadable_tls
+from dragoman.settings import load_settings
 from dragoman.tls import ServerTls
 from serve_support import DRAGOMAN, free_port, serving, standalone_settings
 from settings_support import settings_problems
@@ -171,6 +175,97 @@ async def test_missing_files_keep_the_previous_certificate_serving(
     assert await presented(port, files.client()) == "first"
 
 
+def out_of_date(
+    files: ServerFiles, common_name: str, *, starts: timedelta, ends: timedelta
+) -> Issued:
+    """A certificate for 127.0.0.1 valid from ``starts`` to ``ends`` after now (negative:
+    before now)."""
+    at = datetime.now(UTC)
+    return files.authority.issue(
+        subject=name(common_name), ips=["127.0.0.1"], not_before=at + starts, not_after=at + ends
+    )
+
+
+def expired(files: ServerFiles) -> Issued:
+    return out_of_date(files, "expired", starts=timedelta(days=-30), ends=timedelta(days=-1))
+
+
+def not_valid_yet(files: ServerFiles, *, starts: timedelta = timedelta(days=7)) -> Issued:
+    return out_of_date(files, "early", starts=starts, ends=timedelta(days=90))
+
+
+async def test_an_expired_renewal_keeps_the_previous_certificate_serving(
+    files: ServerFiles, listen: Listen
+) -> None:
+    tls = ServerTls(files.settings(), listener="proxy")
+    port = await listen(tls)
+    files.put(expired(files))
+    assert not tls.reload()
+    assert await presented(port, files.client()) == "first"
+
+
+async def test_a_renewal_not_valid_yet_keeps_the_previous_certificate_serving(
+    files: ServerFiles, listen: Listen
+) -> None:
+    tls = ServerTls(files.settings(), listener="proxy")
+    port = await listen(tls)
+    files.put(not_valid_yet(files))
+    assert not tls.reload()
+    assert await presented(port, files.client()) == "first"
+
+
+async def test_an_expired_renewal_is_logged_naming_the_file_and_when_it_expired(
+    files: ServerFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    tls = ServerTls(files.settings(), listener="proxy")
+    renewal = expired(files)
+    files.put(renewal)
+    tls.reload()
+    until = renewal.cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"proxy listener: the certificate in {files.cert_file} has expired (valid until"
+        f" {until}); still serving the certificate loaded before"
+    ]
+
+
+async def test_a_renewal_not_valid_yet_is_logged_naming_the_file_and_when_it_becomes_valid(
+    files: ServerFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    tls = ServerTls(files.settings(), listener="proxy")
+    renewal = not_valid_yet(files)
+    files.put(renewal)
+    for _ in range(3):
+        tls.reload()
+    since = renewal.cert.not_valid_before_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"proxy listener: the certificate in {files.cert_file} is not valid yet (valid from"
+        f" {since}); still serving the certificate loaded before, until it is"
+    ]
+
+
+async def test_a_renewal_not_valid_yet_is_served_once_it_is_valid(
+    files: ServerFiles, listen: Listen
+) -> None:
+    tls = ServerTls(files.settings(), listener="proxy")
+    port = await listen(tls)
+    renewal = not_valid_yet(files, starts=timedelta(seconds=2))
+    files.put(renewal)
+    assert not tls.reload()
+    time.sleep(max(0.0, renewal.cert.not_valid_before_utc.timestamp() - time.time()) + 0.1)
+    assert tls.reload()  # the files did not change: the time did
+    assert await presented(port, files.client()) == "early"
+
+
+async def test_expiry_gauge_keeps_the_served_certificate_when_a_renewal_has_expired(
+    files: ServerFiles,
+) -> None:
+    tls = ServerTls(files.settings(), listener="proxy")
+    before = scraped_expiry([tls])
+    files.put(expired(files))
+    assert not tls.reload()
+    assert scraped_expiry([tls]) == before
+
+
 async def answered(port: int, client: ssl.SSLContext) -> bool:
     """Whether a request on a new connection made with ``client`` gets its answer."""
     try:
@@ -310,6 +405,40 @@ def test_serve_with_a_certificate_and_key_that_do_not_match_exits_2_naming_the_s
     assert result.returncode == 2
     assert "cannot start: server.tls: the certificate and key do not load (" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_with_an_expired_certificate_exits_2_naming_the_file(
+    files: ServerFiles, tmp_path: Path
+) -> None:
+    files.put(expired(files))
+    settings = standalone_settings(tmp_path, free_port(), scheme="https")
+    settings["server"]["tls"] = files_table(files)
+    config = tmp_path / "dragoman.toml"
+    write_toml(settings, config)
+    result = subprocess.run(
+        [DRAGOMAN, "serve", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert (
+        f"cannot start: server.tls: the certificate in {files.cert_file} has expired (valid until"
+        in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_a_certificate_not_valid_yet_refuses_the_start_naming_the_file(
+    files: ServerFiles, tmp_path: Path
+) -> None:
+    files.put(not_valid_yet(files))
+    settings = standalone_settings(tmp_path, free_port(), scheme="https")
+    settings["server"]["tls"] = files_table(files)
+    config = tmp_path / "dragoman.toml"
+    write_toml(settings, config)
+    refused = unloadable_tls(load_settings(config))
+    assert refused is not None
+    assert refused.startswith(
+        f"server.tls: the certificate in {files.cert_file} is not valid yet (valid from "
+    )
 
 
 @pytest.mark.slow

@@ -80,13 +80,18 @@ def prepare(settings: Settings) -> None:
 
 
 def unloadable_tls(settings: Settings) -> str | None:
-    """Why a listener's TLS files do not load (None: they do, or there is no TLS): said
-    once, before any worker starts, rather than by every worker as it dies."""
+    """Why a listener's TLS files do not load, or hold a certificate that is expired or not
+    valid yet (None: they do, or there is no TLS): said once, before any worker starts,
+    rather than by every worker as it dies."""
+    from dragoman.tls import CertificateNotValidNow
+
     for key, tls in (("server.tls", settings.server.tls), ("decision.tls", settings.decision.tls)):
         if tls is None or (key == "decision.tls" and not settings.decision.enabled):
             continue
         try:
             ServerTls(tls, listener=key)  # what each worker does with them
+        except CertificateNotValidNow as exc:  # loads, but no handshake would succeed
+            return f"{key}: {exc}"
         except (OSError, ssl.SSLError, ValueError) as exc:
             return f"{key}: the certificate and key do not load ({exc})"
     return None

@@ -21,6 +21,7 @@ import logging
 import os
 import ssl
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -63,6 +64,34 @@ def server_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
     return context
 
 
+class CertificateNotValidNow(ValueError):
+    """The certificate loads with its key, but its validity does not cover now: served, it
+    would fail every handshake (expired, or not valid yet)."""
+
+    def __init__(self, cert_file: Path, why: str, *, valid_from: float | None = None) -> None:
+        super().__init__(f"the certificate in {cert_file} {why}")
+        self.valid_from = valid_from
+        """When a certificate not valid yet becomes valid (None: expired)."""
+
+
+def _utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _check_validity(cert: x509.Certificate, cert_file: Path) -> None:
+    """Raise CertificateNotValidNow unless the leaf ``cert`` is valid now."""
+    now = datetime.now(UTC)
+    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if now < not_before:
+        raise CertificateNotValidNow(
+            cert_file,
+            f"is not valid yet (valid from {_utc(not_before)})",
+            valid_from=not_before.timestamp(),
+        )
+    if now > not_after:
+        raise CertificateNotValidNow(cert_file, f"has expired (valid until {_utc(not_after)})")
+
+
 def _stamp(path: Path) -> FileStamp:
     try:
         found = os.stat(path)  # follows symlinks: a mounted secret swaps a link to a new file
@@ -76,16 +105,20 @@ class ServerTls:
     once; :meth:`reload` (or :meth:`watch`, every ``tls.reload_interval``) reads the files
     again when they changed. New handshakes get the new certificate; connections already
     open keep theirs. Files that do not load (half written, a key that does not match, an
-    encrypted key) leave the listener serving what it served, said once per change."""
+    encrypted key) leave the listener serving what it served, said once per change; so does
+    a certificate that is expired or not valid yet (one not valid yet is looked at again
+    once it is)."""
 
     def __init__(self, tls: TlsSettings, *, listener: str) -> None:
-        """Raises like :func:`server_ssl_context` when the files do not load at start.
+        """Raises like :func:`server_ssl_context` when the files do not load at start, and
+        :class:`CertificateNotValidNow` when the certificate is expired or not valid yet.
         :attr:`not_after`: when the certificate served now expires (a POSIX time)."""
         self._tls = tls
         self.listener = listener
         self._stamps = self._read_stamps()
         self._serving, self.not_after = self._load()
         self._refused: tuple[FileStamp, ...] | None = None
+        self._retry_at: float | None = None  # refused files looked at again from then
         self._bundle_changed_at: float | None = None
         # The listening socket's context: the first one served. Its session cache is
         # the listener's for good, whichever context a handshake is handed to.
@@ -94,16 +127,18 @@ class ServerTls:
 
     def _load(self) -> tuple[ssl.SSLContext, float | None]:
         """A context from the files, and when its certificate expires (None: unreadable by
-        ``cryptography``, which the context accepted)."""
+        ``cryptography``, which the context accepted). Raises CertificateNotValidNow when
+        the certificate (the leaf: the file's first) is expired or not valid yet."""
         pem = self._tls.cert_file.read_bytes()
         context = server_ssl_context(self._tls)
         # The stamps were read before the files: one replaced while they are read here
         # changes them, and the next look loads everything again.
         try:
-            expires = x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
-        except Exception:  # OpenSSL took it: only the expiry gauge goes without
-            expires = None
-        return context, expires
+            cert = x509.load_pem_x509_certificate(pem)
+        except Exception:  # OpenSSL took it: only the expiry gauge and the check go without
+            return context, None
+        _check_validity(cert, self._tls.cert_file)
+        return context, cert.not_valid_after_utc.timestamp()
 
     @property
     def interval(self) -> float:
@@ -138,12 +173,24 @@ class ServerTls:
     def reload(self) -> bool:
         """Read the files again if any changed; True when new handshakes now use them."""
         stamps = self._read_stamps()
-        if stamps == self._stamps or stamps == self._refused:
+        if stamps == self._stamps:
+            return False
+        if stamps == self._refused and (self._retry_at is None or time.time() < self._retry_at):
             return False
         try:
             fresh, expires = self._load()
+        except CertificateNotValidNow as exc:
+            if stamps != self._refused or exc.valid_from is None:  # once per change
+                log.warning(
+                    "%s listener: %s; still serving the certificate loaded before%s",
+                    self.listener,
+                    exc,
+                    "" if exc.valid_from is None else ", until it is",
+                )
+            self._refused, self._retry_at = stamps, exc.valid_from
+            return False
         except (OSError, ssl.SSLError, ValueError) as exc:
-            self._refused = stamps
+            self._refused, self._retry_at = stamps, None
             log.warning(
                 "%s listener: its TLS files changed but do not load (%s); still serving the"
                 " certificate loaded before",
@@ -154,7 +201,7 @@ class ServerTls:
         if self._tls.client_ca_file is not None and stamps[-1] != self._stamps[-1]:
             self._bundle_changed_at = time.time()
         self._serving, self.not_after = fresh, expires
-        self._stamps, self._refused = stamps, None
+        self._stamps, self._refused, self._retry_at = stamps, None, None
         log.info(
             "%s listener: TLS certificate reloaded from %s", self.listener, self._tls.cert_file
         )

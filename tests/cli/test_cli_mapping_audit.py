@@ -103,6 +103,22 @@ def test_show_of_an_unknown_reference_is_recorded_refused(dragoman: Any, config:
     assert record["mapping_id"] is None
 
 
+def test_a_revoke_of_a_ref_that_is_an_id_and_an_account_is_recorded_refused(
+    dragoman: Any, config: Path
+) -> None:
+    first = add(dragoman, config)
+    add(dragoman, config, first["id"])
+    result = dragoman("mappings", "revoke", "-c", config, first["id"], "--by", "ops:erin")
+    assert result.returncode == 2
+    record = mapping_records(config)[-1]
+    assert (record["action"], record["outcome"], record["code"]) == (
+        "revoke",
+        "refused",
+        "mapping_ambiguous",
+    )
+    assert record["mapping_id"] is None
+
+
 def test_list_writes_a_list_record_and_a_read_record_per_mapping(
     dragoman: Any, config: Path
 ) -> None:

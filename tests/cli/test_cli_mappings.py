@@ -306,6 +306,92 @@ def test_status_change_of_an_unknown_reference_exits_1(
     assert "Traceback" not in result.stderr
 
 
+# -- a REF that is one mapping's id and another's cloud account --------------------------------
+
+
+def id_and_account(dragoman: Any, config: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two mappings: the second's cloud account is the first's id."""
+    first = add(dragoman, config)
+    return first, add(dragoman, config, first["id"])
+
+
+def statuses(config: Path) -> dict[str, MappingStatus]:
+    return {mapping.id: mapping.status for mapping in stored(config)}
+
+
+@pytest.mark.parametrize("command", ["suspend", "revoke"])
+def test_a_status_change_of_a_ref_that_is_an_id_and_an_account_exits_2_and_changes_nothing(
+    dragoman: Any, config: Path, command: str
+) -> None:
+    first, _ = id_and_account(dragoman, config)
+    result = dragoman("mappings", command, "-c", config, first["id"], "--by", "ops")
+    assert result.returncode == 2
+    assert set(statuses(config).values()) == {MappingStatus.ACTIVE}
+    assert "Traceback" not in result.stderr
+
+
+def test_an_ambiguous_ref_is_refused_naming_both_mappings_and_how_to_choose(
+    dragoman: Any, config: Path
+) -> None:
+    first, second = id_and_account(dragoman, config)
+    result = dragoman("mappings", "show", "-c", config, first["id"])
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.strip() == (
+        f"{first['id']!r} is the id of mapping {first['id']} and the cloud account of mapping"
+        f" {second['id']}; say which: --id {first['id']} or --account {first['id']}"
+    )
+
+
+def test_revoke_with_id_revokes_the_mapping_with_that_id(dragoman: Any, config: Path) -> None:
+    first, second = id_and_account(dragoman, config)
+    result = dragoman("mappings", "revoke", "-c", config, "--id", first["id"], "--by", "ops")
+    assert result.returncode == 0, result.stderr
+    assert statuses(config) == {
+        first["id"]: MappingStatus.REVOKED,
+        second["id"]: MappingStatus.ACTIVE,
+    }
+
+
+def test_revoke_with_account_revokes_the_mapping_of_that_account(
+    dragoman: Any, config: Path
+) -> None:
+    first, second = id_and_account(dragoman, config)
+    result = dragoman("mappings", "revoke", "-c", config, "--account", first["id"], "--by", "ops")
+    assert result.returncode == 0, result.stderr
+    assert statuses(config) == {
+        first["id"]: MappingStatus.ACTIVE,
+        second["id"]: MappingStatus.REVOKED,
+    }
+
+
+def test_show_with_account_does_not_take_an_id(dragoman: Any, config: Path) -> None:
+    created = add(dragoman, config)
+    result = dragoman("mappings", "show", "-c", config, "--account", created["id"])
+    assert result.returncode == 1
+    assert f"no mapping with cloud account {created['id']!r}" in result.stderr
+
+
+def test_show_with_id_does_not_take_an_account(dragoman: Any, config: Path) -> None:
+    add(dragoman, config)
+    result = dragoman("mappings", "show", "-c", config, "--id", "acct-1001")
+    assert result.returncode == 1
+    assert "no mapping with id 'acct-1001'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "naming", [(), ("acct-1001", "--id", "x"), ("--id", "x", "--account", "acct-1001")]
+)
+def test_a_mapping_named_other_than_once_is_a_usage_error(
+    dragoman: Any, config: Path, naming: tuple[str, ...]
+) -> None:
+    add(dragoman, config)
+    result = dragoman("mappings", "revoke", "-c", config, *naming, "--by", "ops")
+    assert result.returncode == 2
+    assert "name the mapping once: REF, --id ID or --account ACCOUNT" in result.stderr
+    assert stored(config)[0].status is MappingStatus.ACTIVE
+
+
 # -- the store down ----------------------------------------------------------------------------
 
 

@@ -7,6 +7,12 @@ segments (``..;`` and ``.;`` too, which servlet containers read as dot segments 
 drop the ``;`` parameters), empty segments, encoded slashes or backslashes, NUL, bad
 escapes. At each segment a literal beats a parameter, so exact templates win over
 parameterised ones.
+
+The proxy's own paths (``/livez``, ``/readyz``, ``/.well-known/jwks.json``, everything under
+``/_dragoman/``: :data:`~dragoman.settings.catalog.PROXY_OWN_PATHS`) are no operation, whatever
+the method: a template with parameters (``/{name}``, ``/{tenant}/registration``) would
+otherwise match them, and a request the proxy does not answer itself there (``POST /readyz``,
+``POST /_dragoman/registration`` with registration off) would go upstream.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from dragoman.catalog.model import Operation
+from dragoman.settings.catalog import PROXY_OWN_PATHS, PROXY_OWN_PREFIXES, proxy_answers
 
 
 class InvalidPath(ValueError):
@@ -40,6 +47,8 @@ _FORBIDDEN_DECODED = frozenset({"/", "\\", "\x00"})
 # Visible ASCII without '%' and '\\': nothing to decode and nothing to refuse inside a
 # segment, so the per-character checks below can be skipped (most requests look like this).
 _PLAIN = re.compile(r"/[\x21-\x24\x26-\x5b\x5d-\x7e]*")
+# The first segments of the proxy's own paths: only a path starting with one is looked at.
+_OWN_FIRST = frozenset(p.split("/")[1] for p in (*PROXY_OWN_PATHS, *PROXY_OWN_PREFIXES))
 
 
 def split_path(raw_path: str) -> list[str]:
@@ -108,8 +117,11 @@ class RouteMatcher:
             node.operations[operation.method] = operation
 
     def match(self, method: str, raw_path: str) -> Match | None:
-        """The operation for this request, or None. Raises InvalidPath for ambiguous paths."""
+        """The operation for this request, or None (as for one of the proxy's own paths).
+        Raises InvalidPath for ambiguous paths."""
         segments = split_path(raw_path)
+        if segments and segments[0] in _OWN_FIRST and proxy_answers("/" + "/".join(segments)):
+            return None
         operation = self._walk(self._root, segments, 0, method)
         if operation is None:
             return None

@@ -5,7 +5,8 @@ another method is refused here, in proxy mode and in a decision alike: a query n
 ``_method`` (Symfony/Laravel, Rails' and Rack's ``MethodOverride`` read it, in every
 spelling :func:`~dragoman.catalog.binding_query.read_parameter` counts) is 400
 ``bad_request``, reason ``override_parameter`` (the other overrides:
-:mod:`dragoman.catalog.overrides`).
+:mod:`dragoman.catalog.overrides`). A request for one of the proxy's own paths is no
+operation, whatever the method (404 ``operation_unknown``; the matcher says why).
 """
 
 from __future__ import annotations

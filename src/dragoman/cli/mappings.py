@@ -21,6 +21,7 @@ from dragoman.cli.common import config_option, load, main
 from dragoman.settings import Settings
 
 EXIT_REFUSED = 1
+EXIT_AMBIGUOUS = 2
 
 
 @main.group()
@@ -288,32 +289,79 @@ def mappings_list(config: Path | None, actor: str | None, as_json: bool) -> None
             )
 
 
-async def _find(store: Any, audit: Any, action: Any, ref: str) -> Any:
-    """The mapping with id or cloud account ``ref``; an unknown one is recorded, exits 1."""
+Ref = tuple[str, str]
+"""What names a mapping: its kind (``either``, ``id``, ``account``) and the value."""
+
+
+def ref_options(command: Any) -> Any:
+    """REF (a mapping id or a cloud account), or ``--id`` / ``--account`` to say which."""
+    command = click.option(
+        "--account", "by_account", default=None, help="The mapping of this cloud account."
+    )(command)
+    command = click.option("--id", "by_id", default=None, help="The mapping with this id.")(command)
+    return click.argument("ref", required=False)(command)
+
+
+def _ref(ref: str | None, by_id: str | None, by_account: str | None) -> Ref:
+    given = [
+        (kind, value)
+        for kind, value in (("either", ref), ("id", by_id), ("account", by_account))
+        if value is not None
+    ]
+    if len(given) != 1:
+        raise click.UsageError("name the mapping once: REF, --id ID or --account ACCOUNT")
+    return given[0]
+
+
+async def _find(store: Any, audit: Any, action: Any, ref: Ref) -> Any:
+    """The mapping named by ``ref``; an unknown one is recorded, exits 1. A bare REF that is
+    one mapping's id and another's cloud account is recorded refused, exits 2."""
     from dragoman.mapping.store import MappingNotFound
 
-    try:
-        return await store.get(ref)
-    except MappingNotFound:
-        found = await store.find_by_account(ref)
-        if found is None:
-            audit.refused(action, "mapping_not_found", "unknown_ref")
-            _refuse(f"no mapping with id or cloud account {ref!r}")
-        return found
+    kind, value = ref
+    by_id = None
+    if kind != "account":
+        try:
+            by_id = await store.get(value)
+        except MappingNotFound:
+            by_id = None
+    by_account = None if kind == "id" else await store.find_by_account(value)
+    if by_id is not None and by_account is not None and by_id.id != by_account.id:
+        audit.refused(action, "mapping_ambiguous", "ambiguous_ref")
+        click.echo(
+            f"{value!r} is the id of mapping {by_id.id} and the cloud account of mapping"
+            f" {by_account.id}; say which: --id {value} or --account {value}",
+            err=True,
+        )
+        sys.exit(EXIT_AMBIGUOUS)
+    found = by_id or by_account
+    if found is None:
+        audit.refused(action, "mapping_not_found", "unknown_ref")
+        named = {"either": "id or cloud account", "id": "id", "account": "cloud account"}[kind]
+        _refuse(f"no mapping with {named} {value!r}")
+    return found
 
 
 @mappings.command("show")
 @config_option
 @by_option
-@click.argument("ref")
-def mappings_show(config: Path | None, actor: str | None, ref: str) -> None:
-    """Show one mapping, by id or cloud account."""
+@ref_options
+def mappings_show(
+    config: Path | None,
+    actor: str | None,
+    ref: str | None,
+    by_id: str | None,
+    by_account: str | None,
+) -> None:
+    """Show one mapping: REF is its id or its cloud account (one that is both, of two
+    mappings, is refused: say which with --id or --account)."""
     from dragoman.mapping.audit import MappingAction
 
+    named = _ref(ref, by_id, by_account)
     settings = load(config)
 
     async def work(store: Any, audit: Any) -> Any:
-        mapping = await _find(store, audit, MappingAction.READ, ref)
+        mapping = await _find(store, audit, MappingAction.READ, named)
         audit.ok(MappingAction.READ, mapping=mapping)
         return mapping
 
@@ -323,7 +371,7 @@ def mappings_show(config: Path | None, actor: str | None, ref: str) -> None:
     click.echo(json.dumps(_mapping_json(mapping), indent=2))
 
 
-def _set_status(config: Path | None, ref: str, actor: str, status: str) -> None:
+def _set_status(config: Path | None, ref: Ref, actor: str, status: str) -> None:
     from dragoman.mapping.audit import MappingAction
     from dragoman.mapping.store import RevokedIsFinal, VersionConflict
 
@@ -353,17 +401,24 @@ def _set_status(config: Path | None, ref: str, actor: str, status: str) -> None:
 
 @mappings.command("suspend")
 @config_option
-@click.argument("ref")
+@ref_options
 @click.option("--by", "actor", required=True, help="Who suspends it (for audit).")
-def mappings_suspend(config: Path | None, ref: str, actor: str) -> None:
-    """Suspend a mapping: every request for it is refused (mapping_inactive)."""
-    _set_status(config, ref, actor, "suspended")
+def mappings_suspend(
+    config: Path | None, ref: str | None, by_id: str | None, by_account: str | None, actor: str
+) -> None:
+    """Suspend a mapping: every request for it is refused (mapping_inactive). REF is its id
+    or its cloud account (one that is both, of two mappings, is refused: say which with
+    --id or --account)."""
+    _set_status(config, _ref(ref, by_id, by_account), actor, "suspended")
 
 
 @mappings.command("revoke")
 @config_option
-@click.argument("ref")
+@ref_options
 @click.option("--by", "actor", required=True, help="Who revokes it (for audit).")
-def mappings_revoke(config: Path | None, ref: str, actor: str) -> None:
-    """Revoke a mapping for good."""
-    _set_status(config, ref, actor, "revoked")
+def mappings_revoke(
+    config: Path | None, ref: str | None, by_id: str | None, by_account: str | None, actor: str
+) -> None:
+    """Revoke a mapping for good. REF is its id or its cloud account (one that is both, of
+    two mappings, is refused: say which with --id or --account)."""
+    _set_status(config, _ref(ref, by_id, by_account), actor, "revoked")

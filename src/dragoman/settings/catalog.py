@@ -74,7 +74,15 @@ class CustomerBindingSettings(Section):
 
 PROXY_OWN_PREFIXES = ("/_dragoman/",)
 PROXY_OWN_PATHS = frozenset({"/livez", "/readyz", "/.well-known/jwks.json"})
-"""Paths the proxy answers itself (health, JWKS, its own endpoints and pages)."""
+"""Paths the proxy answers itself (health, JWKS, its own endpoints and pages): the one list
+of them. No operation's template may be one, and no request for one, whatever its method,
+is matched to an operation (:class:`~dragoman.catalog.matcher.RouteMatcher`)."""
+
+
+def proxy_answers(path: str) -> bool:
+    """Whether ``path`` (decoded) is one of the proxy's own paths or under one of its own
+    prefixes."""
+    return path.startswith(PROXY_OWN_PREFIXES) or path in PROXY_OWN_PATHS
 
 
 class OperationSettings(Section):
@@ -115,7 +123,7 @@ class OperationSettings(Section):
         from dragoman.catalog.template import parse_template
 
         parse_template(value)
-        if value.startswith(PROXY_OWN_PREFIXES) or value in PROXY_OWN_PATHS:
+        if proxy_answers(value):
             raise ValueError("the proxy answers this path itself; it cannot be an operation")
         return value
 
