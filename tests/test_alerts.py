@@ -286,3 +286,60 @@ def test_a_plain_http_webhook_must_be_loopback(tmp_path: Path) -> None:
         load_settings(path)
     keys = {p.key for p in failure.value.problems}
     assert keys == {"alerts.sinks.0.url", "reconcile.at"}
+
+
+async def test_deliver_settles_true_once_the_webhook_delivered(
+    receiver: tuple[Receiver, str],
+) -> None:
+    target, url = receiver
+    target.script = [503]
+    sink = WebhookSink(url, retries=3, backoff=0.05)
+    await sink.start()
+    done = sink.deliver(alert(1))
+    assert await asyncio.wait_for(done, 5) is True
+    assert sink.stats.delivered == 1 and len(target.attempts) == 2
+    await sink.close()
+
+
+async def test_deliver_settles_false_for_an_alert_cut_short_at_close(
+    receiver: tuple[Receiver, str],
+) -> None:
+    target, url = receiver
+    target.hold = asyncio.Event()
+    sink = WebhookSink(url, timeout=30, drain_timeout=0.2)
+    await sink.start()
+    in_flight, queued = sink.deliver(alert(0)), sink.deliver(alert(1))
+    await asyncio.wait_for(target.got.wait(), 5)
+    assert not in_flight.done() and not queued.done()  # not delivered yet: not "sent"
+    await sink.close()
+    assert in_flight.result() is False and queued.result() is False
+    assert sink.deliver(alert(2)).result() is False  # closed: dropped
+    target.hold.set()
+
+
+async def test_deliver_settles_true_once_the_webhook_finally_gave_up(
+    receiver: tuple[Receiver, str],
+) -> None:
+    target, url = receiver
+    target.script = [400]  # final
+    sink = WebhookSink(url, retries=3, backoff=0.05)
+    await sink.start()
+    assert await asyncio.wait_for(sink.deliver(alert(1)), 5) is True
+    assert sink.stats.failed == 1
+    await sink.close()
+
+
+async def test_fanout_deliver_is_false_when_one_sink_dropped_the_alert(
+    receiver: tuple[Receiver, str],
+) -> None:
+    target, url = receiver
+    target.hold = asyncio.Event()
+    webhook = WebhookSink(url, timeout=30, drain_timeout=0.1)
+    fanout = FanOut([LogSink(), webhook])
+    await fanout.start()
+    done = fanout.deliver(alert(1))
+    await asyncio.wait_for(target.got.wait(), 5)
+    assert not done.done()  # logged, but the webhook is still at it
+    await fanout.close()
+    assert await asyncio.wait_for(done, 5) is False
+    target.hold.set()

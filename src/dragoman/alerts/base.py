@@ -10,12 +10,19 @@ What an alert carries is chosen by its producer and is never a secret: ids drago
 (a mapping id, a run id), blind indexes, kinds and counts. A plaintext account or customer
 id never goes into an alert. The free-text ``message`` is redacted all the same.
 
+Knowing it arrived: :meth:`FanOut.deliver` (and :func:`deliver` for any sink) takes an
+alert like ``emit`` and returns a future that settles once every sink is done with it:
+``True`` when each delivered it or finally gave up on it (a final failure, logged),
+``False`` when one dropped it (its queue full, or closed before delivering it). A caller
+that must not lose an alert (reconciliation's outbox) marks it sent only on ``True``.
+
 Counting hook: every sink reports each outcome (``delivered``, ``retried``, ``failed``,
 ``dropped``) to an optional :data:`AlertObserver`; a Prometheus counter plugs in there.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -73,6 +80,25 @@ class AlertSink(Protocol):
         ...
 
 
+def settled(done: bool = True) -> asyncio.Future[bool]:
+    """A future already settled with ``done`` (a sink that is done with an alert at once)."""
+    future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    future.set_result(done)
+    return future
+
+
+def deliver(sink: AlertSink, alert: Alert) -> asyncio.Future[bool]:
+    """``sink.emit(alert)``, and a future telling whether ``sink`` is done with it (see the
+    module docstring). A sink with its own ``deliver`` says when; for any other, taking the
+    alert is all there is to it."""
+    own = getattr(sink, "deliver", None)
+    if own is not None:
+        future: asyncio.Future[bool] = own(alert)
+        return future
+    sink.emit(alert)
+    return settled()
+
+
 def notify(observer: AlertObserver | None, sink: str, alert: Alert, outcome: Outcome) -> None:
     if observer is None:
         return
@@ -96,6 +122,30 @@ class FanOut:
                 sink.emit(alert)
             except Exception:
                 log.exception("alert sink %s failed to take an alert", sink.name)
+
+    def deliver(self, alert: Alert) -> asyncio.Future[bool]:
+        """Every sink takes ``alert``; the future is True once every one is done with it
+        (delivered, or finally failed), False if one dropped it."""
+        futures = []
+        for sink in self.sinks:
+            try:
+                futures.append(deliver(sink, alert))
+            except Exception:
+                log.exception("alert sink %s failed to take an alert", sink.name)
+                futures.append(settled(False))
+        if all(future.done() for future in futures):  # every sink done at once (the log)
+            return settled(all(not f.cancelled() and f.result() is True for f in futures))
+        together = asyncio.gather(*futures, return_exceptions=True)
+        result: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        def done(gathered: asyncio.Future[list[Any]]) -> None:
+            if not result.done():
+                result.set_result(
+                    not gathered.cancelled() and all(r is True for r in gathered.result())
+                )
+
+        together.add_done_callback(done)
+        return result
 
     async def start(self) -> None:
         for sink in self.sinks:

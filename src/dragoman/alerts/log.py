@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
-from dragoman.alerts.base import Alert, AlertObserver, notify
+from dragoman.alerts.base import Alert, AlertObserver, notify, settled
 
 LOGGER = "dragoman.alerts"
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging.CRITICAL}
@@ -31,6 +32,11 @@ class LogSink:
             return
         self.emitted += 1
         notify(self._observer, self.name, alert, "delivered")
+
+    def deliver(self, alert: Alert) -> asyncio.Future[bool]:
+        """Logged (or, a broken handler, finally failed): done with it either way."""
+        self.emit(alert)
+        return settled()
 
     async def start(self) -> None:
         return None

@@ -7,6 +7,10 @@ order; an attempt that fails for a reason worth retrying (no connection, a timeo
 425, 429 or 5xx) is retried up to ``retries`` times after an exponential backoff with
 jitter (or the receiver's ``Retry-After``, within ``max_backoff``); another 4xx is final.
 
+``deliver`` is ``emit`` with a future that settles when the sink is done with the alert:
+True once delivered or finally failed (given up, logged), False when it was dropped (the
+queue full, or the sink closed before delivering it).
+
 Each delivery carries ``Idempotency-Key: <alert id>`` (a retried delivery may arrive
 twice), and, with a secret, ``X-Dragoman-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of
 "<t>.<body>">`` so the receiver can tell the alert came from dragoman.
@@ -32,6 +36,8 @@ from dragoman.alerts.base import Alert, AlertObserver, notify
 log = logging.getLogger(__name__)
 
 RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504}) | frozenset(range(505, 600))
+
+Queued = tuple[Alert, "asyncio.Future[bool] | None"]
 
 
 @dataclass(slots=True)
@@ -69,7 +75,7 @@ class WebhookSink:
         self._secret = secret
         self._drain_timeout = drain_timeout
         self._observer = observer
-        self._queue: asyncio.Queue[Alert] = asyncio.Queue(maxsize=queue_size)
+        self._queue: asyncio.Queue[Queued] = asyncio.Queue(maxsize=queue_size)
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -78,17 +84,26 @@ class WebhookSink:
     # -- the caller's side -------------------------------------------------------------------
 
     def emit(self, alert: Alert) -> None:
+        self._take(alert, None)
+
+    def deliver(self, alert: Alert) -> asyncio.Future[bool]:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._take(alert, future)
+        return future
+
+    def _take(self, alert: Alert, future: asyncio.Future[bool] | None) -> None:
         if self._closed:
-            self._drop(alert, "the sink is closed")
+            self._drop(alert, "the sink is closed", future)
             return
         try:
-            self._queue.put_nowait(alert)
+            self._queue.put_nowait((alert, future))
         except asyncio.QueueFull:
-            self._drop(alert, "the queue is full")
+            self._drop(alert, "the queue is full", future)
             return
         self.stats.queued += 1
 
-    def _drop(self, alert: Alert, why: str) -> None:
+    def _drop(self, alert: Alert, why: str, future: asyncio.Future[bool] | None = None) -> None:
+        _settle(future, False)
         self.stats.dropped += 1
         if self.stats.dropped == 1 or self.stats.dropped % 100 == 0:
             log.warning(
@@ -122,7 +137,8 @@ class WebhookSink:
                 await self._task
             self._task = None
         while not self._queue.empty():
-            self._drop(self._queue.get_nowait(), "undelivered at close")
+            alert, future = self._queue.get_nowait()
+            self._drop(alert, "undelivered at close", future)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -131,11 +147,11 @@ class WebhookSink:
 
     async def _deliver_forever(self) -> None:
         while True:
-            alert = await self._queue.get()
+            alert, future = await self._queue.get()
             try:
                 await self._deliver(alert)
             except asyncio.CancelledError:
-                self._drop(alert, "cut short at close")
+                self._drop(alert, "cut short at close", future)
                 raise
             except Exception:  # never let one alert stop the sink
                 log.exception("%s: delivering alert %s failed", self.name, alert.id)
@@ -143,6 +159,7 @@ class WebhookSink:
                 notify(self._observer, self.name, alert, "failed")
             finally:
                 self._queue.task_done()
+            _settle(future, True)  # delivered, or finally failed (logged)
 
     def _headers(self, body: bytes, alert: Alert) -> dict[str, str]:
         headers = {
@@ -193,6 +210,11 @@ class WebhookSink:
             return min(retry_after, self._max_backoff)
         ceiling = min(self._backoff * float(2**attempt), self._max_backoff)
         return ceiling * random.uniform(0.5, 1.0)  # jitter: instances do not retry in step
+
+
+def _settle(future: asyncio.Future[bool] | None, done: bool) -> None:
+    if future is not None and not future.done():
+        future.set_result(done)
 
 
 def _seconds(value: str | None) -> float | None:

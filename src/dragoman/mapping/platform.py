@@ -25,6 +25,13 @@ from dragoman.tokens.mint import TokenMinter, TokenRequest
 
 SERVICE_PRINCIPAL = "dragoman"
 MAX_RECORD_BYTES = 256 * 1024
+ID_FIELD = "id"
+"""Where a customer record names its customer: an answer whose ``id`` is not the customer
+asked for is not that customer's record (a maintenance page, a proxy's own JSON), so the
+platform is unavailable, never a drift."""
+PROBLEM_TYPE = "application/problem+json"
+"""A 404 or 410 means "no such customer" only when it is the platform's own problem answer
+(RFC 9457); any other (a gateway's or proxy's no-route page) is the platform unavailable."""
 
 
 class PlatformUnavailable(Exception):
@@ -123,20 +130,29 @@ class PlatformClient:
                 allow_redirects=False,
             ) as response:
                 if response.status in (404, 410):
+                    if response.content_type != PROBLEM_TYPE:
+                        raise PlatformUnavailable(
+                            f"the platform answered {response.status} without a problem"
+                            f" document ({response.content_type or 'no content type'})"
+                        )
                     return CustomerRecord(customer, exists=False)
                 if response.status != 200:
                     raise PlatformUnavailable(f"the platform answered {response.status}")
-                body = await response.content.read(MAX_RECORD_BYTES + 1)
+                body = await _read_capped(response.content, MAX_RECORD_BYTES)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise PlatformUnavailable(type(exc).__name__) from None
-        if len(body) > MAX_RECORD_BYTES:
-            raise PlatformUnavailable("the customer record is too large")
         try:
             record = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
+            # RecursionError: nested too deeply for the parser (a broken or hostile answer).
             raise PlatformUnavailable("the customer record is not JSON") from None
         if not isinstance(record, Mapping):
             raise PlatformUnavailable("the customer record is not a JSON object")
+        if claim(record, ID_FIELD) != customer:
+            raise PlatformUnavailable(
+                f"the answer is not the customer's record (its {ID_FIELD!r} is not the"
+                " customer asked for)"
+            )
         return self._reduce(customer, record)
 
     def _reduce(self, customer: str, record: Mapping[str, Any]) -> CustomerRecord:
@@ -154,3 +170,14 @@ class PlatformClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body, however many pieces it comes in; PlatformUnavailable as soon as it
+    grows past ``limit`` bytes."""
+    body = bytearray()
+    while chunk := await content.read(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise PlatformUnavailable("the customer record is too large")
+    return bytes(body)

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from dragoman.alerts.base import Alert, deliver
 from dragoman.mapping.audit import MappingAction
 from dragoman.mapping.audit import Outcome as AuditOutcome
 from dragoman.mapping.crypto import MappingCryptoError
@@ -41,6 +42,9 @@ RECONCILE_PURPOSE = "reconciliation"
 MAX_ERROR_SAMPLES = 50
 CONFLICT_ROUNDS = 3
 FLUSH_INTERVAL = 1.0
+ALERT_WAIT = 10.0
+"""How long the end of a session waits for its alerts still being delivered (a webhook
+retrying); those not delivered by then stay in the outbox and are sent again."""
 
 
 class CustomerRecords(Protocol):
@@ -71,6 +75,8 @@ class Session:
         self.consecutive = 0
         self.aborted: str | None = None
         self.actor = f"reconcile:{run.id}"
+        self.deliveries: list[tuple[str, asyncio.Future[bool]]] = []
+        """Alerts handed to the sinks and not marked sent yet: (mapping id, settled)."""
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -104,11 +110,14 @@ class Session:
             self.progress.start(todo)
         try:
             await self._pipeline()
+            await self._mark_delivered(wait=ALERT_WAIT)
         except (asyncio.CancelledError, Exception) as exc:
             # Left unfinished (resumable); record what this session did, if the store lets us.
             self.aborted = self.aborted or (
                 "interrupted" if isinstance(exc, asyncio.CancelledError) else type(exc).__name__
             )
+            with contextlib.suppress(Exception):
+                await self._mark_delivered()
             with contextlib.suppress(Exception):
                 await self._end(RUNNING, started)
             raise
@@ -208,6 +217,13 @@ class Session:
                 self._error(mapping.id, f"platform unavailable: {exc}", lookup=True)
                 self._advance()
                 continue
+            except Exception as exc:
+                # One mapping's lookup failing in a way nobody foresaw is that mapping's
+                # error (left to do, never a match), not the end of the run.
+                log.exception("reconciliation: looking up mapping %s failed", mapping.id)
+                self._error(mapping.id, f"lookup failed: {type(exc).__name__}", lookup=True)
+                self._advance()
+                continue
             self.consecutive = 0
             self._advance()
             await outbox.put((mapping, record.drift_for(mapping.cloud_account)))
@@ -251,9 +267,10 @@ class Session:
     # -- one batch ---------------------------------------------------------------------------
 
     async def _flush(self, items: list[tuple[AccountMapping, Drift]]) -> None:
-        """Write one batch and send its alerts, whole: a cancellation arriving meanwhile
-        waits for the batch (written and its alerts sent and marked, or not written at
-        all), so a graceful interruption never leaves an alert sent and unmarked."""
+        """Write one batch and hand its alerts to the sinks, whole: a cancellation arriving
+        meanwhile waits for the batch (written and its alerts handed over, or not written
+        at all). An alert is marked sent once the sinks delivered it (or finally failed);
+        one still on its way when the session ends stays in the outbox."""
         if items:
             await _uninterrupted(self._flush_now(items))
 
@@ -357,18 +374,33 @@ class Session:
         return await self._decide(fresh)
 
     async def _alert(self, outcomes: Iterable[Outcome]) -> None:
-        sent = []
         for outcome in outcomes:
-            self.o.alerts.emit(drift_alert(self.run.id, outcome))
-            sent.append(outcome.mapping.id)
-        await self.o.runs.mark_sent(self.run.id, sent, self.o.now())
+            self._send(outcome.mapping.id, drift_alert(self.run.id, outcome))
+        await self._mark_delivered()
 
     async def _send_unsent(self) -> None:
-        """Alerts the previous session committed and did not get to send."""
-        unsent = await self.o.runs.unsent(self.run.id)
-        for finding in unsent:
-            self.o.alerts.emit(drift_alert(self.run.id, finding))
-        await self.o.runs.mark_sent(self.run.id, [u.mapping_id for u in unsent], self.o.now())
+        """Alerts the previous session committed and did not get delivered."""
+        for finding in await self.o.runs.unsent(self.run.id):
+            self._send(finding.mapping_id, drift_alert(self.run.id, finding))
+        await self._mark_delivered()
+
+    def _send(self, mapping_id: str, alert: Alert) -> None:
+        self.deliveries.append((mapping_id, deliver(self.o.alerts, alert)))
+
+    async def _mark_delivered(self, *, wait: float = 0.0) -> None:
+        """Mark sent the alerts the sinks are done with (after waiting up to ``wait`` s for
+        the others). One a sink dropped, or still on its way, is not: the outbox keeps it
+        and the run's next session sends it again (a receiver drops a repeat by its id)."""
+        if wait and self.deliveries:
+            await asyncio.wait([future for _, future in self.deliveries], timeout=wait)
+        pending, self.deliveries = self.deliveries, []
+        sent = []
+        for mapping_id, future in pending:
+            if not future.done():
+                self.deliveries.append((mapping_id, future))
+            elif not future.cancelled() and future.result() is True:
+                sent.append(mapping_id)
+        await self.o.runs.mark_sent(self.run.id, sent, self.o.now())
 
 
 def _changes_status(outcome: Outcome) -> bool:

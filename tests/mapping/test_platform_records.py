@@ -1,0 +1,170 @@
+"""Reading one customer record from the demo platform over real HTTP, with answers bent by
+a middleware in front of it: only the platform's own record of the customer asked for is a
+verdict (a match or a drift); a broken or hostile answer is the platform unavailable."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from dragoman.demo.runner import DemoPorts, DemoStack
+from dragoman.mapping.platform import MAX_RECORD_BYTES, PlatformClient, PlatformUnavailable
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Bend = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+
+
+class Bent:
+    """Middleware of the platform app: while ``bend`` is set, it answers instead."""
+
+    def __init__(self) -> None:
+        self.bend: Bend | None = None
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.bend is None:
+            return await handler(request)
+        return await self.bend(request, handler)
+
+
+@pytest.fixture
+async def bent(tmp_path: Path) -> AsyncIterator[tuple[DemoStack, Bent]]:
+    bender = Bent()
+    stack = await _start_bent(tmp_path / "stack", bender)
+    yield stack, bender
+    await stack.stop()
+
+
+async def _start_bent(state_dir: Path, bender: Bent) -> DemoStack:
+    stack = DemoStack("127.0.0.1", DemoPorts(0, 0, 0, 0), state_dir)
+    stack.prepare_state({"reconcile": {"schedule": False}})
+
+    async def no_seed() -> None:
+        return None
+
+    stack.seed_mappings = no_seed  # type: ignore[method-assign]
+    plain = stack.platform.app
+
+    def app() -> web.Application:
+        application = plain()
+        application.middlewares.append(bender.middleware)
+        return application
+
+    stack.platform.app = app  # type: ignore[method-assign]
+    await stack.start()
+    stack.platform.add_customer("cus_carol", "acct-3003")
+    return stack
+
+
+def client(stack: DemoStack) -> PlatformClient:
+    assert stack.proxy is not None and isinstance(stack.proxy.platform, PlatformClient)
+    return stack.proxy.platform
+
+
+async def test_a_deeply_nested_record_is_the_platform_unavailable(
+    bent: tuple[DemoStack, Bent],
+) -> None:
+    stack, bender = bent
+
+    async def nested(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return web.Response(body=b"[" * 5000 + b"]" * 5000, content_type="application/json")
+
+    bender.bend = nested
+    with pytest.raises(PlatformUnavailable, match="not JSON"):
+        await client(stack).customer("cus_carol", cloud_account="acct-3003")
+
+
+async def test_a_gateway_404_is_the_platform_unavailable_not_a_missing_customer(
+    bent: tuple[DemoStack, Bent],
+) -> None:
+    stack, bender = bent
+
+    async def no_route(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return web.json_response({"message": "no route"}, status=404)
+
+    bender.bend = no_route
+    with pytest.raises(PlatformUnavailable, match="404"):
+        await client(stack).customer("cus_carol", cloud_account="acct-3003")
+
+
+async def test_the_platforms_own_404_problem_is_a_missing_customer(
+    bent: tuple[DemoStack, Bent],
+) -> None:
+    stack, _ = bent
+    record = await client(stack).customer("cus_nobody", cloud_account="acct-3003")
+    assert not record.exists
+
+
+async def test_a_json_answer_that_is_not_the_customers_record_is_the_platform_unavailable(
+    bent: tuple[DemoStack, Bent],
+) -> None:
+    stack, bender = bent
+
+    async def maintenance(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return web.json_response({"status": "maintenance"})
+
+    bender.bend = maintenance
+    with pytest.raises(PlatformUnavailable, match="not the customer's record"):
+        await client(stack).customer("cus_carol", cloud_account="acct-3003")
+
+
+async def test_a_record_naming_another_customer_is_the_platform_unavailable(
+    bent: tuple[DemoStack, Bent],
+) -> None:
+    stack, bender = bent
+    stack.platform.add_customer("cus_dave", "acct-4004")
+
+    async def crossed(request: web.Request, handler: Handler) -> web.StreamResponse:
+        other = stack.platform.customers["cus_dave"].record()
+        return web.json_response(other)
+
+    bender.bend = crossed
+    with pytest.raises(PlatformUnavailable, match="not the customer's record"):
+        await client(stack).customer("cus_carol", cloud_account="acct-3003")
+
+
+async def test_a_record_arriving_in_pieces_is_read_whole(bent: tuple[DemoStack, Bent]) -> None:
+    stack, bender = bent
+
+    async def in_pieces(request: web.Request, handler: Handler) -> web.StreamResponse:
+        answer = await handler(request)
+        assert isinstance(answer, web.Response) and answer.body is not None
+        body = bytes(answer.body)  # type: ignore[arg-type]
+        out = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        await out.prepare(request)  # chunked
+        await out.write(body[:10])
+        await asyncio.sleep(0.05)
+        await out.write(body[10:])
+        await out.write_eof()
+        return out
+
+    bender.bend = in_pieces
+    record = await client(stack).customer("cus_carol", cloud_account="acct-3003")
+    assert record.exists and record.cloud_account == "acct-3003"
+
+
+async def test_a_record_over_the_size_cap_in_pieces_is_the_platform_unavailable(
+    bent: tuple[DemoStack, Bent],
+) -> None:
+    stack, bender = bent
+
+    async def endless(request: web.Request, handler: Handler) -> web.StreamResponse:
+        out = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        await out.prepare(request)
+        piece = b" " * (64 * 1024)
+        try:
+            for _ in range(MAX_RECORD_BYTES // len(piece) + 4):
+                await out.write(piece)
+                await asyncio.sleep(0)
+            await out.write_eof()
+        except ConnectionError:
+            pass  # dragoman hung up once it had read past the cap
+        return out
+
+    bender.bend = endless
+    with pytest.raises(PlatformUnavailable, match="too large"):
+        await client(stack).customer("cus_carol", cloud_account="acct-3003")
