@@ -18,9 +18,12 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from dragoman.demo.runner import DemoStack
+from dragoman.observability.endpoint import MetricsListener
+from dragoman.settings import MetricsSettings
 from dragoman.side_listener import SideListener
 
 MakeStack = Callable[..., Awaitable[DemoStack]]
@@ -208,3 +211,21 @@ async def test_a_side_listener_closes_an_idle_kept_alive_connection_after_keepal
         assert await closed_by_server(reader, writer)
     finally:
         await listener.close()
+
+
+async def test_the_metrics_listener_closes_a_head_trickled_past_the_servers_header_timeout() -> (
+    None
+):
+    metrics = MetricsListener(
+        MetricsSettings(enabled=True, port=0),
+        CollectorRegistry(),
+        shared=False,
+        header_timeout=SHORT,
+    )
+    url = await metrics.start()
+    try:
+        reader, writer = await connect(url)
+        writer.write(UNFINISHED)
+        assert await closed_by_server(reader, writer, trickle=b"a")
+    finally:
+        await metrics.close()

@@ -177,6 +177,8 @@ async def serve_worker(
             settings.metrics,
             exposition(app[PROXY_KEY].keys, metrics_dir, tls=served_tls),
             shared=metrics_dir is not None,
+            header_timeout=settings.server.header_timeout,
+            keepalive_timeout=settings.server.keepalive_timeout,
         )
         metrics_url = await metrics.start()
     decision: DecisionListener | None = None

@@ -23,6 +23,7 @@ from dragoman.keys.ring import KeyRing
 from dragoman.observability.keys import KeyRingCollector
 from dragoman.observability.tls import TlsCollector
 from dragoman.settings import MetricsSettings
+from dragoman.settings.server import DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT
 from dragoman.side_listener import SideListener
 from dragoman.tls import ServerTls
 
@@ -67,9 +68,24 @@ def metrics_app(source: Collector) -> web.Application:
 class MetricsListener(SideListener):
     """The metrics application on ``settings.host``:``settings.port``."""
 
-    def __init__(self, settings: MetricsSettings, source: Collector, *, shared: bool) -> None:
-        """``shared``: several workers listen on the port (SO_REUSEPORT)."""
-        super().__init__(settings.host, settings.port, shared=shared)
+    def __init__(
+        self,
+        settings: MetricsSettings,
+        source: Collector,
+        *,
+        shared: bool,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
+    ) -> None:
+        """``shared``: several workers listen on the port (SO_REUSEPORT).
+        ``header_timeout``, ``keepalive_timeout``: the server's (``server.*``)."""
+        super().__init__(
+            settings.host,
+            settings.port,
+            shared=shared,
+            header_timeout=header_timeout,
+            keepalive_timeout=keepalive_timeout,
+        )
         self._source = source
 
     def make_runner(self) -> web.AppRunner:
