@@ -65,6 +65,22 @@ async def unlink(
     return status, answer
 
 
+async def self_link(
+    http: aiohttp.ClientSession,
+    stack: DemoStack,
+    headers: dict[str, str],
+    customer: str = "cus_carol",
+    account: str = "acct-3003",
+) -> dict[str, Any]:
+    """Link ``account`` to ``customer`` by self-service (the platform's record names the
+    account), as the caller of ``headers``: a link that self-service may unlink (the
+    demo's seeded links are the operator's). The new link's JSON."""
+    stack.platform.add_customer(customer, account)
+    status, answer = await register(http, stack, headers, customer)
+    assert status == 201, answer
+    return answer
+
+
 async def mapping_of(stack: DemoStack, account: str) -> AccountMapping | None:
     return await live_store(stack).find_by_account(account)
 

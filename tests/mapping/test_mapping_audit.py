@@ -74,9 +74,12 @@ async def test_a_refused_registration_is_recorded_with_its_code_and_the_asked_cu
 async def test_an_unlink_writes_one_request_record_naming_the_revoked_mapping(
     stack: DemoStack, http: aiohttp.ClientSession
 ) -> None:
-    mapping = await linked(stack, "acct-1001")
-    await unlink(http, stack, alice(stack))
-    [record] = records(stack, "registration")
+    # Self-service unlinks only what self-service linked (the demo's links are the operator's).
+    stack.platform.add_customer("cus_carol", "acct-3003")
+    await register(http, stack, caller(stack), "cus_carol")
+    mapping = await linked(stack, "acct-3003")
+    await unlink(http, stack, caller(stack))
+    _, record = records(stack, "registration")
     assert (record["method"], record["decision"], record["status"]) == ("DELETE", "allow", 200)
     assert (record["mapping_id"], record["customer"]) == (mapping.id, mapping.customer_index)
 
@@ -179,11 +182,14 @@ async def test_a_link_attempt_with_the_platform_down_is_recorded_failed(
 async def test_an_unlink_writes_a_revoke_record(
     stack: DemoStack, http: aiohttp.ClientSession
 ) -> None:
-    mapping = await linked(stack, "acct-1001")
-    await unlink(http, stack, alice(stack))
-    started, record = records(stack, "mapping")
+    # Self-service unlinks only what self-service linked (the demo's links are the operator's).
+    stack.platform.add_customer("cus_carol", "acct-3003")
+    await register(http, stack, caller(stack), "cus_carol")
+    mapping = await linked(stack, "acct-3003")
+    await unlink(http, stack, caller(stack))
+    started, record = records(stack, "mapping")[-2:]
     assert (started["action"], started["outcome"]) == ("revoke", "started")
-    assert (record["action"], record["outcome"], record["actor"]) == ("revoke", "ok", "alice")
+    assert (record["action"], record["outcome"], record["actor"]) == ("revoke", "ok", "carol")
     assert (record["mapping_id"], record["mapping_status"], record["version"]) == (
         mapping.id,
         "revoked",

@@ -3,7 +3,8 @@ caller's own cloud account to a payment customer once the payment platform's rec
 DELETE unlinks it. SQLite and PostgreSQL (the ``stack`` of this folder runs on both).
 
 The stack's platform holds cus_alice (acct-1001) and cus_bob (acct-2002), both already
-linked; carol of acct-3003 is the fresh caller, with customers added to the platform."""
+linked by the demo (as an operator would: self-service may not unlink them); carol of
+acct-3003 is the fresh caller, with customers added to the platform."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from registration_helpers import (
     mapping_of,
     mappings,
     register,
+    self_link,
     unlink,
 )
 
@@ -38,6 +40,14 @@ EVIDENCE = re.compile(
 
 def alice(stack: DemoStack) -> dict[str, str]:
     return caller(stack, "alice", "acct-1001", ["billing_admin"])
+
+
+async def revoke(stack: DemoStack, account: str) -> None:
+    """Revoke ``account``'s live link as an operator does (``mappings revoke``)."""
+    mapping = await linked(stack, account)
+    await live_store(stack).update(
+        mapping.id, expected_version=mapping.version, actor="ops", status="revoked"
+    )
 
 
 # -- a verified link -----------------------------------------------------------------------
@@ -63,7 +73,7 @@ async def test_the_new_link_is_stored_active_with_its_evidence_and_creator(
     mapping = await mapping_of(stack, "acct-3003")
     assert mapping is not None
     assert (mapping.payment_customer, mapping.status) == ("cus_carol", MappingStatus.ACTIVE)
-    assert (mapping.created_by, mapping.version) == ("carol", 1)
+    assert (mapping.created_by, mapping.version) == ("registration:carol", 1)
     assert mapping.verification_method == "platform-metadata"
     assert EVIDENCE.fullmatch(mapping.verification_evidence or ""), mapping.verification_evidence
 
@@ -214,7 +224,7 @@ def _another_accounts_deleted(stack: DemoStack) -> str:
 @pytest.mark.parametrize(
     ("plant", "reason"),
     [
-        (_missing, "customer_missing"),
+        (_missing, "account_mismatch"),  # not there or not yours: one answer
         (_deleted, "customer_deleted"),
         (_merged, "customer_merged"),
         (_another_account, "account_mismatch"),
@@ -323,7 +333,7 @@ async def test_the_body_cannot_choose_the_account(
     stack: DemoStack, http: aiohttp.ClientSession
 ) -> None:
     # mallory (acct-3003) names acct-2002 in the body; the account is the credential's.
-    await unlink(http, stack, caller(stack, "bob", "acct-2002"))  # cus_bob is free to link
+    await revoke(stack, "acct-2002")  # cus_bob is free to link
     body = {"customer": "cus_bob", "cloud_account": "acct-2002"}
     status, problem, _ = await call(http, stack, caller(stack, "mallory"), body=body)
     assert (status, problem["code"]) == (400, "bad_request")
@@ -335,7 +345,7 @@ async def test_the_body_cannot_choose_the_account(
 async def test_linking_another_accounts_customer_is_refused_whoever_asks(
     stack: DemoStack, http: aiohttp.ClientSession
 ) -> None:
-    await unlink(http, stack, caller(stack, "bob", "acct-2002"))
+    await revoke(stack, "acct-2002")  # cus_bob is free to link
     status, problem = await register(http, stack, caller(stack, "mallory"), "cus_bob")
     assert (status, problem["reason"]) == (422, "account_mismatch")
     assert await mapping_of(stack, "acct-3003") is None
@@ -371,14 +381,13 @@ async def test_two_concurrent_registrations_of_one_account_make_one_link(
 async def test_after_unlinking_the_account_links_anew_and_the_old_link_stays_revoked(
     stack: DemoStack, http: aiohttp.ClientSession
 ) -> None:
-    old = await mapping_of(stack, "acct-1001")
-    assert old is not None
-    await unlink(http, stack, alice(stack))
-    status, body = await register(http, stack, alice(stack), "cus_alice")
+    old = await self_link(http, stack, caller(stack))
+    await unlink(http, stack, caller(stack))
+    status, body = await register(http, stack, caller(stack), "cus_carol")
     assert status == 201
-    assert body["id"] != old.id
-    assert (await live_store(stack).get(old.id)).status is MappingStatus.REVOKED
-    assert (await linked(stack, "acct-1001")).id == body["id"]
+    assert body["id"] != old["id"]
+    assert (await live_store(stack).get(old["id"])).status is MappingStatus.REVOKED
+    assert (await linked(stack, "acct-3003")).id == body["id"]
 
 
 # -- unlinking -------------------------------------------------------------------------------------
@@ -387,24 +396,25 @@ async def test_after_unlinking_the_account_links_anew_and_the_old_link_stays_rev
 async def test_unlinking_revokes_the_callers_link_and_answers_200(
     stack: DemoStack, http: aiohttp.ClientSession
 ) -> None:
-    before = await mapping_of(stack, "acct-1001")
-    assert before is not None
-    status, body = await unlink(http, stack, alice(stack))
+    await self_link(http, stack, caller(stack))
+    before = await linked(stack, "acct-3003")
+    status, body = await unlink(http, stack, caller(stack))
     assert (status, body["id"], body["status"]) == (200, before.id, "revoked")
     after = await live_store(stack).get(before.id)
     assert (after.status, after.version, after.updated_by) == (
         MappingStatus.REVOKED,
         before.version + 1,
-        "alice",
+        "registration:carol",
     )
 
 
 async def test_an_unlinked_account_is_refused_by_the_pipeline(
     stack: DemoStack, http: aiohttp.ClientSession
 ) -> None:
-    await unlink(http, stack, alice(stack))
-    url = stack.urls["proxy"] + PM.format(customer="cus_alice")
-    async with http.get(url, headers=alice(stack)) as response:
+    await self_link(http, stack, caller(stack))
+    await unlink(http, stack, caller(stack))
+    url = stack.urls["proxy"] + PM.format(customer="cus_carol")
+    async with http.get(url, headers=caller(stack)) as response:
         assert (response.status, (await response.json())["code"]) == (403, "mapping_inactive")
 
 
@@ -418,12 +428,12 @@ async def test_unlinking_an_account_without_a_live_link_is_refused_403(
 async def test_unlinking_a_suspended_link_is_refused_and_it_stays_suspended(
     stack: DemoStack, http: aiohttp.ClientSession
 ) -> None:
-    mapping = await mapping_of(stack, "acct-1001")
-    assert mapping is not None
+    await self_link(http, stack, caller(stack))
+    mapping = await linked(stack, "acct-3003")
     await live_store(stack).update(
         mapping.id, expected_version=mapping.version, actor="ops", status="suspended"
     )
-    status, problem = await unlink(http, stack, alice(stack))
+    status, problem = await unlink(http, stack, caller(stack))
     assert (status, problem["code"]) == (403, "mapping_inactive")
     assert (await live_store(stack).get(mapping.id)).status is MappingStatus.SUSPENDED
 
@@ -440,13 +450,14 @@ async def test_unlinking_needs_a_registration_role(
 async def test_unlinking_a_link_revoked_meanwhile_by_another_writer_finds_no_live_link(
     stack: DemoStack, http: aiohttp.ClientSession
 ) -> None:
+    await self_link(http, stack, caller(stack))
     store = live_store(stack)
-    mapping = await store.find_by_account("acct-1001")  # cached by the proxy's store
+    mapping = await store.find_by_account("acct-3003")  # cached by the proxy's store
     assert mapping is not None
     # Another writer (another instance, the CLI) revokes it behind the proxy's cache.
     other = type(store)(store.engine, cipher=store.codec.cipher)
     await other.update(mapping.id, expected_version=mapping.version, actor="ops", status="revoked")
-    status, problem = await unlink(http, stack, alice(stack))
+    status, problem = await unlink(http, stack, caller(stack))
     assert (status, problem["code"]) == (403, "mapping_missing")
 
 

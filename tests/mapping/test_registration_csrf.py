@@ -3,7 +3,8 @@ guards (authenticate, browser checks, CSRF), so a browser request that links or 
 account needs its session's double-submit pair like any other write, while a server call
 keeps working with its bearer alone. SQLite and PostgreSQL, ``browser.csrf = "browser"``.
 
-carol of acct-3003 is the fresh caller; alice's acct-1001 is already linked to cus_alice."""
+carol of acct-3003 is the fresh caller; alice's acct-1001 is already linked to cus_alice
+(by the demo, as an operator: self-service unlinks only links self-service made)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
-from registration_helpers import call, caller, linked, mapping_of, records, register, unlink
+from registration_helpers import (
+    call,
+    caller,
+    linked,
+    mapping_of,
+    records,
+    register,
+    self_link,
+    unlink,
+)
 
 from dragoman.demo.runner import DemoStack
 from dragoman.mapping.entity import MappingStatus
@@ -31,10 +41,6 @@ async def stack(make_stack: MakeStack, database_url: str) -> DemoStack:
 def browser(stack: DemoStack) -> dict[str, str]:
     """carol's headers as a page on the allowed console origin sends them."""
     return caller(stack, Origin=stack.urls["console"])
-
-
-def alice(stack: DemoStack) -> dict[str, str]:
-    return caller(stack, "alice", "acct-1001", ["billing_admin"], Origin=stack.urls["console"])
 
 
 async def handshake(http: aiohttp.ClientSession, stack: DemoStack, headers: dict[str, str]) -> str:
@@ -86,9 +92,10 @@ async def test_a_browser_registration_with_only_the_header_is_refused(
 async def test_a_browser_unlink_without_a_csrf_pair_is_refused_and_the_link_stays(
     stack: DemoStack, http: aiohttp.ClientSession
 ) -> None:
-    status, problem = await unlink(http, stack, alice(stack))
+    await self_link(http, stack, caller(stack))
+    status, problem = await unlink(http, stack, browser(stack))
     assert (status, problem["code"]) == (403, "csrf_missing")
-    assert (await linked(stack, "acct-1001")).status is MappingStatus.ACTIVE
+    assert (await linked(stack, "acct-3003")).status is MappingStatus.ACTIVE
 
 
 async def test_a_pair_from_another_principals_session_is_refused(
@@ -134,8 +141,9 @@ async def test_a_browser_registration_with_the_sessions_pair_links_the_account(
 async def test_a_browser_unlink_with_the_sessions_pair_revokes_the_link(
     stack: DemoStack, http: aiohttp.ClientSession
 ) -> None:
-    token = await handshake(http, stack, alice(stack))
-    status, body = await unlink(http, stack, with_pair(alice(stack), token))
+    await self_link(http, stack, caller(stack))
+    token = await handshake(http, stack, browser(stack))
+    status, body = await unlink(http, stack, with_pair(browser(stack), token))
     assert (status, body["status"]) == (200, "revoked")
 
 
@@ -151,5 +159,6 @@ async def test_a_server_registration_needs_only_its_bearer(
 async def test_a_server_unlink_needs_only_its_bearer(
     stack: DemoStack, http: aiohttp.ClientSession
 ) -> None:
-    status, body = await unlink(http, stack, caller(stack, "alice", "acct-1001", ["owner"]))
+    await self_link(http, stack, caller(stack))
+    status, body = await unlink(http, stack, caller(stack, "carlos", "acct-3003", ["owner"]))
     assert (status, body["status"]) == (200, "revoked")

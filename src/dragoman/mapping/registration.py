@@ -13,17 +13,33 @@ ask (the platform down) refuses with 503 ``platform_unavailable``, never links u
 
 Self-service callers are principals holding one of ``mapping.registration.roles``, and act
 on their own cloud account only: the account comes from the verified credential, never
-from the request. Unlinking revokes the caller's live link (revoked links stay as
-history; the account may be linked anew), unless it is suspended: a suspension is an
-operator's (or reconciliation's) decision, which unlinking and linking anew must not
-lift. Every attempt, refused or not, is written to the mapping audit trail
+from the request. Self-service never undoes an operator's work:
+
+- a self-service link records ``created_by`` ``registration:<subject>``, and a
+  self-service unlink ``updated_by`` the same (:func:`~dragoman.mapping.store.self_service_actor`);
+- unlinking revokes the caller's live link (revoked links stay as history; the account may
+  be linked anew) only if self-service made it; a link an operator made (``mappings add``
+  or ``link``, with its grants) is refused (403 ``registration_forbidden``,
+  ``link_made_by_operator``), and so is a suspended one (a suspension is an operator's or
+  reconciliation's decision, which unlinking and linking anew must not lift);
+- linking is refused when an operator revoked the account's last link
+  (``revoked_by_operator``: "for good" holds until an operator links it again), and when
+  another account's active or stale link names the customer (409 ``mapping_exists``,
+  ``customer_linked_elsewhere``);
+- a customer that does not exist and one whose record names another account get one
+  answer, ``account_mismatch`` (the audit record keeps ``customer_missing``), so
+  registration tells nobody which customer ids exist.
+
+Every attempt, refused or not, is written to the mapping audit trail
 (:mod:`dragoman.mapping.audit`).
 
 The refusals are denials (:mod:`dragoman.pipeline.errors`), so the HTTP endpoint, the
 CLI and the audit records share their stable codes: ``registration_forbidden``,
 ``link_refused`` (reason ``customer_missing``, ``account_mismatch``, ``customer_deleted``,
 ``customer_merged``), ``mapping_exists``, ``mapping_missing``, ``platform_unavailable``,
-``mapping_unavailable``.
+``mapping_unavailable``; the self-service refusals carry their reason in the problem body
+(``link_made_by_operator``, ``revoked_by_operator``, ``customer_linked_elsewhere``,
+``account_mismatch``).
 """
 
 from __future__ import annotations
@@ -43,7 +59,17 @@ from dragoman.identity.principal import Principal
 from dragoman.mapping.audit import AuditScope, MappingAction, MappingAuditor
 from dragoman.mapping.entity import AccountMapping, Grant, MappingStatus, unknown_grant_entries
 from dragoman.mapping.platform import CustomerRecord, Drift, PlatformClient, PlatformUnavailable
-from dragoman.mapping.store import MappingExists, MappingStore, StoreUnavailable, VersionConflict
+from dragoman.mapping.store import (
+    CustomerLinkedElsewhere,
+    MappingExists,
+    MappingNotFound,
+    MappingStore,
+    RevokedByOperator,
+    StoreUnavailable,
+    VersionConflict,
+    is_self_service_actor,
+    self_service_actor,
+)
 from dragoman.pipeline.errors import (
     BadRequest,
     Conflict,
@@ -94,6 +120,34 @@ class LinkVerifier(Protocol):
 
     async def verify(self, cloud_account: str, customer: str) -> Evidence: ...
 
+
+class SelfServiceForbidden(RegistrationForbidden):
+    """Self-service may not undo an operator's work; ``reason`` says which (the problem
+    body carries it): ``link_made_by_operator`` (unlinking a link an operator made) or
+    ``revoked_by_operator`` (linking an account an operator revoked)."""
+
+    def extensions(self) -> dict[str, str]:
+        return {"reason": self.reason}
+
+
+class CustomerLinkedToAnother(LinkExists):
+    """Self-service: another account's link names the customer (``reason``
+    ``customer_linked_elsewhere``, in the problem body)."""
+
+    title = "The payment customer is linked to another cloud account; nothing was linked."
+
+    def extensions(self) -> dict[str, str]:
+        return {"reason": self.reason}
+
+
+NOT_LINKABLE = "account_mismatch"
+"""What a self-service caller is told of a customer that does not exist or whose record
+names another account ("not yours or not there"): the two must not be told apart, or
+registration would tell anyone which customer ids exist. The mapping audit record keeps
+the finer reason."""
+NOT_LINKABLE_DETAIL = (
+    "The payment platform has no customer with this id that names this cloud account."
+)
 
 REFUSAL_DETAIL = {
     Drift.MISSING: "The payment platform has no such customer.",
@@ -242,14 +296,21 @@ class Registrar:
             account=principal.cloud_account,
         )
         account = self._account_of(principal, MappingAction.LINK_ATTEMPT, audit)
-        return await self.link(
-            account,
-            customer,
-            actor=principal.subject,
-            grants=self.grants_for(principal),
-            purpose=REGISTRATION_PURPOSE,
-            request=request,
-        )
+        try:
+            return await self.link(
+                account,
+                customer,
+                actor=principal.subject,
+                grants=self.grants_for(principal),
+                purpose=REGISTRATION_PURPOSE,
+                request=request,
+                self_service=True,
+            )
+        except LinkRefused as refused:
+            if refused.reason not in (Drift.MISSING.value, Drift.REOWNED.value):
+                raise
+            # Audited with its own reason (by link); the caller is told one for both.
+            raise LinkRefused(NOT_LINKABLE, NOT_LINKABLE_DETAIL) from None
 
     async def unlink(self, principal: Principal, *, request: str | None = None) -> AccountMapping:
         """Revoke the caller's live link (it stays as history)."""
@@ -262,7 +323,7 @@ class Registrar:
         account = self._account_of(principal, MappingAction.REVOKE, audit)
         try:
             audit.started(MappingAction.REVOKE)
-            revoked = await self._revoke(account, actor=principal.subject)
+            revoked = await self._revoke(account, actor=self_service_actor(principal.subject))
         except Denial as refusal:
             audit.denied(MappingAction.REVOKE, refusal)
             raise
@@ -282,6 +343,12 @@ class Registrar:
                 # An operator's (or reconciliation's) decision: unlinking and linking anew
                 # must not lift it. An operator revokes it.
                 raise MappingInactive("mapping_suspended")
+            if not is_self_service_actor(mapping.created_by):
+                # An operator's link (its grants, its verification): an operator unlinks it.
+                raise SelfServiceForbidden(
+                    "link_made_by_operator",
+                    "The link was made by an operator; only an operator may revoke it.",
+                )
             try:
                 return await self._store.update(
                     mapping.id,
@@ -304,8 +371,16 @@ class Registrar:
         grants: Sequence[Grant],
         purpose: str,
         request: str | None = None,
+        self_service: bool = False,
     ) -> AccountMapping:
-        """Verify, then write the active link. Raises a denial (audited) when refused."""
+        """Verify, then write the active link. Raises a denial (audited) when refused.
+
+        ``self_service``: the account's own principal ``actor`` links it (registration):
+        the link records ``created_by`` as :func:`self_service_actor`, and is refused when
+        an operator revoked the account's last link (403 ``registration_forbidden``,
+        ``revoked_by_operator``) or another account's link names the customer (409
+        ``mapping_exists``, ``customer_linked_elsewhere``); both are checked in the
+        insert's transaction."""
         audit = self._auditor.scope(
             actor=actor, purpose=purpose, request=request, customer=customer, account=cloud_account
         )
@@ -320,12 +395,13 @@ class Registrar:
             mapping = await self._store.add(
                 cloud_account=cloud_account,
                 payment_customer=customer,
-                created_by=actor,
+                created_by=self_service_actor(actor) if self_service else actor,
                 verification_method=evidence.method,
                 verification_evidence=evidence.reference,
                 grants=grants,
                 status=MappingStatus.ACTIVE,
                 validated_at=evidence.checked_at,
+                self_service=self_service,
             )
         except Denial as refusal:
             audit.denied(action, refusal)
@@ -334,6 +410,20 @@ class Registrar:
             exists = LinkExists("account_linked")
             audit.denied(action, exists, mapping=await self._live_or_none(cloud_account))
             raise exists from None
+        except RevokedByOperator:
+            revoked = SelfServiceForbidden(
+                "revoked_by_operator",
+                "An operator revoked this account's link; only an operator may link it again.",
+            )
+            audit.denied(action, revoked)
+            raise revoked from None
+        except CustomerLinkedElsewhere as elsewhere:
+            taken = CustomerLinkedToAnother(
+                "customer_linked_elsewhere",
+                "Another cloud account's link names this customer; an operator resolves it.",
+            )
+            audit.denied(action, taken, mapping=await self._mapping_or_none(elsewhere.mapping_id))
+            raise taken from None
         except StoreUnavailable:
             unavailable = MappingUnavailable("mapping_store_unavailable")
             audit.denied(action, unavailable)
@@ -343,6 +433,13 @@ class Registrar:
             raise
         audit.ok(action, mapping=mapping, evidence=evidence.reference)
         return mapping
+
+    async def _mapping_or_none(self, mapping_id: str) -> AccountMapping | None:
+        """The mapping in the way of a new link, for the audit record (best effort)."""
+        try:
+            return await self._store.get(mapping_id)
+        except (StoreUnavailable, MappingNotFound):
+            return None
 
     async def _live_or_none(self, cloud_account: str) -> AccountMapping | None:
         """The live link in the way of a new one, for the audit record (best effort)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import json
 import random
 import sqlite3
@@ -35,7 +36,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from dragoman.cache import TtlCache
 from dragoman.mapping.compiled import CompiledStatement
@@ -83,12 +84,55 @@ BY_ACCOUNTS_PG = by_accounts(
 )
 """The same on PostgreSQL: the indexes as one array."""
 
+
+def customer_lock_key(customer_index: str) -> int:
+    """The PostgreSQL advisory lock (a signed 64-bit key) of self-service links to the
+    customer with blind index ``customer_index``."""
+    digest = hashlib.sha256(b"dragoman:registration:customer:" + customer_index.encode())
+    return int.from_bytes(digest.digest()[:8], "big", signed=True)
+
+
 REFRESH_BATCH = 64
 """At most this many entries re-read by one query of the background refresher."""
 
 
+SELF_SERVICE_ACTOR = "registration:"
+"""How ``created_by`` and ``updated_by`` name a principal that linked or unlinked its own
+account over HTTP (``registration:<subject>``): what tells self-service changes from an
+operator's (the CLI's ``--by``), which self-service may not undo. See
+:func:`self_service_actor`."""
+
+USABLE_STATUSES = ("active", "stale")
+"""The statuses of a link that serves its account, or may again once reconciled: another
+account's link to a customer in one of these stands in the way of a self-service link to
+that customer. A suspended link serves nothing until an operator decides."""
+
+
+def self_service_actor(subject: str) -> str:
+    """The ``created_by`` / ``updated_by`` of a self-service change by ``subject``."""
+    return SELF_SERVICE_ACTOR + subject
+
+
+def is_self_service_actor(actor: str) -> bool:
+    return actor.startswith(SELF_SERVICE_ACTOR)
+
+
 class MappingExists(Exception):
     """The cloud account is already linked."""
+
+
+class RevokedByOperator(Exception):
+    """Self-service: the account's last link was revoked by an operator (not by self-service
+    unlinking), which self-registration must not undo; an operator links it again."""
+
+
+class CustomerLinkedElsewhere(Exception):
+    """Self-service: another account's usable link names the customer (``args[0]``: that
+    mapping's id)."""
+
+    @property
+    def mapping_id(self) -> str:
+        return str(self.args[0])
 
 
 class MappingNotFound(Exception):
@@ -190,7 +234,14 @@ class MappingStore:
             # Not wait_for: it runs the coroutine as a task of its own, per query.
             async with asyncio.timeout(self._timeout):
                 result = await coroutine
-        except (MappingExists, MappingNotFound, VersionConflict, RevokedIsFinal):
+        except (
+            MappingExists,
+            MappingNotFound,
+            VersionConflict,
+            RevokedIsFinal,
+            RevokedByOperator,
+            CustomerLinkedElsewhere,
+        ):
             self.reachable = True
             raise
         except MappingCryptoError:
@@ -483,7 +534,11 @@ class MappingStore:
         grants: Sequence[Grant] = (),
         status: MappingStatus = MappingStatus.ACTIVE,
         validated_at: datetime | None = None,
+        self_service: bool = False,
     ) -> AccountMapping:
+        """Insert a mapping. ``self_service``: a caller links its own account (registration),
+        checked in the insert's own transaction (:meth:`_check_self_service`): raises
+        :class:`RevokedByOperator` or :class:`CustomerLinkedElsewhere` and writes nothing."""
         now = datetime.now(UTC)
         mapping_id = str(uuid.uuid4())
         values = {
@@ -510,7 +565,15 @@ class MappingStore:
             # undoes the insert, so a caller told "failed" never leaves a link behind.
             try:
                 async with self.engine.begin() as conn:
+                    if self_service and conn.dialect.name == "postgresql":
+                        # Registrations of one customer, one at a time (two accounts' must
+                        # not both see "no other link" and both insert); SQLite's insert
+                        # below takes the database's write lock, which does the same.
+                        key = customer_lock_key(values["payment_customer_index"])
+                        await conn.execute(select(func.pg_advisory_xact_lock(key)))
                     await conn.execute(t.insert().values(**values))
+                    if self_service:
+                        await self._check_self_service(conn, values)
                     row = (await conn.execute(select(t).where(t.c.id == mapping_id))).one()
                     return self.codec.entity(row)
             except IntegrityError:
@@ -520,6 +583,50 @@ class MappingStore:
         self._writes += 1
         self._cache.discard(cloud_account)
         return added
+
+    @staticmethod
+    async def _check_self_service(conn: AsyncConnection, values: dict[str, Any]) -> None:
+        """A self-service link just inserted (``values``, not committed) may stay only if
+
+        - the account's last link before it, if any (none is live: the insert would have
+          failed), was revoked by self-service, not by an operator: an operator's
+          revocation holds until an operator links the account again;
+        - no other account's usable link (:data:`USABLE_STATUSES`) names the customer: one
+          customer, one account; the operator (or reconciliation, which suspends the
+          drifted one) resolves it.
+
+        Run after the insert, in its transaction: on SQLite the insert holds the write lock,
+        on PostgreSQL the customer's advisory lock is held and the account's last link is
+        read locked (an operator's revocation under way is waited for and seen)."""
+        mapping_id = values["id"]
+        last = (
+            await conn.execute(
+                select(t.c.updated_by)
+                .where(
+                    t.c.cloud_account_index == values["cloud_account_index"],
+                    t.c.id != mapping_id,
+                    t.c.status == MappingStatus.REVOKED.value,
+                )
+                .order_by(t.c.created_at.desc(), t.c.id.desc())
+                .limit(1)
+                .with_for_update()
+            )
+        ).first()
+        if last is not None and not is_self_service_actor(last.updated_by):
+            raise RevokedByOperator(mapping_id)
+        other = (
+            await conn.execute(
+                select(t.c.id)
+                .where(
+                    t.c.payment_customer_index == values["payment_customer_index"],
+                    t.c.id != mapping_id,
+                    t.c.status.in_(USABLE_STATUSES),
+                )
+                .limit(1)
+            )
+        ).first()
+        if other is not None:
+            raise CustomerLinkedElsewhere(other.id)
 
     async def update(
         self, mapping_id: str, *, expected_version: int, actor: str, **changes: Any
