@@ -9,28 +9,8 @@ from typing import Any
 
 import pytest
 
-from dragoman.demo.runner import demo_settings, write_toml
-from dragoman.settings import Settings, load_settings
+from settings_support import load_demo as load
 from settings_support import settings_problems
-
-
-def demo_file(tmp_path: Path, edit: Any = lambda _: None) -> Path:
-    (tmp_path / "master.key").write_text("A" * 43)
-    data = demo_settings(
-        proxy="http://127.0.0.1:8080",
-        platform="http://127.0.0.1:8090",
-        issuer="http://127.0.0.1:8070",
-        console="http://127.0.0.1:8060",
-        state_dir=tmp_path,
-    )
-    edit(data)
-    path = tmp_path / "dragoman.toml"
-    write_toml(data, path)
-    return path
-
-
-def load(tmp_path: Path, edit: Any = lambda _: None, **kwargs: Any) -> Settings:
-    return load_settings(demo_file(tmp_path, edit), **kwargs)
 
 
 def step_up(**tiers: Any) -> Any:
