@@ -241,3 +241,27 @@ def asked(stack: DemoStack, since: int = 0) -> list[str]:
         for seen in stack.platform.seen[since:]
         if seen.method == "GET" and seen.path.startswith(prefix) and seen.path.count("/") == 3
     ]
+
+
+async def start_bent_platform(
+    state_dir: Path, middleware: Any, settings: dict[str, Any] | None = None
+) -> DemoStack:
+    """The demo stack (reconciliation unscheduled, no seeded mappings) whose payment
+    platform answers through ``middleware`` (an aiohttp middleware that may bend answers)."""
+    stack = DemoStack("127.0.0.1", DemoPorts(0, 0, 0, 0), state_dir)
+    stack.prepare_state({**(settings or {}), "reconcile": {"schedule": False}})
+
+    async def no_seed() -> None:
+        return None
+
+    stack.seed_mappings = no_seed  # type: ignore[method-assign]
+    plain = stack.platform.app
+
+    def app() -> web.Application:
+        application = plain()
+        application.middlewares.append(middleware)
+        return application
+
+    stack.platform.app = app  # type: ignore[method-assign]
+    await stack.start()
+    return stack

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from dragoman.demo.runner import DemoPorts, DemoStack
+from dragoman.demo.runner import DemoStack
 from dragoman.mapping.platform import MAX_RECORD_BYTES, PlatformClient, PlatformUnavailable
+from reconcile_support import start_bent_platform
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Bend = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
@@ -40,22 +41,7 @@ async def bent(tmp_path: Path) -> AsyncIterator[tuple[DemoStack, Bent]]:
 
 
 async def _start_bent(state_dir: Path, bender: Bent) -> DemoStack:
-    stack = DemoStack("127.0.0.1", DemoPorts(0, 0, 0, 0), state_dir)
-    stack.prepare_state({"reconcile": {"schedule": False}})
-
-    async def no_seed() -> None:
-        return None
-
-    stack.seed_mappings = no_seed  # type: ignore[method-assign]
-    plain = stack.platform.app
-
-    def app() -> web.Application:
-        application = plain()
-        application.middlewares.append(bender.middleware)
-        return application
-
-    stack.platform.app = app  # type: ignore[method-assign]
-    await stack.start()
+    stack = await start_bent_platform(state_dir, bender.middleware)
     stack.platform.add_customer("cus_carol", "acct-3003")
     return stack
 

@@ -16,10 +16,10 @@ from aiohttp import web
 import dragoman.mapping.reconcile_session as reconcile_session
 from dragoman.alerts import FanOut, LogSink, WebhookSink
 from dragoman.alerts.base import AlertSink
-from dragoman.demo.runner import DemoPorts, DemoStack
+from dragoman.demo.runner import DemoStack
 from dragoman.mapping.platform import CustomerRecord
 from dragoman.mapping.reconcile import Reconciler
-from reconcile_support import RecordingSink, customer_of, rows_by_id, seed
+from reconcile_support import RecordingSink, customer_of, rows_by_id, seed, start_bent_platform
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -38,22 +38,9 @@ class Broken:
 @pytest.fixture
 async def broken(tmp_path: Path, database_url: str) -> AsyncIterator[tuple[DemoStack, Broken]]:
     middleware = Broken()
-    stack = DemoStack("127.0.0.1", DemoPorts(0, 0, 0, 0), tmp_path / "stack")
-    stack.prepare_state({"store": {"database_url": database_url}, "reconcile": {"schedule": False}})
-
-    async def no_seed() -> None:
-        return None
-
-    stack.seed_mappings = no_seed  # type: ignore[method-assign]
-    plain = stack.platform.app
-
-    def app() -> web.Application:
-        application = plain()
-        application.middlewares.append(middleware.middleware)
-        return application
-
-    stack.platform.app = app  # type: ignore[method-assign]
-    await stack.start()
+    stack = await start_bent_platform(
+        tmp_path / "stack", middleware.middleware, {"store": {"database_url": database_url}}
+    )
     yield stack, middleware
     await stack.stop()
 
