@@ -154,3 +154,26 @@ async def test_a_record_over_the_size_cap_in_pieces_is_the_platform_unavailable(
     bender.bend = endless
     with pytest.raises(PlatformUnavailable, match="too large"):
         await client(stack).customer("cus_carol", cloud_account="acct-3003")
+
+
+async def test_the_record_names_its_customer_where_id_field_says(tmp_path: Path) -> None:
+    # A platform whose records call their id `customer_id`: read where the settings say.
+    bender = Bent()
+
+    async def renamed(request: web.Request, handler: Handler) -> web.StreamResponse:
+        record = stack.platform.customers["cus_carol"].record()
+        record["customer_id"] = record.pop("id")
+        return web.json_response(record)
+
+    bender.bend = renamed
+    stack = await start_bent_platform(
+        tmp_path / "stack",
+        bender.middleware,
+        {"mapping": {"platform": {"id_field": "customer_id"}}},
+    )
+    try:
+        stack.platform.add_customer("cus_carol", "acct-3003")
+        found = await client(stack).customer("cus_carol", cloud_account="acct-3003")
+        assert (found.exists, found.cloud_account) == (True, "acct-3003")
+    finally:
+        await stack.stop()

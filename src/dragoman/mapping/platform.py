@@ -25,10 +25,6 @@ from dragoman.tokens.mint import TokenMinter, TokenRequest
 
 SERVICE_PRINCIPAL = "dragoman"
 MAX_RECORD_BYTES = 256 * 1024
-ID_FIELD = "id"
-"""Where a customer record names its customer: an answer whose ``id`` is not the customer
-asked for is not that customer's record (a maintenance page, a proxy's own JSON), so the
-platform is unavailable, never a drift."""
 PROBLEM_TYPE = "application/problem+json"
 """A 404 or 410 means "no such customer" only when it is the platform's own problem answer
 (RFC 9457); any other (a gateway's or proxy's no-route page) is the platform unavailable."""
@@ -148,9 +144,12 @@ class PlatformClient:
             raise PlatformUnavailable("the customer record is not JSON") from None
         if not isinstance(record, Mapping):
             raise PlatformUnavailable("the customer record is not a JSON object")
-        if claim(record, ID_FIELD) != customer:
+        # An answer whose id is not the customer asked for is not that customer's record
+        # (a maintenance page, a proxy's own JSON): the platform is unavailable, no drift.
+        id_field = self._settings.id_field
+        if claim(record, id_field) != customer:
             raise PlatformUnavailable(
-                f"the answer is not the customer's record (its {ID_FIELD!r} is not the"
+                f"the answer is not the customer's record (its {id_field!r} is not the"
                 " customer asked for)"
             )
         return self._reduce(customer, record)

@@ -71,6 +71,15 @@ class PlatformRecordSettings(Section):
             " dragoman calls it with a token it mints for that customer."
         ),
     )
+    id_field: str = Field(
+        "id",
+        min_length=1,
+        description=(
+            "Dotted path, in the customer record, of the customer's own id: an answer whose"
+            " id is not the customer asked for (a maintenance page, a gateway's JSON) is the"
+            " platform unavailable, never a drift."
+        ),
+    )
     account_field: str = Field(
         "metadata.cloud_account",
         description="Dotted path, in the customer record, of the cloud account that owns it.",
