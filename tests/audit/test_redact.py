@@ -218,3 +218,44 @@ def test_percent_encoded_text_with_nothing_to_redact_keeps_its_encoding() -> Non
 def test_a_percent_encoded_jwt_is_redacted() -> None:
     encoded = JWT.replace(".", "%2E")
     assert redact_text(f"/cb/{encoded}") == "/cb/[token]"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "{'password': 'hunter2', 'client_secret': 's3cr3t'}",
+            "{'password': '[redacted]', 'client_secret': '[redacted]'}",
+        ),
+        ("api_key: 'k-123'", "api_key: '[redacted]'"),
+    ],
+    ids=["python-repr", "single-quoted"],
+)
+def test_single_quoted_secret_values_are_redacted(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+
+
+def test_a_quoted_secret_value_is_redacted_whole_spaces_included() -> None:
+    text = '{"password": "correct horse battery staple"}'
+    assert redact_text(text) == '{"password": "[redacted]"}'
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://:supersecret@redis:6379/0", "redis://:[redacted]@redis:6379/0"),
+        ("postgresql://app:pw-123@db:5432/x", "postgresql://app:[redacted]@db:5432/x"),
+    ],
+)
+def test_the_password_of_a_url_is_redacted(url: str, expected: str) -> None:
+    assert redact_text(f"cannot reach {url}") == f"cannot reach {expected}"
+
+
+@pytest.mark.parametrize("card", ["4111.1111.1111.1111", "4111_1111_1111_1111"])
+def test_card_numbers_grouped_by_dots_or_underscores_are_redacted(card: str) -> None:
+    assert redact_text(f"card {card} declined") == "card [card] declined"
+
+
+@pytest.mark.parametrize("text", ["version 1.2.3.4", "at 1733212345.123456", "1234.5678.9012.3456"])
+def test_dotted_numbers_that_are_not_cards_are_kept(text: str) -> None:
+    assert redact_text(text) == text

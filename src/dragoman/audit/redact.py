@@ -32,7 +32,16 @@ _REDACTED_NAME = (
     r"[\w-]*?(?:token|secret|password|passwd|api[_-]?key|(?:secret|private|signing)[_-]?key"
     r"|credentials?|session|cookie|dragoman-csrf|signature|sig)"
 )
-_SECRET_PARAM = re.compile(r"(?i)\b(" + _REDACTED_NAME + r")(\"?\s*[=:]\s*\"?)([^&\s\"',;]+)")
+# The value: a quoted one whole (JSON's "correct horse battery", a Python repr's 'x'),
+# else up to a separator.
+_SECRET_PARAM = re.compile(
+    r"(?i)\b(" + _REDACTED_NAME + r")([\"']?\s*[=:]\s*)"
+    r"(?:\"[^\"]*\"|'[^']*'|[^&\s\"',;]+)"
+)
+# The password of a URL's userinfo (redis://:pw@host, postgresql://user:pw@host).
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@")
+# Four-digit groups joined by dots or underscores, which the digit runs above do not read.
+_DOTTED_CARD = re.compile(r"(?<![\w.])\d{4}([._])\d{4}\1\d{4}\1\d{1,7}(?![\w.])")
 _SECRET_KEY = re.compile(r"(?i)" + _REDACTED_NAME)
 # Digits glued to letters or digits (directly or by a dash) belong to an identifier, not a
 # card: a UUID such as 2557cb12-4974-4810-9441-f6aaf7267324 holds a Luhn-valid run.
@@ -156,8 +165,24 @@ def _redact_literal(text: str) -> str:
     text = _CSRF.sub("[csrf]", text)
     text = _AUTH_SCHEME.sub(lambda m: f"{m.group(1)} [redacted]", text)
     if "=" in text or ":" in text:  # no separator, no secret-named value (most texts)
-        text = _SECRET_PARAM.sub(lambda m: f"{m.group(1)}{m.group(2)}[redacted]", text)
-    return _DIGIT_RUN.sub(_card, text)
+        text = _SECRET_PARAM.sub(_secret_value, text)
+        if "://" in text:
+            text = _USERINFO.sub(r"\1[redacted]@", text)
+    text = _DIGIT_RUN.sub(_card, text)
+    if "." in text or "_" in text:
+        text = _DOTTED_CARD.sub(_dotted_card, text)
+    return text
+
+
+def _secret_value(match: re.Match[str]) -> str:
+    value = match.group(0)[match.end(2) - match.start(0) :]
+    quote = value[0] if value[0] in "\"'" and len(value) > 1 else ""
+    return f"{match.group(1)}{match.group(2)}{quote}[redacted]{quote}"
+
+
+def _dotted_card(match: re.Match[str]) -> str:
+    digits = match.group(0).replace(match.group(1), "")
+    return "[card]" if 13 <= len(digits) <= 19 and luhn_valid(digits) else match.group(0)
 
 
 def redact(value: Any) -> Any:
