@@ -46,6 +46,12 @@ BOUND_OPS: list[tuple[str, str, str, list[dict[str, str]]]] = [
     ("body.post", "POST", "/body/things", [binding("body", "/customer")]),
     ("body_nested.post", "POST", "/body-nested/things", [binding("body", "/owner/customer")]),
     ("body_inject.post", "POST", "/body-inject/things", [binding("body", "/customer", "inject")]),
+    (
+        "body_nested_inject.post",
+        "POST",
+        "/nested-inject/things",
+        [binding("body", "/owner/customer", "inject")],
+    ),
     ("plain.post", "POST", "/plain/things", []),
 ]
 

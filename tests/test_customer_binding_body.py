@@ -204,6 +204,18 @@ REFUSED: dict[str, tuple[str, bytes, tuple[tuple[str, str], ...], tuple[int, str
         JSON,
         (*MISMATCH, "customer_ambiguous"),
     ),
+    "inject-beside-a-case-variant": (
+        "/body-inject/things",
+        b'{"Customer": "cus_bob"}',
+        JSON,
+        (*MISMATCH, "customer_ambiguous"),
+    ),
+    "inject-beside-a-case-variant-nested": (
+        "/nested-inject/things",
+        b'{"Owner": {"customer": "cus_bob"}}',
+        JSON,
+        (*MISMATCH, "customer_ambiguous"),
+    ),
     "inject-into-an-array": (
         "/body-inject/things",
         b'[{"customer": "cus_alice"}]',

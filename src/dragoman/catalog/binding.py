@@ -53,6 +53,7 @@ from dragoman.catalog.binding_json import (
     ABSENT,
     AmbiguousJson,
     InvalidJson,
+    PointerAmbiguous,
     PointerUnplaceable,
     parse_strict,
     place,
@@ -255,6 +256,8 @@ class CustomerBindingStage:
             raise refuse("customer_absent")
         try:
             placed = place({} if document is ABSENT else document, tokens, customer)
+        except PointerAmbiguous:
+            raise refuse("customer_ambiguous") from None
         except PointerUnplaceable:
             raise BadRequest(
                 "customer_unplaceable",

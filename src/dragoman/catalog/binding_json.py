@@ -27,6 +27,11 @@ class PointerUnplaceable(ValueError):
     """The pointer cannot be written into this document (a parent is not an object)."""
 
 
+class PointerAmbiguous(ValueError):
+    """The document has a member that a reader ignoring case takes for one the pointer
+    writes (``Customer`` beside the ``customer`` placed)."""
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     folded: set[str] = set()
@@ -140,9 +145,19 @@ def place(document: Any, tokens: list[str], value: str) -> Any:
         raise PointerUnplaceable("a parent of the customer member is not an object")
     parent: dict[str, Any] = document
     for token in tokens[:-1]:
+        _refuse_case_variant(parent, token)
         child = parent.setdefault(token, {})
         if not isinstance(child, dict):
             raise PointerUnplaceable("a parent of the customer member is not an object")
         parent = child
+    _refuse_case_variant(parent, tokens[-1])
     parent[tokens[-1]] = value
     return document
+
+
+def _refuse_case_variant(parent: dict[str, Any], token: str) -> None:
+    # "Customer" left beside the "customer" placed: a reader that ignores case (ASP.NET
+    # Core's, Jackson's with that option) may take the caller's instead of dragoman's.
+    folded = token.casefold()
+    if any(name != token and name.casefold() == folded for name in parent):
+        raise PointerAmbiguous("a member differs from the customer's only in case")
