@@ -156,11 +156,22 @@ def test_the_tier_follows_the_method() -> None:
         ("/v1/x", "payouts.create"),
         ("/v1/transfers", None),
         ("/v1/payment_intents/{id}/confirm", None),
+        ("/v1/invoices/{id}/pay", None),
+        ("/v1/payments", None),
+        ("/v1/x", "createPayment"),
+        ("/v1/x", "payments.create"),
+        ("/v1/purchases", None),
     ],
 )
 def test_a_write_named_like_money_movement_is_money(path: str, operation_id: str | None) -> None:
     imported = import_openapi(spec({path: {"post": op(operation_id)}}))
     assert imported.operations[0].effective_tier == "money"
+
+
+@pytest.mark.parametrize("path", ["/v1/payment_methods", "/v1/payment_intents"])
+def test_setting_up_a_payment_is_not_money(path: str) -> None:
+    imported = import_openapi(spec({path: {"post": op()}}))
+    assert imported.operations[0].effective_tier == "change"
 
 
 def test_reading_refunds_is_a_read() -> None:

@@ -37,6 +37,10 @@ _MONEY_WORDS = frozenset(
         "withdrawal", "withdrawals",
     }
 )  # fmt: skip
+# Words that move money only as the thing written: `payments` (a payment made), not the
+# `payment` of `payment_methods` or `payment_intents` (which only set one up).
+_MONEY_NOUNS = frozenset({"payment", "payments"})
+_MONEY_VERBS = frozenset({"pay", "pays", "purchase", "purchases", "debit", "debits"})
 _MAX_ID = 128
 
 
@@ -98,11 +102,18 @@ def id_action(operation_id: str | None) -> str | None:
 
 def tier(method: str, words: Sequence[str]) -> RiskTier:
     """``default_tier(method)``, or ``money`` for a write whose name moves money (charge,
-    capture, refund, payout, transfer; confirming a payment intent)."""
-    found = {w for word in words for w in snake(word).split("_")}
+    capture, refund, payout, transfer, pay, purchase, debit; a payment, but not a payment
+    method or intent; confirming a payment intent)."""
+    split = [snake(word).split("_") for word in words]
+    found = {w for tokens in split for w in tokens}
     if method not in ("GET", "HEAD"):
-        if found & _MONEY_WORDS:
+        if found & (_MONEY_WORDS | _MONEY_VERBS):
             return "money"
+        for tokens in split:
+            for index, token in enumerate(tokens):
+                following = tokens[index + 1] if index + 1 < len(tokens) else None
+                if token in _MONEY_NOUNS and (following is None or following in _VERBS):
+                    return "money"
         if "confirm" in found and "payment" in found and found & {"intent", "intents"}:
             return "money"
     return default_tier(method)
