@@ -259,3 +259,21 @@ def test_card_numbers_grouped_by_dots_or_underscores_are_redacted(card: str) -> 
 @pytest.mark.parametrize("text", ["version 1.2.3.4", "at 1733212345.123456", "1234.5678.9012.3456"])
 def test_dotted_numbers_that_are_not_cards_are_kept(text: str) -> None:
     assert redact_text(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('connect failed: password="s3cr3t', 'connect failed: password="[redacted]'),
+        ('cookie="sessid=abc123', 'cookie="[redacted]'),
+        ("{'token': 'abc", "{'token': '[redacted]"),
+    ],
+    ids=["double", "cookie", "single"],
+)
+def test_a_quoted_secret_value_cut_short_is_redacted(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+
+
+def test_a_quoted_secret_value_with_escaped_quotes_is_redacted_whole() -> None:
+    text = r'{"password": "ab\"cd efg", "n": 1}'
+    assert redact_text(text) == '{"password": "[redacted]", "n": 1}'

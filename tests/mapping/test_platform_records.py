@@ -177,3 +177,26 @@ async def test_the_record_names_its_customer_where_id_field_says(tmp_path: Path)
         assert (found.exists, found.cloud_account) == (True, "acct-3003")
     finally:
         await stack.stop()
+
+
+@pytest.mark.parametrize(("written", "read"), [(3003, True), (True, False), (3003.0, False)])
+async def test_a_numeric_id_names_the_customer_of_its_digits(
+    bent: tuple[DemoStack, Bent], written: object, read: bool
+) -> None:
+    # A platform with numeric ids writes 3003 for the customer "3003"; a boolean or a float
+    # is not an id.
+    stack, bender = bent
+    stack.platform.add_customer("3003", "acct-3003")
+
+    async def numeric(request: web.Request, handler: Handler) -> web.StreamResponse:
+        record = stack.platform.customers["3003"].record()
+        record["id"] = written
+        return web.json_response(record)
+
+    bender.bend = numeric
+    if read:
+        found = await client(stack).customer("3003", cloud_account="acct-3003")
+        assert found.cloud_account == "acct-3003"
+    else:
+        with pytest.raises(PlatformUnavailable, match="not the customer's record"):
+            await client(stack).customer("3003", cloud_account="acct-3003")

@@ -32,11 +32,12 @@ _REDACTED_NAME = (
     r"[\w-]*?(?:token|secret|password|passwd|api[_-]?key|(?:secret|private|signing)[_-]?key"
     r"|credentials?|session|cookie|dragoman-csrf|signature|sig)"
 )
-# The value: a quoted one whole (JSON's "correct horse battery", a Python repr's 'x'),
-# else up to a separator.
+# The value: a quoted one whole (JSON's "correct horse battery", a Python repr's 'x'), its
+# escaped quotes included and its closing quote optional (a message cut short), else up to
+# a separator.
 _SECRET_PARAM = re.compile(
     r"(?i)\b(" + _REDACTED_NAME + r")([\"']?\s*[=:]\s*)"
-    r"(?:\"[^\"]*\"|'[^']*'|[^&\s\"',;]+)"
+    r"(?:\"(?:[^\"\\]|\\.)*\"?|'(?:[^'\\]|\\.)*'?|[^&\s\"',;]+)"
 )
 # The password of a URL's userinfo (redis://:pw@host, postgresql://user:pw@host).
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@")
@@ -176,8 +177,9 @@ def _redact_literal(text: str) -> str:
 
 def _secret_value(match: re.Match[str]) -> str:
     value = match.group(0)[match.end(2) - match.start(0) :]
-    quote = value[0] if value[0] in "\"'" and len(value) > 1 else ""
-    return f"{match.group(1)}{match.group(2)}{quote}[redacted]{quote}"
+    quote = value[0] if value[0] in "\"'" else ""
+    closing = quote if quote and len(value) > 1 and value[-1] == quote else ""
+    return f"{match.group(1)}{match.group(2)}{quote}[redacted]{closing}"
 
 
 def _dotted_card(match: re.Match[str]) -> str:

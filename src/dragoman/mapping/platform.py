@@ -147,7 +147,7 @@ class PlatformClient:
         # An answer whose id is not the customer asked for is not that customer's record
         # (a maintenance page, a proxy's own JSON): the platform is unavailable, no drift.
         id_field = self._settings.id_field
-        if claim(record, id_field) != customer:
+        if not _names(claim(record, id_field), customer):
             raise PlatformUnavailable(
                 f"the answer is not the customer's record (its {id_field!r} is not the"
                 " customer asked for)"
@@ -180,3 +180,11 @@ async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
         if len(body) > limit:
             raise PlatformUnavailable("the customer record is too large")
     return bytes(body)
+
+
+def _names(found: Any, customer: str) -> bool:
+    """Whether a record's id is ``customer``: the same string, or the integer a platform
+    with numeric ids writes for it (``3003`` for ``"3003"``; never a boolean)."""
+    if isinstance(found, str):
+        return found == customer
+    return isinstance(found, int) and not isinstance(found, bool) and str(found) == customer

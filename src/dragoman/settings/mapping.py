@@ -75,9 +75,9 @@ class PlatformRecordSettings(Section):
         "id",
         min_length=1,
         description=(
-            "Dotted path, in the customer record, of the customer's own id: an answer whose"
-            " id is not the customer asked for (a maintenance page, a gateway's JSON) is the"
-            " platform unavailable, never a drift."
+            "Dotted path, in the customer record, of the customer's own id (a string, or an"
+            " integer for numeric ids): an answer whose id is not the customer asked for (a"
+            " maintenance page, a gateway's JSON) is the platform unavailable, never a drift."
         ),
     )
     account_field: str = Field(
