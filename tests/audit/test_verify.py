@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chain_support import lines, make_key, records, verify_cli, write_log
+from chain_support import lines, make_key, records, sink, verify_cli, write_log
 
 from dragoman.audit.chain import GENESIS, canonical, digest, stdlib_canonical
 from dragoman.audit.checkpoint import CheckpointSigner, signing_input
@@ -146,6 +146,22 @@ def test_a_log_emptied_to_nothing_is_found_truncated_when_it_must_end_closed(
     assert "index 0: truncated: the log holds no record" in failure(
         verify_cli(log, "--closed", "--key", keys[1])
     )
+
+
+def test_a_writer_closed_without_records_ends_its_log_with_a_checkpoint_that_verifies_closed(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    # An instance that served nothing closes its log with a count-0 checkpoint, so a closed
+    # empty log is told apart from one emptied afterwards.
+    idle = tmp_path / "idle.jsonl"
+    sink(idle, keys[0]).close()
+    [checkpoint] = records(idle)
+    assert (checkpoint["event"], checkpoint["count"], checkpoint["prev"]) == (
+        "checkpoint",
+        0,
+        GENESIS,
+    )
+    assert verify_cli(idle, "--closed", "--key", keys[1]).returncode == 0
 
 
 def test_a_chain_asked_for_that_no_record_belongs_to_is_missing(log: Path) -> None:

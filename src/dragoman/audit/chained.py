@@ -121,7 +121,7 @@ class _Checkpoints:
 
     def needed_at_end(self, tail: Tail) -> bool:
         """A file or stream that ends should end with a checkpoint (truncation shows)."""
-        return self._signer is not None and tail.next_seq > 0 and tail.last_event != CHECKPOINT
+        return self._signer is not None and tail.last_event != CHECKPOINT
 
     def line(self, tail: Tail) -> tuple[bytes, Tail]:
         if self._signer is None:  # callers ask due() / needed_at_end() first
