@@ -994,6 +994,10 @@ async def test_an_upstream_switching_protocols_is_refused_502_and_never_pooled(
         (b"public, no-store", b"no-store"),
         (b'private="Set-Cookie", max-age=60', b"private, max-age=60"),
         (b'no-cache="Set-Cookie, X-Note", public', b'private, no-cache="Set-Cookie, X-Note"'),
+        (
+            b'no-cache="X-Foo,no-store,X-Bar", max-age=600',
+            b'private, no-cache="X-Foo,no-store,X-Bar", max-age=600',
+        ),
     ],
 )
 async def test_an_upstream_answer_is_never_left_to_shared_caches(

@@ -26,6 +26,7 @@ a read may be, once, when its pooled connection turns out stale.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import aiohttp
@@ -141,6 +142,10 @@ def _not_ours(name: str) -> bool:
     return not name.lower().startswith("access-control-")
 
 
+_DIRECTIVE = re.compile(r'(?:[^,"]|"[^"]*(?:"|$))+')
+"""One Cache-Control directive: up to a comma outside a quoted string."""
+
+
 def private_cache_control(values: list[str]) -> str:
     """The upstream's ``Cache-Control`` made private to the caller: ``public`` and
     ``s-maxage`` are dropped and ``private`` is added, so no shared cache (a CDN, a
@@ -153,7 +158,8 @@ def private_cache_control(values: list[str]) -> str:
     directives = []
     names = set()
     for value in values:
-        for piece in value.split(","):
+        # Commas inside a quoted argument (no-cache="A,no-store,B") separate nothing.
+        for piece in _DIRECTIVE.findall(value):
             directive = piece.strip()
             name, qualified, _ = directive.partition("=")
             name = name.strip().lower()

@@ -61,6 +61,27 @@ def test_verifying_a_sqlite_path_that_does_not_exist_names_it_and_creates_nothin
     assert not typo.exists()
 
 
+@pytest.mark.parametrize("flag", ["true", "True", "yes", "1"])
+async def test_a_sqlite_uri_is_read_whatever_the_spelling_of_its_uri_flag(
+    tmp_path: Path, flag: str
+) -> None:
+    path = tmp_path / "audit.db"
+    engine = make_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+    result = verify_cli("--database", f"sqlite+aiosqlite:///file:{path}?uri={flag}")
+    assert result.returncode == 0, result.stderr
+    assert "0 records" in result.stdout
+
+
+def test_an_in_memory_sqlite_url_is_refused_as_unreadable_without_a_traceback() -> None:
+    result = verify_cli("--database", "sqlite+aiosqlite://")
+    assert result.returncode == 2, result.stdout
+    assert "Traceback" not in result.stderr
+
+
 async def test_an_empty_sqlite_table_is_found_truncated_when_it_must_end_closed(
     tmp_path: Path,
 ) -> None:

@@ -458,6 +458,17 @@ async def test_upstream_cache_control_with_four_shared_cache_directives_gets_no_
         assert response.headers.getall("Cache-Control") == ["no-store"]
 
 
+async def test_upstream_cache_control_with_a_quoted_argument_gets_no_store(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    # The "no-store" inside the quotes is no directive: the answer must not pass as private.
+    upstream = 'no-cache="X-Foo,no-store,X-Bar", max-age=600, must-revalidate'
+    gateway.tap.answer_headers = {"Cache-Control": upstream}
+    async with http.get(gateway.url + PM, headers=alice(gateway.stack)) as response:
+        assert response.status == 200
+        assert response.headers.getall("Cache-Control") == ["no-store"]
+
+
 async def test_upstreams_cdn_cache_headers_never_reach_the_caller(
     gateway: Gateway, http: aiohttp.ClientSession
 ) -> None:

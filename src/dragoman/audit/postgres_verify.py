@@ -186,10 +186,11 @@ def _read_only_engine(url: str) -> AsyncEngine:
     if parsed.get_backend_name() != "sqlite":
         return make_ship_engine(url)
     database = parsed.database or ""
-    if parsed.query.get("uri") in ("true", "1") and database.startswith("file:"):
-        query = {"mode": "ro"}  # already a SQLite URI: only make it read-only
+    if database.startswith("file:"):
+        # Already a SQLite URI (SQLAlchemy reads `uri` as a boolean): only read-only.
+        query = {"mode": "ro", "uri": "true"}
     elif database in ("", ":memory:"):
-        return create_async_engine(url, pool_size=1, max_overflow=0)  # nothing to create
+        return create_async_engine(url)  # nothing to create (and no pool to size)
     else:
         path = os.path.abspath(database)
         if not os.path.isfile(path):
