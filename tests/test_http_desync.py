@@ -23,11 +23,11 @@ Pinned here (aiohttp's own parsers do most of it; dragoman's part is named):
   caller's answer; ``Set-Cookie`` is dropped; the security headers and ``X-Request-Id``
   are dragoman's; a ``101`` is refused; no answer is left to shared caches.
 
-Found this way, and fixed (dragoman.forward, dragoman.catalog.binding):
+Found this way, and fixed (dragoman.forward, dragoman.upstream_client, dragoman.catalog.binding):
 
 - a response the upstream sends on an idle pooled connection was queued by aiohttp and read
   as the answer to the next request on it, another caller's (aio-libs/aiohttp#13656): the
-  pool now closes such a connection (``FreshConnector``);
+  pool now closes such a connection (``dragoman.upstream_client.UpstreamPool``);
 - ``X_Forwarded_For`` / ``X_Request_Id`` (underscores) reached the upstream, where CGI/WSGI
   servers read them as ``X-Forwarded-For`` / ``X-Request-Id``;
 - ``Connection: X-Customer-Id`` (or ``Content-Type``) dropped a header a customer binding

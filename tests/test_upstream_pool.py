@@ -10,9 +10,10 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
 from dragoman.demo.runner import DemoStack
-from dragoman.forward import FreshConnector
+from dragoman.upstream_client import UpstreamPool
 from overload_support import HeldUpstream
 
 MakeStack = Callable[..., Awaitable[DemoStack]]
@@ -146,29 +147,31 @@ async def test_an_idle_connection_something_arrived_on_is_never_handed_out_whate
 ) -> None:
     upstream = TwoConnectionUpstream()
     await upstream.start()
-    connector = FreshConnector(limit=10)
+    pool = UpstreamPool(upstream.url, connect_timeout=5, read_timeout=10)
     try:
-        async with aiohttp.ClientSession(connector=connector) as session:
 
-            async def fetch() -> bytes:
-                async with session.get(upstream.url) as answer:
-                    return await answer.read()
+        async def fetch() -> bytes:
+            answer = await pool.exchange("GET", "/", CIMultiDict(), None)
+            try:
+                return await answer.read()
+            finally:
+                answer.release()
 
-            assert await asyncio.gather(fetch(), fetch()) == [b"ok", b"ok"]
-            (idle,) = connector._conns.values()
-            protocols = [proto for proto, _ in idle]
-            ports = [proto.transport.get_extra_info("sockname")[1] for proto in protocols]
-            assert len(ports) == 2
-            for place in dirty:
-                upstream.writers[ports[place]].write(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSECRET"
-                )
-            async with asyncio.timeout(10):  # until the stray answers are read in
-                while not all(protocols[place].should_close for place in dirty):
-                    await asyncio.sleep(0.01)
-            assert [await fetch(), await fetch()] == [b"ok", b"ok"]
-            async with asyncio.timeout(10):  # until the upstream sees them closed
-                while not {ports[place] for place in dirty} <= upstream.closed:
-                    await asyncio.sleep(0.01)
+        assert await asyncio.gather(fetch(), fetch()) == [b"ok", b"ok"]
+        protocols = [proto for proto, _ in pool._idle]
+        ports = [proto.transport.get_extra_info("sockname")[1] for proto in protocols]
+        assert len(ports) == 2
+        for place in dirty:
+            upstream.writers[ports[place]].write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSECRET"
+            )
+        async with asyncio.timeout(10):  # until the stray answers are read in
+            while not all(protocols[place].should_close for place in dirty):
+                await asyncio.sleep(0.01)
+        assert [await fetch(), await fetch()] == [b"ok", b"ok"]
+        async with asyncio.timeout(10):  # until the upstream sees them closed
+            while not {ports[place] for place in dirty} <= upstream.closed:
+                await asyncio.sleep(0.01)
     finally:
+        await pool.close()
         await upstream.stop()

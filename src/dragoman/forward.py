@@ -13,13 +13,14 @@ Header hygiene, both ways:
 Bodies stream both ways in chunks (no unbounded buffering); a request body over the limit
 stops the request (413). What a customer binding checked or wrote is forwarded instead of the
 caller's: ``ctx.forward_query``, ``ctx.forward_headers`` and ``ctx.forward_body`` (a body
-the binding stage buffered, within the same limit). The client session never decompresses,
-never keeps cookies and adds no headers of its own. Connect failures become 502, timeouts
+the binding stage buffered, within the same limit). The upstream connections
+(:mod:`dragoman.upstream_client`) never decompress, keep no cookies and add no headers of
+their own but ``Host`` and the body's framing. Connect failures become 502, timeouts
 504, both problem+json, as long as nothing has been sent to the caller yet. Each write to the
 caller (the answer's head, each chunk, its end) waits at most ``write_timeout`` for the caller
 to take it; past it the caller's connection is aborted and the request recorded
 ``client_stalled`` (:meth:`Forwarder._send`). Writes are never
-resent (not even by aiohttp over a dropped kept-alive connection: :func:`_no_write_retry`);
+resent, not even over a dropped kept-alive connection (:class:`UpstreamPool`);
 a read may be, once, when its pooled connection turns out stale.
 """
 
@@ -31,9 +32,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import aiohttp
 from aiohttp import web
-from aiohttp.client_reqrep import ConnectionKey
-from aiohttp.connector import Connection
-from aiohttp.tracing import Trace
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -51,33 +49,10 @@ from dragoman.pipeline.errors import (
 from dragoman.pipeline.expect import send_continue
 from dragoman.settings import UpstreamSettings
 from dragoman.settings.server import DEFAULT_BODY_TIMEOUT, DEFAULT_WRITE_TIMEOUT
+from dragoman.upstream_client import UpstreamAnswer, UpstreamPool
 
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _NO_BODY_METHODS = frozenset({"GET", "HEAD"})
 
-
-class WriteConnectionLost(aiohttp.ClientConnectionError):
-    """The upstream connection dropped during a write (a 502, never resent)."""
-
-
-async def _no_write_retry(
-    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
-) -> aiohttp.ClientResponse:
-    """aiohttp resends a PUT or DELETE once, with the same headers, when a kept-alive
-    connection drops mid-request (RFC 9112 §9.3.1), and it retries only on those two error
-    types. For a write that would replay its single-use token for a change the upstream may
-    already have made (SEMANTICS §6: writes are not retried), so a write's drop is re-raised
-    as another error; reads keep aiohttp's retry over a stale pooled connection."""
-    try:
-        return await handler(request)
-    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
-        if request.method in SAFE_METHODS:
-            raise
-        raise WriteConnectionLost(str(exc)) from exc
-
-
-_READ_MIDDLEWARES: tuple[aiohttp.ClientMiddlewareType, ...] = ()
-_WRITE_MIDDLEWARES: tuple[aiohttp.ClientMiddlewareType, ...] = (_no_write_retry,)
 
 HOP_BY_HOP = frozenset(
     {
@@ -175,8 +150,8 @@ def private_cache_control(values: list[str]) -> str:
 
 
 def _body_refusal(exc: BaseException) -> Denial | None:
-    """The refusal the caller's body met where aiohttp's client reads it (too large, or it
-    stopped arriving): it comes back as the cause of the client's own error."""
+    """The refusal the caller's body met as the exchange read it (too large, or it stopped
+    arriving): it comes back as the cause of the exchange's own error."""
     for underlying in (exc.__cause__, exc.__context__):
         if isinstance(underlying, Denial):
             return underlying
@@ -203,7 +178,7 @@ def _abort(request: web.Request) -> None:
         request.transport.abort()
 
 
-def _small_and_whole(method: str, upstream: aiohttp.ClientResponse) -> bool:
+def _small_and_whole(method: str, upstream: UpstreamAnswer) -> bool:
     """An answer worth reading whole: a body of at most one chunk whose length the
     upstream declared. Not an answer without a body (HEAD, 204, 304: their Content-Length
     names a body that is not sent) nor one of unknown length (streamed as it comes)."""
@@ -215,28 +190,6 @@ def _small_and_whole(method: str, upstream: aiohttp.ClientResponse) -> bool:
         and upstream.status >= 200
         and upstream.status not in (204, 304)
     )
-
-
-class FreshConnector(aiohttp.TCPConnector):
-    """aiohttp's pool, which never hands out an idle connection that something arrived on.
-
-    aiohttp goes on reading a kept-alive connection after its answer, and queues what comes:
-    an upstream that answers twice (a late body after a 304, an answer nobody asked for)
-    would have that answer read as the next request's, which may be another customer's
-    (aio-libs/aiohttp#13656, not fixed in the pinned version). Such a connection is closed
-    when it is next asked for, and another is taken or made."""
-
-    async def _get(self, key: ConnectionKey, traces: list[Trace]) -> Connection | None:
-        # The pool hands out its idle connections from the left, so only those that would be
-        # handed out are checked: looking at every idle connection cost each request ~10 µs
-        # with 64 of them kept alive.
-        idle = self._conns.get(key)
-        if idle:
-            while idle and idle[0][0].should_close:
-                idle.popleft()[0].close()
-            if not idle:
-                del self._conns[key]
-        return await super()._get(key, traces)
 
 
 class Forwarder:
@@ -251,7 +204,7 @@ class Forwarder:
     ) -> None:
         """``body_timeout``: the longest wait for the next bytes of a caller's body;
         ``write_timeout``: for a caller to take the next part of an answer."""
-        self._base = settings.url
+        self._upstream = settings.url
         self._max_body = max_body_bytes
         self._body_timeout = body_timeout
         self._write_timeout = write_timeout
@@ -259,12 +212,6 @@ class Forwarder:
             _DROP_RESPONSE | {"set-cookie"} if settings.strip_set_cookie else _DROP_RESPONSE
         )
         self._security_headers = dict(security_headers)
-        self._timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=settings.connect_timeout,
-            sock_connect=settings.connect_timeout,
-            sock_read=settings.read_timeout,
-        )
         # Requests past pool_size wait here, in order, for a connection: aiohttp's own pool
         # does not serve its waiters in order (a request arriving as a connection is
         # released takes it, and the waiter it woke queues again at the back), so under a
@@ -273,22 +220,23 @@ class Forwarder:
         # the upstream holding its connections.
         self._slots = asyncio.Semaphore(settings.pool_size)
         self._slot_wait = settings.read_timeout
-        self._pool_size = settings.pool_size
-        self._session: aiohttp.ClientSession | None = None
+        self._prefix = URL(settings.url).raw_path.rstrip("/")
+        self._connect_timeout = settings.connect_timeout
+        self._read_timeout = settings.read_timeout
+        self._pool: UpstreamPool | None = None
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=FreshConnector(limit=self._pool_size, keepalive_timeout=30, ttl_dns_cache=60),
-            timeout=self._timeout,
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        self._pool = UpstreamPool(
+            self._upstream,
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout,
+            keepalive=30,
         )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     def _request_headers(self, ctx: RequestContext) -> CIMultiDict[str]:
         incoming = ctx.request.headers
@@ -368,7 +316,7 @@ class Forwarder:
     def _copy_headers(
         self,
         ctx: RequestContext,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamAnswer,
         response: web.StreamResponse,
         response_headers: Mapping[str, str],
     ) -> None:
@@ -388,7 +336,7 @@ class Forwarder:
     async def _whole(
         self,
         ctx: RequestContext,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamAnswer,
         response_headers: Mapping[str, str],
         before_complete: Callable[[], Awaitable[bool]] | None,
     ) -> web.StreamResponse:
@@ -439,23 +387,16 @@ class Forwarder:
         response_headers: Mapping[str, str],
         before_complete: Callable[[], Awaitable[bool]] | None,
     ) -> web.StreamResponse:
-        assert self._session is not None, "Forwarder.start() was not awaited"
+        assert self._pool is not None, "Forwarder.start() was not awaited"
         request = ctx.request
         query = ctx.query
-        url = URL(self._base + ctx.raw_path + ("?" + query if query else ""), encoded=True)
+        target = self._prefix + ctx.raw_path + ("?" + query if query else "")
         body: AsyncIterator[bytes] | bytes | None = ctx.forward_body
         if body is None and request.body_exists:
             body = self._body(request)
         try:
-            upstream = await self._session.request(
-                ctx.method,
-                url,
-                headers=self._request_headers(ctx),
-                data=body,
-                allow_redirects=False,
-                compress=None,
-                # Only writes need the guard; a read goes without the middleware's cost.
-                middlewares=_READ_MIDDLEWARES if ctx.method in SAFE_METHODS else _WRITE_MIDDLEWARES,
+            upstream = await self._pool.exchange(
+                ctx.method, target, self._request_headers(ctx), body
             )
         except Denial:
             raise  # the caller's body, refused as the client read it

@@ -1,0 +1,352 @@
+"""The upstream's connections: kept-alive HTTP/1.1 connections to the one upstream, and one
+exchange (a request and its answer) on them.
+
+Built from aiohttp's own client parts: its protocol (:class:`ResponseHandler`: the C parser,
+flow control, the read timeout), its request writer (:class:`StreamWriter`: header
+serialisation that refuses control characters, chunked framing, a declared length) and its
+exceptions. What it leaves out is ``ClientSession``'s request and response layers (URL
+joining, cookie jar, automatic headers, traces, timers, middlewares, redirects), which a
+proxy with one upstream and fixed settings never uses and which cost each request as much
+CPU as the rest of a plain pass-through proxy (docs/performance.md, 2026-12-03 evening).
+
+What it keeps of aiohttp's behaviour, and what it does otherwise:
+
+- A connection is reused only when its answer was read to the end, its body (if any) was
+  written whole, and nothing else arrived on it: an idle connection that bytes nobody asked
+  for arrived on is closed when next taken, so no caller reads another's answer
+  (aio-libs/aiohttp#13656; ``tests/test_http_desync.py``).
+- A read (``GET``, ``HEAD``, ``OPTIONS``) that a pooled connection fails before any of its
+  answer arrived (the upstream closed the idle connection as it was taken) is sent once
+  more on a new connection; a write never is (SEMANTICS §6): it fails 502.
+- ``1xx`` interim answers are skipped, ``101`` is handed to the caller (the forwarder
+  refuses it). Nothing is decompressed, no cookie kept, no header added but ``Host`` and
+  the body's framing (``Content-Length``, or ``Transfer-Encoding: chunked`` for a streamed
+  body of unknown length).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp.client_exceptions import ClientConnectorDNSError, ConnectionTimeoutError
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.client_reqrep import ConnectionKey
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_writer import StreamWriter
+from aiohttp.streams import StreamReader
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
+"""Methods sent without ``Content-Length: 0`` when they have no body (as aiohttp sends
+them); every other method declares its empty body."""
+
+Body = bytes | AsyncIterator[bytes] | None
+
+
+class WriteConnectionLost(aiohttp.ClientConnectionError):
+    """The upstream connection dropped during a write (a 502, never resent)."""
+
+
+class UpstreamAnswer:
+    """The upstream's answer: its status line and headers, and its body to read
+    (``content``, or :meth:`read` whole). :meth:`release` hands the connection back
+    when it can serve another request, and closes it otherwise."""
+
+    __slots__ = ("_pool", "_protocol", "_writing", "content", "headers", "reason", "status")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        headers: CIMultiDictProxy[str],
+        content: StreamReader,
+        pool: UpstreamPool,
+        protocol: ResponseHandler,
+        writing: asyncio.Task[None] | None,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.content = content
+        self._pool = pool
+        self._protocol: ResponseHandler | None = protocol
+        self._writing = writing
+
+    @property
+    def content_length(self) -> int | None:
+        declared = self.headers.get("Content-Length")
+        return int(declared) if declared is not None else None
+
+    async def read(self) -> bytes:
+        """The whole body (the protocol's read timeout bounds each wait for bytes)."""
+        return await self.content.read()
+
+    def release(self) -> None:
+        protocol, self._protocol = self._protocol, None
+        if protocol is None:
+            return
+        writing = self._writing
+        if writing is not None and not writing.done():
+            # The upstream answered before taking the whole body: the connection is
+            # mid-message, and can serve nobody else.
+            writing.cancel()
+            protocol.close()
+            return
+        if self.content.is_eof() and not protocol.should_close:
+            self._pool.put(protocol)
+        else:
+            protocol.close()
+
+    def close(self) -> None:
+        protocol, self._protocol = self._protocol, None
+        if self._writing is not None and not self._writing.done():
+            self._writing.cancel()
+        if protocol is not None:
+            protocol.close()
+
+
+class UpstreamPool:
+    """Kept-alive connections to ``url``'s origin, each closed once idle ``keepalive``
+    seconds. How many are open at once is bounded by the caller (the forwarder's pool
+    slots)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        keepalive: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        parsed = URL(url)
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self._tls = parsed.scheme == "https"
+        self._host = parsed.raw_host or ""
+        self._port = parsed.port or (443 if self._tls else 80)
+        # As aiohttp writes it: the port only when it is not the scheme's default.
+        self._host_header = parsed.host_port_subcomponent or self._host
+        self._ssl: ssl.SSLContext | None = None
+        if self._tls:
+            self._ssl = ssl_context or ssl.create_default_context()
+        self._key = ConnectionKey(
+            self._host, self._port, self._tls, self._ssl or True, None, None, None
+        )
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._keepalive = keepalive
+        self._idle: deque[tuple[ResponseHandler, float]] = deque()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    # -- the pool ---------------------------------------------------------------------------
+
+    def put(self, protocol: ResponseHandler) -> None:
+        if self._closed:
+            protocol.close()
+            return
+        self._idle.append((protocol, time.monotonic()))
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(self._keepalive, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the connections idle past ``keepalive`` while nothing takes one (a taken
+        connection's turn closes them too); again while any is idle."""
+        self._sweeper = None
+        idle = self._idle
+        expired = time.monotonic() - self._keepalive
+        while idle and idle[0][1] <= expired:
+            idle.popleft()[0].close()
+        if idle and not self._closed:
+            wait = idle[0][1] + self._keepalive - time.monotonic()
+            self._sweeper = asyncio.get_running_loop().call_later(max(wait, 0.01), self._sweep)
+
+    def _take(self) -> ResponseHandler | None:
+        """The most recently used idle connection still fit to serve, if any. The oldest
+        (at the left) are closed while they are past ``keepalive`` or unfit; one unfit in
+        the middle is closed when it reaches either end, never handed out."""
+        idle = self._idle
+        if not idle:
+            return None
+        expired = time.monotonic() - self._keepalive
+        while idle and (idle[0][1] < expired or not _fit(idle[0][0])):
+            idle.popleft()[0].close()
+        while idle:
+            protocol = idle.pop()[0]
+            if _fit(protocol):
+                return protocol
+            protocol.close()
+        return None
+
+    async def _connect(self) -> ResponseHandler:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, protocol = await loop.create_connection(
+                    lambda: ResponseHandler(loop),
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._tls else None,
+                )
+        except TimeoutError:
+            raise ConnectionTimeoutError(
+                f"Connection timeout to host {self._host}:{self._port}"
+            ) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise aiohttp.ClientConnectorCertificateError(self._key, exc) from exc
+        except ssl.SSLError as exc:
+            raise aiohttp.ClientConnectorSSLError(self._key, exc) from exc
+        except socket.gaierror as exc:
+            raise ClientConnectorDNSError(self._key, exc) from exc
+        except OSError as exc:
+            raise aiohttp.ClientConnectorError(self._key, exc) from exc
+        return protocol
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        while self._idle:
+            self._idle.pop()[0].close()
+
+    # -- one exchange -----------------------------------------------------------------------
+
+    def _request_info(self, method: str, target: str) -> aiohttp.RequestInfo:
+        url = URL.build(
+            scheme="https" if self._tls else "http", authority=self._host_header, encoded=True
+        )
+        return aiohttp.RequestInfo(url, method, CIMultiDictProxy(CIMultiDict()), url)
+
+    async def exchange(
+        self, method: str, target: str, headers: CIMultiDict[str], body: Body
+    ) -> UpstreamAnswer:
+        """Send ``method target`` with ``headers`` (``Host`` and the framing are added) and
+        ``body``, and wait for the answer's head. A failure is one of aiohttp's client
+        errors (a timeout is a ``TimeoutError``); a caller's body that fails as it is read
+        comes back as the cause (``__cause__``) of the error raised."""
+        protocol = self._take()
+        if protocol is None:
+            return await self._exchange(await self._connect(), method, target, headers, body)
+        try:
+            return await self._exchange(protocol, method, target, headers, body)
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+            # The pooled connection was closed by the upstream as it was taken (or just
+            # before): nothing of the answer came. Reads go once more on a new connection,
+            # unless a streamed body was (partly) consumed and cannot be sent again.
+            if method not in SAFE_METHODS:
+                raise WriteConnectionLost(str(exc)) from exc
+            if not (body is None or isinstance(body, bytes)):
+                raise
+        return await self._exchange(await self._connect(), method, target, headers, body)
+
+    async def _exchange(
+        self,
+        protocol: ResponseHandler,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        body: Body,
+    ) -> UpstreamAnswer:
+        loop = asyncio.get_running_loop()
+        protocol.set_response_params(
+            skip_payload=method == "HEAD",
+            # An answer with neither a length nor chunks ends when the connection does
+            # (RFC 9112 §6.3), as ClientSession reads it.
+            read_until_eof=True,
+            auto_decompress=False,
+            read_timeout=self._read_timeout,
+        )
+        writer = StreamWriter(protocol, loop)
+        message_headers: CIMultiDict[str] = CIMultiDict(Host=self._host_header)
+        message_headers.extend(headers)
+        if "Host" in headers:  # the upstream's own, never one the caller chose
+            message_headers.popall("Host")
+            message_headers["Host"] = self._host_header
+        writing: asyncio.Task[None] | None = None
+        try:
+            if isinstance(body, bytes):
+                message_headers["Content-Length"] = str(len(body))
+                await writer.write_headers(f"{method} {target} HTTP/1.1", message_headers)
+                await writer.write_eof(body)
+                protocol.start_timeout()
+            elif body is None:
+                if method not in _BODYLESS_METHODS and "Content-Length" not in message_headers:
+                    message_headers["Content-Length"] = "0"
+                await writer.write_headers(f"{method} {target} HTTP/1.1", message_headers)
+                writer.set_eof()
+                protocol.start_timeout()
+            else:
+                declared = message_headers.get("Content-Length")
+                if declared is None:
+                    message_headers["Transfer-Encoding"] = "chunked"
+                    writer.enable_chunking()
+                else:
+                    writer.length = int(declared)
+                await writer.write_headers(f"{method} {target} HTTP/1.1", message_headers)
+                writer.send_headers()
+                writing = asyncio.ensure_future(_write_body(writer, protocol, body))
+            while True:
+                try:
+                    message, content = await protocol.read()
+                except HttpProcessingError as exc:
+                    # An answer the parser refused (two framings, a header too long...).
+                    raise aiohttp.ClientResponseError(
+                        self._request_info(method, target),
+                        (),
+                        status=exc.code,
+                        message="the upstream's answer could not be parsed",
+                    ) from None
+                if not 100 <= message.code < 200 or message.code == 101:
+                    break
+        except BaseException:
+            if writing is not None and not writing.done():
+                writing.cancel()
+            protocol.close()
+            raise
+        return UpstreamAnswer(
+            message.code,
+            message.reason,
+            message.headers,
+            content,
+            self,
+            protocol,
+            writing,
+        )
+
+
+def _fit(protocol: ResponseHandler) -> bool:
+    """Still connected, and nothing arrived on it since its answer (``should_close`` also
+    says the upstream closed it, or asked to)."""
+    return protocol.is_connected() and not protocol.should_close
+
+
+async def _write_body(
+    writer: StreamWriter, protocol: ResponseHandler, body: AsyncIterator[bytes]
+) -> None:
+    """Stream ``body`` beside the wait for the answer (an upstream may answer before it
+    has read it all). A failure, the caller's body's own included, ends the exchange: it
+    is set on the protocol, where the wait for the answer raises it."""
+    try:
+        async for chunk in body:
+            await writer.write(chunk)
+        await writer.write_eof()
+        protocol.start_timeout()
+    except asyncio.CancelledError:
+        raise
+    except OSError as exc:
+        protocol.set_exception(aiohttp.ClientOSError(exc.errno, "Cannot write the body"), exc)
+    except Exception as exc:
+        protocol.set_exception(
+            aiohttp.ClientConnectionError("Failed to send the request body"), exc
+        )

@@ -1,0 +1,378 @@
+"""dragoman's upstream connections (``dragoman.upstream_client``): real upstreams on
+127.0.0.1, raw where the bytes on the wire are the point. What the forwarder does with
+the answers is in test_forward.py and test_http_desync.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from multidict import CIMultiDict
+
+from certs import make_pki
+from dragoman.upstream_client import UpstreamPool, WriteConnectionLost
+
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawUpstream:
+    """An upstream whose every connection is served by ``serve``; it counts connections
+    and keeps each request head it read (``heads``)."""
+
+    def __init__(self, serve: Serve) -> None:
+        self._serve = serve
+        self.connections = 0
+        self.closed = 0
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> RawUpstream:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self._serve(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.closed += 1
+            writer.close()
+
+
+async def read_head(reader: asyncio.StreamReader) -> list[str]:
+    return (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")[:-2]
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def pool_for(url: str, **settings: float) -> UpstreamPool:
+    return UpstreamPool(
+        url,
+        connect_timeout=settings.get("connect_timeout", 5),
+        read_timeout=settings.get("read_timeout", 10),
+        keepalive=settings.get("keepalive", 30),
+    )
+
+
+async def fetch(
+    pool: UpstreamPool, method: str = "GET", body: bytes | AsyncIterator[bytes] | None = None
+) -> tuple[int, bytes]:
+    answer = await pool.exchange(method, "/thing", CIMultiDict(), body)
+    try:
+        return answer.status, await answer.read()
+    finally:
+        answer.release()
+
+
+def answers_once_per_connection() -> tuple[Serve, list[str]]:
+    """An upstream that answers a connection's first request and closes the connection on
+    its second without answering (what a client sees when an upstream drops an idle
+    kept-alive connection as it is reused); the request lines it read."""
+    seen: list[str] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for count in range(2):
+            head = await read_head(reader)
+            seen.append(head[0])
+            length = next(
+                (
+                    int(line.split(":", 1)[1])
+                    for line in head
+                    if line.lower().startswith("content-length:")
+                ),
+                0,
+            )
+            if length:
+                await reader.readexactly(length)
+            if count == 0:
+                writer.write(OK)
+                await writer.drain()
+
+    return serve, seen
+
+
+async def test_a_read_whose_kept_alive_connection_the_upstream_dropped_is_sent_once_more() -> None:
+    serve, seen = answers_once_per_connection()
+    async with RawUpstream(serve) as upstream:
+        pool = pool_for(upstream.url)
+        try:
+            assert await fetch(pool) == (200, b"ok")
+            assert await fetch(pool) == (200, b"ok")  # dropped on the pooled connection, sent again
+        finally:
+            await pool.close()
+    assert seen == ["GET /thing HTTP/1.1"] * 3
+    assert upstream.connections == 2
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+async def test_a_write_whose_kept_alive_connection_the_upstream_dropped_is_never_sent_again(
+    method: str,
+) -> None:
+    serve, seen = answers_once_per_connection()
+    async with RawUpstream(serve) as upstream:
+        pool = pool_for(upstream.url)
+        try:
+            assert await fetch(pool) == (200, b"ok")
+            with pytest.raises(WriteConnectionLost):
+                await fetch(pool, method, b"{}")
+        finally:
+            await pool.close()
+    assert seen == ["GET /thing HTTP/1.1", f"{method} /thing HTTP/1.1"]
+
+
+async def test_interim_answers_are_skipped_for_the_final_one() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n" + OK)
+        await writer.drain()
+        await reader.read()
+
+    async with RawUpstream(serve) as upstream:
+        pool = pool_for(upstream.url)
+        try:
+            assert await fetch(pool) == (200, b"ok")
+        finally:
+            await pool.close()
+
+
+async def test_an_answer_without_length_or_chunks_is_read_until_the_connection_closes() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
+        await writer.drain()
+
+    async with RawUpstream(serve) as upstream:
+        pool = pool_for(upstream.url)
+        try:
+            assert await fetch(pool) == (200, b"until the end")
+            assert not pool._idle
+        finally:
+            await pool.close()
+
+
+async def test_an_answer_sent_before_the_whole_body_closes_the_connection() -> None:
+    """The upstream refused the request before reading its body: what is left of the body
+    would be read as the next request on that connection, so it serves nobody else."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    more = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"first part"
+        await more.wait()
+        yield b"second part"
+
+    async with RawUpstream(serve) as upstream:
+        pool = pool_for(upstream.url)
+        try:
+            assert await fetch(pool, "POST", body()) == (413, b"")
+            assert not pool._idle
+            async with asyncio.timeout(10):
+                while upstream.closed < 1:
+                    await asyncio.sleep(0.01)
+        finally:
+            more.set()
+            await pool.close()
+
+
+class Body(Exception):
+    """The caller's body failed as it was read."""
+
+
+async def test_a_body_that_fails_as_it_is_read_ends_the_exchange_with_that_failure_as_cause() -> (
+    None
+):
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        await reader.read()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"part"
+        raise Body()
+
+    async with RawUpstream(serve) as upstream:
+        pool = pool_for(upstream.url)
+        try:
+            with pytest.raises(aiohttp.ClientConnectionError) as raised:
+                await fetch(pool, "POST", body())
+            assert isinstance(raised.value.__cause__, Body)
+            assert not pool._idle
+        finally:
+            await pool.close()
+
+
+async def echo_framing(request: web.Request) -> web.Response:
+    body = await request.read()
+    return web.json_response(
+        {
+            "host": request.headers.get("Host"),
+            "length": request.headers.get("Content-Length"),
+            "encoding": request.headers.get("Transfer-Encoding"),
+            "body": body.decode(),
+        }
+    )
+
+
+@pytest.fixture
+async def echo_upstream() -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo_framing)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def parts(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+async def framing(
+    url: str, method: str, headers: CIMultiDict[str], body: bytes | AsyncIterator[bytes] | None
+) -> dict[str, str | None]:
+    pool = pool_for(url)
+    try:
+        answer = await pool.exchange(method, "/echo", headers, body)
+        try:
+            framed: dict[str, str | None] = json.loads(await answer.read())
+            return framed
+        finally:
+            answer.release()
+    finally:
+        await pool.close()
+
+
+async def test_a_streamed_body_of_unknown_length_goes_chunked(echo_upstream: str) -> None:
+    got = await framing(echo_upstream, "POST", CIMultiDict(), parts(b"ab", b"cd"))
+    assert (got["encoding"], got["length"], got["body"]) == ("chunked", None, "abcd")
+
+
+async def test_a_streamed_body_of_declared_length_goes_with_that_length(echo_upstream: str) -> None:
+    headers = CIMultiDict({"Content-Length": "4"})
+    got = await framing(echo_upstream, "PUT", headers, parts(b"ab", b"cd"))
+    assert (got["encoding"], got["length"], got["body"]) == (None, "4", "abcd")
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+async def test_a_write_without_a_body_declares_an_empty_one(
+    echo_upstream: str, method: str
+) -> None:
+    got = await framing(echo_upstream, method, CIMultiDict(), None)
+    assert (got["encoding"], got["length"], got["body"]) == (None, "0", "")
+
+
+async def test_a_read_without_a_body_declares_none(echo_upstream: str) -> None:
+    got = await framing(echo_upstream, "GET", CIMultiDict(), None)
+    assert (got["encoding"], got["length"], got["body"]) == (None, None, "")
+
+
+async def test_the_host_header_names_the_upstreams_authority(echo_upstream: str) -> None:
+    got = await framing(echo_upstream, "GET", CIMultiDict({"Host": "evil.example"}), None)
+    assert got["host"] == echo_upstream.removeprefix("http://")
+
+
+async def test_a_connection_idle_past_keepalive_is_closed_while_nothing_is_sent() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_head(reader)
+            writer.write(OK)
+            await writer.drain()
+
+    async with RawUpstream(serve) as upstream:
+        pool = pool_for(upstream.url, keepalive=0.05)
+        try:
+            assert await fetch(pool) == (200, b"ok")
+            async with asyncio.timeout(10):
+                while upstream.closed < 1:
+                    await asyncio.sleep(0.01)
+            assert not pool._idle
+        finally:
+            await pool.close()
+
+
+async def test_a_connection_idle_past_keepalive_is_closed_not_reused() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_head(reader)
+            writer.write(OK)
+            await writer.drain()
+
+    async with RawUpstream(serve) as upstream:
+        pool = pool_for(upstream.url, keepalive=0.05)
+        try:
+            assert await fetch(pool) == (200, b"ok")
+            await asyncio.sleep(0.2)
+            assert await fetch(pool) == (200, b"ok")
+            assert upstream.connections == 2
+            async with asyncio.timeout(10):
+                while upstream.closed < 1:
+                    await asyncio.sleep(0.01)
+        finally:
+            await pool.close()
+
+
+@pytest.fixture
+async def tls_upstream(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
+    """An https upstream on 127.0.0.1 and the file of the CA that signed its certificate."""
+    pki = make_pki(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.tls["cert_file"], pki.tls["key_file"])
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo_framing)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    yield f"https://127.0.0.1:{runner.addresses[0][1]}", pki.server_ca
+    await runner.cleanup()
+
+
+async def test_an_https_upstream_whose_certificate_no_trusted_authority_signed_is_refused(
+    tls_upstream: tuple[str, Path],
+) -> None:
+    url, _ = tls_upstream
+    pool = pool_for(url)
+    try:
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await fetch(pool)
+    finally:
+        await pool.close()
+
+
+async def test_an_https_upstream_is_verified_against_the_system_trust_store(
+    tls_upstream: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SSL_CERT_FILE is how an operator trusts a private CA for the upstream (OpenSSL's
+    default trust store, read when the pool is made)."""
+    url, authority = tls_upstream
+    monkeypatch.setenv("SSL_CERT_FILE", str(authority))
+    pool = pool_for(url)
+    try:
+        assert (await fetch(pool))[0] == 200
+        assert (await fetch(pool))[0] == 200
+        assert len(pool._idle) == 1  # kept alive over TLS too
+    finally:
+        await pool.close()
