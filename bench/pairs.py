@@ -34,6 +34,13 @@ import stack as stack_mod  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     stack_mod.add_pairs_arguments(parser, pairs=6)
+    parser.add_argument(
+        "--client",
+        choices=("upstream-pool", "client-session"),
+        default="upstream-pool",
+        help="The pass-through's upstream client (passthrough.py --client): dragoman's own"
+        " (the goals' reference) or aiohttp's ClientSession.",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dragoman-pairs-") as tmp:
         return compare(args, Path(tmp))
@@ -50,7 +57,7 @@ def _print_pair(number: int, pair: scenario.Pair) -> None:
 def compare(args: argparse.Namespace, state: Path) -> int:
     database = stack_mod.backends_database(args.backends)
     stack, urls = stack_mod.plan_base(state)
-    stack_mod.add_passthrough(stack, urls, 1)
+    stack_mod.add_passthrough(stack, urls, 1, client=args.client)
     passthrough = stack.targets[-1]
     label = stack_mod.LABEL_OF_BACKENDS[args.backends]
     config = stack_mod.add_dragoman(stack, urls, label, 1, args.backends, database)
@@ -70,7 +77,7 @@ def compare(args: argparse.Namespace, state: Path) -> int:
     for line in report.paired_lines([paired]):
         print(line)
     goal = report.paired_goal(paired, report.PASS_GOALS[label])
-    print(f"{label} x1 / {stack_mod.PASSTHROUGH} x1 = {goal}")
+    print(f"{label} x1 / {passthrough.label} x1 = {goal}")
     return 0
 
 

@@ -60,6 +60,10 @@ UPSTREAM, NGINX, NGINX_AUTH, PASSTHROUGH = (
     "nginx + auth_request",
     "pass-through",
 )
+PASSTHROUGH_SESSION = "pass-through (ClientSession)"
+"""The pass-through with aiohttp's ClientSession as its upstream client (passthrough.py
+--client client-session): dragoman's forwarder until 2026-12-03, and the first proxy a team
+writes on aiohttp. For context; the goals read against PASSTHROUGH."""
 DRAGOMAN_MEMORY = "dragoman (memory)"
 DRAGOMAN_SQLITE_REDIS = "dragoman (SQLite + Redis)"
 DRAGOMAN_PG_REDIS = "dragoman (PostgreSQL + Redis)"
@@ -335,6 +339,8 @@ def add_references(stack: Stack, urls: dict[str, str], workers: int, with_upstre
         stack.services.append(service)
         stack.targets.append(Target(NGINX, workers, _url(port), [service]))
     add_passthrough(stack, urls, workers)
+    if workers == 1:
+        add_passthrough(stack, urls, workers, client="client-session")
     if nginx.find() is not None:
         sidecar_port, port = free_port(HOST), free_port(HOST)
         sidecar = Service(
@@ -361,21 +367,26 @@ def add_references(stack: Stack, urls: dict[str, str], workers: int, with_upstre
         stack.targets.append(Target(NGINX_AUTH, workers, _url(port), [front, sidecar]))
 
 
-def add_passthrough(stack: Stack, urls: dict[str, str], workers: int) -> None:
-    """The plain pass-through proxy on dragoman's stack (``passthrough.py``)."""
+def add_passthrough(
+    stack: Stack, urls: dict[str, str], workers: int, client: str = "upstream-pool"
+) -> None:
+    """The plain pass-through proxy on dragoman's stack (``passthrough.py``), with
+    dragoman's upstream client, or with aiohttp's ClientSession (``client-session``)."""
     port = free_port(HOST)
+    name = f"passthrough-{workers}" if client == "upstream-pool" else f"passthrough-{client}"
     passthrough = Service(
-        f"passthrough-{workers}",
+        name,
         _script(
             "passthrough.py",
             *("--port", str(port), "--upstream", urls["upstream"]),
-            *("--workers", str(workers)),
+            *("--workers", str(workers), "--client", client),
         ),
         _url(port) + "/livez",
-        stack.state / f"passthrough-{workers}.log",
+        stack.state / f"{name}.log",
     )
     stack.services.append(passthrough)
-    stack.targets.append(Target(PASSTHROUGH, workers, _url(port), [passthrough]))
+    label = PASSTHROUGH if client == "upstream-pool" else PASSTHROUGH_SESSION
+    stack.targets.append(Target(label, workers, _url(port), [passthrough]))
 
 
 def add_dragoman(
