@@ -134,6 +134,21 @@ async def test_a_write_whose_kept_alive_connection_the_upstream_dropped_is_never
     assert seen == ["GET /thing HTTP/1.1", f"{method} /thing HTTP/1.1"]
 
 
+@pytest.mark.parametrize("target", ["/a b", "/a\r\nX-Evil: 1", "/a\tb", "/a\x00"])
+async def test_a_target_that_could_end_the_request_line_early_is_never_sent(target: str) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+
+    async with RawUpstream(serve) as upstream:
+        pool = pool_for(upstream.url)
+        try:
+            with pytest.raises(ValueError, match="whitespace or a control character"):
+                await pool.exchange("GET", target, CIMultiDict(), None)
+        finally:
+            await pool.close()
+    assert upstream.connections == 0
+
+
 async def test_interim_answers_are_skipped_for_the_final_one() -> None:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_head(reader)

@@ -27,6 +27,7 @@ What it keeps of aiohttp's behaviour, and what it does otherwise:
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 import time
@@ -44,6 +45,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
 """Methods sent without ``Content-Length: 0`` when they have no body (as aiohttp sends
 them); every other method declares its empty body."""
@@ -235,6 +237,11 @@ class UpstreamPool:
         ``body``, and wait for the answer's head. A failure is one of aiohttp's client
         errors (a timeout is a ``TimeoutError``); a caller's body that fails as it is read
         comes back as the cause (``__cause__``) of the error raised."""
+        if _UNSAFE_TARGET.search(target) is not None:
+            # A space or a line break would let the target end the request line early and
+            # the rest be read as another request (the forwarder builds it from parsed and
+            # quoted parts: this is a bug's last line of defence, never a caller's error).
+            raise ValueError("the request target holds whitespace or a control character")
         protocol = self._take()
         if protocol is None:
             return await self._exchange(await self._connect(), method, target, headers, body)
