@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -565,3 +566,39 @@ async def test_a_write_the_upstream_dropped_is_not_sent_again_with_the_same_toke
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_an_answer_read_until_close_that_the_upstream_reset_reaches_the_caller_cut(
+    make_stack: Callable[..., Awaitable[DemoStack]], http: aiohttp.ClientSession
+) -> None:
+    """An answer with neither a length nor chunks ends where the connection does; when it
+    ends in a reset, what came may be a part (a payment's status cut mid-word), and the
+    caller must not take it for the whole answer."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"status":"pend')
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )
+        writer.transport.abort()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        stack = await make_stack(echo_overrides(f"http://127.0.0.1:{port}"))
+        url = f"{stack.urls['proxy']}/echo/{CUSTOMER}"
+        async with http.get(url, headers=auth(stack)) as r:
+            assert r.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await r.read()
+        for _ in range(100):
+            record = audit(stack)[-1] if (stack.state_dir / "audit.jsonl").exists() else {}
+            if record.get("stream_error"):
+                break
+            await asyncio.sleep(0.02)
+        assert record["stream_error"] == "upstream_aborted"
+    finally:
+        server.close()

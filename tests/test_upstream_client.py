@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -209,6 +211,113 @@ async def test_an_answer_sent_before_the_whole_body_closes_the_connection() -> N
             await pool.close()
 
 
+LARGE = b"x" * (8 << 20)
+"""A buffered body far larger than what the kernel's buffers hold for an upstream that
+does not read."""
+
+
+class SmallBufferUpstream(RawUpstream):
+    """A raw upstream whose listening socket has a small receive buffer, so a body it does
+    not read fills up quickly. Leaving it waits until every connection is served."""
+
+    async def __aenter__(self) -> SmallBufferUpstream:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        self._server = await asyncio.start_server(self._accept, sock=listener)
+        self.url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        async with asyncio.timeout(10):
+            while self.closed < self.connections:
+                await asyncio.sleep(0.01)
+        await super().__aexit__()
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP reset (SO_LINGER 0), as a refusing Go or nginx server may."""
+    writer.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+    )
+    writer.transport.abort()
+
+
+async def test_an_early_answer_to_a_large_buffered_body_is_read_while_the_body_goes() -> None:
+    """An upstream that refuses on the head (413, 401) and reads no more is heard at once;
+    the connection, still holding the unread body, serves nobody else."""
+    done = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!")
+        await done.wait()  # keeps the connection open and reads nothing
+        writer.transport.abort()
+
+    async with SmallBufferUpstream(serve) as upstream:
+        pool = pool_for(upstream.url)
+        try:
+            async with asyncio.timeout(10):  # the old client waited here for good
+                assert await fetch(pool, "POST", LARGE) == (413, b"big!")
+            assert not pool._idle
+        finally:
+            done.set()
+            await pool.close()
+
+
+async def test_a_reset_while_a_large_buffered_body_goes_is_a_client_error() -> None:
+    """A client error is a 502 in the forwarder; a bare ConnectionError was a 500."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        await asyncio.sleep(0.2)
+        reset(writer)
+
+    async with SmallBufferUpstream(serve) as upstream:
+        pool = pool_for(upstream.url)
+        try:
+            with pytest.raises(aiohttp.ClientError):
+                await fetch(pool, "POST", LARGE)
+        finally:
+            await pool.close()
+
+
+async def test_an_early_refusal_then_a_reset_reaches_the_caller_as_the_refusal() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\ndenied")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        reset(writer)
+
+    async with SmallBufferUpstream(serve) as upstream:
+        pool = pool_for(upstream.url)
+        try:
+            assert await fetch(pool, "POST", LARGE) == (401, b"denied")
+        finally:
+            await pool.close()
+
+
+async def test_an_answer_read_until_close_that_ends_in_a_reset_is_cut_short_not_whole() -> None:
+    """Without a length or chunks, only a clean close says the answer is whole."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"status":"pend')
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        reset(writer)
+
+    async with RawUpstream(serve) as upstream:
+        pool = pool_for(upstream.url)
+        try:
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await fetch(pool)
+        finally:
+            await pool.close()
+
+
 class Body(Exception):
     """The caller's body failed as it was read."""
 
@@ -391,3 +500,31 @@ async def test_an_https_upstream_is_verified_against_the_system_trust_store(
         assert len(pool._idle) == 1  # kept alive over TLS too
     finally:
         await pool.close()
+
+
+async def test_an_https_upstream_is_offered_alpn_http_1_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As aiohttp's own client does: a load balancer may refuse a handshake without it."""
+    pki = make_pki(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.server_ca))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.tls["cert_file"], pki.tls["key_file"])
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    offered: list[str | None] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        offered.append(writer.get_extra_info("ssl_object").selected_alpn_protocol())
+        await read_head(reader)
+        writer.write(OK)
+        await writer.drain()
+        await reader.read()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    pool = pool_for(f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    try:
+        assert await fetch(pool) == (200, b"ok")
+        assert offered == ["http/1.1"]
+    finally:
+        await pool.close()
+        server.close()

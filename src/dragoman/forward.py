@@ -429,6 +429,8 @@ class Forwarder:
                 raise UpstreamTimeout("upstream_timeout") from None
             except aiohttp.ClientError as exc:
                 raise UpstreamUnavailable(type(exc).__name__) from None
+            if not first and upstream.cut_short:
+                raise UpstreamUnavailable("upstream_aborted")
             # An empty body: the status line is the whole answer, and not sent yet.
             if not first and before_complete is not None and not await before_complete():
                 raise AuditUnavailable("audit_write_failed")
@@ -443,6 +445,12 @@ class Forwarder:
                 try:
                     following = await upstream.content.readany()
                 except (aiohttp.ClientError, TimeoutError):
+                    ctx.stream_error = "upstream_aborted"
+                    _abort(request)
+                    return response
+                if not following and upstream.cut_short:
+                    # Read until the connection closed, and it closed in a reset: the
+                    # caller must not take what came for the whole answer.
                     ctx.stream_error = "upstream_aborted"
                     _abort(request)
                     return response

@@ -57,6 +57,20 @@ class WriteConnectionLost(aiohttp.ClientConnectionError):
     """The upstream connection dropped during a write (a 502, never resent)."""
 
 
+class _UpstreamProtocol(ResponseHandler):
+    """aiohttp's client protocol, remembering whether the connection ended in an error (a
+    reset) rather than a clean close: an answer read until the connection closed is only
+    whole when the close was clean."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.reset = False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.reset = exc is not None
+        super().connection_lost(exc)
+
+
 class UpstreamAnswer:
     """The upstream's answer: its status line and headers, and its body to read
     (``content``, or :meth:`read` whole). :meth:`release` hands the connection back
@@ -71,7 +85,7 @@ class UpstreamAnswer:
         headers: CIMultiDictProxy[str],
         content: StreamReader,
         pool: UpstreamPool,
-        protocol: ResponseHandler,
+        protocol: _UpstreamProtocol,
         writing: asyncio.Task[None] | None,
     ) -> None:
         self.status = status
@@ -79,7 +93,7 @@ class UpstreamAnswer:
         self.headers = headers
         self.content = content
         self._pool = pool
-        self._protocol: ResponseHandler | None = protocol
+        self._protocol: _UpstreamProtocol | None = protocol
         self._writing = writing
 
     @property
@@ -87,9 +101,26 @@ class UpstreamAnswer:
         declared = self.headers.get("Content-Length")
         return int(declared) if declared is not None else None
 
+    @property
+    def cut_short(self) -> bool:
+        """An answer of neither a declared length nor chunks (read until the connection
+        closed) whose connection ended in a reset: what arrived may be only part of it,
+        and nothing in the message says so. Meaningful once its body was read to the end."""
+        protocol = self._protocol
+        return (
+            protocol is not None
+            and protocol.reset
+            and "Content-Length" not in self.headers
+            and "chunked" not in self.headers.get("Transfer-Encoding", "").lower()
+        )
+
     async def read(self) -> bytes:
-        """The whole body (the protocol's read timeout bounds each wait for bytes)."""
-        return await self.content.read()
+        """The whole body (the protocol's read timeout bounds each wait for bytes); an
+        answer :attr:`cut_short` fails as a payload error."""
+        body = await self.content.read()
+        if self.cut_short:
+            raise aiohttp.ClientPayloadError("the upstream's answer ended in a reset")
+        return body
 
     def release(self) -> None:
         protocol, self._protocol = self._protocol, None
@@ -102,7 +133,13 @@ class UpstreamAnswer:
             writing.cancel()
             protocol.close()
             return
-        if self.content.is_eof() and not protocol.should_close:
+        transport = protocol.transport
+        if (
+            self.content.is_eof()
+            and not protocol.should_close
+            and transport is not None
+            and not transport.get_write_buffer_size()
+        ):
             self._pool.put(protocol)
         else:
             protocol.close()
@@ -139,20 +176,20 @@ class UpstreamPool:
         self._host_header = parsed.host_port_subcomponent or self._host
         self._ssl: ssl.SSLContext | None = None
         if self._tls:
-            self._ssl = ssl_context or ssl.create_default_context()
+            self._ssl = ssl_context or _client_context()
         self._key = ConnectionKey(
             self._host, self._port, self._tls, self._ssl or True, None, None, None
         )
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._keepalive = keepalive
-        self._idle: deque[tuple[ResponseHandler, float]] = deque()
+        self._idle: deque[tuple[_UpstreamProtocol, float]] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
     # -- the pool ---------------------------------------------------------------------------
 
-    def put(self, protocol: ResponseHandler) -> None:
+    def put(self, protocol: _UpstreamProtocol) -> None:
         if self._closed:
             protocol.close()
             return
@@ -172,7 +209,7 @@ class UpstreamPool:
             wait = idle[0][1] + self._keepalive - time.monotonic()
             self._sweeper = asyncio.get_running_loop().call_later(max(wait, 0.01), self._sweep)
 
-    def _take(self) -> ResponseHandler | None:
+    def _take(self) -> _UpstreamProtocol | None:
         """The most recently used idle connection still fit to serve, if any. The oldest
         (at the left) are closed while they are past ``keepalive`` or unfit; one unfit in
         the middle is closed when it reaches either end, never handed out."""
@@ -189,12 +226,12 @@ class UpstreamPool:
             protocol.close()
         return None
 
-    async def _connect(self) -> ResponseHandler:
+    async def _connect(self) -> _UpstreamProtocol:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, protocol = await loop.create_connection(
-                    lambda: ResponseHandler(loop),
+                    lambda: _UpstreamProtocol(loop),
                     self._host,
                     self._port,
                     ssl=self._ssl,
@@ -259,7 +296,7 @@ class UpstreamPool:
 
     async def _exchange(
         self,
-        protocol: ResponseHandler,
+        protocol: _UpstreamProtocol,
         method: str,
         target: str,
         headers: CIMultiDict[str],
@@ -285,7 +322,11 @@ class UpstreamPool:
             if isinstance(body, bytes):
                 message_headers["Content-Length"] = str(len(body))
                 await writer.write_headers(f"{method} {target} HTTP/1.1", message_headers)
-                await writer.write_eof(body)
+                # Handed to the transport whole (it is in memory already, within
+                # max_body_bytes), not waited for: the answer is read while the body goes,
+                # so an upstream that answers early (401, 413) and stops reading is heard.
+                await writer.write(body, drain=False)
+                writer.set_eof()
                 protocol.start_timeout()
             elif body is None:
                 if method not in _BODYLESS_METHODS and "Content-Length" not in message_headers:
@@ -316,10 +357,14 @@ class UpstreamPool:
                     ) from None
                 if not 100 <= message.code < 200 or message.code == 101:
                     break
+        except aiohttp.ClientError:
+            _end(protocol, writing)
+            raise
+        except OSError as exc:  # "Connection lost" while the request went out
+            _end(protocol, writing)
+            raise aiohttp.ClientOSError(exc.errno, "Cannot write the request") from exc
         except BaseException:
-            if writing is not None and not writing.done():
-                writing.cancel()
-            protocol.close()
+            _end(protocol, writing)
             raise
         return UpstreamAnswer(
             message.code,
@@ -330,6 +375,21 @@ class UpstreamPool:
             protocol,
             writing,
         )
+
+
+def _end(protocol: ResponseHandler, writing: asyncio.Task[None] | None) -> None:
+    """A failed exchange: its body writer stopped, its connection closed."""
+    if writing is not None and not writing.done():
+        writing.cancel()
+    protocol.close()
+
+
+def _client_context() -> ssl.SSLContext:
+    """The system's trust store, host names checked, and ALPN ``http/1.1`` offered (as
+    aiohttp's default context does: some load balancers refuse a handshake without it)."""
+    context = ssl.create_default_context()
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 def _fit(protocol: ResponseHandler) -> bool:
