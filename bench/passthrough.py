@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import AsyncIterator
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
+from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, MultiMapping
 from yarl import URL
 
@@ -44,20 +45,27 @@ def _request_headers(request: web.Request) -> CIMultiDict[str]:
     return CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in DROP_REQUEST)
 
 
-async def _copy_answer(
-    request: web.Request,
-    status: int,
-    reason: str | None,
-    headers: MultiMapping[str],
-    chunks: AsyncIterator[bytes],
-) -> web.StreamResponse:
-    response = web.StreamResponse(status=status, reason=reason)
-    for name, value in headers.items():
+class Answer(Protocol):
+    """An upstream answer as both clients give it (ClientResponse, UpstreamAnswer)."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def headers(self) -> MultiMapping[str]: ...
+    @property
+    def content(self) -> StreamReader: ...
+
+
+async def _copy_answer(request: web.Request, upstream: Answer) -> web.StreamResponse:
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    for name, value in upstream.headers.items():
         if name.lower() not in HOP_BY_HOP:
             response.headers.add(name, value)
     try:
         await response.prepare(request)
-        async for chunk in chunks:
+        async for chunk in upstream.content.iter_any():
             await response.write(chunk)
         await response.write_eof()
     except ConnectionResetError:
@@ -91,13 +99,7 @@ class SessionPassThrough:
             data=body,
             allow_redirects=False,
         ) as upstream:
-            return await _copy_answer(
-                request,
-                upstream.status,
-                upstream.reason,
-                upstream.headers,
-                upstream.content.iter_any(),
-            )
+            return await _copy_answer(request, upstream)
 
 
 class PoolPassThrough:
@@ -121,13 +123,7 @@ class PoolPassThrough:
             request.method, self.prefix + request.raw_path, headers, body
         )
         try:
-            return await _copy_answer(
-                request,
-                upstream.status,
-                upstream.reason,
-                upstream.headers,
-                upstream.content.iter_any(),
-            )
+            return await _copy_answer(request, upstream)
         finally:
             upstream.release()
 

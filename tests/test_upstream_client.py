@@ -244,6 +244,20 @@ def reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
+def answers_then_resets(answer: bytes) -> Serve:
+    """An upstream that reads a request's head, sends ``answer`` (perhaps nothing, perhaps
+    a part) without reading the body, and resets the connection."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(answer)
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        reset(writer)
+
+    return serve
+
+
 async def test_an_early_answer_to_a_large_buffered_body_is_read_while_the_body_goes() -> None:
     """An upstream that refuses on the head (413, 401) and reads no more is heard at once;
     the connection, still holding the unread body, serves nobody else."""
@@ -269,12 +283,7 @@ async def test_an_early_answer_to_a_large_buffered_body_is_read_while_the_body_g
 async def test_a_reset_while_a_large_buffered_body_goes_is_a_client_error() -> None:
     """A client error is a 502 in the forwarder; a bare ConnectionError was a 500."""
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_head(reader)
-        await asyncio.sleep(0.2)
-        reset(writer)
-
-    async with SmallBufferUpstream(serve) as upstream:
+    async with SmallBufferUpstream(answers_then_resets(b"")) as upstream:
         pool = pool_for(upstream.url)
         try:
             with pytest.raises(aiohttp.ClientError):
@@ -284,13 +293,7 @@ async def test_a_reset_while_a_large_buffered_body_goes_is_a_client_error() -> N
 
 
 async def test_an_early_refusal_then_a_reset_reaches_the_caller_as_the_refusal() -> None:
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_head(reader)
-        writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\ndenied")
-        await writer.drain()
-        await asyncio.sleep(0.2)
-        reset(writer)
-
+    serve = answers_then_resets(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\ndenied")
     async with SmallBufferUpstream(serve) as upstream:
         pool = pool_for(upstream.url)
         try:
@@ -302,13 +305,9 @@ async def test_an_early_refusal_then_a_reset_reaches_the_caller_as_the_refusal()
 async def test_an_answer_read_until_close_that_ends_in_a_reset_is_cut_short_not_whole() -> None:
     """Without a length or chunks, only a clean close says the answer is whole."""
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_head(reader)
-        writer.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"status":"pend')
-        await writer.drain()
-        await asyncio.sleep(0.2)
-        reset(writer)
-
+    serve = answers_then_resets(
+        b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"status":"pend'
+    )
     async with RawUpstream(serve) as upstream:
         pool = pool_for(upstream.url)
         try:
@@ -418,14 +417,15 @@ async def test_the_host_header_names_the_upstreams_authority(echo_upstream: str)
     assert got["host"] == echo_upstream.removeprefix("http://")
 
 
-async def test_a_connection_idle_past_keepalive_is_closed_while_nothing_is_sent() -> None:
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await read_head(reader)
-            writer.write(OK)
-            await writer.drain()
+async def answers_every_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while True:
+        await read_head(reader)
+        writer.write(OK)
+        await writer.drain()
 
-    async with RawUpstream(serve) as upstream:
+
+async def test_a_connection_idle_past_keepalive_is_closed_while_nothing_is_sent() -> None:
+    async with RawUpstream(answers_every_request) as upstream:
         pool = pool_for(upstream.url, keepalive=0.05)
         try:
             assert await fetch(pool) == (200, b"ok")
@@ -438,13 +438,7 @@ async def test_a_connection_idle_past_keepalive_is_closed_while_nothing_is_sent(
 
 
 async def test_a_connection_idle_past_keepalive_is_closed_not_reused() -> None:
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await read_head(reader)
-            writer.write(OK)
-            await writer.drain()
-
-    async with RawUpstream(serve) as upstream:
+    async with RawUpstream(answers_every_request) as upstream:
         pool = pool_for(upstream.url, keepalive=0.05)
         try:
             assert await fetch(pool) == (200, b"ok")
