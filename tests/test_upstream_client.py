@@ -302,18 +302,109 @@ async def test_an_early_refusal_then_a_reset_reaches_the_caller_as_the_refusal()
             await pool.close()
 
 
-async def test_an_answer_read_until_close_that_ends_in_a_reset_is_cut_short_not_whole() -> None:
-    """Without a length or chunks, only a clean close says the answer is whole."""
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Type: application/json",
+        b"Transfer-Encoding: chunked, gzip",
+        b"Transfer-Encoding: xchunked",
+    ],
+    ids=["no-length", "chunked-not-last", "not-chunked"],
+)
+async def test_an_answer_read_until_close_that_ends_in_a_reset_is_cut_short_not_whole(
+    framing: bytes,
+) -> None:
+    """Without a length or chunks (chunked as the last coding), only a clean close says the
+    answer is whole."""
 
-    serve = answers_then_resets(
-        b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"status":"pend'
-    )
+    serve = answers_then_resets(b"HTTP/1.1 200 OK\r\n" + framing + b'\r\n\r\n{"status":"pend')
     async with RawUpstream(serve) as upstream:
         pool = pool_for(upstream.url)
         try:
             with pytest.raises(aiohttp.ClientPayloadError):
                 await fetch(pool)
         finally:
+            await pool.close()
+
+
+async def test_an_error_answer_to_a_request_with_a_body_never_pools_its_connection() -> None:
+    """The upstream may have refused before reading the body: read as the next request on
+    that connection, it would answer another caller."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with RawUpstream(serve) as upstream:
+        pool = pool_for(upstream.url)
+        try:
+            assert await fetch(pool, "POST", b"GET /admin HTTP/1.1\r\nHost: x\r\n\r\n") == (
+                401,
+                b"",
+            )
+            assert not pool._idle
+        finally:
+            await pool.close()
+
+
+async def test_a_successful_answer_to_a_request_with_a_body_keeps_its_connection(
+    echo_upstream: str,
+) -> None:
+    pool = pool_for(echo_upstream)
+    try:
+        assert (await fetch(pool, "POST", b"{}"))[0] == 200
+        assert len(pool._idle) == 1
+    finally:
+        await pool.close()
+
+
+async def test_a_connection_given_up_with_body_bytes_unsent_drops_them() -> None:
+    """A graceful close would keep the socket and up to a whole body until an upstream
+    that does not read took it all."""
+    received: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        await asyncio.sleep(0.5)  # reads nothing while the client's read timeout runs out
+        count = 0
+        try:
+            while chunk := await reader.read(1 << 20):
+                count += len(chunk)
+        finally:
+            received.append(count)
+
+    async with SmallBufferUpstream(serve) as upstream:
+        pool = pool_for(upstream.url, read_timeout=0.1)
+        try:
+            with pytest.raises(TimeoutError):
+                await fetch(pool, "POST", LARGE)
+        finally:
+            await pool.close()
+    (count,) = received
+    assert count < len(LARGE)
+
+
+async def test_an_early_answer_read_until_close_ends_when_the_upstream_stops_sending() -> None:
+    """The upstream answers on the head without a length, half-closes and reads no more:
+    the answer ends there, though the body has not all gone out."""
+    done = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\n\r\ntoo big")
+        await writer.drain()
+        writer.write_eof()
+        await done.wait()
+
+    async with SmallBufferUpstream(serve) as upstream:
+        pool = pool_for(upstream.url)
+        try:
+            async with asyncio.timeout(10):  # a graceful close waited for the upstream
+                assert await fetch(pool, "POST", LARGE) == (413, b"too big")
+        finally:
+            done.set()
             await pool.close()
 
 

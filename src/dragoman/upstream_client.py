@@ -12,9 +12,14 @@ CPU as the rest of a plain pass-through proxy (docs/performance.md, 2026-12-03 e
 What it keeps of aiohttp's behaviour, and what it does otherwise:
 
 - A connection is reused only when its answer was read to the end, its body (if any) was
-  written whole, and nothing else arrived on it: an idle connection that bytes nobody asked
-  for arrived on is closed when next taken, so no caller reads another's answer
-  (aio-libs/aiohttp#13656; ``tests/test_http_desync.py``).
+  written whole, the answer to a request with a body was no error (the upstream may have
+  refused before reading the body, which would then be read as the next request), and
+  nothing else arrived on it: an idle connection that bytes nobody asked for arrived on is
+  closed when next taken, so no caller reads another's answer (aio-libs/aiohttp#13656;
+  ``tests/test_http_desync.py``). A connection closed with request bytes unsent is
+  aborted, not left to send them.
+- An answer read until the connection closed (no length, not chunked) is whole only when
+  the close was clean: one that ended in a reset is ``cut_short``.
 - A read (``GET``, ``HEAD``, ``OPTIONS``) that a pooled connection fails before any of its
   answer arrived (the upstream closed the idle connection as it was taken) is sent once
   more on a new connection; a write never is (SEMANTICS §6): it fails 502.
@@ -40,7 +45,7 @@ from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ConnectionKey
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_writer import StreamWriter
-from aiohttp.streams import StreamReader
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -70,13 +75,32 @@ class _UpstreamProtocol(ResponseHandler):
         self.reset = exc is not None
         super().connection_lost(exc)
 
+    def eof_received(self) -> None:
+        super().eof_received()
+        transport = self.transport
+        if transport is not None and transport.get_write_buffer_size():
+            # The upstream is done while part of the request is still to go: none of it
+            # will be read, and a graceful close would wait for it to be sent, holding
+            # the end of an answer read until close (the read timeout is off by now).
+            transport.abort()
+
 
 class UpstreamAnswer:
     """The upstream's answer: its status line and headers, and its body to read
     (``content``, or :meth:`read` whole). :meth:`release` hands the connection back
     when it can serve another request, and closes it otherwise."""
 
-    __slots__ = ("_pool", "_protocol", "_writing", "content", "headers", "reason", "status")
+    __slots__ = (
+        "_pool",
+        "_protocol",
+        "_reusable",
+        "_until_close",
+        "_writing",
+        "content",
+        "headers",
+        "reason",
+        "status",
+    )
 
     def __init__(
         self,
@@ -87,7 +111,13 @@ class UpstreamAnswer:
         pool: UpstreamPool,
         protocol: _UpstreamProtocol,
         writing: asyncio.Task[None] | None,
+        *,
+        until_close: bool,
+        reusable: bool,
     ) -> None:
+        """``until_close``: the parser reads the body until the connection closes (no
+        length, not chunked, a body expected); ``reusable``: the connection may serve
+        another request once this answer is read."""
         self.status = status
         self.reason = reason
         self.headers = headers
@@ -95,6 +125,8 @@ class UpstreamAnswer:
         self._pool = pool
         self._protocol: _UpstreamProtocol | None = protocol
         self._writing = writing
+        self._until_close = until_close
+        self._reusable = reusable
 
     @property
     def content_length(self) -> int | None:
@@ -107,12 +139,7 @@ class UpstreamAnswer:
         closed) whose connection ended in a reset: what arrived may be only part of it,
         and nothing in the message says so. Meaningful once its body was read to the end."""
         protocol = self._protocol
-        return (
-            protocol is not None
-            and protocol.reset
-            and "Content-Length" not in self.headers
-            and "chunked" not in self.headers.get("Transfer-Encoding", "").lower()
-        )
+        return self._until_close and protocol is not None and protocol.reset
 
     async def read(self) -> bytes:
         """The whole body (the protocol's read timeout bounds each wait for bytes); an
@@ -131,25 +158,26 @@ class UpstreamAnswer:
             # The upstream answered before taking the whole body: the connection is
             # mid-message, and can serve nobody else.
             writing.cancel()
-            protocol.close()
+            _close(protocol)
             return
         transport = protocol.transport
         if (
-            self.content.is_eof()
+            self._reusable
+            and self.content.is_eof()
             and not protocol.should_close
             and transport is not None
             and not transport.get_write_buffer_size()
         ):
             self._pool.put(protocol)
         else:
-            protocol.close()
+            _close(protocol)
 
     def close(self) -> None:
         protocol, self._protocol = self._protocol, None
         if self._writing is not None and not self._writing.done():
             self._writing.cancel()
         if protocol is not None:
-            protocol.close()
+            _close(protocol)
 
 
 class UpstreamPool:
@@ -374,6 +402,13 @@ class UpstreamPool:
             self,
             protocol,
             writing,
+            until_close=content is not EMPTY_PAYLOAD
+            and not message.chunked
+            and "Content-Length" not in message.headers,
+            # An error answer to a request with a body may have come before the upstream
+            # read the body (401, 413): the body's bytes could still be waiting on the
+            # connection, to be read by the upstream as the next caller's request.
+            reusable=body is None or message.code < 400,
         )
 
 
@@ -381,7 +416,18 @@ def _end(protocol: ResponseHandler, writing: asyncio.Task[None] | None) -> None:
     """A failed exchange: its body writer stopped, its connection closed."""
     if writing is not None and not writing.done():
         writing.cancel()
-    protocol.close()
+    _close(protocol)
+
+
+def _close(protocol: ResponseHandler) -> None:
+    """Close a connection that serves nobody more. With request bytes still to send it is
+    aborted: a graceful close would keep the socket and those bytes (up to a whole body)
+    until an upstream that may never read them did."""
+    transport = protocol.transport
+    if transport is not None and transport.get_write_buffer_size():
+        protocol.abort()
+    else:
+        protocol.close()
 
 
 def _client_context() -> ssl.SSLContext:
