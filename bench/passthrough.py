@@ -105,7 +105,6 @@ class SessionPassThrough:
 class PoolPassThrough:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
-        self.prefix = URL(self.upstream).raw_path.rstrip("/")
 
     async def start(self, app: web.Application) -> None:
         # dragoman's upstream defaults: connect_timeout 5 s, read_timeout 30 s.
@@ -120,7 +119,7 @@ class PoolPassThrough:
             headers["Content-Length"] = str(request.content_length)
         body = request.content.iter_chunked(CHUNK) if request.body_exists else None
         upstream = await request.app[POOL_KEY].exchange(
-            request.method, self.prefix + request.raw_path, headers, body
+            request.method, request.raw_path, headers, body
         )
         try:
             return await _copy_answer(request, upstream)

@@ -43,6 +43,12 @@ class RawUpstream:
         assert self._server is not None
         self._server.close()
 
+    async def until_closed(self, count: int) -> None:
+        """Until ``count`` of its connections have ended."""
+        async with asyncio.timeout(10):
+            while self.closed < count:
+                await asyncio.sleep(0.01)
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
@@ -203,9 +209,7 @@ async def test_an_answer_sent_before_the_whole_body_closes_the_connection() -> N
         try:
             assert await fetch(pool, "POST", body()) == (413, b"")
             assert not pool._idle
-            async with asyncio.timeout(10):
-                while upstream.closed < 1:
-                    await asyncio.sleep(0.01)
+            await upstream.until_closed(1)
         finally:
             more.set()
             await pool.close()
@@ -230,9 +234,7 @@ class SmallBufferUpstream(RawUpstream):
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        async with asyncio.timeout(10):
-            while self.closed < self.connections:
-                await asyncio.sleep(0.01)
+        await self.until_closed(self.connections)
         await super().__aexit__()
 
 
@@ -439,6 +441,7 @@ async def echo_framing(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "host": request.headers.get("Host"),
+            "target": request.raw_path,
             "length": request.headers.get("Content-Length"),
             "encoding": request.headers.get("Transfer-Encoding"),
             "body": body.decode(),
@@ -503,6 +506,11 @@ async def test_a_read_without_a_body_declares_none(echo_upstream: str) -> None:
     assert (got["encoding"], got["length"], got["body"]) == (None, None, "")
 
 
+async def test_targets_are_sent_below_the_upstream_urls_own_path(echo_upstream: str) -> None:
+    got = await framing(echo_upstream + "/api/v2/", "GET", CIMultiDict(), None)
+    assert got["target"] == "/api/v2/echo"
+
+
 async def test_the_host_header_names_the_upstreams_authority(echo_upstream: str) -> None:
     got = await framing(echo_upstream, "GET", CIMultiDict({"Host": "evil.example"}), None)
     assert got["host"] == echo_upstream.removeprefix("http://")
@@ -520,9 +528,7 @@ async def test_a_connection_idle_past_keepalive_is_closed_while_nothing_is_sent(
         pool = pool_for(upstream.url, keepalive=0.05)
         try:
             assert await fetch(pool) == (200, b"ok")
-            async with asyncio.timeout(10):
-                while upstream.closed < 1:
-                    await asyncio.sleep(0.01)
+            await upstream.until_closed(1)
             assert not pool._idle
         finally:
             await pool.close()
@@ -536,9 +542,7 @@ async def test_a_connection_idle_past_keepalive_is_closed_not_reused() -> None:
             await asyncio.sleep(0.2)
             assert await fetch(pool) == (200, b"ok")
             assert upstream.connections == 2
-            async with asyncio.timeout(10):
-                while upstream.closed < 1:
-                    await asyncio.sleep(0.01)
+            await upstream.until_closed(1)
         finally:
             await pool.close()
 

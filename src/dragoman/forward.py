@@ -33,7 +33,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from dragoman.catalog.overrides import OVERRIDE_HEADERS
 from dragoman.pipeline.body import next_chunk
@@ -204,7 +203,7 @@ class Forwarder:
     ) -> None:
         """``body_timeout``: the longest wait for the next bytes of a caller's body;
         ``write_timeout``: for a caller to take the next part of an answer."""
-        self._upstream = settings.url
+        self._settings = settings
         self._max_body = max_body_bytes
         self._body_timeout = body_timeout
         self._write_timeout = write_timeout
@@ -220,16 +219,14 @@ class Forwarder:
         # the upstream holding its connections.
         self._slots = asyncio.Semaphore(settings.pool_size)
         self._slot_wait = settings.read_timeout
-        self._prefix = URL(settings.url).raw_path.rstrip("/")
-        self._connect_timeout = settings.connect_timeout
-        self._read_timeout = settings.read_timeout
         self._pool: UpstreamPool | None = None
 
     async def start(self) -> None:
+        settings = self._settings
         self._pool = UpstreamPool(
-            self._upstream,
-            connect_timeout=self._connect_timeout,
-            read_timeout=self._read_timeout,
+            settings.url,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
             keepalive=30,
         )
 
@@ -390,7 +387,7 @@ class Forwarder:
         assert self._pool is not None, "Forwarder.start() was not awaited"
         request = ctx.request
         query = ctx.query
-        target = self._prefix + ctx.raw_path + ("?" + query if query else "")
+        target = ctx.raw_path + ("?" + query if query else "")
         body: AsyncIterator[bytes] | bytes | None = ctx.forward_body
         if body is None and request.body_exists:
             body = self._body(request)

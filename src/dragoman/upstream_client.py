@@ -202,6 +202,8 @@ class UpstreamPool:
         self._port = parsed.port or (443 if self._tls else 80)
         # As aiohttp writes it: the port only when it is not the scheme's default.
         self._host_header = parsed.host_port_subcomponent or self._host
+        # Every target is sent below the URL's own path (an upstream mounted at /api).
+        self._path_prefix = parsed.raw_path.rstrip("/")
         self._ssl: ssl.SSLContext | None = None
         if self._tls:
             self._ssl = ssl_context or _client_context()
@@ -298,7 +300,8 @@ class UpstreamPool:
     async def exchange(
         self, method: str, target: str, headers: CIMultiDict[str], body: Body
     ) -> UpstreamAnswer:
-        """Send ``method target`` with ``headers`` (``Host`` and the framing are added) and
+        """Send ``method target`` (a path and query, below the URL's own path) with
+        ``headers`` (``Host`` and the framing are added) and
         ``body``, and wait for the answer's head. A failure is one of aiohttp's client
         errors (a timeout is a ``TimeoutError``); a caller's body that fails as it is read
         comes back as the cause (``__cause__``) of the error raised."""
@@ -307,6 +310,7 @@ class UpstreamPool:
             # the rest be read as another request (the forwarder builds it from parsed and
             # quoted parts: this is a bug's last line of defence, never a caller's error).
             raise ValueError("the request target holds whitespace or a control character")
+        target = self._path_prefix + target
         protocol = self._take()
         if protocol is None:
             return await self._exchange(await self._connect(), method, target, headers, body)
