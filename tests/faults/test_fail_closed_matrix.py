@@ -45,7 +45,7 @@ FAULTS = ["cut", "stall", "slow"]
 """A dead dependency (connections reset, new ones refused), a hung one (no bytes) and a
 slow one (every answer comes, SLOW seconds late: past the proxy's timeouts)."""
 SLOW = 2.5
-"""Longer than every timeout of the stack (query 1 s, rate limits 0.5 s, sessions and
+"""Longer than every timeout of the stack (query 1 s, rate limits 1.5 s, sessions and
 anomaly 2 s, JWKS 0.5 s, upstream read 1.5 s)."""
 
 READS: list[tuple[str, str, dict[str, Any] | None]] = [("GET", PM, None), ("GET", ADDRESS, None)]
