@@ -9,6 +9,7 @@ acct-3003 is the fresh caller, with customers added to the platform."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,6 +25,7 @@ from registration_helpers import (
     live_store,
     mapping_of,
     mappings,
+    records,
     register,
     self_link,
     unlink,
@@ -31,6 +33,7 @@ from registration_helpers import (
 
 from dragoman.demo.runner import DemoStack
 from dragoman.mapping.entity import Grant, MappingStatus
+from failing_sink import FailingEvent
 
 MakeStack = Callable[..., Awaitable[DemoStack]]
 EVIDENCE = re.compile(
@@ -406,6 +409,32 @@ async def test_unlinking_revokes_the_callers_link_and_answers_200(
         before.version + 1,
         "registration:carol",
     )
+
+
+async def test_a_registration_whose_record_cannot_be_written_is_answered_503_unnamed(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    assert stack.proxy is not None
+    stack.platform.add_customer("cus_carol", "acct-3003")
+    stack.proxy.audit._sink = FailingEvent(stack.proxy.audit._sink, "registration")
+    status, problem = await register(http, stack, caller(stack), "cus_carol")
+    assert (status, problem["code"]) == (503, "audit_unavailable")
+    assert "cus_carol" not in json.dumps(problem)
+    # The link was made, and its own mapping records (one before its commit) say so.
+    mapping = await linked(stack, "acct-3003")
+    link = [r for r in records(stack, "mapping") if r["action"] == "link_attempt"]
+    assert [r["outcome"] for r in link] == ["started", "ok"]
+    assert link[-1]["mapping_id"] == mapping.id
+
+
+async def test_an_unlink_whose_record_cannot_be_written_is_answered_503(
+    stack: DemoStack, http: aiohttp.ClientSession
+) -> None:
+    assert stack.proxy is not None
+    await self_link(http, stack, caller(stack))
+    stack.proxy.audit._sink = FailingEvent(stack.proxy.audit._sink, "registration")
+    status, problem = await unlink(http, stack, caller(stack))
+    assert (status, problem["code"]) == (503, "audit_unavailable")
 
 
 async def test_an_unlinked_account_is_refused_by_the_pipeline(

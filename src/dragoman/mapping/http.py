@@ -164,33 +164,49 @@ class RegistrationEndpoint:
     ) -> web.StreamResponse:
         exchange = _Exchange(self._context(request))
         ctx = exchange.ctx
+        recorded = False
         try:
-            if self._audit.broken:
-                raise AuditUnavailable()
-            check_expectation(request)
-            for guard in self._guards:
-                await guard(ctx)
-            if self._limit is not None:
-                await self._limit(ctx)
-            ctx.mapping = await action(exchange)
-            response = web.Response(
-                status=exchange.status or 200,
-                body=json.dumps(mapping_view(ctx.mapping)).encode(),
-                content_type="application/json",
-            )
-            response.headers.update(self._response_headers(request, ctx))
-            response.headers["Cache-Control"] = "no-store"
+            try:
+                if self._audit.broken:
+                    raise AuditUnavailable()
+                check_expectation(request)
+                for guard in self._guards:
+                    await guard(ctx)
+                if self._limit is not None:
+                    await self._limit(ctx)
+                ctx.mapping = await action(exchange)
+                response = web.Response(
+                    status=exchange.status or 200,
+                    body=json.dumps(mapping_view(ctx.mapping)).encode(),
+                    content_type="application/json",
+                )
+                response.headers.update(self._response_headers(request, ctx))
+                response.headers["Cache-Control"] = "no-store"
+            except Exception as error:
+                headers = self._response_headers(request, ctx)
+                response = refusal(ctx, error, headers=headers, where="registration")
+            recorded = True
+            if not self._record(exchange) and ctx.denial is None:
+                # The change itself is in its mapping records, written before it was
+                # committed; the answer names the link and leaves only with its request's
+                # record, as every answer does (SEMANTICS §6: fail closed).
+                unrecorded = AuditUnavailable("audit_write_failed")
+                headers = self._response_headers(request, ctx)
+                return refusal(ctx, unrecorded, headers=headers, where="registration")
             return response
-        except Exception as error:
-            headers = self._response_headers(request, ctx)
-            return refusal(ctx, error, headers=headers, where="registration")
         finally:
-            record = request_record(ctx, event=EVENT)
-            if ctx.denial is None:
-                record["status"] = exchange.status
-            if ctx.mapping is None and exchange.customer_index is not None:
-                record["customer"] = exchange.customer_index
-            self._audit.write(record)
+            if not recorded:  # cancelled: the caller is gone, the record is still written
+                self._record(exchange)
+
+    def _record(self, exchange: _Exchange) -> bool:
+        """Write the request's record; False if it could not be written."""
+        ctx = exchange.ctx
+        record = request_record(ctx, event=EVENT)
+        if ctx.denial is None:
+            record["status"] = exchange.status
+        if ctx.mapping is None and exchange.customer_index is not None:
+            record["customer"] = exchange.customer_index
+        return self._audit.write(record)
 
     def _response_headers(self, request: web.Request, ctx: RequestContext) -> dict[str, str]:
         return answer_headers(self._headers, self._cors, request, ctx.request_id)
