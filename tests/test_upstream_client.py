@@ -436,6 +436,32 @@ async def test_a_body_that_fails_as_it_is_read_ends_the_exchange_with_that_failu
             await pool.close()
 
 
+async def test_a_streamed_body_the_upstream_stops_taking_times_out() -> None:
+    """An upstream that reads the head, then neither reads nor answers: each write of the
+    body waits the read timeout at most (the read timeout proper starts once the body has
+    gone, so without this the exchange waited for good)."""
+    done = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        await done.wait()
+
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            yield b"x" * 65536
+
+    async with SmallBufferUpstream(serve) as upstream:
+        pool = pool_for(upstream.url, read_timeout=0.2)
+        try:
+            async with asyncio.timeout(10):  # the hang guard: the old client waited here
+                with pytest.raises(aiohttp.ServerTimeoutError):
+                    await fetch(pool, "POST", endless())
+            assert not pool._idle
+        finally:
+            done.set()
+            await pool.close()
+
+
 async def echo_framing(request: web.Request) -> web.Response:
     body = await request.read()
     return web.json_response(
@@ -491,6 +517,25 @@ async def test_a_streamed_body_of_declared_length_goes_with_that_length(echo_ups
     headers = CIMultiDict({"Content-Length": "4"})
     got = await framing(echo_upstream, "PUT", headers, parts(b"ab", b"cd"))
     assert (got["encoding"], got["length"], got["body"]) == (None, "4", "abcd")
+
+
+async def test_a_streamed_body_waits_for_its_callers_next_bytes_past_the_send_timeout(
+    echo_upstream: str,
+) -> None:
+    """The send timeout is the upstream's to keep; a slow caller is bounded elsewhere (the
+    forwarder's body timeout)."""
+
+    async def slow_caller() -> AsyncIterator[bytes]:
+        yield b"slow "
+        await asyncio.sleep(0.5)
+        yield b"caller"
+
+    pool = pool_for(echo_upstream, read_timeout=0.2)
+    try:
+        status, echoed = await fetch(pool, "POST", slow_caller())
+    finally:
+        await pool.close()
+    assert (status, json.loads(echoed)["body"]) == (200, "slow caller")
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])

@@ -27,6 +27,9 @@ What it keeps of aiohttp's behaviour, and what it does otherwise:
   refuses it). Nothing is decompressed, no cookie kept, no header added but ``Host`` and
   the body's framing (``Content-Length``, or ``Transfer-Encoding: chunked`` for a streamed
   body of unknown length).
+- A streamed body waits at most the read timeout for the upstream to take its next bytes
+  (nginx's ``proxy_send_timeout``); ``ClientSession`` waited for good on an upstream that
+  neither read nor answered.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import aiohttp
 from aiohttp.client_exceptions import ClientConnectorDNSError, ConnectionTimeoutError
@@ -375,7 +378,9 @@ class UpstreamPool:
                     writer.length = int(declared)
                 await writer.write_headers(f"{method} {target} HTTP/1.1", message_headers)
                 writer.send_headers()
-                writing = asyncio.ensure_future(_write_body(writer, protocol, body))
+                writing = asyncio.ensure_future(
+                    _write_body(writer, protocol, body, self._read_timeout)
+                )
             while True:
                 try:
                     message, content = await protocol.read()
@@ -448,19 +453,40 @@ def _fit(protocol: ResponseHandler) -> bool:
     return protocol.is_connected() and not protocol.should_close
 
 
+class _BodyNotTaken(Exception):
+    """The upstream took none of the body's next bytes for a whole send timeout."""
+
+
+async def _send(write: Awaitable[None], send_timeout: float) -> None:
+    """One write of the body, waiting at most ``send_timeout`` for the upstream to take
+    what the transport holds (flow control): nginx's ``proxy_send_timeout``."""
+    try:
+        async with asyncio.timeout(send_timeout):
+            await write
+    except TimeoutError:
+        raise _BodyNotTaken() from None
+
+
 async def _write_body(
-    writer: StreamWriter, protocol: ResponseHandler, body: AsyncIterator[bytes]
+    writer: StreamWriter,
+    protocol: ResponseHandler,
+    body: AsyncIterator[bytes],
+    send_timeout: float,
 ) -> None:
     """Stream ``body`` beside the wait for the answer (an upstream may answer before it
     has read it all). A failure, the caller's body's own included, ends the exchange: it
-    is set on the protocol, where the wait for the answer raises it."""
+    is set on the protocol, where the wait for the answer raises it. An upstream that
+    neither reads nor answers would hold the exchange for good (the read timeout starts
+    once the body has gone): each write waits ``send_timeout`` at most."""
     try:
         async for chunk in body:
-            await writer.write(chunk)
-        await writer.write_eof()
+            await _send(writer.write(chunk), send_timeout)
+        await _send(writer.write_eof(), send_timeout)
         protocol.start_timeout()
     except asyncio.CancelledError:
         raise
+    except _BodyNotTaken:
+        protocol.set_exception(aiohttp.ServerTimeoutError("Timeout on writing the body"))
     except OSError as exc:
         protocol.set_exception(aiohttp.ClientOSError(exc.errno, "Cannot write the body"), exc)
     except Exception as exc:

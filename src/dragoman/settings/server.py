@@ -163,7 +163,13 @@ class UpstreamSettings(Section):
     audience: str = Field(..., min_length=1, description="`aud` of the tokens minted for it.")
     connect_timeout: Duration = Field(3.0, gt=0, le=60, description="Connect timeout (then 502).")
     read_timeout: Duration = Field(
-        30.0, gt=0, le=600, description="Timeout waiting for upstream data (then 504)."
+        30.0,
+        gt=0,
+        le=600,
+        description=(
+            "Timeout waiting for upstream data, and for the upstream to take the next part"
+            " of a streamed request body (then 504)."
+        ),
     )
     pool_size: int = Field(
         100,
