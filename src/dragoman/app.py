@@ -85,7 +85,8 @@ from dragoman.pipeline.errors import (
     RequestUnreadable,
 )
 from dragoman.pipeline.expect import check_expectation, close_if_waiting, defer_continue
-from dragoman.pipeline.problem import problem_response, refusal
+from dragoman.pipeline.problem import problem_response
+from dragoman.pipeline.recorded import recorded_answer
 from dragoman.pipeline.stage import Stage, guard_stages
 from dragoman.policy.roles import RolePolicy
 from dragoman.policy.step_up import StepUpStage
@@ -391,30 +392,22 @@ class Proxy:
     async def _whoami_recorded(self, request: web.Request) -> web.StreamResponse:
         """:meth:`whoami`'s answer or refusal, with its record written first."""
         ctx = self.context(request)
-        recorded = False
-        try:
-            try:
-                if self.audit.broken:
-                    raise AuditUnavailable()
-                check_expectation(request)
-                response = await self._whoami(request, ctx)
-            except Exception as error:
-                # As in handle(): a bug answers problem+json 500 and is recorded as one,
-                # never as an allowed whoami.
-                response = refusal(
-                    ctx, error, headers=self.base_headers(request, ctx), where="whoami"
-                )
-            recorded = True
-            if not self.audit.write(request_record(ctx, event="whoami")) and ctx.denial is None:
-                # It names the caller's customer: a read of the mapping no record names.
-                unrecorded = AuditUnavailable("audit_write_failed")
-                return refusal(
-                    ctx, unrecorded, headers=self.base_headers(request, ctx), where="whoami"
-                )
-            return response
-        finally:
-            if not recorded:  # cancelled: the caller is gone, the record is still written
-                self.audit.write(request_record(ctx, event="whoami"))
+
+        async def answer() -> web.StreamResponse:
+            if self.audit.broken:
+                raise AuditUnavailable()
+            check_expectation(request)
+            return await self._whoami(request, ctx)
+
+        # It names the caller's customer: a read of the mapping no record names. (As in
+        # handle(), a bug answers problem+json 500 and is recorded as one.)
+        return await recorded_answer(
+            ctx,
+            answer,
+            record=lambda: self.audit.write(request_record(ctx, event="whoami")),
+            headers=lambda: self.base_headers(request, ctx),
+            where="whoami",
+        )
 
     async def _whoami(self, request: web.Request, ctx: RequestContext) -> web.Response:
         """The answer of :meth:`whoami`, or the denial that stops it. It runs the

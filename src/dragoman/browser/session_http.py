@@ -53,7 +53,7 @@ from dragoman.pipeline.errors import (
     SessionUnavailable,
 )
 from dragoman.pipeline.expect import check_expectation, close_if_waiting
-from dragoman.pipeline.problem import refusal
+from dragoman.pipeline.recorded import recorded_answer
 from dragoman.pipeline.stage import Stage, guard_stages
 
 SESSION_PATH = "/_dragoman/session"
@@ -187,44 +187,41 @@ class SessionEndpoint:
         """``run``'s answer, or its refusal, with the request's record written first."""
         ctx = self._context(request)
         status: int | None = None
-        recorded = False
-        try:
+
+        async def answer() -> web.StreamResponse:
+            nonlocal status
+            if self._audit.broken:
+                raise AuditUnavailable()
+            check_expectation(request)
+            for guard in self._guards:
+                await guard(ctx)
+            refuse_forgeable_body(request)
             try:
-                if self._audit.broken:
-                    raise AuditUnavailable()
-                check_expectation(request)
-                for guard in self._guards:
-                    await guard(ctx)
-                refuse_forgeable_body(request)
-                try:
-                    answer = await run(ctx)
-                except SessionStoreUnavailable as exc:
-                    raise SessionUnavailable(str(exc)) from exc
-                status = answer.status
-                if answer.body is None:
-                    response = web.Response(status=answer.status)
-                else:
-                    response = web.Response(
-                        status=answer.status,
-                        body=json.dumps(answer.body).encode(),
-                        content_type="application/json",
-                    )
-                response.headers.update(self._response_headers(request, ctx))
-                response.headers["Cache-Control"] = "no-store"
-                response.headers["Set-Cookie"] = answer.cookie
-            except Exception as error:
-                headers = self._response_headers(request, ctx)
-                response = refusal(ctx, error, headers=headers, where="the session endpoint")
-            recorded = True
-            if not self._record(ctx, action, status) and ctx.denial is None:
-                # The answer carries a session's token or its end: none leaves unrecorded.
-                unrecorded = AuditUnavailable("audit_write_failed")
-                headers = self._response_headers(request, ctx)
-                return refusal(ctx, unrecorded, headers=headers, where="the session endpoint")
+                done = await run(ctx)
+            except SessionStoreUnavailable as exc:
+                raise SessionUnavailable(str(exc)) from exc
+            status = done.status
+            if done.body is None:
+                response = web.Response(status=done.status)
+            else:
+                response = web.Response(
+                    status=done.status,
+                    body=json.dumps(done.body).encode(),
+                    content_type="application/json",
+                )
+            response.headers.update(self._response_headers(request, ctx))
+            response.headers["Cache-Control"] = "no-store"
+            response.headers["Set-Cookie"] = done.cookie
             return response
-        finally:
-            if not recorded:  # cancelled: the caller is gone, the record is still written
-                self._record(ctx, action, status)
+
+        # The answer carries a session's token or its end: none leaves unrecorded.
+        return await recorded_answer(
+            ctx,
+            answer,
+            record=lambda: self._record(ctx, action, status),
+            headers=lambda: self._response_headers(request, ctx),
+            where="the session endpoint",
+        )
 
     def _record(self, ctx: RequestContext, action: str, status: int | None) -> bool:
         """Write the request's record; False if it could not be written."""

@@ -51,7 +51,7 @@ from dragoman.pipeline.errors import (
     UnsupportedMediaType,
 )
 from dragoman.pipeline.expect import check_expectation, close_if_waiting, send_continue
-from dragoman.pipeline.problem import refusal
+from dragoman.pipeline.recorded import recorded_answer
 from dragoman.pipeline.stage import Stage, guard_stages
 from dragoman.settings import Settings
 from dragoman.settings.server import DEFAULT_BODY_TIMEOUT
@@ -164,39 +164,34 @@ class RegistrationEndpoint:
     ) -> web.StreamResponse:
         exchange = _Exchange(self._context(request))
         ctx = exchange.ctx
-        recorded = False
-        try:
-            try:
-                if self._audit.broken:
-                    raise AuditUnavailable()
-                check_expectation(request)
-                for guard in self._guards:
-                    await guard(ctx)
-                if self._limit is not None:
-                    await self._limit(ctx)
-                ctx.mapping = await action(exchange)
-                response = web.Response(
-                    status=exchange.status or 200,
-                    body=json.dumps(mapping_view(ctx.mapping)).encode(),
-                    content_type="application/json",
-                )
-                response.headers.update(self._response_headers(request, ctx))
-                response.headers["Cache-Control"] = "no-store"
-            except Exception as error:
-                headers = self._response_headers(request, ctx)
-                response = refusal(ctx, error, headers=headers, where="registration")
-            recorded = True
-            if not self._record(exchange) and ctx.denial is None:
-                # The change itself is in its mapping records, written before it was
-                # committed; the answer names the link and leaves only with its request's
-                # record, as every answer does (SEMANTICS §6: fail closed).
-                unrecorded = AuditUnavailable("audit_write_failed")
-                headers = self._response_headers(request, ctx)
-                return refusal(ctx, unrecorded, headers=headers, where="registration")
+
+        async def answer() -> web.StreamResponse:
+            if self._audit.broken:
+                raise AuditUnavailable()
+            check_expectation(request)
+            for guard in self._guards:
+                await guard(ctx)
+            if self._limit is not None:
+                await self._limit(ctx)
+            # The change itself is in its mapping records, written before its commit; the
+            # answer, which names the link, leaves only with this request's record.
+            ctx.mapping = await action(exchange)
+            response = web.Response(
+                status=exchange.status or 200,
+                body=json.dumps(mapping_view(ctx.mapping)).encode(),
+                content_type="application/json",
+            )
+            response.headers.update(self._response_headers(request, ctx))
+            response.headers["Cache-Control"] = "no-store"
             return response
-        finally:
-            if not recorded:  # cancelled: the caller is gone, the record is still written
-                self._record(exchange)
+
+        return await recorded_answer(
+            ctx,
+            answer,
+            record=lambda: self._record(exchange),
+            headers=lambda: self._response_headers(request, ctx),
+            where="registration",
+        )
 
     def _record(self, exchange: _Exchange) -> bool:
         """Write the request's record; False if it could not be written."""
