@@ -158,6 +158,17 @@ class RecordingSink:
         return found
 
 
+class UnconfirmedSink(RecordingSink):
+    """Gets every alert but never learns it arrived (a receiver whose answers are lost):
+    the run keeps its alerts unsent."""
+
+    name = "unconfirmed"
+
+    def deliver(self, alert: Alert) -> asyncio.Future[bool]:
+        self.emit(alert)
+        return asyncio.get_running_loop().create_future()  # never settled
+
+
 class Gate:
     """Middleware for a platform app: while closed, requests wait (the platform is slow)."""
 

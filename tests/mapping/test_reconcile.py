@@ -31,6 +31,7 @@ from reconcile_support import (
     KINDS,
     Planted,
     RecordingSink,
+    UnconfirmedSink,
     asked,
     bulk_add,
     customer_of,
@@ -391,6 +392,37 @@ async def test_a_known_discrepancy_is_alerted_again_after_the_mapping_matched(
     customer.merged_into = "cus_other"
     await reconciler(quiet, sink).run()  # a new discrepancy
     assert [a.fields["mapping_id"] for a in sink.alerts] == planted.ids * 2
+
+
+async def test_an_alert_never_confirmed_is_raised_again_under_the_same_id(
+    quiet: DemoStack,
+) -> None:
+    """A receiver that had the first run's alert drops the second as a repeat by its id
+    (Idempotency-Key); before, every run raised it under an id of its own."""
+    assert quiet.proxy is not None
+    planted = await seed(quiet.proxy.store, quiet.platform, 1)
+    quiet.platform.customers[customer_of(0)].merged_into = "cus_survivor"
+    lost, sink = UnconfirmedSink(), RecordingSink()
+    first = await reconciler(quiet, lost).run()
+    assert first is not None and first.completed
+    await reconciler(quiet, sink).run()
+    await reconciler(quiet, sink).run()  # delivered now: known, not raised again
+    (original,), (again,) = lost.alerts, sink.alerts
+    assert again.id == original.id == f"reconcile:{first.run_id}:{planted.ids[0]}"
+
+
+async def test_an_unconfirmed_alert_whose_discrepancy_worsened_gets_a_new_id(
+    quiet: DemoStack,
+) -> None:
+    assert quiet.proxy is not None
+    await seed(quiet.proxy.store, quiet.platform, 1)
+    quiet.platform.customers[customer_of(0)].merged_into = "cus_survivor"
+    lost, sink = UnconfirmedSink(), RecordingSink()
+    await reconciler(quiet, lost).run()
+    await reconciler(quiet, sink, on_customer_merged="revoked").run()
+    (original,), (worse,) = lost.alerts, sink.alerts
+    assert worse.fields["status_after"] == "revoked"
+    assert worse.id != original.id
 
 
 async def test_a_concurrent_change_is_reread_not_overwritten(quiet: DemoStack) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from dragoman.alerts.base import Alert
 from dragoman.mapping.entity import AccountMapping, MappingStatus
 from dragoman.mapping.platform import Drift
-from dragoman.mapping.reconcile_records import Finding, Outcome
+from dragoman.mapping.reconcile_records import Finding, Outcome, alert_id_of
 from dragoman.settings import ReconcileSettings
 
 SEVERITY = {
@@ -51,14 +51,20 @@ def decide(
         return Outcome(mapping, None, MappingStatus.ACTIVE if restore else mapping.status)
     target = policy.actions[drift]
     new_status = target if SEVERITY[target] > SEVERITY[mapping.status] else mapping.status
-    known = (
-        previous is not None
-        and previous.kind == drift.value
-        and (previous.alerted_at is not None or previous.known)
-        and mapping.last_validated_at <= previous.found_at
-        and new_status is mapping.status
-    )
-    return Outcome(mapping, drift.value, new_status, known=known)
+    if (
+        previous is None
+        or previous.kind != drift.value
+        or mapping.last_validated_at > previous.found_at
+    ):
+        return Outcome(mapping, drift.value, new_status)
+    # The same discrepancy as the earlier run's (the mapping not validated anew since).
+    if (previous.alerted_at is not None or previous.known) and new_status is mapping.status:
+        return Outcome(mapping, drift.value, new_status, known=True)
+    unconfirmed = previous.alerted_at is None and not previous.known
+    if unconfirmed and previous.status_after == new_status.value:
+        # Its alert may have arrived after that run stopped waiting: the same id again.
+        return Outcome(mapping, drift.value, new_status, alert_id=previous.alert_id)
+    return Outcome(mapping, drift.value, new_status)
 
 
 def drift_alert(run_id: str, finding: Finding | Outcome) -> Alert:
@@ -68,12 +74,14 @@ def drift_alert(run_id: str, finding: Finding | Outcome) -> Alert:
         mapping_id, kind = finding.mapping.id, finding.drift
         customer_index = finding.mapping.customer_index
         before, after = finding.mapping.status.value, finding.new_status.value
+        alert_id = finding.alert_id or alert_id_of(run_id, mapping_id)
     else:
         mapping_id, kind, customer_index = finding.mapping_id, finding.kind, finding.customer_index
         before, after = finding.status_before, finding.status_after
+        alert_id = finding.alert_id
     return Alert(
         kind="mapping_drift",
-        id=f"reconcile:{run_id}:{mapping_id}",
+        id=alert_id,
         severity="critical" if after == MappingStatus.SUSPENDED.value else "warning",
         message=f"a mapping no longer matches the platform's record ({kind}): {before} -> {after}",
         fields={

@@ -71,6 +71,8 @@ reconcile_findings = Table(
     Column("found_at", DateTime(timezone=True), nullable=False),
     Column("known", Boolean, nullable=False),
     Column("alerted_at", DateTime(timezone=True), nullable=True),
+    # The id its alert is sent under (Idempotency-Key); null on rows before migration 0007.
+    Column("alert_id", String(160), nullable=True),
     PrimaryKeyConstraint("run_id", "mapping_id", name="pk_reconcile_findings"),
     Index("ix_reconcile_findings_mapping", "mapping_id", "found_at"),
 )
@@ -83,6 +85,11 @@ reconcile_lease = Table(
     Column("acquired_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
 )
+
+
+def alert_id_of(run_id: str, mapping_id: str) -> str:
+    """The id of the alert a run raises for a mapping's discrepancy."""
+    return f"reconcile:{run_id}:{mapping_id}"
 
 
 @dataclass(slots=True)
@@ -131,6 +138,7 @@ class Finding:
     found_at: datetime
     known: bool
     alerted_at: datetime | None
+    alert_id: str
 
     @classmethod
     def of(cls, row: Any) -> Finding:
@@ -144,6 +152,7 @@ class Finding:
             found_at=utc(row.found_at),
             known=bool(row.known),
             alerted_at=None if row.alerted_at is None else utc(row.alerted_at),
+            alert_id=row.alert_id or alert_id_of(row.run_id, row.mapping_id),
         )
 
 
@@ -157,6 +166,10 @@ class Outcome:
     new_status: MappingStatus
     known: bool = False
     """An unchanged discrepancy an earlier run already alerted: recorded, not alerted."""
+    alert_id: str | None = None
+    """The id of the alert an earlier run raised for this same discrepancy without learning
+    it was delivered: sent again under that id, so a receiver drops it if it did arrive.
+    None: a new alert, under this run's id."""
 
     @property
     def validated(self) -> bool:

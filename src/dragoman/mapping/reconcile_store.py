@@ -29,6 +29,7 @@ from dragoman.mapping.reconcile_records import (
     Finding,
     Outcome,
     RunRecord,
+    alert_id_of,
 )
 from dragoman.mapping.reconcile_records import reconcile_findings as f
 from dragoman.mapping.reconcile_records import reconcile_runs as r
@@ -399,4 +400,5 @@ def _finding(run_id: str, outcome: Outcome, now: datetime) -> dict[str, Any]:
         "found_at": now,
         "known": outcome.known,
         "alerted_at": None,
+        "alert_id": outcome.alert_id or alert_id_of(run_id, outcome.mapping.id),
     }
