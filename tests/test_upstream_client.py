@@ -437,9 +437,9 @@ async def test_a_body_that_fails_as_it_is_read_ends_the_exchange_with_that_failu
 
 
 async def test_a_streamed_body_the_upstream_stops_taking_times_out() -> None:
-    """An upstream that reads the head, then neither reads nor answers: each write of the
-    body waits the read timeout at most (the read timeout proper starts once the body has
-    gone, so without this the exchange waited for good)."""
+    """An upstream that reads the head, then neither reads nor answers: once it stops
+    taking the body, it has the read timeout to take more (the read timeout proper starts
+    once the body has gone, so without this the exchange waited for good)."""
     done = asyncio.Event()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -27,9 +27,9 @@ What it keeps of aiohttp's behaviour, and what it does otherwise:
   refuses it). Nothing is decompressed, no cookie kept, no header added but ``Host`` and
   the body's framing (``Content-Length``, or ``Transfer-Encoding: chunked`` for a streamed
   body of unknown length).
-- A streamed body waits at most the read timeout for the upstream to take its next bytes
-  (nginx's ``proxy_send_timeout``); ``ClientSession`` waited for good on an upstream that
-  neither read nor answered.
+- A request waits at most the read timeout for the upstream to take more of it whenever
+  the upstream stops taking it (nginx's ``proxy_send_timeout``); ``ClientSession`` waited
+  for good on an upstream that neither read a streamed body nor answered.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp.client_exceptions import ClientConnectorDNSError, ConnectionTimeoutError
@@ -70,11 +70,38 @@ class _UpstreamProtocol(ResponseHandler):
     reset) rather than a clean close: an answer read until the connection closed is only
     whole when the close was clean."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, send_timeout: float) -> None:
         super().__init__(loop)
         self.reset = False
+        self._send_timeout = send_timeout
+        self._stall: asyncio.TimerHandle | None = None
+
+    def pause_writing(self) -> None:
+        # The transport holds more of the request than the upstream takes: from here the
+        # upstream has send_timeout to take some (the read timeout only starts once the
+        # whole request is out, so an upstream that neither read nor answered held the
+        # exchange for good). A timer while paused, not one per write: nothing on the
+        # path of a request whose bytes go straight out.
+        super().pause_writing()
+        self._stall = self._loop.call_later(self._send_timeout, self._not_taken)
+
+    def resume_writing(self) -> None:
+        self._stop_stall_timer()
+        super().resume_writing()
+
+    def _stop_stall_timer(self) -> None:
+        stall, self._stall = self._stall, None
+        if stall is not None:
+            stall.cancel()
+
+    def _not_taken(self) -> None:
+        self._stall = None
+        self.set_exception(aiohttp.ServerTimeoutError("Timeout on writing the request"))
+        if self.transport is not None:
+            self.transport.abort()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self._stop_stall_timer()
         self.reset = exc is not None
         super().connection_lost(exc)
 
@@ -264,7 +291,7 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, protocol = await loop.create_connection(
-                    lambda: _UpstreamProtocol(loop),
+                    lambda: _UpstreamProtocol(loop, self._read_timeout),
                     self._host,
                     self._port,
                     ssl=self._ssl,
@@ -378,9 +405,7 @@ class UpstreamPool:
                     writer.length = int(declared)
                 await writer.write_headers(f"{method} {target} HTTP/1.1", message_headers)
                 writer.send_headers()
-                writing = asyncio.ensure_future(
-                    _write_body(writer, protocol, body, self._read_timeout)
-                )
+                writing = asyncio.ensure_future(_write_body(writer, protocol, body))
             while True:
                 try:
                     message, content = await protocol.read()
@@ -453,40 +478,19 @@ def _fit(protocol: ResponseHandler) -> bool:
     return protocol.is_connected() and not protocol.should_close
 
 
-class _BodyNotTaken(Exception):
-    """The upstream took none of the body's next bytes for a whole send timeout."""
-
-
-async def _send(write: Awaitable[None], send_timeout: float) -> None:
-    """One write of the body, waiting at most ``send_timeout`` for the upstream to take
-    what the transport holds (flow control): nginx's ``proxy_send_timeout``."""
-    try:
-        async with asyncio.timeout(send_timeout):
-            await write
-    except TimeoutError:
-        raise _BodyNotTaken() from None
-
-
 async def _write_body(
-    writer: StreamWriter,
-    protocol: ResponseHandler,
-    body: AsyncIterator[bytes],
-    send_timeout: float,
+    writer: StreamWriter, protocol: ResponseHandler, body: AsyncIterator[bytes]
 ) -> None:
     """Stream ``body`` beside the wait for the answer (an upstream may answer before it
     has read it all). A failure, the caller's body's own included, ends the exchange: it
-    is set on the protocol, where the wait for the answer raises it. An upstream that
-    neither reads nor answers would hold the exchange for good (the read timeout starts
-    once the body has gone): each write waits ``send_timeout`` at most."""
+    is set on the protocol, where the wait for the answer raises it."""
     try:
         async for chunk in body:
-            await _send(writer.write(chunk), send_timeout)
-        await _send(writer.write_eof(), send_timeout)
+            await writer.write(chunk)
+        await writer.write_eof()
         protocol.start_timeout()
     except asyncio.CancelledError:
         raise
-    except _BodyNotTaken:
-        protocol.set_exception(aiohttp.ServerTimeoutError("Timeout on writing the body"))
     except OSError as exc:
         protocol.set_exception(aiohttp.ClientOSError(exc.errno, "Cannot write the body"), exc)
     except Exception as exc:
