@@ -125,6 +125,8 @@ class RawUpstream:
         self.received: list[Received] = []
         self.writers: dict[int, asyncio.StreamWriter] = {}
         self.closed: set[int] = set()
+        self.head_seen = asyncio.Event()
+        """Set once a request head has arrived (its body may still be on its way)."""
         self.answer: Callable[[Received], bytes | Close] = lambda _: answer(b"ok")
         self.url = ""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -152,6 +154,7 @@ class RawUpstream:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                self.head_seen.set()
                 got = Received(number, head, await _read_body(reader, head))
                 self.received.append(got)
                 reply = self.answer(got)
@@ -220,9 +223,16 @@ def answers(data: bytes) -> list[Answer]:
     return found
 
 
-async def exchange(stack: DemoStack, data: bytes, *, abort_after: int | None = None) -> bytes:
+async def exchange(
+    stack: DemoStack,
+    data: bytes,
+    *,
+    abort_after: int | None = None,
+    then: tuple[asyncio.Event, bytes] | None = None,
+) -> bytes:
     """Write ``data`` on one connection; everything dragoman sends until it closes it (or the
-    first ``abort_after`` bytes, and then the caller resets the connection)."""
+    first ``abort_after`` bytes, and then the caller resets the connection). ``then``: once
+    the event is set, write those bytes too (the end of a body dragoman is streaming)."""
     host, port = stack.urls["proxy"].removeprefix("http://").rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     received = b""
@@ -230,6 +240,10 @@ async def exchange(stack: DemoStack, data: bytes, *, abort_after: int | None = N
         writer.write(data)
         await writer.drain()
         async with asyncio.timeout(10):
+            if then is not None:
+                event, rest = then
+                await event.wait()
+                writer.write(rest)
             while chunk := await reader.read(65536):
                 received += chunk
                 if abort_after is not None and len(received) >= abort_after:
@@ -427,16 +441,36 @@ async def test_an_invalid_chunk_size_line_is_refused_and_nothing_forwarded(
 async def test_chunk_extensions_never_reach_the_upstream(
     upstream: RawUpstream, proxy: DemoStack
 ) -> None:
+    """The body's end is held back until the upstream has the head: dragoman streams it."""
     data = message(
         b"POST " + ALICE_PATH + b" HTTP/1.1",
         bearer(proxy),
         b"Transfer-Encoding: chunked",
         b"Content-Type: application/json",  # streamed (a body of no type is read whole)
         b"Connection: close",
-        body=b"3;name=value\r\nabc\r\n0\r\n\r\n",
+        body=b"3;name=value\r\nabc\r\n",
+    )
+    sent = await exchange(proxy, data, then=(upstream.head_seen, b"0\r\n\r\n"))
+    assert [a.status for a in answers(sent)] == [200]
+    assert upstream.received[0].body == b"3\r\nabc\r\n0\r\n\r\n"
+
+
+async def test_a_chunked_body_that_came_whole_goes_upstream_by_its_length(
+    upstream: RawUpstream, proxy: DemoStack
+) -> None:
+    data = message(
+        b"POST " + ALICE_PATH + b" HTTP/1.1",
+        bearer(proxy),
+        b"Transfer-Encoding: chunked",
+        b"Content-Type: application/json",
+        b"Connection: close",
+        body=b"3;name=value\r\nabc\r\n0\r\nAuthorization: Bearer forged\r\n\r\n",
     )
     assert [a.status for a in answers(await exchange(proxy, data))] == [200]
-    assert upstream.received[0].body == b"3\r\nabc\r\n0\r\n\r\n"
+    (got,) = upstream.received
+    assert (got.body, got.values(b"Content-Length")) == (b"abc", [b"3"])
+    assert not got.values(b"Transfer-Encoding")
+    assert b"forged" not in got.head
 
 
 async def test_request_trailers_never_reach_the_upstream(
@@ -448,9 +482,11 @@ async def test_request_trailers_never_reach_the_upstream(
         b"Transfer-Encoding: chunked",
         b"Content-Type: application/json",  # streamed (a body of no type is read whole)
         b"Connection: close",
-        body=b"3\r\nabc\r\n0\r\nAuthorization: Bearer forged\r\nX-Customer-Id: cus_bob\r\n\r\n",
+        body=b"3\r\nabc\r\n",
     )
-    assert [a.status for a in answers(await exchange(proxy, data))] == [200]
+    trailers = b"0\r\nAuthorization: Bearer forged\r\nX-Customer-Id: cus_bob\r\n\r\n"
+    sent = await exchange(proxy, data, then=(upstream.head_seen, trailers))
+    assert [a.status for a in answers(sent)] == [200]
     (got,) = upstream.received
     assert got.body == b"3\r\nabc\r\n0\r\n\r\n"
     assert len(got.values(b"Authorization")) == 1

@@ -10,8 +10,9 @@ Header hygiene, both ways:
   cache headers are dropped; ``Cache-Control`` is made private (:func:`private_cache_control`)
   or set to ``no-store``; the security headers are set. An upstream ``101`` is refused 502.
 
-Bodies stream both ways in chunks (no unbounded buffering); a request body over the limit
-stops the request (413). What a customer binding checked or wrote is forwarded instead of the
+Bodies stream both ways in chunks (no unbounded buffering), but a request body that came
+whole with its head, which goes in one write with it; a request body over the limit stops
+the request (413). What a customer binding checked or wrote is forwarded instead of the
 caller's: ``ctx.forward_query``, ``ctx.forward_headers`` and ``ctx.forward_body`` (a body
 the binding stage buffered, within the same limit). The upstream connections
 (:mod:`dragoman.upstream_client`) never decompress, keep no cookies and add no headers of
@@ -261,6 +262,19 @@ class Forwarder:
         headers["X-Forwarded-Proto"] = ctx.request.scheme
         return headers
 
+    def _arrived(self, request: web.Request) -> bytes | None:
+        """The caller's whole body when all of it came with the head (a small write's
+        does), to go upstream in one write with the request's head rather than streamed
+        by a task of its own; None while more is to come (or the caller waits for 100
+        Continue before sending it)."""
+        content = request.content
+        if not content.is_eof() or content.exception() is not None:
+            return None
+        whole = content.read_nowait()
+        if len(whole) > self._max_body:
+            raise PayloadTooLarge("body_too_large")
+        return whole
+
     async def _body(self, request: web.Request) -> AsyncIterator[bytes]:
         # Pulled once the upstream connection is open and the head is sent: a caller
         # waiting for 100 (Continue) is invited now, and only now.
@@ -390,7 +404,7 @@ class Forwarder:
         target = ctx.raw_path + ("?" + query if query else "")
         body: AsyncIterator[bytes] | bytes | None = ctx.forward_body
         if body is None and request.body_exists:
-            body = self._body(request)
+            body = self._arrived(request) or self._body(request)
         try:
             upstream = await self._pool.exchange(
                 ctx.method, target, self._request_headers(ctx), body
