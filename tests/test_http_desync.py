@@ -586,6 +586,22 @@ async def test_an_authorised_caller_waiting_for_100_gets_it_and_its_body_is_forw
     assert [r.body for r in upstream.received] == [b"hello"]
 
 
+async def test_a_caller_that_sent_its_body_without_waiting_for_100_keeps_its_connection(
+    upstream: RawUpstream, proxy: DemoStack
+) -> None:
+    """curl sends the body after a second without a 100: the body forwarded, the 100 sent
+    as it is read, and the next request on the connection answered too."""
+    start = b"POST " + ALICE_PATH + b" HTTP/1.1"
+    data = message(start, bearer(proxy), EXPECT, length(b"hello"), body=b"hello")
+    got = answers(await exchange(proxy, data + after(proxy)))
+    assert [a.status for a in got] == [100, 200, 200]
+    assert got[1].values(b"Connection") == []
+    assert [(r.target, r.body) for r in upstream.received] == [
+        (ALICE_PATH, b"hello"),
+        (ALICE_PATH + b"?after=1", b""),
+    ]
+
+
 async def test_an_expectation_other_than_100_continue_is_refused_417_and_nothing_forwarded(
     upstream: RawUpstream, proxy: DemoStack
 ) -> None:

@@ -519,6 +519,36 @@ async def test_a_streamed_body_of_declared_length_goes_with_that_length(echo_ups
     assert (got["encoding"], got["length"], got["body"]) == (None, "4", "abcd")
 
 
+async def test_an_answer_cut_by_the_send_timeout_fails_never_ends_as_whole() -> None:
+    """The upstream answers read-until-close while it takes none of the body: the send
+    timeout's abort ends the answer, which must fail rather than end as if complete."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+        while True:  # never done: any end the client sees is a cut
+            writer.write(b"tick\n")
+            await writer.drain()
+            await asyncio.sleep(0.02)
+
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            yield b"x" * 65536
+
+    async with SmallBufferUpstream(serve) as upstream:
+        pool = pool_for(upstream.url, read_timeout=0.3)
+        try:
+            answer = await pool.exchange("POST", "/thing", CIMultiDict(), endless())
+            try:
+                async with asyncio.timeout(10):  # the hang guard
+                    with pytest.raises(aiohttp.ServerTimeoutError):
+                        await answer.read()
+            finally:
+                answer.release()
+        finally:
+            await pool.close()
+
+
 async def test_a_streamed_body_waits_for_its_callers_next_bytes_past_the_send_timeout(
     echo_upstream: str,
 ) -> None:

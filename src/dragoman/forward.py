@@ -46,7 +46,7 @@ from dragoman.pipeline.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from dragoman.pipeline.expect import send_continue
+from dragoman.pipeline.expect import send_continue, waiting_for_continue
 from dragoman.settings import UpstreamSettings
 from dragoman.settings.server import DEFAULT_BODY_TIMEOUT, DEFAULT_WRITE_TIMEOUT
 from dragoman.upstream_client import UpstreamAnswer, UpstreamPool
@@ -270,6 +270,8 @@ class Forwarder:
         content = request.content
         if not content.is_eof() or content.exception() is not None:
             return None
+        if waiting_for_continue(request):
+            return None  # it gets its 100 as the body is read, and keeps its connection
         whole = content.read_nowait()
         if len(whole) > self._max_body:
             raise PayloadTooLarge("body_too_large")

@@ -46,6 +46,7 @@ import aiohttp
 from aiohttp.client_exceptions import ClientConnectorDNSError, ConnectionTimeoutError
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ConnectionKey
+from aiohttp.helpers import set_exception
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_writer import StreamWriter
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
@@ -95,8 +96,18 @@ class _UpstreamProtocol(ResponseHandler):
             stall.cancel()
 
     def _not_taken(self) -> None:
+        if self._reading_paused:
+            # dragoman holds the upstream's answer back itself (its caller reads slowly):
+            # an upstream that reads and answers together may be waiting on us.
+            self._stall = self._loop.call_later(self._send_timeout, self._not_taken)
+            return
         self._stall = None
-        self.set_exception(aiohttp.ServerTimeoutError("Timeout on writing the request"))
+        exc = aiohttp.ServerTimeoutError("Timeout on writing the request")
+        self.set_exception(exc)
+        if self._payload is not None:
+            # An answer being read fails too: the abort below would end one read until
+            # close as if whole (our own abort is a clean close to the parser).
+            set_exception(self._payload, exc)
         if self.transport is not None:
             self.transport.abort()
 

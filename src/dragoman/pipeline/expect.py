@@ -44,6 +44,11 @@ def check_expectation(request: web.Request) -> None:
         raise ExpectationFailed()
 
 
+def waiting_for_continue(request: web.Request) -> bool:
+    """Whether the caller waits for a 100 (Continue) that was not sent yet."""
+    return bool(request.get(_WAITING))
+
+
 async def send_continue(request: web.Request) -> None:
     """Before the first read of the body: the 100 its caller waits for, if it waits."""
     if request.get(_WAITING):
