@@ -549,6 +549,39 @@ async def test_an_answer_cut_by_the_send_timeout_fails_never_ends_as_whole() -> 
             await pool.close()
 
 
+async def test_the_send_timeout_waits_while_the_answer_is_held_back_on_our_side() -> None:
+    """The upstream answers (a large body) while it takes none of ours, and we read none
+    of its answer for longer than the send timeout (a slow caller): the upstream may be
+    blocked on us, so the answer still arrives whole."""
+    size = 4 << 20
+    done = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        writer.write(b"y" * size)
+        await writer.drain()
+        await done.wait()
+
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            yield b"x" * 65536
+
+    async with SmallBufferUpstream(serve) as upstream:
+        pool = pool_for(upstream.url, read_timeout=0.3)
+        try:
+            answer = await pool.exchange("POST", "/thing", CIMultiDict(), endless())
+            try:
+                await asyncio.sleep(1)  # reads nothing: the transport stops reading
+                async with asyncio.timeout(10):  # the hang guard
+                    assert len(await answer.read()) == size
+            finally:
+                answer.release()
+        finally:
+            done.set()
+            await pool.close()
+
+
 async def test_a_streamed_body_waits_for_its_callers_next_bytes_past_the_send_timeout(
     echo_upstream: str,
 ) -> None:
