@@ -436,6 +436,12 @@ async def test_a_body_that_fails_as_it_is_read_ends_the_exchange_with_that_failu
             await pool.close()
 
 
+async def endless() -> AsyncIterator[bytes]:
+    """A streamed body that never ends."""
+    while True:
+        yield b"x" * 65536
+
+
 async def test_a_streamed_body_the_upstream_stops_taking_times_out() -> None:
     """An upstream that reads the head, then neither reads nor answers: once it stops
     taking the body, it has the read timeout to take more (the read timeout proper starts
@@ -445,10 +451,6 @@ async def test_a_streamed_body_the_upstream_stops_taking_times_out() -> None:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_head(reader)
         await done.wait()
-
-    async def endless() -> AsyncIterator[bytes]:
-        while True:
-            yield b"x" * 65536
 
     async with SmallBufferUpstream(serve) as upstream:
         pool = pool_for(upstream.url, read_timeout=0.2)
@@ -531,10 +533,6 @@ async def test_an_answer_cut_by_the_send_timeout_fails_never_ends_as_whole() -> 
             await writer.drain()
             await asyncio.sleep(0.02)
 
-    async def endless() -> AsyncIterator[bytes]:
-        while True:
-            yield b"x" * 65536
-
     async with SmallBufferUpstream(serve) as upstream:
         pool = pool_for(upstream.url, read_timeout=0.3)
         try:
@@ -562,10 +560,6 @@ async def test_the_send_timeout_waits_while_the_answer_is_held_back_on_our_side(
         writer.write(b"y" * size)
         await writer.drain()
         await done.wait()
-
-    async def endless() -> AsyncIterator[bytes]:
-        while True:
-            yield b"x" * 65536
 
     async with SmallBufferUpstream(serve) as upstream:
         pool = pool_for(upstream.url, read_timeout=0.3)
