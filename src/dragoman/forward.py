@@ -10,9 +10,9 @@ Header hygiene, both ways:
   cache headers are dropped; ``Cache-Control`` is made private (:func:`private_cache_control`)
   or set to ``no-store``; the security headers are set. An upstream ``101`` is refused 502.
 
-Bodies stream both ways in chunks (no unbounded buffering), but a request body that came
-whole with its head, which goes in one write with it; a request body over the limit stops
-the request (413). What a customer binding checked or wrote is forwarded instead of the
+Bodies stream both ways in chunks (no unbounded buffering); a request body that came whole
+with its head goes upstream in one write with it. A request body over the limit stops the
+request (413). What a customer binding checked or wrote is forwarded instead of the
 caller's: ``ctx.forward_query``, ``ctx.forward_headers`` and ``ctx.forward_body`` (a body
 the binding stage buffered, within the same limit). The upstream connections
 (:mod:`dragoman.upstream_client`) never decompress, keep no cookies and add no headers of
