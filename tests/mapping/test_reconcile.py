@@ -709,8 +709,12 @@ async def test_a_run_is_due_one_interval_after_the_last(quiet: DemoStack) -> Non
     now = datetime.now(UTC)
     assert not await is_due(runner.runs, settings, now)  # no mappings: nothing to do
     await seed(quiet.proxy.store, quiet.platform, 5)
-    assert not await is_due(runner.runs, settings, now)  # a fresh install waits an interval
-    assert await is_due(runner.runs, settings, now + timedelta(hours=1, seconds=1))
+    # A fresh install waits an interval from its oldest mapping (made after ``now``: read
+    # it, since seeding takes a while on a loaded machine).
+    oldest = await runner.runs.oldest_live_mapping()
+    assert oldest is not None
+    assert not await is_due(runner.runs, settings, oldest + timedelta(minutes=59))
+    assert await is_due(runner.runs, settings, oldest + timedelta(hours=1))
     await runner.run()
     assert not await is_due(runner.runs, settings, now + timedelta(minutes=59))
     assert await is_due(runner.runs, settings, datetime.now(UTC) + timedelta(hours=1))
